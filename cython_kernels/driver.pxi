@@ -1,0 +1,377 @@
+# The one parallel driver. Every optimizer step and every utility pass goes through here.
+#
+# A param group is described by a Plan, built once and reused every step:
+#   ptrs[t, b]     raw address of buffer b of tensor t (b=0 param, b=1 grad, b>=2 state)
+#   hp[t, :]       the kernel's scalars for tensor t (a row per tensor: step counts may differ)
+#   active[t]      0 when tensor t has no grad this step (torch skips it)
+# The tensors are laid end to end as one virtual array and cut into work units of CHUNK elements.
+# A unit is a list of segments (tensor, start, length). Unit boundaries depend only on the tensor
+# sizes, never on the thread count, so every result is bitwise identical for any thread count, and
+# one 10M tensor next to 500 tiny ones still splits evenly over the threads.
+
+from libc.stdint cimport uintptr_t, int64_t
+
+cimport cython
+from cython.parallel cimport prange
+
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fo_max_threads(void) { return omp_get_max_threads(); }
+    static void fo_set_threads(int n) { omp_set_num_threads(n); }
+    static int fo_have_openmp(void) { return 1; }
+    #else
+    static int fo_max_threads(void) { return 1; }
+    static void fo_set_threads(int n) { (void)n; }
+    static int fo_have_openmp(void) { return 0; }
+    #endif
+    """
+    int fo_max_threads() noexcept nogil
+    void fo_set_threads(int n) noexcept nogil
+    int fo_have_openmp() noexcept nogil
+
+# A chunk kernel updates elements [start, start+n) of one tensor. bufs holds the tensor's buffer
+# addresses (cast to the kernel's dtype inside), hp its scalars. No allocation, no Python, no checks.
+ctypedef void (*chunk_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n,
+                              const double* hp) noexcept nogil
+
+# 16K elements: 64 KiB of float32 per buffer, so a unit's buffers stay in L2 while it runs.
+DEF_CHUNK = 16384
+cdef Py_ssize_t CHUNK = DEF_CHUNK
+# Below this many elements a fork/join costs more than it saves: run on the calling thread.
+cdef Py_ssize_t SERIAL_MAX = 32768
+
+CHUNK_ELEMENTS = DEF_CHUNK
+
+# ---------------------------------------------------------------------------------------------
+# Kernel registry: each family file registers its float32/float64 kernels under a name.
+cdef enum:
+    MAX_KERNELS = 64
+cdef chunk_kernel _kernels_f32[MAX_KERNELS]
+cdef chunk_kernel _kernels_f64[MAX_KERNELS]
+cdef int _n_kernels = 0
+KERNEL_IDS = {}
+SCALARS = {}     # kernel name -> names of its per-tensor scalars, in hp column order
+
+
+cdef int _register(str name, chunk_kernel f32, chunk_kernel f64, tuple scalars) except -1:
+    global _n_kernels
+    if _n_kernels >= MAX_KERNELS:
+        raise RuntimeError("fusedoptim: raise MAX_KERNELS in driver.pxi")
+    _kernels_f32[_n_kernels] = f32
+    _kernels_f64[_n_kernels] = f64
+    KERNEL_IDS[name] = _n_kernels
+    SCALARS[name] = scalars
+    _n_kernels += 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads
+
+def set_num_threads(int n):
+    """Set the OpenMP thread count used by every fused call (like torch.set_num_threads).
+
+    It sets OpenMP's nthreads-var, the same knob OMP_NUM_THREADS and threadpoolctl use, so
+    ``threadpool_limits`` also applies. The setting is per calling thread, as in OpenMP.
+    """
+    if n < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {n}")
+    fo_set_threads(n)
+
+
+def get_num_threads():
+    """The thread count the next fused call will use (1 when built without OpenMP)."""
+    return fo_max_threads()
+
+
+def openmp_enabled():
+    return bool(fo_have_openmp())
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver loop
+
+cdef inline void _run_unit(chunk_kernel kern, char** ptrs, Py_ssize_t nbufs,
+                           const double* hp, Py_ssize_t nscal, const unsigned char* active,
+                           const Py_ssize_t* seg_t, const Py_ssize_t* seg_start,
+                           const Py_ssize_t* seg_len, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
+    cdef Py_ssize_t s, t
+    for s in range(s0, s1):
+        t = seg_t[s]
+        if active[t]:
+            kern(ptrs + t * nbufs, seg_start[s], seg_len[s], hp + t * nscal)
+
+
+cdef void _drive(chunk_kernel kern, char** ptrs, Py_ssize_t nbufs, const double* hp,
+                 Py_ssize_t nscal, const unsigned char* active, const Py_ssize_t* seg_t,
+                 const Py_ssize_t* seg_start, const Py_ssize_t* seg_len,
+                 const Py_ssize_t* unit_begin, Py_ssize_t nunits, Py_ssize_t total,
+                 int num_threads) noexcept nogil:
+    cdef Py_ssize_t u
+    if num_threads <= 1 or nunits <= 1 or total <= SERIAL_MAX:
+        _run_unit(kern, ptrs, nbufs, hp, nscal, active, seg_t, seg_start, seg_len,
+                  0, unit_begin[nunits])
+        return
+    if num_threads > nunits:
+        num_threads = <int>nunits
+    for u in prange(nunits, schedule='static', num_threads=num_threads):
+        _run_unit(kern, ptrs, nbufs, hp, nscal, active, seg_t, seg_start, seg_len,
+                  unit_begin[u], unit_begin[u + 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffer checks shared by the optimizer classes and the functional API
+
+cdef inline bint _ranges_overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
+    cdef uintptr_t b0 = <uintptr_t>cnp.PyArray_DATA(b)
+    cdef uintptr_t a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+    cdef uintptr_t b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
+    return a0 < b1 and b0 < a1
+
+
+cdef int _check_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
+    """Raise unless obj can stand beside param in a kernel: ndarray, same dtype and shape,
+    C-contiguous, aligned, writeable when the kernel writes it, not overlapping param."""
+    cdef cnp.ndarray a
+    cdef int k
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
+                        f"convert it with np.asarray(x, dtype=np.{param.dtype})")
+    a = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(param):
+        raise TypeError(f"{label} has dtype {a.dtype} but its param has dtype {param.dtype}; "
+                        f"pass it as {param.dtype}, e.g. x.astype(np.{param.dtype})")
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(param):
+        raise ValueError(f"{label} has shape {obj.shape} but its param has shape {(<object>param).shape}; "
+                         f"pass an array of shape {(<object>param).shape}")
+    for k in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(param, k):
+            raise ValueError(f"{label} has shape {obj.shape} but its param has shape "
+                             f"{(<object>param).shape}; pass an array of shape {(<object>param).shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{label} is not a C-contiguous aligned array; "
+                         f"pass np.ascontiguousarray(x)")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{label} is read-only; the step writes it in place, "
+                         f"pass a writeable array")
+    if a is param or (cnp.PyArray_NBYTES(a) > 0 and _ranges_overlap(a, param)):
+        raise ValueError(f"{label} shares memory with its param; pass a separate array")
+    return 0
+
+
+def check_param(object obj, str label):
+    """Validate one parameter array; returns it. Used when an optimizer is built."""
+    cdef cnp.ndarray a
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
+                        f"convert it with np.asarray(x, dtype=np.float32)")
+    a = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
+        raise TypeError(f"{label} has dtype {a.dtype}; fusedoptim supports float32 and "
+                        f"float64, convert it with x.astype(np.float32)")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{label} is not a C-contiguous aligned array; it is updated in "
+                         f"place, so pass a C-contiguous array (np.ascontiguousarray makes "
+                         f"a copy that you must then keep using)")
+    if not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{label} is read-only; it is updated in place, pass a writeable "
+                         f"array")
+    return a
+
+
+def find_overlap(list arrays):
+    """Return (i, j) for the first two arrays whose memory overlaps, else None. O(n log n)."""
+    cdef Py_ssize_t n = len(arrays), k
+    starts = []
+    for k in range(n):
+        if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[k]) > 0:
+            starts.append((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[k]), k))
+    starts.sort()
+    cdef uintptr_t end = 0, s
+    cdef Py_ssize_t owner = -1, i
+    for s, i in starts:
+        if owner >= 0 and s < end:
+            return (owner, i) if owner < i else (i, owner)
+        if s + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]) > end:
+            end = s + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+            owner = i
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class Plan:
+    """Pointer, scalar and work-unit tables for one group of tensors of one dtype.
+
+    Built once per param set; per step only the grad column and the active flags change.
+    Buffer column 0 is the param, 1 the grad, 2.. the state buffers named by the optimizer.
+    """
+    cdef readonly list params
+    cdef readonly list labels
+    cdef list state                 # state[t]: list of state arrays, or None (not created yet)
+    cdef list _grads                # keeps the bound grads alive until the next bind
+    cdef readonly Py_ssize_t ntensors, nbufs, nscalars, total, nunits
+    cdef readonly int typenum
+    cdef readonly object hp_array, steps_array, active_array
+    cdef uintptr_t[:, ::1] ptrs
+    cdef double[:, ::1] hp
+    cdef unsigned char[::1] active
+    cdef int64_t[::1] steps
+    cdef Py_ssize_t[::1] seg_t, seg_start, seg_len, unit_begin
+    cdef readonly Py_ssize_t missing_state
+
+    def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
+                 list labels, steps=None):
+        cdef Py_ssize_t t, b, n, pos, seg_end, cut
+        cdef cnp.ndarray p
+        self.params = params
+        self.labels = labels
+        self.state = state
+        self._grads = None
+        self.ntensors = len(params)
+        self.nbufs = 2 + nstate
+        self.nscalars = nscalars
+        self.typenum = cnp.PyArray_TYPE(<cnp.ndarray>params[0]) if params else cnp.NPY_FLOAT32
+        self.ptrs = np.zeros((self.ntensors, self.nbufs), dtype=np.uintp)
+        self.hp_array = np.zeros((self.ntensors, max(nscalars, 1)), dtype=np.float64)
+        self.hp = self.hp_array
+        self.active_array = np.zeros(self.ntensors, dtype=np.uint8)
+        self.active = self.active_array
+        self.steps_array = (np.zeros(self.ntensors, dtype=np.int64) if steps is None
+                            else np.ascontiguousarray(steps, dtype=np.int64).copy())
+        self.steps = self.steps_array
+        self.missing_state = 0
+        for t in range(self.ntensors):
+            p = <cnp.ndarray>params[t]
+            self.ptrs[t, 0] = <uintptr_t>cnp.PyArray_DATA(p)
+            if state[t] is None:
+                self.missing_state += 1
+            else:
+                for b in range(nstate):
+                    if state[t][b] is not None:
+                        self.ptrs[t, 2 + b] = <uintptr_t>cnp.PyArray_DATA(
+                            <cnp.ndarray>state[t][b])
+        # Work units: cut the virtual concatenation of all tensors every CHUNK elements.
+        seg_t, seg_start, seg_len, unit_begin = [], [], [], [0]
+        pos = 0
+        for t in range(self.ntensors):
+            n = cnp.PyArray_SIZE(<cnp.ndarray>params[t])
+            b = 0
+            while b < n:
+                cut = min(n - b, CHUNK - pos % CHUNK)
+                seg_t.append(t); seg_start.append(b); seg_len.append(cut)
+                b += cut
+                pos += cut
+                if pos % CHUNK == 0:
+                    unit_begin.append(len(seg_t))
+        if unit_begin[len(unit_begin) - 1] != len(seg_t):
+            unit_begin.append(len(seg_t))
+        self.total = pos
+        self.nunits = len(unit_begin) - 1
+        self.seg_t = np.asarray(seg_t, dtype=np.intp)
+        self.seg_start = np.asarray(seg_start, dtype=np.intp)
+        self.seg_len = np.asarray(seg_len, dtype=np.intp)
+        self.unit_begin = np.asarray(unit_begin, dtype=np.intp)
+
+    def bind(self, list grads):
+        """Validate grads against the params and point column 1 at them. None skips a tensor.
+
+        Writes nothing but this plan's grad pointers and active flags, so a rejected call
+        leaves every buffer as it was. Returns the number of tensors that will step but have
+        no state yet (the caller creates it and rebuilds the plan).
+        """
+        cdef Py_ssize_t t, b, missing = 0
+        cdef object g
+        cdef cnp.ndarray p
+        if len(grads) != self.ntensors:
+            raise ValueError(f"expected {self.ntensors} grads, got {len(grads)}")
+        for t in range(self.ntensors):
+            g = grads[t]
+            if g is None:
+                continue
+            p = <cnp.ndarray>self.params[t]
+            _check_like(g, p, self.labels[t], False)
+            if self.state[t] is not None:
+                for b in range(len(self.state[t])):
+                    if (self.state[t][b] is not None
+                            and cnp.PyArray_NBYTES(<cnp.ndarray>g) > 0
+                            and _ranges_overlap(<cnp.ndarray>g, <cnp.ndarray>self.state[t][b])):
+                        raise ValueError(f"{self.labels[t]} shares memory with the optimizer "
+                                         f"state of its param; pass a separate array")
+        # All grads are valid: only now touch the tables.
+        for t in range(self.ntensors):
+            g = grads[t]
+            if g is None:
+                self.active[t] = 0
+                self.ptrs[t, 1] = 0
+            else:
+                self.active[t] = 1
+                self.ptrs[t, 1] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
+                if self.state[t] is None:
+                    missing += 1
+        self._grads = grads
+        return missing
+
+    def advance(self):
+        """Count one more step for every active tensor. Returns the step they all share,
+        or -1 when active tensors are at different steps (then fill hp per step value)."""
+        cdef Py_ssize_t t
+        cdef int64_t common = -2, s
+        for t in range(self.ntensors):
+            if self.active[t]:
+                self.steps[t] += 1
+                s = self.steps[t]
+                if common == -2:
+                    common = s
+                elif common != s:
+                    common = -1
+        return 0 if common == -2 else common
+
+    def distinct_active_steps(self):
+        return sorted({int(self.steps[t]) for t in range(self.ntensors) if self.active[t]})
+
+    def set_scalars(self, tuple row, int64_t step=-1):
+        """Copy row into hp for active tensors (only those at `step` when step >= 0)."""
+        cdef Py_ssize_t t, k, m = len(row)
+        cdef double buf[64]
+        if m != self.nscalars or m > 64:
+            raise ValueError(f"kernel expects {self.nscalars} scalars, got {m}")
+        for k in range(m):
+            buf[k] = row[k]
+        for t in range(self.ntensors):
+            if self.active[t] and (step < 0 or self.steps[t] == step):
+                for k in range(m):
+                    self.hp[t, k] = buf[k]
+
+    def run(self, int kernel_id, int num_threads=0):
+        """Run a registered kernel over every active tensor, without the GIL."""
+        cdef chunk_kernel kern
+        if kernel_id < 0 or kernel_id >= _n_kernels:
+            raise ValueError(f"unknown kernel id {kernel_id}")
+        if self.typenum == cnp.NPY_FLOAT64:
+            kern = _kernels_f64[kernel_id]
+        else:
+            kern = _kernels_f32[kernel_id]
+        if num_threads <= 0:
+            num_threads = fo_max_threads()
+        if self.total == 0:
+            return
+        with nogil:
+            _drive(kern, <char**>&self.ptrs[0, 0], self.nbufs, &self.hp[0, 0], self.nscalars,
+                   &self.active[0], &self.seg_t[0], &self.seg_start[0], &self.seg_len[0],
+                   &self.unit_begin[0], self.nunits, self.total, num_threads)
+
+
+def check_buffer(object obj, object param, str label, bint writeable=True):
+    """Validate an optimizer-state array against its param (functional API); returns it."""
+    _check_like(obj, <cnp.ndarray?>param, label, writeable)
+    return obj

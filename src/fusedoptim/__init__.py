@@ -1,0 +1,25 @@
+"""fusedoptim: fast, fused, in-place optimizer steps for NumPy.
+
+Every step is one GIL-free Cython/OpenMP pass over contiguous float32/float64 buffers, behind
+an API shaped like torch.optim. See README.md.
+"""
+
+__version__ = "0.1.0"
+
+try:
+    from . import _kernels
+except ImportError as exc:  # pragma: no cover - exercised only in an unbuilt source tree
+    raise ImportError(
+        "fusedoptim's compiled kernels (fusedoptim._kernels) are not built. Install the "
+        "package with `pip install .` (or build in place with `python setup.py build_ext "
+        "--inplace`) from the repository root, and do not import it from the source tree "
+        f"without building. Original error: {exc}"
+    ) from None
+
+from ._config import get_num_threads, set_num_threads, show_config
+from . import functional, reference
+from .optim import Adam, AdamW
+from .optimizer import Optimizer
+
+__all__ = ["Adam", "AdamW", "Optimizer", "functional", "reference", "get_num_threads",
+           "set_num_threads", "show_config", "__version__"]

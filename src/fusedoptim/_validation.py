@@ -1,0 +1,64 @@
+"""Hyperparameter checks shared by the optimizer classes and the functional API.
+
+Every message names the argument, the bad value and what would be accepted. All checks run
+before any buffer is written, so a rejected call changes nothing.
+"""
+
+import math
+import numbers
+
+
+def _real(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} "
+                        f"({type(value).__name__})")
+    return float(value)
+
+
+def finite_nonneg(value, name):
+    """lr, weight_decay, momentum and friends: a finite float >= 0."""
+    v = _real(value, name)
+    if not (0.0 <= v < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def positive(value, name):
+    """eps and friends: a finite float > 0."""
+    v = _real(value, name)
+    if not (0.0 < v < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def unit_interval(value, name):
+    """betas, rho, alpha: a float in [0, 1)."""
+    v = _real(value, name)
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def pair(value, name):
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from None
+    return a, b
+
+
+def betas(value, name="betas"):
+    b1, b2 = pair(value, name)
+    return unit_interval(b1, f"{name}[0]"), unit_interval(b2, f"{name}[1]")
+
+
+def flag(value, name):
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,89 @@
+"""Functional API: one fused, in-place step over lists of arrays, for frameworks to embed.
+
+Each function takes the params, their grads, their state buffers and their step counts as
+parallel lists, like ``torch.optim.functional``, and updates all of them in place in one
+GIL-free call. ``state_steps`` is a list of ints (or an int64 array): each entry whose param has
+a grad is incremented, as torch does. ``fusedoptim.reference`` has the same functions in plain
+NumPy.
+"""
+
+import numpy as np
+
+from . import _kernels
+from .optim.adam import adam_scalars, check_adam
+
+
+def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required):
+    """Validate every list, then run `kernel` once over all params. The first `n_required`
+    state lists must hold a buffer for every param that has a grad."""
+    n = len(params) if isinstance(params, (list, tuple)) else -1
+    if n < 1:
+        raise ValueError(f"params must be a non-empty list of arrays, got {params!r:.60}")
+    for name, lst in [("grads", grads), ("state_steps", state_steps)] + state_lists:
+        if lst is None:
+            continue
+        if not isinstance(lst, (list, tuple, np.ndarray)) or len(lst) != n:
+            raise ValueError(f"{name} must be a list with one entry per param ({n}), got "
+                             f"{type(lst).__name__} of length "
+                             f"{len(lst) if hasattr(lst, '__len__') else 'n/a'}")
+    for i, p in enumerate(params):
+        _kernels.check_param(p, f"params[{i}]")
+    if len({p.dtype for p in params}) > 1:
+        raise TypeError("params have mixed dtypes; call once per dtype")
+    clash = _kernels.find_overlap(list(params))
+    if clash is not None:
+        raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give each "
+                         f"param its own buffer")
+    steps = []
+    for i, s in enumerate(state_steps):
+        if isinstance(s, np.ndarray) and s.size == 1:
+            s = s.item()
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"state_steps[{i}] must be an integer >= 0, got {s!r}")
+        steps.append(int(s))
+    state = [[] for _ in range(n)]
+    for name, lst in state_lists:
+        for i in range(n):
+            buf = None if lst is None else lst[i]
+            if buf is not None:
+                _kernels.check_buffer(buf, params[i], f"{name}[{i}]")
+            state[i].append(buf)
+    labels = [f"grads[{i}]" for i in range(n)]
+    plan = _kernels.Plan(list(params), state, len(state_lists), len(_kernels.SCALARS[kernel]),
+                         labels, steps)
+    plan.bind(list(grads))
+    for i in range(n):
+        if grads[i] is not None and any(b is None for b in state[i][:n_required]):
+            name = state_lists[[b is None for b in state[i]].index(True)][0]
+            raise ValueError(f"{name}[{i}] is None but params[{i}] has a grad; pass a "
+                             f"zero-initialised buffer (np.zeros_like(param))")
+    # Validated: mutate.
+    plan.advance()
+    for s in plan.distinct_active_steps():
+        plan.set_scalars(scalars_fn(s, *hyper), s)
+    plan.run(_kernels.KERNEL_IDS[kernel])
+    new_steps = plan.steps_array
+    for i in range(n):
+        state_steps[i] = int(new_steps[i])
+
+
+def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
+         beta2, eps, weight_decay=0.0, amsgrad=False, maximize=False,
+         decoupled_weight_decay=False, bias_correction=True):
+    """Fused Adam/AdamW step over lists (see :class:`fusedoptim.Adam` for the rule).
+
+    ``max_exp_avg_sqs`` may be None unless ``amsgrad``.
+    """
+    hyper = check_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                       decoupled_weight_decay, bias_correction)
+    _fused_step("adam", adam_scalars, hyper, params, grads,
+                [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
+                 ("max_exp_avg_sqs", max_exp_avg_sqs)], state_steps, 3 if amsgrad else 2)
+
+
+def adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
+          beta2, eps, weight_decay=1e-2, amsgrad=False, maximize=False, bias_correction=True):
+    """:func:`adam` with decoupled weight decay (AdamW)."""
+    adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
+         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+         maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction)

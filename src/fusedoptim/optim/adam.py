@@ -1,0 +1,110 @@
+"""Adam, AdamW, AMSGrad and the notes' Adam without bias correction: one kernel ("adam")."""
+
+import math
+
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order adam_scalars and check_adam use.
+_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize",
+           "decoupled_weight_decay", "bias_correction")
+
+
+def check_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+               decoupled_weight_decay, bias_correction):
+    """Validate Adam hyperparameters; return them canonical (floats and bools)."""
+    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
+            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
+            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(amsgrad, "amsgrad"),
+            v.flag(maximize, "maximize"),
+            v.flag(decoupled_weight_decay, "decoupled_weight_decay"),
+            v.flag(bias_correction, "bias_correction"))
+
+
+def adam_scalars(step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                 decoupled_weight_decay, bias_correction):
+    """The kernel's scalars for one step count (order: _kernels.SCALARS['adam'])."""
+    if bias_correction:
+        step_size = lr / (1.0 - beta1 ** step)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    else:
+        step_size = lr
+        bias_correction2_sqrt = 1.0
+    mode = 0
+    if weight_decay != 0.0:
+        mode = 2 if decoupled_weight_decay else 1
+    if amsgrad:
+        mode |= 4
+    return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
+            1.0 - lr * weight_decay, eps, step_size, bias_correction2_sqrt, float(mode))
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization").
+
+    For each param, with g the gradient (negated when ``maximize``) and t the step::
+
+        g      = g + weight_decay * p             (L2; when decoupled_weight_decay: p *= 1 - lr*wd)
+        m      = beta1 * m + (1 - beta1) * g
+        v      = beta2 * v + (1 - beta2) * g * g
+        v_max  = max(v_max, v)                     (amsgrad; Reddi et al. 2018) then v := v_max
+        p      = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    eps is added after the bias correction, and AMSGrad keeps the running max of the raw
+    second moment, as in torch. ``bias_correction=False`` is the notes' "Adam (90%)" form,
+    ``p = p - lr * m / (sqrt(v) + eps)``.
+
+    Args (torch.optim.Adam's names and defaults):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): learning rate, default 1e-3. May change between steps.
+        betas (tuple): (beta1, beta2), default (0.9, 0.999), each in [0, 1).
+        eps (float): default 1e-8, > 0.
+        weight_decay (float): default 0; coupled L2 unless decoupled_weight_decay.
+        amsgrad (bool): default False.
+        maximize (bool): default False; ascend instead of descend.
+        decoupled_weight_decay (bool): default False; True gives AdamW.
+        bias_correction (bool): default True; False is the notes' variant (not in torch).
+    """
+
+    _kernel = "adam"
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+                   "decoupled_weight_decay", "bias_correction")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
+                 bias_correction=True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      bias_correction=bias_correction))
+
+    def _check_hyper(self, key):
+        lr, betas, eps, wd, amsgrad, maximize, decoupled, bias_correction = key
+        b1, b2 = v.pair(betas, "betas")
+        return check_adam(lr, b1, b2, eps, wd, amsgrad, maximize, decoupled, bias_correction)
+
+    def _slots_in_use(self, hyper):
+        return self._slots if hyper[5] else self._slots[:2]
+
+    def _scalars(self, step, hyper):
+        return adam_scalars(step, *hyper)
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization").
+
+    Adam with decoupled weight decay: ``p = p * (1 - lr * weight_decay)`` before the Adam
+    update (the notes' ``x <- x * (1 - alpha * lambda)``), so the decay is not rescaled by the
+    adaptive denominator. Same arguments as :class:`Adam`, with torch.optim.AdamW's default
+    ``weight_decay=1e-2``.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, bias_correction=True):
+        Optimizer.__init__(self, params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction))

@@ -1,0 +1,375 @@
+"""The Optimizer base class: param groups, lazy state, state_dict, and the fused step.
+
+A subclass is declarative. It names its chunk kernel, its state slots, how to validate a
+group's hyperparameters into a tuple, and how to turn that tuple and a step count into the
+kernel's scalars. Everything else (structure checks, buffer checks, lazy state, step counts,
+checkpoints, the one GIL-free call per group) lives here, once.
+"""
+
+import operator
+
+import numpy as np
+
+from . import _kernels
+
+_required = object()
+
+
+class _GroupCache:
+    """What a group needs per step, rebuilt only when its param set or state changes."""
+
+    __slots__ = ("plan", "slots_in_use", "key", "hyper")
+
+    def __init__(self):
+        self.plan = None
+        self.slots_in_use = None
+        self.key = None      # the raw hyperparameter values last validated
+        self.hyper = None    # their validated, canonical form
+
+
+class Optimizer:
+    """Base class, shaped like ``torch.optim.Optimizer``.
+
+    Params may be a list of arrays, a dict name -> array, or a list of param-group dicts
+    (each with ``"params"``: a list or dict of arrays, plus hyperparameter overrides).
+    ``step(grads)`` takes a flat list aligned with the params in order across groups, or a
+    dict keyed by name when every param was named. A grad of ``None`` skips that param.
+
+    ``state`` maps the flat param index to its buffers and ``step``; buffers are the live
+    arrays, ``step`` is a copy. Non-finite gradient values are not input errors: they
+    propagate into params and state, as in torch.
+    """
+
+    #: name of the registered chunk kernel
+    _kernel = None
+    #: state buffer names, in the kernel's buffer order (columns 2, 3, ...)
+    _slots = ()
+    #: group keys whose values form the hyperparameter tuple, in order
+    _hyper_keys = ()
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def _check_hyper(self, key):
+        """Validate the raw values (ordered as _hyper_keys); return the canonical tuple."""
+        raise NotImplementedError
+
+    def _slots_in_use(self, hyper):
+        """The state slots this configuration uses (default: all)."""
+        return self._slots
+
+    def _scalars(self, step, hyper):
+        """Kernel scalars for one step count, computed in double precision."""
+        raise NotImplementedError
+
+    def _functional_kwargs(self, hyper):
+        """Keyword arguments of the matching functional/reference call."""
+        raise NotImplementedError
+
+    #: the NumPy reference function with the functional signature (used by reference mode)
+    _reference_fn = None
+
+    # -- construction -----------------------------------------------------------------------
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self._hyper_get = operator.itemgetter(*self._hyper_keys)
+        self._kernel_id = _kernels.KERNEL_IDS[self._kernel]
+        self.param_groups = []
+        self._names = []          # flat list of names (None for unnamed params)
+        self._group_slices = []   # flat index range of each group
+        self._state = []          # flat list: dict slot -> array, or None before first grad
+        self._caches = []
+        groups = self._parse_params(params)
+        for group in groups:
+            self._add_group(group)
+
+    def _parse_params(self, params):
+        if isinstance(params, np.ndarray):
+            raise TypeError("params must be a list or dict of arrays (or a list of param "
+                            "groups), got a single ndarray; wrap it: [array]")
+        if isinstance(params, dict):
+            if "params" in params:
+                return [params]
+            return [{"params": params}]
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"params must be a list or dict of arrays, or a list of param "
+                            f"groups, got {type(params).__name__}") from None
+        if not params:
+            raise ValueError("params is empty; give at least one array to optimize")
+        if all(isinstance(p, dict) for p in params):
+            return params
+        if any(isinstance(p, dict) for p in params):
+            raise TypeError("params mixes arrays and param-group dicts; use one or the other")
+        return [{"params": params}]
+
+    def add_param_group(self, param_group):
+        """Add a group, as in torch. Its unset hyperparameters take the defaults."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"param_group must be a dict with a 'params' entry, got "
+                            f"{type(param_group).__name__}")
+        self._add_group(param_group)
+
+    def _add_group(self, group_in):
+        raw = group_in["params"]
+        if isinstance(raw, np.ndarray):
+            raw = [raw]
+        if isinstance(raw, dict):
+            names, arrays = list(raw.keys()), list(raw.values())
+        else:
+            try:
+                arrays = list(raw)
+            except TypeError:
+                raise TypeError(f"a param group's 'params' must be a list or dict of arrays, "
+                                f"got {type(raw).__name__}") from None
+            names = [None] * len(arrays)
+        if not arrays:
+            raise ValueError("params is empty; give at least one array to optimize")
+        unknown = set(group_in) - set(self.defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in a param group; "
+                             f"accepted: {sorted(self.defaults)}")
+        start = len(self._names)
+        all_names = self._names + names
+        labels = [self._label("params", start + i, names[i]) for i in range(len(arrays))]
+        for a, label in zip(arrays, labels):
+            _kernels.check_param(a, label)
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"params of one group have mixed dtypes {sorted(map(str, dtypes))}; "
+                            f"put float32 and float64 params in separate param groups")
+        named = [n for n in all_names if n is not None]
+        if len(set(named)) != len(named):
+            raise ValueError("param names must be unique across groups")
+        everything = [p for g in self.param_groups for p in g["params"]] + arrays
+        clash = _kernels.find_overlap(everything)
+        if clash is not None:
+            i, j = clash
+            raise ValueError(
+                f"{self._label('params', i, all_names[i])} and "
+                f"{self._label('params', j, all_names[j])} share memory (the same array "
+                f"given twice, or overlapping views); give each param its own buffer")
+        group = dict(self.defaults)
+        group.update({k: v for k, v in group_in.items() if k != "params"})
+        cache = _GroupCache()
+        self._validate_group(group, cache)
+        group["params"] = arrays
+        self.param_groups.append(group)
+        self._names.extend(names)
+        self._group_slices.append(range(start, start + len(arrays)))
+        self._state.extend([None] * len(arrays))
+        self._caches.append(cache)
+
+    @staticmethod
+    def _label(what, index, name):
+        return f"{what}[{name!r}]" if name is not None else f"{what}[{index}]"
+
+    def _validate_group(self, group, cache):
+        key = self._hyper_get(group)
+        if key != cache.key or cache.hyper is None:
+            cache.hyper = self._check_hyper(key)
+            cache.key = key
+        return cache.hyper
+
+    # -- per-step ---------------------------------------------------------------------------
+    def _split_grads(self, grads):
+        """Turn the user's grads into one list per group, or raise."""
+        n = len(self._names)
+        if isinstance(grads, dict):
+            names = self._names
+            if None in names:
+                raise TypeError("grads is a dict, but the params were not named; pass a list "
+                                "of grads in param order")
+            if len(grads) != n or any(k not in grads for k in names):
+                missing = [k for k in names if k not in grads]
+                extra = [k for k in grads if k not in set(names)]
+                raise ValueError(f"grads keys do not match the params: missing {missing}, "
+                                 f"unexpected {extra}")
+            flat = [grads[k] for k in names]
+        elif isinstance(grads, (list, tuple)):
+            if len(grads) != n:
+                raise ValueError(f"grads has {len(grads)} entries but there are {n} params; "
+                                 f"pass one grad (or None) per param, in param order")
+            flat = grads
+        elif isinstance(grads, np.ndarray) and n == 1:
+            flat = [grads]
+        else:
+            raise TypeError(f"grads must be a list of arrays (or a dict keyed by param name), "
+                            f"got {type(grads).__name__}")
+        if len(self.param_groups) == 1:
+            return [flat if isinstance(flat, list) else list(flat)]
+        return [list(flat[s.start:s.stop]) for s in self._group_slices]
+
+    def _plan(self, gi, cache):
+        if cache.plan is None:
+            sl = self._group_slices[gi]
+            state = [None if self._state[i] is None else
+                     [self._state[i].get(s) for s in self._slots] for i in sl]
+            steps = [0 if self._state[i] is None else self._state[i]["step"] for i in sl]
+            if cache.slots_in_use is None:
+                cache.slots_in_use = self._slots_in_use(cache.hyper)
+            labels = [self._label("grads", i, self._names[i]) for i in sl]
+            cache.plan = _kernels.Plan(self.param_groups[gi]["params"], state, len(self._slots),
+                                       len(_kernels.SCALARS[self._kernel]), labels, steps)
+        return cache.plan
+
+    def _sync_steps(self, gi):
+        """Copy the plan's step counts into the state dicts (before a rebuild or a save)."""
+        plan = self._caches[gi].plan
+        if plan is None:
+            return
+        for t, i in enumerate(self._group_slices[gi]):
+            if self._state[i] is not None:
+                self._state[i]["step"] = int(plan.steps_array[t])
+
+    def _ensure_state(self, gi, cache, grads):
+        """Create zero state for params stepping for the first time (or for a newly
+        enabled slot, e.g. amsgrad switched on), then rebuild the group's plan."""
+        self._sync_steps(gi)
+        slots = cache.slots_in_use
+        for t, i in enumerate(self._group_slices[gi]):
+            if grads[t] is None:
+                continue
+            p = self.param_groups[gi]["params"][t]
+            st = self._state[i]
+            if st is None:
+                st = self._state[i] = {"step": 0}
+            for s in slots:
+                if s not in st:
+                    st[s] = np.zeros_like(p)
+        cache.plan = None
+        plan = self._plan(gi, cache)
+        plan.bind(grads)
+        return plan
+
+    def step(self, grads):
+        """One fused, in-place update of every param that has a grad.
+
+        Everything (grads structure, each grad's type, dtype, shape, layout and aliasing,
+        every group's hyperparameters) is checked before anything is written.
+        """
+        per_group = self._split_grads(grads)
+        groups = self.param_groups
+        caches = self._caches
+        pending = []
+        for gi in range(len(groups)):
+            cache = caches[gi]
+            hyper = self._validate_group(groups[gi], cache)
+            plan = self._plan(gi, cache)
+            missing = plan.bind(per_group[gi])
+            slots = self._slots_in_use(hyper)
+            if slots != cache.slots_in_use:
+                cache.slots_in_use = slots
+                missing = 1
+            pending.append(missing)
+        for gi in range(len(groups)):
+            cache = caches[gi]
+            plan = cache.plan
+            if pending[gi]:
+                plan = self._ensure_state(gi, cache, per_group[gi])
+            self._apply(gi, plan, cache.hyper, per_group[gi])
+
+    def _apply(self, gi, plan, hyper, grads):
+        step = plan.advance()
+        if step > 0:
+            plan.set_scalars(self._scalars(step, hyper))
+        elif step == -1:
+            for s in plan.distinct_active_steps():
+                plan.set_scalars(self._scalars(s, hyper), s)
+        else:
+            return  # no param of this group has a grad
+        plan.run(self._kernel_id)
+
+    def zero_grad(self, set_to_none=True):
+        """Grads are owned by the caller in fusedoptim; kept for torch API compatibility."""
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def state(self):
+        for gi in range(len(self.param_groups)):
+            self._sync_steps(gi)
+        return {i: st for i, st in enumerate(self._state) if st is not None}
+
+    def state_dict(self):
+        """Hyperparameters, step counts and copies of every state buffer, keyed by the flat
+        param index as in torch. Copies, so later steps do not change a saved checkpoint."""
+        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                 for i, st in self.state.items()}
+        groups = []
+        for gi, g in enumerate(self.param_groups):
+            entry = {k: v for k, v in g.items() if k != "params"}
+            sl = self._group_slices[gi]
+            entry["params"] = list(sl)
+            if any(self._names[i] is not None for i in sl):
+                entry["param_names"] = [self._names[i] for i in sl]
+            groups.append(entry)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
+        buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched."""
+        if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
+                            "returned by Optimizer.state_dict()")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, this "
+                             f"optimizer has {len(self.param_groups)}")
+        new_groups, new_state = [], [None] * len(self._state)
+        for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
+            sl = self._group_slices[gi]
+            if list(sg.get("params", [])) != list(sl):
+                raise ValueError(f"state_dict param_groups[{gi}]['params'] is "
+                                 f"{sg.get('params')!r}, expected {list(sl)}: the checkpoint "
+                                 f"was saved from a different param layout")
+            merged = dict(g)
+            merged.update({k: v for k, v in sg.items() if k not in ("params", "param_names")})
+            self._validate_group(merged, _GroupCache())
+            new_groups.append(merged)
+        slots = set(self._slots)
+        for i, st in state_dict["state"].items():
+            if not isinstance(i, int) or not 0 <= i < len(self._state):
+                raise ValueError(f"state_dict['state'] has key {i!r}; expected param indices "
+                                 f"0..{len(self._state) - 1}")
+            gi = next(k for k, sl in enumerate(self._group_slices) if i in sl)
+            p = self.param_groups[gi]["params"][i - self._group_slices[gi].start]
+            step = st.get("step", 0)
+            if isinstance(step, np.ndarray) and step.size == 1:
+                step = step.item()
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+                raise ValueError(f"state_dict['state'][{i}]['step'] must be an integer >= 0, "
+                                 f"got {step!r}")
+            entry = {"step": int(step)}
+            for k, v in st.items():
+                if k == "step":
+                    continue
+                if k not in slots:
+                    raise ValueError(f"state_dict['state'][{i}] has unknown buffer {k!r}; "
+                                     f"{type(self).__name__} keeps {sorted(slots)}")
+                if not isinstance(v, np.ndarray):
+                    raise TypeError(f"state_dict['state'][{i}][{k!r}] must be an ndarray, "
+                                    f"got {type(v).__name__}")
+                if v.shape != p.shape or v.dtype != p.dtype:
+                    raise ValueError(f"state_dict['state'][{i}][{k!r}] has shape {v.shape} "
+                                     f"and dtype {v.dtype}; its param has shape {p.shape} "
+                                     f"and dtype {p.dtype}")
+                entry[k] = np.array(v, dtype=p.dtype, order="C", copy=True)
+            new_state[i] = entry
+        # Checked: now replace everything at once.
+        for g, merged in zip(self.param_groups, new_groups):
+            g.update({k: v for k, v in merged.items() if k != "params"})
+        self._state = new_state
+        self._caches = [_GroupCache() for _ in self.param_groups]
+        for g, c in zip(self.param_groups, self._caches):
+            self._validate_group(g, c)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
