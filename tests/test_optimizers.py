@@ -1,0 +1,185 @@
+"""Generic correctness tests run for every optimizer Case in cases.py."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from cases import CASES
+from conftest import SHAPES, make_params, ulp_distance
+
+DTYPES = [np.float32, np.float64]
+STEPS = 120
+# Stated tolerances. The reference mirrors each kernel's operation order in the param's
+# dtype, so on the default build they agree bitwise; we allow 4 ulp (float32) and 1e-12
+# relative (float64) so that a compiler reordering one rounding does not fail the suite.
+F32_MAX_ULP = 4
+F64_RTOL = 1e-12
+
+case_ids = [c.name for c in CASES]
+
+
+def _grads(rng, params, scale=1.0, none_prob=0.0):
+    out = []
+    for p in params:
+        if none_prob and rng.random() < none_prob:
+            out.append(None)
+        else:
+            out.append(np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype))
+    return out
+
+
+def assert_close_to_reference(actual, expected):
+    for a, e in zip(actual, expected):
+        if a.dtype == np.float32:
+            assert ulp_distance(a, e).max(initial=0) <= F32_MAX_ULP
+        else:
+            np.testing.assert_allclose(a, e, rtol=F64_RTOL, atol=1e-300)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_matches_reference_random_hparams(case, dtype, rng):
+    """120 steps, two groups (second overrides lr), grads sometimes None, lr changed midway."""
+    for trial in range(4):
+        kw = case.sample(rng)
+        params = make_params(rng, dtype)
+        ref_params = [p.copy() for p in params]
+        groups = [{"params": params[:3]}, {"params": params[3:], "lr": kw["lr"] * 0.5}]
+        ref_groups = [{"params": ref_params[:3]}, {"params": ref_params[3:], "lr": kw["lr"] * 0.5}]
+        opt = case.fused(groups, **kw)
+        ref = case.reference(ref_groups, **kw)
+        for step in range(STEPS):
+            grads = _grads(rng, params, none_prob=0.1)
+            opt.step(grads)
+            ref.step(grads)
+            if step == STEPS // 2:
+                for o in (opt, ref):
+                    o.param_groups[0]["lr"] *= 0.3
+        assert_close_to_reference(params, ref_params)
+        st, rst = opt.state, ref.state
+        assert st.keys() == rst.keys()
+        for i in st:
+            assert st[i]["step"] == rst[i]["step"]
+            assert_close_to_reference([st[i][k] for k in sorted(st[i]) if k != "step"],
+                                      [rst[i][k] for k in sorted(rst[i]) if k != "step"])
+        # The trajectory moved: the test is not comparing two untouched copies.
+        assert any(np.any(p != q) for p, q in zip(params, make_params(np.random.default_rng(0), dtype)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch_name], ids=lambda c: c.name)
+def test_matches_torch(case, dtype, rng):
+    torch = pytest.importorskip("torch")
+    torch_cls = getattr(torch.optim, case.torch_name)
+    tdtype = torch.float32 if dtype == np.float32 else torch.float64
+    compared = 0
+    for trial in range(12):
+        kw = case.sample(rng)
+        tkw = case.to_torch(kw)
+        if tkw is None:
+            continue
+        compared += 1
+        params = make_params(rng, dtype, shapes=[(5,), (4, 6), (20_000,)])
+        tparams = [torch.tensor(p.copy(), dtype=tdtype) for p in params]
+        opt = case.fused(params, **kw)
+        topt = torch_cls(tparams, **tkw)
+        for _ in range(100):
+            grads = _grads(rng, params)
+            opt.step(grads)
+            for t, g in zip(tparams, grads):
+                t.grad = torch.tensor(g)
+            topt.step()
+        for p, t in zip(params, tparams):
+            # Different but equally valid operation orders: float64 agrees to ~1e-10 after
+            # 100 steps, float32 to a few float32 roundings amplified by the eps-sized denominators.
+            if dtype == np.float64:
+                np.testing.assert_allclose(p, t.numpy(), rtol=1e-9, atol=1e-12)
+            else:
+                np.testing.assert_allclose(p, t.numpy(), rtol=2e-5, atol=2e-5)
+    assert compared >= 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_bitwise_identical_across_thread_counts(case, rng):
+    kw = case.sample(rng)
+    start = make_params(rng, np.float32, shapes=[(200_003,), (17,), (65_536,)])
+    grads_seq = [_grads(rng, start) for _ in range(5)]
+    results = []
+    before = fo.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            fo.set_num_threads(n)
+            params = [p.copy() for p in start]
+            opt = case.fused(params, **kw)
+            for g in grads_seq:
+                opt.step(g)
+            results.append(params)
+    finally:
+        fo.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_state_dict_round_trip_is_bitwise(case, dtype, rng):
+    """N steps, save, load into a fresh optimizer, M more == N+M steps straight, bitwise."""
+    kw = case.sample(rng)
+    start = make_params(rng, dtype)
+    grads_seq = [_grads(rng, start, none_prob=0.1) for _ in range(30)]
+    straight = [p.copy() for p in start]
+    opt = case.fused(straight, **kw)
+    for g in grads_seq:
+        opt.step(g)
+
+    first_params = [p.copy() for p in start]
+    first = case.fused(first_params, **kw)
+    for g in grads_seq[:17]:
+        first.step(g)
+    saved = first.state_dict()
+    saved_params = [p.copy() for p in first_params]
+    for g in grads_seq[17:20]:      # steps after saving must not leak into the checkpoint
+        first.step(g)
+    second = case.fused(saved_params, **kw)
+    second.load_state_dict(saved)
+    for g in grads_seq[17:]:
+        second.step(g)
+    for a, b in zip(straight, saved_params):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_bad_hyperparameters_are_rejected_and_named(case):
+    params = [np.ones(3, np.float32)]
+    for kw, name in case.bad:
+        with pytest.raises((ValueError, TypeError)) as err:
+            case.fused(params, **kw)
+        assert name in str(err.value), (kw, str(err.value))
+    # Changed in a param group after construction: caught at step, nothing written.
+    for kw, name in case.bad:
+        p = [np.ones(3, np.float32)]
+        opt = case.fused(p)
+        opt.step([np.full(3, 0.5, np.float32)])
+        snapshot = (p[0].copy(), copy.deepcopy(opt.state_dict()))
+        opt.param_groups[0].update(kw)
+        with pytest.raises((ValueError, TypeError)) as err:
+            opt.step([np.full(3, 0.5, np.float32)])
+        assert name in str(err.value)
+        assert p[0].tobytes() == snapshot[0].tobytes()
+        _assert_same_state(opt.state_dict(), snapshot[1], ignore_hparams=True)
+
+
+def _assert_same_state(a, b, ignore_hparams=False):
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        for k, v in a["state"][i].items():
+            w = b["state"][i][k]
+            if isinstance(v, np.ndarray):
+                assert v.tobytes() == w.tobytes() and v.shape == w.shape
+            else:
+                assert v == w
+    if not ignore_hparams:
+        assert a["param_groups"] == b["param_groups"]
