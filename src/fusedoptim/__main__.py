@@ -1,0 +1,41 @@
+"""Command line: `fusedoptim <command>` or `python -m fusedoptim <command>`."""
+
+import argparse
+import sys
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fusedoptim", description="Fused, in-place NumPy optimizers: demos and benchmarks.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    from . import bench
+    bench.add_parser(sub)
+    try:
+        from .demo import cli as demo_cli
+    except ImportError:  # the demo package is part of the source tree; keep bench usable
+        demo_cli = None
+    if demo_cli is not None:
+        demo_cli.add_compare_parser(sub)
+        demo_cli.add_landscape_parser(sub)
+    sub.add_parser("config", help="print how the kernels were built").set_defaults(
+        func=lambda args: _show_config())
+    return parser
+
+
+def _show_config():
+    from . import show_config
+    show_config()
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""`fusedoptim bench`: fused kernels vs the NumPy reference vs torch, in one run, on this machine.
+
+For every case, size and thread count it times, side by side:
+  fused      fo.<Optimizer>.step on one tensor
+  reference  fo.reference.<Optimizer>.step (plain NumPy)
+  torch      torch.optim.<Optimizer> (fused=True where torch has a fused CPU kernel, else
+             the faster of foreach and for-loop), when torch is importable
+  roofline   a trivial kernel with the same read/write pattern (DESIGN.md), same flags
+and reports G elements/s, the speed-ups, and the fused step as a % of the roofline.
+Timings are the best of several repeats (these machines are shared and noisy), and only
+ratios from the same run are meaningful.
+"""
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fusedoptim as fo
+from . import _kernels
+
+
+@dataclass
+class BenchCase:
+    """One optimizer configuration to benchmark."""
+    name: str                   # label in the table
+    cls: str                    # class name in fusedoptim / fusedoptim.reference
+    kwargs: dict
+    rw_buffers: int             # buffers read and written per element (param + state)
+    torch_cls: str = None       # torch.optim class name, None when torch has none
+    torch_kwargs: dict = field(default_factory=dict)
+    torch_fused: bool = False   # torch has a fused CPU kernel for it
+
+    def transfers(self):
+        """Memory transfers per element: each rw buffer read + written, the grad read."""
+        return 2 * self.rw_buffers + 1
+
+
+# The declarative table: add an optimizer here and it appears in `fusedoptim bench` and in
+# the pytest-benchmark suite (benchmarks/).
+BENCH_CASES = [
+    BenchCase("AdamW", "AdamW", dict(lr=1e-3, weight_decay=1e-2), 3, "AdamW",
+              dict(lr=1e-3, weight_decay=1e-2), torch_fused=True),
+    BenchCase("Adam(amsgrad)", "Adam", dict(lr=1e-3, amsgrad=True), 4, "Adam",
+              dict(lr=1e-3, amsgrad=True), torch_fused=True),
+]
+
+
+def _timeit(fn, min_time, repeat):
+    """Best seconds per call over `repeat` batches of at least `min_time` seconds each."""
+    fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time / 4 or n > 1 << 20:
+            break
+        n *= 4
+    n = max(1, int(n * (min_time / max(dt, 1e-9))))
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def _data(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+    return p, g
+
+
+def fused_step_fn(case, n, dtype, reference=False):
+    p, g = _data(n, dtype)
+    module = fo.reference if reference else fo
+    opt = getattr(module, case.cls)([p], **case.kwargs)
+    grads = [g]
+    opt.step(grads)          # allocate state outside the timing
+    return lambda: opt.step(grads)
+
+
+def roofline_fn(case, n, dtype):
+    """The same read/write pattern as the optimizer, doing only x += g."""
+    p, g = _data(n, dtype)
+    state = [[np.zeros_like(p) for _ in range(case.rw_buffers - 1)]]
+    plan = _kernels.Plan([p], state, case.rw_buffers - 1, 0, ["g"])
+    plan.bind([g])
+    kid = _kernels.KERNEL_IDS[f"touch_rw{case.rw_buffers}"]
+    return lambda: plan.run(kid)
+
+
+def torch_step_fn(case, n, dtype, torch):
+    """torch's fastest CPU path for this optimizer, or None."""
+    if case.torch_cls is None:
+        return None, None
+    p, g = _data(n, dtype)
+    tp = torch.from_numpy(p)
+    tp.grad = torch.from_numpy(g)
+    cls = getattr(torch.optim, case.torch_cls)
+    candidates = [("fused", dict(fused=True))] if case.torch_fused else []
+    candidates += [("foreach", dict(foreach=True)), ("for-loop", dict(foreach=False))]
+    best = (None, None, math.inf)
+    for label, extra in candidates:
+        try:
+            opt = cls([tp], **case.torch_kwargs, **extra)
+            opt.step()
+        except (RuntimeError, TypeError, ValueError):
+            continue
+        fn = opt.step
+        if case.torch_fused and label == "fused":
+            return fn, label       # torch's own best path; the target compares with it
+        t = _timeit(fn, 0.05, 2)
+        if t < best[2]:
+            best = (fn, label, t)
+    return best[0], best[1]
+
+
+def step_overhead_us(cls="Adam", repeat=5):
+    """Microseconds per step() on a single 1-element param (pure Python+call overhead)."""
+    p, g = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
+    opt = getattr(fo, cls)(p)
+    opt.step(g)
+    return _timeit(lambda: opt.step(g), 0.2, repeat) * 1e6
+
+
+def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, use_torch=True,
+        out=sys.stdout):
+    torch = None
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    header = (f"{'optimizer':<15}{'dtype':>8}{'n':>11}{'thr':>4}{'fused Gel/s':>13}"
+              f"{'ref Gel/s':>11}{'torch Gel/s':>13}{'torch path':>11}{'x ref':>8}"
+              f"{'x torch':>9}{'% roofline':>12}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    rows = []
+    saved_threads = fo.get_num_threads()
+    try:
+        for case in cases:
+            for dtype in dtypes:
+                for n in sizes:
+                    for nt in threads:
+                        fo.set_num_threads(nt)
+                        if torch is not None:
+                            torch.set_num_threads(nt)
+                        row = dict(optimizer=case.name, dtype=np.dtype(dtype).name, n=n,
+                                   threads=nt)
+                        t_fused = _timeit(fused_step_fn(case, n, dtype), min_time, repeat)
+                        t_roof = _timeit(roofline_fn(case, n, dtype), min_time, repeat)
+                        t_ref = (_timeit(fused_step_fn(case, n, dtype, reference=True),
+                                         min_time, max(2, repeat // 2))
+                                 if reference and n <= 10_000_000 else None)
+                        t_torch, path = None, ""
+                        if torch is not None:
+                            fn, path = torch_step_fn(case, n, dtype, torch)
+                            if fn is not None:
+                                t_torch = _timeit(fn, min_time, repeat)
+                            path = path or "n/a"
+                        row.update(fused_s=t_fused, roofline_s=t_roof, reference_s=t_ref,
+                                   torch_s=t_torch, torch_path=path)
+                        rows.append(row)
+                        print(_format_row(row), file=out, flush=True)
+    finally:
+        fo.set_num_threads(saved_threads)
+    return rows
+
+
+def _format_row(r):
+    n = r["n"]
+    gel = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
+    ratio = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
+    return (f"{r['optimizer']:<15}{r['dtype']:>8}{n:>11.0e}{r['threads']:>4}"
+            f"{gel(r['fused_s']):>13}{gel(r['reference_s']):>11}{gel(r['torch_s']):>13}"
+            f"{r['torch_path'] or '-':>11}{ratio(r['reference_s']):>8}{ratio(r['torch_s']):>9}"
+            f"{100 * r['roofline_s'] / r['fused_s']:>11.0f}%")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
+                              "reference and torch on this machine")
+    p.add_argument("--optimizers", default=None,
+                   help="comma-separated case names (default: all): "
+                        + ", ".join(c.name for c in BENCH_CASES))
+    p.add_argument("--sizes", default="1e5,1e6", help="comma-separated element counts")
+    p.add_argument("--dtypes", default="float32", help="float32,float64")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated thread counts (default: 1 and all)")
+    p.add_argument("--repeat", type=int, default=5, help="repeats; the best is reported")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--no-torch", action="store_true")
+    p.set_defaults(func=main)
+    return p
+
+
+def _parse_list(text, conv, what):
+    try:
+        values = [conv(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"fusedoptim bench: error: bad {what} list {text!r}")
+    if not values:
+        raise SystemExit(f"fusedoptim bench: error: empty {what} list")
+    return values
+
+
+def main(args):
+    cases = BENCH_CASES
+    if args.optimizers:
+        wanted = _parse_list(args.optimizers, str, "optimizer")
+        known = {c.name.lower(): c for c in BENCH_CASES}
+        bad = [w for w in wanted if w.lower() not in known]
+        if bad:
+            raise SystemExit(f"fusedoptim bench: error: unknown optimizer(s) {bad}; "
+                             f"choose from {[c.name for c in BENCH_CASES]}")
+        cases = [known[w.lower()] for w in wanted]
+    sizes = _parse_list(args.sizes, lambda s: int(float(s)), "sizes")
+    if any(s < 1 for s in sizes):
+        raise SystemExit("fusedoptim bench: error: sizes must be >= 1")
+    dtypes = _parse_list(args.dtypes, np.dtype, "dtypes")
+    if any(d not in (np.float32, np.float64) for d in dtypes):
+        raise SystemExit("fusedoptim bench: error: dtypes must be float32 and/or float64")
+    all_threads = fo.get_num_threads()
+    threads = (_parse_list(args.threads, int, "threads") if args.threads
+               else sorted({1, all_threads}))
+    if any(t < 1 for t in threads):
+        raise SystemExit("fusedoptim bench: error: thread counts must be >= 1")
+    fo.show_config()
+    print()
+    print(f"step() overhead, one 1-element param: {step_overhead_us():.2f} us")
+    print()
+    run(cases, sizes, dtypes, threads, min_time=args.min_time, repeat=args.repeat,
+        reference=not args.no_reference, use_torch=not args.no_torch)
+    print("\nfused/reference/torch columns are from this one run; '% roofline' is the fused "
+          "step's speed relative to a trivial kernel with the same memory traffic.")
+    return 0

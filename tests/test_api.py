@@ -1,0 +1,159 @@
+"""The Python API around the kernels: functional calls, threads, config, CLI, groups, None grads."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from conftest import make_params
+
+
+def test_issue_example_dict_params_and_checkpoint(rng):
+    params = {"W": rng.standard_normal((784, 128)).astype(np.float32),
+              "b": np.zeros(128, np.float32)}
+    opt = fo.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    w0 = params["W"].copy()
+    for _ in range(3):
+        opt.step({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()})
+    assert not np.array_equal(w0, params["W"])
+    sd = opt.state_dict()
+    opt2 = fo.AdamW(params)
+    opt2.load_state_dict(sd)
+    assert opt2.state[0]["step"] == 3 and opt2.param_groups[0]["weight_decay"] == 1e-2
+    assert sd["param_groups"][0]["param_names"] == ["W", "b"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_functional_matches_class_and_reference(rng, dtype, amsgrad):
+    kw = dict(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.05, amsgrad=amsgrad,
+              decoupled_weight_decay=True)
+    p_fun = make_params(rng, dtype)
+    p_ref = [p.copy() for p in p_fun]
+    p_cls = [p.copy() for p in p_fun]
+    zeros = lambda ps: [np.zeros_like(p) for p in ps]
+    st_fun = (zeros(p_fun), zeros(p_fun), zeros(p_fun) if amsgrad else None, [0] * len(p_fun))
+    st_ref = (zeros(p_ref), zeros(p_ref), zeros(p_ref) if amsgrad else None, [0] * len(p_ref))
+    opt = fo.AdamW(p_cls, lr=3e-3, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.05,
+                   amsgrad=amsgrad)
+    for _ in range(25):
+        g = [np.asarray(rng.standard_normal(p.shape), dtype) for p in p_fun]
+        fo.functional.adam(p_fun, g, *st_fun, **kw)
+        fo.reference.adam(p_ref, g, *st_ref, **kw)
+        opt.step(g)
+    for a, b, c in zip(p_fun, p_ref, p_cls):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+    assert st_fun[3] == [25] * len(p_fun) == st_ref[3]
+
+
+def test_functional_validates_before_writing():
+    p = [np.zeros(4, np.float32)]
+    g = [np.ones(4, np.float32)]
+    m, v = [np.zeros(4, np.float32)], [np.zeros(4, np.float32)]
+    steps = [0]
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(ValueError, match="exp_avgs must be a list with one entry per param"):
+        fo.functional.adam(p, g, m * 2, v, None, steps, **kw)
+    with pytest.raises(ValueError, match=r"max_exp_avg_sqs\[0\] is None"):
+        fo.functional.adam(p, g, m, v, [None], steps, amsgrad=True, **kw)
+    with pytest.raises(TypeError, match=r"exp_avg_sqs\[0\] has dtype float64"):
+        fo.functional.adam(p, g, m, [np.zeros(4)], None, steps, **kw)
+    with pytest.raises(ValueError, match=r"state_steps\[0\] must be an integer >= 0, got -1"):
+        fo.functional.adam(p, g, m, v, None, [-1], **kw)
+    with pytest.raises(ValueError, match="betas\\[1\\]"):
+        fo.functional.adam(p, g, m, v, None, steps, **{**kw, "beta2": 1.5})
+    assert not p[0].any() and not m[0].any() and steps == [0]
+    fo.functional.adam(p, g, m, v, None, steps, **kw)
+    assert p[0].all() and steps == [1]
+
+
+def test_none_grad_skips_param_and_its_step_count():
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    opt = fo.Adam([a, b], lr=0.1)
+    opt.step([np.ones(3, np.float32), None])
+    assert a.any() and not b.any()
+    assert 1 not in opt.state                     # no state before its first grad
+    opt.step([np.ones(3, np.float32), np.ones(3, np.float32)])
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+    # b's first step uses step=1 bias correction: Adam's first step is exactly -lr*sign(g)
+    np.testing.assert_allclose(b, -0.1, rtol=1e-6)
+
+
+def test_amsgrad_switched_on_mid_training_gets_fresh_max_buffer():
+    p = np.zeros(3, np.float32)
+    opt = fo.Adam([p])
+    opt.step([np.ones(3, np.float32)])
+    assert "max_exp_avg_sq" not in opt.state[0]
+    opt.param_groups[0]["amsgrad"] = True
+    opt.step([np.ones(3, np.float32)])
+    np.testing.assert_array_equal(opt.state[0]["max_exp_avg_sq"], opt.state[0]["exp_avg_sq"])
+
+
+def test_set_and_get_num_threads():
+    before = fo.get_num_threads()
+    try:
+        fo.set_num_threads(1)
+        assert fo.get_num_threads() == 1
+        for bad in (0, -2):
+            with pytest.raises(ValueError, match=f"got {bad}"):
+                fo.set_num_threads(bad)
+        with pytest.raises(TypeError, match="2.5"):
+            fo.set_num_threads(2.5)
+    finally:
+        fo.set_num_threads(before)
+
+
+def _run_python(code, **env):
+    full_env = dict(os.environ)
+    full_env.pop("OMP_NUM_THREADS", None)
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+@pytest.mark.skipif(not fo._kernels.openmp_enabled(), reason="built without OpenMP")
+def test_default_threads_follow_affinity_and_omp_num_threads():
+    out = _run_python("import fusedoptim as fo; print(fo.get_num_threads())")
+    assert int(out.stdout) == len(os.sched_getaffinity(0))
+    out = _run_python("import fusedoptim as fo; print(fo.get_num_threads())",
+                      OMP_NUM_THREADS="3")
+    assert int(out.stdout) == 3
+
+
+def test_show_config_reports_build(capsys):
+    fo.show_config()
+    text = capsys.readouterr().out
+    assert fo.__version__ in text
+    assert "-fno-math-errno" in text and "-ffast-math" not in text
+    assert f"openmp         {fo._kernels.openmp_enabled()}" in text
+    assert f"num_threads    {fo.get_num_threads()}" in text
+
+
+def test_unbuilt_source_tree_gives_a_clear_import_error(tmp_path):
+    pkg = os.path.dirname(fo.__file__)
+    dest = tmp_path / "fusedoptim"
+    shutil.copytree(pkg, dest, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    out = subprocess.run([sys.executable, "-c", "import fusedoptim"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode != 0
+    assert "are not built" in out.stderr and "pip install ." in out.stderr
+
+
+def test_bench_cli_runs_and_prints_a_row():
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--sizes", "2000",
+                          "--threads", "1", "--repeat", "1", "--min-time", "0.01",
+                          "--optimizers", "AdamW"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("AdamW ")]
+    assert len(rows) == 1 and "2e+03" in rows[0] and "%" in rows[0]
+
+
+def test_bench_cli_rejects_unknown_optimizer():
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--optimizers", "Nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "unknown optimizer" in out.stderr
+    assert "Traceback" not in out.stderr
