@@ -4,7 +4,7 @@
 #          4 max_exp_avg_sq (IN/OUT, AMSGrad only).
 # Scalars (computed once per step in double by fusedoptim.optim.adam.adam_scalars):
 ADAM_SCALARS = ("sign", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
-                "weight_decay", "decay", "eps", "step_size", "bias_correction2_sqrt", "mode")
+                "weight_decay", "decay", "eps", "step_size", "inv_bias_correction2_sqrt", "mode")
 # mode bits: 1 = L2 weight decay folded into the grad, 2 = decoupled decay, 4 = AMSGrad.
 
 from libc.math cimport sqrt, sqrtf
@@ -20,7 +20,7 @@ cdef inline void _adam_body(floating* p, const floating* g, floating* m, floatin
     cdef floating beta1 = <floating>hp[1], omb1 = <floating>hp[2]
     cdef floating beta2 = <floating>hp[3], omb2 = <floating>hp[4]
     cdef floating wd = <floating>hp[5], decay = <floating>hp[6], eps = <floating>hp[7]
-    cdef floating step_size = <floating>hp[8], bc2_sqrt = <floating>hp[9]
+    cdef floating step_size = <floating>hp[8], inv_bc2_sqrt = <floating>hp[9]
     cdef floating gi, pi, mi, vi, vm, denom
     cdef Py_ssize_t i
     for i in range(n):
@@ -40,10 +40,12 @@ cdef inline void _adam_body(floating* p, const floating* g, floating* m, floatin
                 vm = vi
             vmax[i] = vm
             vi = vm
+        # Multiplying by the reciprocal bias correction (not dividing) leaves one division
+        # per element; the kernel is compute-bound in cache, so this is measurable.
         if floating is float:
-            denom = sqrtf(vi) / bc2_sqrt + eps
+            denom = sqrtf(vi) * inv_bc2_sqrt + eps
         else:
-            denom = sqrt(vi) / bc2_sqrt + eps
+            denom = sqrt(vi) * inv_bc2_sqrt + eps
         p[i] = pi - step_size * mi / denom
 
 

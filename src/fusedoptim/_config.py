@@ -23,15 +23,17 @@ def build_config():
     """How the kernels were compiled, as a dict."""
     try:
         from . import _build_config as bc
-        flags, compiler = list(bc.COMPILE_FLAGS), bc.COMPILER
+        flags, compiler, levels = list(bc.COMPILE_FLAGS), bc.COMPILER, list(bc.ISA_LEVELS)
     except ImportError:
-        flags, compiler = ["unknown"], "unknown"
+        flags, compiler, levels = ["unknown"], "unknown", [_kernels.ISA]
     from . import __version__
     return {
         "version": __version__,
         "compiler": compiler,
         "compile_flags": flags,
         "openmp": _kernels.openmp_enabled(),
+        "isa": _kernels.ISA,
+        "isa_levels": levels,
         "num_threads": _kernels.get_num_threads(),
         "chunk_elements": _kernels.CHUNK_ELEMENTS,
         "kernels": sorted(k for k in _kernels.KERNEL_IDS if not k.startswith("touch_")),
@@ -48,6 +50,7 @@ def show_config(file=None):
     print(f"  compiler       {cfg['compiler']}", file=out)
     print(f"  compile flags  {' '.join(cfg['compile_flags'])}", file=out)
     print(f"  openmp         {cfg['openmp']}", file=out)
+    print(f"  isa level      {cfg['isa']} (built: {', '.join(cfg['isa_levels'])})", file=out)
     print(f"  num_threads    {cfg['num_threads']}", file=out)
     print(f"  chunk elements {cfg['chunk_elements']}", file=out)
     print(f"  kernels        {', '.join(cfg['kernels'])}", file=out)

@@ -39,14 +39,14 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
         v[...] = beta2 * v + (1.0 - beta2) * g * g
         if bias_correction:
             step_size = lr / (1.0 - beta1 ** t)
-            bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** t)
+            inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** t)
         else:
-            step_size, bias_correction2_sqrt = lr, 1.0
+            step_size, inv_bias_correction2_sqrt = lr, 1.0
         v_hat = v
         if amsgrad:
             np.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
             v_hat = max_exp_avg_sqs[i]
-        denom = np.sqrt(v_hat) / bias_correction2_sqrt + eps
+        denom = np.sqrt(v_hat) * inv_bias_correction2_sqrt + eps
         p[...] = p_decayed - step_size * m / denom
 
 

@@ -26,17 +26,17 @@ def adam_scalars(step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
     """The kernel's scalars for one step count (order: _kernels.SCALARS['adam'])."""
     if bias_correction:
         step_size = lr / (1.0 - beta1 ** step)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** step)
     else:
         step_size = lr
-        bias_correction2_sqrt = 1.0
+        inv_bias_correction2_sqrt = 1.0
     mode = 0
     if weight_decay != 0.0:
         mode = 2 if decoupled_weight_decay else 1
     if amsgrad:
         mode |= 4
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
-            1.0 - lr * weight_decay, eps, step_size, bias_correction2_sqrt, float(mode))
+            1.0 - lr * weight_decay, eps, step_size, inv_bias_correction2_sqrt, float(mode))
 
 
 class Adam(Optimizer):
@@ -48,7 +48,7 @@ class Adam(Optimizer):
         m      = beta1 * m + (1 - beta1) * g
         v      = beta2 * v + (1 - beta2) * g * g
         v_max  = max(v_max, v)                     (amsgrad; Reddi et al. 2018) then v := v_max
-        p      = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        p      = p - lr / (1 - beta1^t) * m / (sqrt(v) * (1 / sqrt(1 - beta2^t)) + eps)
 
     eps is added after the bias correction, and AMSGrad keeps the running max of the raw
     second moment, as in torch. ``bias_correction=False`` is the notes' "Adam (90%)" form,
