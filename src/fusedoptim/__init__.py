@@ -17,9 +17,10 @@ except ImportError as exc:  # pragma: no cover - exercised only in an unbuilt so
     ) from None
 
 from ._config import get_num_threads, set_num_threads, show_config
-from . import functional, reference
+from . import functional, lr_scheduler, reference, schedules
 from .optim import Adam, AdamW
 from .optimizer import Optimizer
 
-__all__ = ["Adam", "AdamW", "Optimizer", "functional", "reference", "get_num_threads",
+__all__ = ["Adam", "AdamW", "Optimizer", "functional", "lr_scheduler", "reference", "schedules",
+           "get_num_threads",
            "set_num_threads", "show_config", "__version__"]
