@@ -1,0 +1,299 @@
+"""``fusedoptim compare`` and ``fusedoptim landscape`` end to end, on the real fused optimizers.
+
+Runs are parametrised over the optimizers this build provides (the demo never fakes a missing
+one), so the suite grows by itself as SGD, RMSprop, ... land.
+"""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from fusedoptim.demo import OPTIMIZERS
+from fusedoptim.demo.cli import main
+from fusedoptim.demo.compare import REF_ATOL, REF_RTOL, CompareConfig, run_compare
+from fusedoptim.demo.landscape import FUNCTIONS, LandscapeConfig, run_landscape
+
+AVAILABLE = [n for n, spec in OPTIMIZERS.items() if hasattr(fo, spec.cls)]
+_REFERENCE = getattr(fo, "reference", None)
+WITH_REFERENCE = [n for n in AVAILABLE if hasattr(_REFERENCE, OPTIMIZERS[n].cls)]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --plot/--out paths must not land in the repo
+
+
+def test_this_build_has_optimizers_to_demo():
+    assert AVAILABLE, "fusedoptim exposes none of the optimizers in the demo table"
+
+
+# ------------------------------------------------------------------------------ compare
+@pytest.fixture(scope="module")
+def spirals_run(tmp_path_factory):
+    """One short spirals run for every available optimizer, through the CLI, with its JSON."""
+    out = tmp_path_factory.mktemp("spirals") / "run.json"
+    rc = main(["compare", "--dataset", "spirals", "--epochs", "15", "--schedule", "none",
+               "--optimizers", ",".join(AVAILABLE), "--no-plot", "--quiet", "--json", str(out)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_json_has_one_entry_per_optimizer(spirals_run):
+    assert list(spirals_run["optimizers"]) == AVAILABLE
+    for rec in spirals_run["optimizers"].values():
+        assert len(rec["history"]["train_loss"]) == 16  # epoch 0 plus 15 epochs
+        assert rec["step_s"] > 0 and rec["wall_s"] >= rec["step_s"]
+        assert rec["steps"] == 15 * int(np.ceil(720 / 64))
+
+
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_every_optimizer_learns_spirals(spirals_run, name):
+    rec = spirals_run["optimizers"][name]
+    # Every run starts from the same weights, so the same starting loss.
+    first = spirals_run["optimizers"][AVAILABLE[0]]
+    assert rec["initial_train_loss"] == first["initial_train_loss"]
+    assert rec["status"] == "ok"
+    # "Clearly below": at most 60% of the starting loss (torch-equivalent runs reach 12-51%).
+    assert rec["final_train_loss"] < 0.6 * rec["initial_train_loss"]
+    assert rec["final_val_acc"] > 0.40  # chance is 1/3
+
+
+@pytest.mark.parametrize("name", WITH_REFERENCE)
+def test_fused_and_reference_trajectories_agree(name):
+    # Tolerance: |p_fused - p_ref| <= 1e-6 + 1e-4 * |p_ref| for every parameter at every epoch
+    # (REF_ATOL/REF_RTOL): float32 rounding differences stay orders of magnitude inside it.
+    assert (REF_RTOL, REF_ATOL) == (1e-4, 1e-6)
+    cfg = CompareConfig(optimizers=[name], explicit=True, dataset="spirals", epochs=5,
+                        reference=True, progress=False)
+    rec = run_compare(cfg)["optimizers"][name]["reference"]
+    assert rec["agree"], rec
+    assert rec["allclose_ratio"] <= 1.0
+    assert len(rec["history"]["max_abs_diff"]) == 6 and rec["step_s"] > 0
+
+
+@pytest.mark.skipif(not WITH_REFERENCE, reason="no reference optimizer in this build")
+def test_agreement_check_catches_a_wrong_reference(monkeypatch, capsys):
+    name = WITH_REFERENCE[0]
+    real = getattr(fo.reference, OPTIMIZERS[name].cls)
+
+    class OffByOnePercent(real):
+        def step(self, grads):
+            for group in self.param_groups:
+                group["lr"] *= 1.01
+            return super().step(grads)
+
+    monkeypatch.setattr(fo.reference, OPTIMIZERS[name].cls, OffByOnePercent)
+    result = run_compare(CompareConfig(optimizers=[name], explicit=True, dataset="spirals",
+                                       epochs=3, reference=True, progress=False))
+    assert not result["optimizers"][name]["reference"]["agree"]
+    assert " NO" in capsys.readouterr().out
+
+
+def test_digits_default_dataset_and_png(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    png, js = tmp_path / "c.png", tmp_path / "c.json"
+    rc = main(["compare", "--epochs", "2", "--optimizers", ",".join(AVAILABLE[:3]), "--quiet",
+               "--plot", str(png), "--json", str(js), "--schedule", "onecycle"])
+    assert rc == 0
+    data = json.loads(js.read_text())
+    assert data["dataset"]["n_features"] == 64 and data["dataset"]["n_outputs"] == 10
+    _assert_valid_image(png)
+
+
+def _assert_valid_image(path, min_size=200):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    from matplotlib.image import imread
+
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] >= min_size and img.shape[1] >= min_size
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+# ------------------------------------------------------------------------------ bad input
+def _write(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+BAD_COMPARE = {
+    "unknown optimizer": (lambda p: ["--optimizers", "adam,sgdd"], "unknown optimizer 'sgdd'"),
+    "epochs zero": (lambda p: ["--epochs", "0"], "--epochs: must be a positive integer"),
+    "epochs negative": (lambda p: ["--epochs", "-2"], "--epochs: must be a positive integer"),
+    "epochs text": (lambda p: ["--epochs", "ten"], "--epochs: must be a positive integer"),
+    "missing file": (lambda p: ["--data", str(p / "nope.npz")], "data file not found"),
+    "not an npz": (lambda p: ["--data", str(_text(p))], "is not an .npz archive"),
+    "npz without y": (lambda p: ["--data", _write(p, "a.npz", X=np.zeros((5, 2)))], "no array 'y'"),
+    "mismatched X/y": (lambda p: ["--data", _write(p, "m.npz", X=np.zeros((5, 2)), y=np.arange(4))],
+                       "X has 5 samples but y has 4"),
+    "bad learning rate": (lambda p: ["--lr", "adam=fast"], "must be a positive number"),
+    "bad schedule": (lambda p: ["--schedule", "linear"], "invalid choice"),
+    "bad hidden": (lambda p: ["--hidden", "64,0"], "positive layer widths"),
+    "unknown flag": (lambda p: ["--learning-rate", "3"], "unrecognized arguments"),
+}
+
+
+def _text(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_text("X,y\n1,2\n")
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_COMPARE))
+def test_compare_rejects_bad_input_in_one_line(case, tmp_path, capsys):
+    make_args, message = BAD_COMPARE[case]
+    rc = main(["compare", "--no-plot", "--quiet", *make_args(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err + out
+
+
+BAD_LANDSCAPE = {
+    "unknown function": (["--function", "himmelblau"], "unknown function"),
+    "bad start": (["--start", "1"], "--start must be two numbers"),
+    "zero steps": (["--steps", "0"], "--steps: must be a positive integer"),
+    "unknown optimizer": (["--optimizers", "adamm"], "unknown optimizer"),
+    "gif suffix": (["--animate", "paths.mp4"], "ending in .gif"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LANDSCAPE))
+def test_landscape_rejects_bad_input_in_one_line(case, capsys):
+    args, message = BAD_LANDSCAPE[case]
+    rc = main(["landscape", *args])
+    out, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err + out
+
+
+def test_optimizer_missing_from_the_build_is_reported_not_faked(monkeypatch, capsys):
+    name = AVAILABLE[0]
+    monkeypatch.delattr(fo, OPTIMIZERS[name].cls)
+    rc = main(["compare", "--dataset", "spirals", "--no-plot", "--optimizers", name])
+    err = capsys.readouterr().err
+    assert rc == 2
+    cls = OPTIMIZERS[name].cls
+    assert f"optimizer {name} (fusedoptim.{cls}) is not available in this build" in err
+    # With the default "all", missing optimizers are skipped with a notice instead.
+    if len({OPTIMIZERS[n].cls for n in AVAILABLE}) > 1:
+        rc = main(["compare", "--dataset", "spirals", "--no-plot", "--epochs", "1", "--quiet"])
+        assert rc == 0 and "skipping (not available in this build)" in capsys.readouterr().err
+
+
+def test_python_dash_m_fusedoptim_mounts_both_commands(tmp_path):
+    """The real console entry point: one-line error, exit status 2, no traceback."""
+    for args, message in [(["compare", "--epochs", "0"], "--epochs"),
+                          (["compare", "--data", str(tmp_path / "missing.npz"), "--no-plot"],
+                           "data file not found"),
+                          (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+                          (["landscape", "--function", "nope"], "unknown function")]:
+        proc = subprocess.run([sys.executable, "-m", "fusedoptim", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ optional deps
+def _block(monkeypatch, *modules):
+    for mod in modules:
+        monkeypatch.setitem(sys.modules, mod, None)  # makes `import mod` raise ImportError
+
+
+def test_without_the_demo_extra_spirals_no_plot_still_works(monkeypatch, capsys):
+    _block(monkeypatch, "matplotlib", "sklearn", "sklearn.datasets", "tqdm")
+    rc = main(["compare", "--dataset", "spirals", "--no-plot", "--epochs", "2",
+               "--optimizers", AVAILABLE[0]])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert AVAILABLE[0] in out and "val acc" in out
+
+
+@pytest.mark.parametrize("args, needs", [
+    (["compare"], ['"matplotlib>=3.7" "scikit-learn>=1.3"']),  # both named in one message
+    (["compare", "--no-plot"], ["digits dataset", "needs scikit-learn"]),
+    (["compare", "--dataset", "spirals"], ["--plot", "needs matplotlib", "--no-plot"]),
+    (["landscape"], ["needs matplotlib", "--no-plot"]),
+])
+def test_without_the_demo_extra_the_message_says_what_to_install(monkeypatch, capsys, args, needs):
+    _block(monkeypatch, "matplotlib", "sklearn", "sklearn.datasets", "tqdm")
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert 'pip install "fusedoptim[demo]"' in err
+    for text in needs:
+        assert text in err
+
+
+# ------------------------------------------------------------------------------ landscape
+@pytest.fixture(scope="module")
+def landscape_paths():
+    return run_landscape(LandscapeConfig(optimizers=AVAILABLE, explicit=True, out=None))
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
+def test_every_optimizer_descends_every_function(landscape_paths, function):
+    fn = FUNCTIONS[function]
+    f0 = fn.f(*fn.start)
+    for name, run in landscape_paths[function].items():
+        assert not run["diverged"], name
+        assert run["steps"] == fn.steps and run["path"].shape == (fn.steps + 1, 2)
+        assert run["f"] < f0 - 0.25 * abs(f0), (name, run["f"], f0)
+
+
+def test_landscape_steps_the_public_class_in_place():
+    # The same numbers as a hand-written loop over the public class: no special 2-D path.
+    fn, name = FUNCTIONS["rosenbrock"], AVAILABLE[0]
+    spec, lr = OPTIMIZERS[name], FUNCTIONS["rosenbrock"].lrs[name]
+    xy = np.array(fn.start)
+    opt = getattr(fo, spec.cls)({"xy": xy}, lr=lr, **spec.kwargs)
+    for _ in range(25):
+        opt.step({"xy": np.array(fn.grad(*xy))})
+    result = run_landscape(LandscapeConfig(functions=["rosenbrock"], optimizers=[name],
+                                           explicit=True, steps=25, out=None))
+    np.testing.assert_array_equal(result["rosenbrock"][name]["path"][-1], xy)
+
+
+def test_landscape_png_and_gif(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png, gif = tmp_path / "l.png", tmp_path / "l.gif"
+    rc = main(["landscape", "--steps", "30", "--optimizers", ",".join(AVAILABLE[:3]),
+               "--out", str(png), "--animate", str(gif), "--frames", "6", "--start=-1,1.5",
+               "--lr", "0.05"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "rosenbrock" in out and "saddle" in out
+    _assert_valid_image(png)
+    from PIL import Image
+
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 6
+
+
+# ------------------------------------------------------------------------------ progress
+class _TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream_cls", [io.StringIO, _TTY], ids=["plain-lines", "tqdm-bar"])
+def test_progress_shows_the_current_loss(stream_cls):
+    if stream_cls is _TTY:
+        pytest.importorskip("tqdm")
+    err, out = stream_cls(), io.StringIO()
+    run_compare(CompareConfig(optimizers=AVAILABLE[:1], explicit=True, dataset="spirals",
+                              epochs=4), out=out, err=err)
+    text = err.getvalue()
+    assert f"[1/1] {AVAILABLE[0]}" in text and "loss " in text and "val acc" in text
+    if stream_cls is _TTY:
+        assert "4/4" in text and "ep/s" in text  # a tqdm bar, not plain lines
+    else:
+        assert "epoch   4/4" in text
