@@ -4,12 +4,15 @@
 #   ptrs[t, b]     raw address of buffer b of tensor t (b=0 param, b=1 grad, b>=2 state)
 #   hp[t, :]       the kernel's scalars for tensor t (a row per tensor: step counts may differ)
 #   active[t]      0 when tensor t has no grad this step (torch skips it)
+#   sstate[t, :]   per-tensor scalar state kept in double (e.g. NAdam's mu_product); only
+#                  Python reads and writes it, to derive the next step's hp row
 # The tensors are laid end to end as one virtual array and cut into work units of CHUNK elements.
 # A unit is a list of segments (tensor, start, length). Unit boundaries depend only on the tensor
 # sizes, never on the thread count, so every result is bitwise identical for any thread count, and
 # one 10M tensor next to 500 tiny ones still splits evenly over the threads.
 
 from libc.stdint cimport uintptr_t, int64_t
+from libc.string cimport memcmp
 
 cimport cython
 from cython.parallel cimport prange
@@ -214,6 +217,12 @@ cdef class Plan:
 
     Built once per param set; per step only the grad column and the active flags change.
     Buffer column 0 is the param, 1 the grad, 2.. the state buffers named by the optimizer.
+
+    A tensor is ready to step when it has state and every `required` state column (default:
+    none beyond having state) holds a buffer; bind() counts the active tensors that are not,
+    so the kernel never sees a null pointer. `scalar_state` (ntensors x k, double) is
+    per-tensor scalar state; group_active()/set_group() turn it and the step counts into hp
+    rows and write its next values.
     """
     cdef readonly list params
     cdef readonly list labels
@@ -227,11 +236,16 @@ cdef class Plan:
     cdef unsigned char[::1] active
     cdef int64_t[::1] steps
     cdef Py_ssize_t[::1] seg_t, seg_start, seg_len, unit_begin
-    cdef readonly Py_ssize_t missing_state
+    cdef readonly Py_ssize_t missing_state, nsstate
+    cdef readonly object sstate_array
+    cdef double[:, ::1] sstate
+    cdef unsigned char[::1] ready
+    cdef Py_ssize_t[::1] key_of, key_rep
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
-                 list labels, steps=None):
+                 list labels, steps=None, scalar_state=None, required=None):
         cdef Py_ssize_t t, b, n, pos, seg_end, cut
+        cdef bint ok
         cdef cnp.ndarray p
         self.params = params
         self.labels = labels
@@ -249,6 +263,22 @@ cdef class Plan:
         self.steps_array = (np.zeros(self.ntensors, dtype=np.int64) if steps is None
                             else np.ascontiguousarray(steps, dtype=np.int64).copy())
         self.steps = self.steps_array
+        if scalar_state is None:
+            self.nsstate = 0
+            self.sstate_array = np.zeros((self.ntensors, 1), dtype=np.float64)
+        else:
+            self.sstate_array = np.array(scalar_state, dtype=np.float64, order="C", ndmin=2)
+            if self.sstate_array.shape[0] != self.ntensors:
+                raise ValueError(f"scalar_state needs one row per tensor ({self.ntensors}), "
+                                 f"got shape {self.sstate_array.shape}")
+            self.nsstate = self.sstate_array.shape[1]
+            if self.nsstate == 0:
+                self.sstate_array = np.zeros((self.ntensors, 1), dtype=np.float64)
+        self.sstate = self.sstate_array
+        self.ready = np.zeros(self.ntensors, dtype=np.uint8)
+        self.key_of = np.full(self.ntensors, -1, dtype=np.intp)
+        self.key_rep = np.zeros(max(self.ntensors, 1), dtype=np.intp)
+        required = () if required is None else tuple(required)
         self.missing_state = 0
         for t in range(self.ntensors):
             p = <cnp.ndarray>params[t]
@@ -260,6 +290,13 @@ cdef class Plan:
                     if state[t][b] is not None:
                         self.ptrs[t, 2 + b] = <uintptr_t>cnp.PyArray_DATA(
                             <cnp.ndarray>state[t][b])
+                ok = True
+                for b in required:
+                    if state[t][b] is None:
+                        ok = False
+                self.ready[t] = ok
+                if not ok:
+                    self.missing_state += 1
         # Work units: cut the virtual concatenation of all tensors every CHUNK elements.
         seg_t, seg_start, seg_len, unit_begin = [], [], [], [0]
         pos = 0
@@ -286,8 +323,9 @@ cdef class Plan:
         """Validate grads against the params and point column 1 at them. None skips a tensor.
 
         Writes nothing but this plan's grad pointers and active flags, so a rejected call
-        leaves every buffer as it was. Returns the number of tensors that will step but have
-        no state yet (the caller creates it and rebuilds the plan).
+        leaves every buffer as it was. Returns the number of tensors that will step but are
+        not ready (no state, or a required buffer missing): the caller creates it and rebuilds
+        the plan, so the kernel never reads a null pointer.
         """
         cdef Py_ssize_t t, b, missing = 0
         cdef object g
@@ -316,7 +354,7 @@ cdef class Plan:
             else:
                 self.active[t] = 1
                 self.ptrs[t, 1] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
-                if self.state[t] is None:
+                if not self.ready[t]:
                     missing += 1
         self._grads = grads
         return missing
@@ -351,6 +389,62 @@ cdef class Plan:
             if self.active[t] and (step < 0 or self.steps[t] == step):
                 for k in range(m):
                     self.hp[t, k] = buf[k]
+
+    cdef inline bint _same_key(self, Py_ssize_t a, Py_ssize_t b) noexcept:
+        # Bitwise equality of the scalar state, so -0.0/0.0 and NaNs are never merged.
+        return (self.steps[a] == self.steps[b] and
+                memcmp(&self.sstate[a, 0], &self.sstate[b, 0],
+                       <size_t>self.nsstate * sizeof(double)) == 0)
+
+    def group_active(self):
+        """Group the active tensors by (step, scalar state row). Returns the distinct keys,
+        each a tuple (step, s_0, s_1, ...) of an int and Python floats, and remembers each
+        tensor's group for set_group(). Usually every tensor shares one key."""
+        cdef Py_ssize_t t, r, k, last = -1, nk = 0
+        for t in range(self.ntensors):
+            if not self.active[t]:
+                self.key_of[t] = -1
+                continue
+            if last >= 0 and self._same_key(t, self.key_rep[last]):
+                k = last
+            else:
+                k = -1
+                for r in range(nk):
+                    if self._same_key(t, self.key_rep[r]):
+                        k = r
+                        break
+                if k < 0:
+                    self.key_rep[nk] = t
+                    k = nk
+                    nk += 1
+            self.key_of[t] = k
+            last = k
+        return [(int(self.steps[self.key_rep[r]]),)
+                + tuple(self.sstate_array[self.key_rep[r], :self.nsstate].tolist())
+                for r in range(nk)]
+
+    def set_group(self, Py_ssize_t k, tuple row, tuple new_state=()):
+        """For the tensors of key k (from the last group_active()): copy row into hp and
+        new_state into the scalar state. Keys are fixed first, so writing the new state of
+        one group never moves a tensor into another."""
+        cdef Py_ssize_t t, j, m = len(row)
+        cdef double buf[64]
+        cdef double nxt[16]
+        if m != self.nscalars or m > 64:
+            raise ValueError(f"kernel expects {self.nscalars} scalars, got {m}")
+        if len(new_state) != self.nsstate or self.nsstate > 16:
+            raise ValueError(f"expected {self.nsstate} scalar state values, got "
+                             f"{len(new_state)}")
+        for j in range(m):
+            buf[j] = row[j]
+        for j in range(self.nsstate):
+            nxt[j] = new_state[j]
+        for t in range(self.ntensors):
+            if self.key_of[t] == k:
+                for j in range(m):
+                    self.hp[t, j] = buf[j]
+                for j in range(self.nsstate):
+                    self.sstate[t, j] = nxt[j]
 
     def run(self, int kernel_id, int num_threads=0):
         """Run a registered kernel over every active tensor, without the GIL."""

@@ -52,6 +52,14 @@ def betas(value, name="betas"):
     return unit_interval(b1, f"{name}[0]"), unit_interval(b2, f"{name}[1]")
 
 
+def scalar_state(value, name):
+    """Per-tensor scalar state (a step-dependent product, a learning rate...) from a
+    checkpoint or a functional call: a real number or a 1-element array, as a float."""
+    if hasattr(value, "size") and hasattr(value, "item") and value.size == 1:
+        value = value.item()
+    return _real(value, name)
+
+
 def flag(value, name):
     if not isinstance(value, (bool, int)) or value not in (0, 1):
         raise TypeError(f"{name} must be True or False, got {value!r}")

@@ -3,23 +3,33 @@
 Each function takes the params, their grads, their state buffers and their step counts as
 parallel lists, like ``torch.optim.functional``, and updates all of them in place in one
 GIL-free call. ``state_steps`` is a list of ints (or an int64 array): each entry whose param has
-a grad is incremented, as torch does. ``fusedoptim.reference`` has the same functions in plain
-NumPy.
+a grad is incremented, as torch does. Per-tensor scalar state (NAdam's ``mu_products``,
+ASGD's ``mus`` and ``etas``) is passed the same way, as lists of floats updated in place.
+``fusedoptim.reference`` has the same functions in plain NumPy.
 """
 
 import numpy as np
 
 from . import _kernels
+from . import _validation as v
 from .optim.adam import adam_scalars, check_adam
 
 
-def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required):
+def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
+                scalar_lists=(), init_hints=None):
     """Validate every list, then run `kernel` once over all params. The first `n_required`
-    state lists must hold a buffer for every param that has a grad."""
+    state lists must hold a buffer for every param that has a grad.
+
+    Without `scalar_lists`, ``scalars_fn(step, *hyper)`` gives the kernel scalars. With them
+    (``[(name, list of floats)]``, one float per param), ``scalars_fn(step, *current, *hyper)``
+    gives ``(kernel scalars, next values)`` and the lists are updated in place.
+    `init_hints` maps a state list's name to how its buffers start (default: zeros).
+    """
     n = len(params) if isinstance(params, (list, tuple)) else -1
     if n < 1:
         raise ValueError(f"params must be a non-empty list of arrays, got {params!r:.60}")
-    for name, lst in [("grads", grads), ("state_steps", state_steps)] + state_lists:
+    scalar_lists = list(scalar_lists)
+    for name, lst in [("grads", grads), ("state_steps", state_steps)] + state_lists + scalar_lists:
         if lst is None:
             continue
         if not isinstance(lst, (list, tuple, np.ndarray)) or len(lst) != n:
@@ -48,23 +58,42 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
             if buf is not None:
                 _kernels.check_buffer(buf, params[i], f"{name}[{i}]")
             state[i].append(buf)
+    sstate = None
+    if scalar_lists:
+        sstate = [[0.0] * len(scalar_lists) for _ in range(n)]
+        for j, (name, lst) in enumerate(scalar_lists):
+            for i in range(n):
+                if lst[i] is None and grads[i] is None:
+                    continue
+                sstate[i][j] = v.scalar_state(lst[i], f"{name}[{i}]")
     labels = [f"grads[{i}]" for i in range(n)]
     plan = _kernels.Plan(list(params), state, len(state_lists), len(_kernels.SCALARS[kernel]),
-                         labels, steps)
+                         labels, steps, sstate)
     plan.bind(list(grads))
+    hints = init_hints or {}
     for i in range(n):
         if grads[i] is not None and any(b is None for b in state[i][:n_required]):
             name = state_lists[[b is None for b in state[i]].index(True)][0]
-            raise ValueError(f"{name}[{i}] is None but params[{i}] has a grad; pass a "
-                             f"zero-initialised buffer (np.zeros_like(param))")
+            raise ValueError(f"{name}[{i}] is None but params[{i}] has a grad; pass a buffer "
+                             f"initialised as {hints.get(name, 'np.zeros_like(param)')}")
     # Validated: mutate.
     plan.advance()
-    for s in plan.distinct_active_steps():
-        plan.set_scalars(scalars_fn(s, *hyper), s)
+    if scalar_lists:
+        for k, (s, *current) in enumerate(plan.group_active()):
+            row, new_state = scalars_fn(s, *current, *hyper)
+            plan.set_group(k, row, tuple(new_state))
+    else:
+        for s in plan.distinct_active_steps():
+            plan.set_scalars(scalars_fn(s, *hyper), s)
     plan.run(_kernels.KERNEL_IDS[kernel])
     new_steps = plan.steps_array
     for i in range(n):
         state_steps[i] = int(new_steps[i])
+    for j, (name, lst) in enumerate(scalar_lists):
+        for i in range(n):
+            if grads[i] is not None:
+                lst[i] = float(plan.sstate_array[i, j])
+
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,

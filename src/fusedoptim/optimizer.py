@@ -2,7 +2,8 @@
 
 A subclass is declarative. It names its chunk kernel, its state slots, how to validate a
 group's hyperparameters into a tuple, and how to turn that tuple and a step count into the
-kernel's scalars. Everything else (structure checks, buffer checks, lazy state, step counts,
+kernel's scalars. Optional: initial values other than zero (Rprop's step sizes start at lr),
+and per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu). Everything else (structure checks, buffer checks, lazy state, step counts,
 checkpoints, the one GIL-free call per group) lives here, once.
 """
 
@@ -11,6 +12,7 @@ import operator
 import numpy as np
 
 from . import _kernels
+from . import _validation as _v
 
 _required = object()
 
@@ -35,8 +37,8 @@ class Optimizer:
     ``step(grads)`` takes a flat list aligned with the params in order across groups, or a
     dict keyed by name when every param was named. A grad of ``None`` skips that param.
 
-    ``state`` maps the flat param index to its buffers and ``step``; buffers are the live
-    arrays, ``step`` is a copy. Non-finite gradient values are not input errors: they
+    ``state`` maps the flat param index to its buffers, ``step`` and any scalar state;
+    buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient values are not input errors: they
     propagate into params and state, as in torch.
     """
 
@@ -46,6 +48,8 @@ class Optimizer:
     _slots = ()
     #: group keys whose values form the hyperparameter tuple, in order
     _hyper_keys = ()
+    #: names of per-tensor scalar state (Python floats in ``state``; doubles in the plan)
+    _scalar_state = ()
 
     # -- subclass hooks ---------------------------------------------------------------------
     def _check_hyper(self, key):
@@ -59,6 +63,16 @@ class Optimizer:
     def _scalars(self, step, hyper):
         """Kernel scalars for one step count, computed in double precision."""
         raise NotImplementedError
+
+    def _scalars_with_state(self, step, scalar_state, hyper):
+        """For optimizers with _scalar_state: (kernel scalars, next scalar state) for one
+        step count and one tuple of current scalar state values, in double precision."""
+        raise NotImplementedError
+
+    def _initial_state(self, name, hyper):
+        """The value a state buffer is filled with, or a scalar state starts at, when a
+        param first steps (default 0)."""
+        return 0.0
 
     def _functional_kwargs(self, hyper):
         """Keyword arguments of the matching functional/reference call."""
@@ -207,25 +221,39 @@ class Optimizer:
             steps = [0 if self._state[i] is None else self._state[i]["step"] for i in sl]
             if cache.slots_in_use is None:
                 cache.slots_in_use = self._slots_in_use(cache.hyper)
+            required = [self._slots.index(s) for s in cache.slots_in_use]
+            names = self._scalar_state
+            scalar_state = None
+            if names:
+                scalar_state = [[0.0] * len(names) if self._state[i] is None else
+                                [self._state[i][k] for k in names] for i in sl]
             labels = [self._label("grads", i, self._names[i]) for i in sl]
             cache.plan = _kernels.Plan(self.param_groups[gi]["params"], state, len(self._slots),
-                                       len(_kernels.SCALARS[self._kernel]), labels, steps)
+                                       len(_kernels.SCALARS[self._kernel]), labels, steps,
+                                       scalar_state, required)
         return cache.plan
 
     def _sync_steps(self, gi):
-        """Copy the plan's step counts into the state dicts (before a rebuild or a save)."""
+        """Copy the plan's step counts and scalar state into the state dicts (before a
+        rebuild or a save)."""
         plan = self._caches[gi].plan
         if plan is None:
             return
+        names = self._scalar_state
         for t, i in enumerate(self._group_slices[gi]):
-            if self._state[i] is not None:
-                self._state[i]["step"] = int(plan.steps_array[t])
+            st = self._state[i]
+            if st is not None:
+                st["step"] = int(plan.steps_array[t])
+                for j, k in enumerate(names):
+                    st[k] = float(plan.sstate_array[t, j])
 
     def _ensure_state(self, gi, cache, grads):
-        """Create zero state for params stepping for the first time (or for a newly
-        enabled slot, e.g. amsgrad switched on), then rebuild the group's plan."""
+        """Create state for params stepping for the first time (or a slot they lack, e.g.
+        amsgrad switched on, or one missing from a checkpoint), filled with its initial value
+        (_initial_state, zero by default), then rebuild the group's plan."""
         self._sync_steps(gi)
         slots = cache.slots_in_use
+        hyper = cache.hyper
         for t, i in enumerate(self._group_slices[gi]):
             if grads[t] is None:
                 continue
@@ -233,9 +261,12 @@ class Optimizer:
             st = self._state[i]
             if st is None:
                 st = self._state[i] = {"step": 0}
+                for k in self._scalar_state:
+                    st[k] = float(self._initial_state(k, hyper))
             for s in slots:
                 if s not in st:
-                    st[s] = np.zeros_like(p)
+                    fill = self._initial_state(s, hyper)
+                    st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
         cache.plan = None
         plan = self._plan(gi, cache)
         plan.bind(grads)
@@ -270,7 +301,12 @@ class Optimizer:
 
     def _apply(self, gi, plan, hyper, grads):
         step = plan.advance()
-        if step > 0:
+        if step != 0 and self._scalar_state:
+            # One hp row and next scalar state per distinct (step, scalar state); usually one.
+            for k, (s, *current) in enumerate(plan.group_active()):
+                row, new_state = self._scalars_with_state(s, tuple(current), hyper)
+                plan.set_group(k, row, tuple(new_state))
+        elif step > 0:
             plan.set_scalars(self._scalars(step, hyper))
         elif step == -1:
             for s in plan.distinct_active_steps():
@@ -326,6 +362,7 @@ class Optimizer:
             self._validate_group(merged, _GroupCache())
             new_groups.append(merged)
         slots = set(self._slots)
+        scalar_names = self._scalar_state
         for i, st in state_dict["state"].items():
             if not isinstance(i, int) or not 0 <= i < len(self._state):
                 raise ValueError(f"state_dict['state'] has key {i!r}; expected param indices "
@@ -344,9 +381,13 @@ class Optimizer:
             for k, v in st.items():
                 if k == "step":
                     continue
+                if k in scalar_names:
+                    entry[k] = _v.scalar_state(v, f"state_dict['state'][{i}][{k!r}]")
+                    continue
                 if k not in slots:
                     raise ValueError(f"state_dict['state'][{i}] has unknown buffer {k!r}; "
-                                     f"{type(self).__name__} keeps {sorted(slots)}")
+                                     f"{type(self).__name__} keeps "
+                                     f"{sorted(slots | set(scalar_names))}")
                 if not isinstance(v, np.ndarray):
                     raise TypeError(f"state_dict['state'][{i}][{k!r}] must be an ndarray, "
                                     f"got {type(v).__name__}")
@@ -355,6 +396,11 @@ class Optimizer:
                                      f"and dtype {v.dtype}; its param has shape {p.shape} "
                                      f"and dtype {p.dtype}")
                 entry[k] = np.array(v, dtype=p.dtype, order="C", copy=True)
+            absent = [k for k in scalar_names if k not in entry]
+            if absent:
+                raise ValueError(f"state_dict['state'][{i}] lacks {absent}; "
+                                 f"{type(self).__name__} keeps {list(scalar_names)} for every "
+                                 f"param that has stepped")
             new_state[i] = entry
         # Checked: now replace everything at once.
         for g, merged in zip(self.param_groups, new_groups):

@@ -72,11 +72,17 @@ class _ReferenceStep:
         params = self.param_groups[gi]["params"]
         states = [self._state[start + t] for t in active]
         buffers = [[st.get(slot) for st in states] for slot in self._slots]
+        # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
+        scalars = [[float(plan.sstate_array[t, j]) for t in active]
+                   for j in range(len(self._scalar_state))]
         steps = [int(plan.steps_array[t]) for t in active]
         type(self)._reference_fn([params[t] for t in active], [grads[t] for t in active],
-                                 *buffers, steps, **self._functional_kwargs(hyper))
+                                 *buffers, *scalars, steps, **self._functional_kwargs(hyper))
         for t, s in zip(active, steps):
             plan.steps_array[t] = s
+        for j, values in enumerate(scalars):
+            for t, x in zip(active, values):
+                plan.sstate_array[t, j] = x
 
 
 class Adam(_ReferenceStep, optim.Adam):
