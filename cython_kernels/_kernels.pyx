@@ -7,4 +7,11 @@ a .pxi with its chunk kernels and a _register() call. A new optimizer adds a ker
 
 include "driver.pxi"
 include "roofline.pxi"
+include "elementwise.pxi"
 include "adam.pxi"
+include "adamax.pxi"
+include "nadam.pxi"
+include "radam.pxi"
+include "lion.pxi"
+include "rprop.pxi"
+include "asgd.pxi"
