@@ -19,8 +19,9 @@ except ImportError as exc:  # pragma: no cover - exercised only in an unbuilt so
 from ._config import get_num_threads, set_num_threads, show_config
 from . import functional, lr_scheduler, reference, schedules
 from .optim import Adam, AdamW
+from .optim import Adamax, NAdam, RAdam, Lion, Rprop, ASGD
 from .optimizer import Optimizer
 
-__all__ = ["Adam", "AdamW", "Optimizer", "functional", "lr_scheduler", "reference", "schedules",
-           "get_num_threads",
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "Optimizer",
+           "functional", "lr_scheduler", "reference", "schedules", "get_num_threads",
            "set_num_threads", "show_config", "__version__"]

@@ -39,6 +39,31 @@ def unit_interval(value, name):
     return v
 
 
+def open_unit_interval(value, name):
+    """Rprop's etaminus: a float in (0, 1)."""
+    v = _real(value, name)
+    if not (0.0 < v < 1.0):
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return v
+
+
+def finite_above(value, name, bound):
+    """Rprop's etaplus (> 1) and friends: a finite float strictly above `bound`."""
+    v = _real(value, name)
+    if not (bound < v < math.inf):
+        raise ValueError(f"{name} must be a finite number > {bound}, got {value!r}")
+    return v
+
+
+def ordered_pair(value, name):
+    """A (low, high) pair of finite floats >= 0 with low <= high, e.g. Rprop's step_sizes."""
+    a, b = pair(value, name)
+    lo, hi = finite_nonneg(a, f"{name}[0]"), finite_nonneg(b, f"{name}[1]")
+    if lo > hi:
+        raise ValueError(f"{name} must be (min, max) with min <= max, got {value!r}")
+    return lo, hi
+
+
 def pair(value, name):
     try:
         a, b = value

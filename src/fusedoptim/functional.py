@@ -13,6 +13,12 @@ import numpy as np
 from . import _kernels
 from . import _validation as v
 from .optim.adam import adam_scalars, check_adam
+from .optim.adamax import adamax_scalars, check_adamax
+from .optim.asgd import asgd_scalars, check_asgd
+from .optim.lion import check_lion, lion_scalars
+from .optim.nadam import check_nadam, nadam_scalars
+from .optim.radam import check_radam, radam_scalars
+from .optim.rprop import check_rprop, rprop_scalars
 
 
 def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
@@ -116,3 +122,67 @@ def adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
     adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
          maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction)
+
+
+def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, eps,
+           weight_decay=0.0, maximize=False):
+    """Fused Adamax step over lists (see :class:`fusedoptim.Adamax` for the rule)."""
+    hyper = check_adamax(lr, beta1, beta2, eps, weight_decay, maximize)
+    _fused_step("adamax", adamax_scalars, hyper, params, grads,
+                [("exp_avgs", exp_avgs), ("exp_infs", exp_infs)], state_steps, 2)
+
+
+def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr, beta1, beta2,
+          eps, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+          maximize=False):
+    """Fused NAdam step over lists (see :class:`fusedoptim.NAdam` for the rule).
+
+    ``mu_products`` is a list of floats (1.0 before a param's first step), updated in place
+    for every param that has a grad, like ``state_steps``.
+    """
+    hyper = check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay,
+                        decoupled_weight_decay, maximize)
+    _fused_step("nadam", nadam_scalars, hyper, params, grads,
+                [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)], state_steps, 2,
+                scalar_lists=[("mu_products", mu_products)])
+
+
+def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    """Fused RAdam step over lists (see :class:`fusedoptim.RAdam` for the rule)."""
+    hyper = check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize)
+    _fused_step("radam", radam_scalars, hyper, params, grads,
+                [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)], state_steps, 2)
+
+
+def lion(params, grads, exp_avgs, state_steps, *, lr, beta1, beta2, weight_decay=0.0,
+         maximize=False):
+    """Fused Lion step over lists (see :class:`fusedoptim.Lion` for the rule)."""
+    hyper = check_lion(lr, beta1, beta2, weight_decay, maximize)
+    _fused_step("lion", lion_scalars, hyper, params, grads, [("exp_avgs", exp_avgs)],
+                state_steps, 1)
+
+
+def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_size_max,
+          etaminus, etaplus, maximize=False):
+    """Fused Rprop step over lists (see :class:`fusedoptim.Rprop` for the rule).
+
+    As in torch, ``step_sizes`` are state: start them at the initial step size,
+    ``np.full_like(param, lr)``; ``prevs`` start at zero.
+    """
+    hyper = check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize)
+    _fused_step("rprop", rprop_scalars, hyper, params, grads,
+                [("prevs", prevs), ("step_sizes", step_sizes)], state_steps, 2,
+                init_hints={"step_sizes": "np.full_like(param, lr)"})
+
+
+def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
+         weight_decay=0.0, maximize=False):
+    """Fused ASGD step over lists (see :class:`fusedoptim.ASGD` for the rule).
+
+    ``mus`` and ``etas`` are lists of floats (1.0 and lr before a param's first step),
+    updated in place for every param that has a grad, like ``state_steps``.
+    """
+    hyper = check_asgd(lr, lambd, alpha, t0, weight_decay, maximize)
+    _fused_step("asgd", asgd_scalars, hyper, params, grads, [("axs", axs)], state_steps, 1,
+                scalar_lists=[("mus", mus), ("etas", etas)])

@@ -14,6 +14,12 @@ import numpy as np
 
 from . import optim
 from .optim.adam import check_adam
+from .optim.adamax import check_adamax
+from .optim.asgd import check_asgd
+from .optim.lion import check_lion
+from .optim.nadam import check_nadam
+from .optim.radam import check_radam
+from .optim.rprop import check_rprop
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
@@ -57,6 +63,154 @@ def adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
          maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction)
 
 
+def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, eps,
+           weight_decay=0.0, maximize=False):
+    check_adamax(lr, beta1, beta2, eps, weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, u = exp_avgs[i], exp_infs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        u[...] = np.maximum(beta2 * u, np.abs(g) + eps)
+        step_size = lr / (1.0 - beta1 ** t)
+        p[...] = p - step_size * m / u
+
+
+def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr, beta1, beta2,
+          eps, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+          maximize=False):
+    check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+                maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        p_decayed = p
+        if weight_decay != 0 and not decoupled_weight_decay:
+            g = g + weight_decay * p
+        if weight_decay != 0 and decoupled_weight_decay:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        bias_correction2 = 1.0 - beta2 ** t
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        mu_products[i] = mu_products[i] * mu
+        mu_product_next = mu_products[i] * mu_next
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        v[...] = beta2 * v + (1.0 - beta2) * g * g
+        denom = np.sqrt(v / bias_correction2) + eps
+        p_half = p_decayed + (-lr * (1.0 - mu) / (1.0 - mu_products[i])) * g / denom
+        p[...] = p_half + (-lr * mu_next / (1.0 - mu_product_next)) * m / denom
+
+
+def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        p_decayed = p
+        if weight_decay != 0 and not decoupled_weight_decay:
+            g = g + weight_decay * p
+        if weight_decay != 0 and decoupled_weight_decay:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        v[...] = beta2 * v + (1.0 - beta2) * g * g
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                             / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            step_size = lr * rect * math.sqrt(bias_correction2) / bias_correction1
+            p[...] = p_decayed - step_size * m / (np.sqrt(v) + eps)
+        else:
+            step_size = lr / bias_correction1
+            p[...] = p_decayed - step_size * m
+
+
+def lion(params, grads, exp_avgs, state_steps, *, lr, beta1, beta2, weight_decay=0.0,
+         maximize=False):
+    check_lion(lr, beta1, beta2, weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m = exp_avgs[i]
+        state_steps[i] += 1
+        if maximize:
+            g = -g
+        c = beta1 * m + (1.0 - beta1) * g
+        p_decayed = p
+        if weight_decay != 0:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        p[...] = p_decayed - lr * np.sign(c)
+        m[...] = beta2 * m + (1.0 - beta2) * g
+
+
+def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_size_max,
+          etaminus, etaplus, maximize=False):
+    check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        prev, s = prevs[i], step_sizes[i]
+        state_steps[i] += 1
+        if maximize:
+            g = -g
+        agree = g * prev
+        # NaN agreement keeps NaN as its factor (torch: sign(NaN) = NaN).
+        factor = np.where(agree > 0, etaplus,
+                          np.where(agree < 0, etaminus, np.where(agree == 0, 1.0, agree)))
+        s[...] = np.clip(s * factor, step_size_min, step_size_max)
+        g = np.where(agree < 0, 0.0, g)
+        p[...] = p - np.sign(g) * s
+        prev[...] = g
+
+
+def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
+         weight_decay=0.0, maximize=False):
+    check_asgd(lr, lambd, alpha, t0, weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        ax = axs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        p[...] = p * (1.0 - lambd * etas[i])
+        p[...] = p - etas[i] * g
+        if mus[i] != 1.0:
+            ax[...] = ax + (p - ax) * mus[i]
+        else:
+            ax[...] = p
+        etas[i] = lr / ((1.0 + lambd * lr * t) ** alpha)
+        mus[i] = 1.0 / max(1.0, t - t0)
+
+
 # -- classes ------------------------------------------------------------------------------------
 
 class _ReferenceStep:
@@ -93,3 +247,18 @@ class Adam(_ReferenceStep, optim.Adam):
 class AdamW(_ReferenceStep, optim.AdamW):
     __doc__ = "NumPy reference twin of :class:`fusedoptim.AdamW`."
     _reference_fn = staticmethod(adam)
+
+
+def _twin(cls, fn):
+    """The NumPy reference twin of a fused optimizer class."""
+    return type(cls.__name__, (_ReferenceStep, cls),
+                {"__doc__": f"NumPy reference twin of :class:`fusedoptim.{cls.__name__}`.",
+                 "_reference_fn": staticmethod(fn), "__module__": __name__})
+
+
+Adamax = _twin(optim.Adamax, adamax)
+NAdam = _twin(optim.NAdam, nadam)
+RAdam = _twin(optim.RAdam, radam)
+Lion = _twin(optim.Lion, lion)
+Rprop = _twin(optim.Rprop, rprop)
+ASGD = _twin(optim.ASGD, asgd)

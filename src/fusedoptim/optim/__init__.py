@@ -1,5 +1,11 @@
 """Optimizer classes with torch.optim's names, arguments and defaults."""
 
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
+from .lion import Lion
+from .nadam import NAdam
+from .radam import RAdam
+from .rprop import Rprop
 
-__all__ = ["Adam", "AdamW"]
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD"]

@@ -1,0 +1,67 @@
+"""Adamax: Adam with an exponentially weighted infinity norm (kernel "adamax")."""
+
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order adamax_scalars and check_adamax use.
+_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "maximize")
+
+
+def check_adamax(lr, beta1, beta2, eps, weight_decay, maximize):
+    """Validate Adamax hyperparameters; return them canonical (floats and bools)."""
+    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
+            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
+            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
+
+
+def adamax_scalars(step, lr, beta1, beta2, eps, weight_decay, maximize):
+    """The kernel's scalars for one step count (order: _kernels.SCALARS['adamax'])."""
+    step_size = lr / (1.0 - beta1 ** step)
+    return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, weight_decay, eps,
+            step_size, 1.0 if weight_decay != 0.0 else 0.0)
+
+
+class Adamax(Optimizer):
+    r"""Adamax (Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", section 7.1).
+
+    Adam with the second moment replaced by an exponentially weighted infinity norm. For
+    each param, with g the gradient (negated when ``maximize``) and t the step::
+
+        g = g + weight_decay * p                   (L2 penalty, when weight_decay != 0)
+        m = beta1 * m + (1 - beta1) * g
+        u = max(beta2 * u, |g| + eps)
+        p = p - lr / (1 - beta1^t) * m / u
+
+    eps is added to |g| inside the max, as torch does (the paper has no eps), so u > 0.
+    A NaN on either side of the max gives NaN, like ``torch.maximum``.
+
+    Args (torch.optim.Adamax's names and defaults):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): learning rate, default 2e-3, >= 0. May change between steps.
+        betas (tuple): (beta1, beta2), default (0.9, 0.999), each in [0, 1).
+        eps (float): default 1e-8, > 0.
+        weight_decay (float): L2 penalty, default 0, >= 0.
+        maximize (bool): default False; ascend instead of descend.
+
+    State per param: ``step``, ``exp_avg`` (m), ``exp_inf`` (u).
+    """
+
+    _kernel = "adamax"
+    _slots = ("exp_avg", "exp_inf")
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _check_hyper(self, key):
+        lr, betas, eps, wd, maximize = key
+        b1, b2 = v.pair(betas, "betas")
+        return check_adamax(lr, b1, b2, eps, wd, maximize)
+
+    def _scalars(self, step, hyper):
+        return adamax_scalars(step, *hyper)
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))

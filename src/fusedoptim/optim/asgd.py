@@ -1,0 +1,78 @@
+"""ASGD: averaged stochastic gradient descent (kernel "asgd")."""
+
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order asgd_scalars and check_asgd use.
+_FIELDS = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
+
+
+def check_asgd(lr, lambd, alpha, t0, weight_decay, maximize):
+    """Validate ASGD hyperparameters; return them canonical (floats and bools)."""
+    return (v.finite_nonneg(lr, "lr"), v.finite_nonneg(lambd, "lambd"),
+            v.finite_nonneg(alpha, "alpha"), v.finite_nonneg(t0, "t0"),
+            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
+
+
+def asgd_scalars(step, mu, eta, lr, lambd, alpha, t0, weight_decay, maximize):
+    """(kernel scalars, (next mu, next eta)) for one step count and the tensor's current mu
+    and eta (left by its previous step), all in double."""
+    mode = (1 if weight_decay != 0.0 else 0) | (2 if mu != 1.0 else 0)
+    row = (-1.0 if maximize else 1.0, weight_decay, 1.0 - lambd * eta, eta, mu, float(mode))
+    new_eta = lr / ((1.0 + lambd * lr * step) ** alpha)
+    new_mu = 1.0 / max(1.0, step - t0)
+    return row, (new_mu, new_eta)
+
+
+class ASGD(Optimizer):
+    r"""ASGD (Polyak & Juditsky, 1992, "Acceleration of Stochastic Approximation by
+    Averaging").
+
+    For each param, with g the gradient (negated when ``maximize``), t the step, and eta
+    and mu as left by the previous step (eta starts at lr, mu at 1)::
+
+        g   = g + weight_decay * p                   (L2 penalty)
+        p   = p * (1 - lambd * eta)
+        p   = p - eta * g
+        ax  = ax + (p - ax) * mu     if mu != 1,  else  ax = p
+        eta = lr / (1 + lambd * lr * t)^alpha        (for the next step)
+        mu  = 1 / max(1, t - t0)
+
+    ``ax`` is the running average of the iterates once t > t0 + 1 (the averaged solution:
+    read it from ``state[i]["ax"]``). eta and mu are per-param state, floats here, kept and
+    checkpointed as torch keeps them, and computed in double in Python; the kernel only
+    gets scalars.
+
+    Args (torch.optim.ASGD's names and defaults):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): learning rate, default 1e-2, >= 0. Enters eta from the next step on.
+        lambd (float): decay term, default 1e-4, >= 0.
+        alpha (float): power for the eta schedule, default 0.75, >= 0.
+        t0 (float): step after which averaging starts, default 1e6, >= 0.
+        weight_decay (float): L2 penalty, default 0, >= 0.
+        maximize (bool): default False; ascend instead of descend.
+
+    State per param: ``step``, ``eta``, ``mu``, ``ax``.
+    """
+
+    _kernel = "asgd"
+    _slots = ("ax",)
+    _scalar_state = ("mu", "eta")   # the order of torch's functional asgd(..., mus, etas, ...)
+    _hyper_keys = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
+                                      weight_decay=weight_decay, maximize=maximize))
+
+    def _check_hyper(self, key):
+        return check_asgd(*key)
+
+    def _initial_state(self, name, hyper):
+        return {"eta": hyper[0], "mu": 1.0}.get(name, 0.0)
+
+    def _scalars_with_state(self, step, scalar_state, hyper):
+        return asgd_scalars(step, *scalar_state, *hyper)
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))

@@ -1,0 +1,98 @@
+"""NAdam: Adam with Nesterov momentum and a momentum-decay schedule (kernel "nadam")."""
+
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order nadam_scalars and check_nadam use.
+_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay",
+           "decoupled_weight_decay", "maximize")
+
+
+def check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+                maximize):
+    """Validate NAdam hyperparameters; return them canonical (floats and bools)."""
+    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
+            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
+            v.finite_nonneg(weight_decay, "weight_decay"),
+            v.finite_nonneg(momentum_decay, "momentum_decay"),
+            v.flag(decoupled_weight_decay, "decoupled_weight_decay"),
+            v.flag(maximize, "maximize"))
+
+
+def nadam_scalars(step, mu_product, lr, beta1, beta2, eps, weight_decay, momentum_decay,
+                  decoupled_weight_decay, maximize):
+    """(kernel scalars, (next mu_product,)) for one step count and the tensor's mu_product
+    (the product of mu_1 .. mu_{step-1}), all in double."""
+    bias_correction2 = 1.0 - beta2 ** step
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    mu_product = mu_product * mu
+    mu_product_next = mu_product * mu_next
+    grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
+    avg_coef = -lr * mu_next / (1.0 - mu_product_next)
+    mode = 0
+    if weight_decay != 0.0:
+        mode = 2 if decoupled_weight_decay else 1
+    row = (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
+           1.0 - lr * weight_decay, eps, bias_correction2, grad_coef, avg_coef, float(mode))
+    return row, (mu_product,)
+
+
+class NAdam(Optimizer):
+    r"""NAdam (Dozat, 2016, "Incorporating Nesterov Momentum into Adam").
+
+    For each param, with g the gradient (negated when ``maximize``) and t the step::
+
+        g      = g + weight_decay * p        (L2; when decoupled_weight_decay: p *= 1 - lr*wd)
+        mu_t   = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+        mu_{t+1} likewise with t + 1;  mu_product = mu_1 * ... * mu_t
+        m      = beta1 * m + (1 - beta1) * g
+        v      = beta2 * v + (1 - beta2) * g * g
+        denom  = sqrt(v / (1 - beta2^t)) + eps
+        p      = p - lr * (1 - mu_t) / (1 - mu_product) * g / denom
+        p      = p - lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * m / denom
+
+    As in torch, ``mu_product`` is per-param state (a float here, in ``state`` and
+    ``state_dict``), updated once per step of that param; mu_t, mu_{t+1} and the two
+    coefficients are computed in double in Python, so the kernel only sees scalars.
+    ``decoupled_weight_decay=True`` is NAdamW (decay as in AdamW, Loshchilov & Hutter 2019).
+
+    Args (torch.optim.NAdam's names and defaults):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): learning rate, default 2e-3, >= 0. May change between steps.
+        betas (tuple): (beta1, beta2), default (0.9, 0.999), each in [0, 1).
+        eps (float): default 1e-8, > 0.
+        weight_decay (float): default 0, >= 0; coupled L2 unless decoupled_weight_decay.
+        momentum_decay (float): psi in the mu schedule, default 4e-3, >= 0.
+        decoupled_weight_decay (bool): default False.
+        maximize (bool): default False; ascend instead of descend.
+
+    State per param: ``step``, ``mu_product`` (starts at 1.0), ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _kernel = "nadam"
+    _slots = ("exp_avg", "exp_avg_sq")
+    _scalar_state = ("mu_product",)
+    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
+                   "decoupled_weight_decay", "maximize")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))
+
+    def _check_hyper(self, key):
+        lr, betas, eps, wd, momentum_decay, decoupled, maximize = key
+        b1, b2 = v.pair(betas, "betas")
+        return check_nadam(lr, b1, b2, eps, wd, momentum_decay, decoupled, maximize)
+
+    def _initial_state(self, name, hyper):
+        return 1.0 if name == "mu_product" else 0.0
+
+    def _scalars_with_state(self, step, scalar_state, hyper):
+        return nadam_scalars(step, *scalar_state, *hyper)
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))
