@@ -64,3 +64,92 @@ CASES = [
     Case("AdamW", fo.AdamW, fo.reference.AdamW, _adamw_sample, "AdamW",
          _no_bias_correction_in_torch, _ADAM_BAD),
 ]
+
+
+# -- Adamax, NAdam, RAdam, Lion, Rprop, ASGD ----------------------------------------------------
+
+def _flag(rng):
+    return bool(rng.integers(2))
+
+
+def _maybe(rng, value):
+    """0.0 or value, half the time each: exercises both sides of every `!= 0` branch."""
+    return float(value) if rng.integers(2) else 0.0
+
+
+def _adamax_sample(rng):
+    return dict(lr=_loguniform(rng, -4, -1),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.9, 0.9999))),
+                eps=_loguniform(rng, -10, -6), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                maximize=_flag(rng))
+
+
+def _nadam_sample(rng):
+    kw = _adamax_sample(rng)
+    kw.update(momentum_decay=_maybe(rng, _loguniform(rng, -4, -1)),
+              decoupled_weight_decay=_flag(rng))
+    return kw
+
+
+def _radam_sample(rng):
+    kw = _adamax_sample(rng)
+    # beta2 < 0.6 keeps rho_inf <= 5: never rectified. Otherwise both branches occur.
+    beta2 = float(rng.uniform(0.9, 0.9999) if rng.integers(4) else rng.uniform(0.0, 0.6))
+    kw.update(betas=(kw["betas"][0], beta2), decoupled_weight_decay=_flag(rng))
+    return kw
+
+
+def _lion_sample(rng):
+    return dict(lr=_loguniform(rng, -5, -2),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.9, 0.999))),
+                weight_decay=_maybe(rng, rng.uniform(0, 1.0)), maximize=_flag(rng))
+
+
+def _rprop_sample(rng):
+    return dict(lr=_loguniform(rng, -4, -1),
+                etas=(float(rng.uniform(0.1, 0.9)), float(rng.uniform(1.05, 2.0))),
+                step_sizes=(_maybe(rng, _loguniform(rng, -7, -4)), _loguniform(rng, -3, 1)),
+                maximize=_flag(rng))
+
+
+def _asgd_sample(rng):
+    # t0 below the run length exercises the averaging branch (mu != 1) after t0 + 1 steps.
+    return dict(lr=_loguniform(rng, -3, -1), lambd=_maybe(rng, _loguniform(rng, -5, -1)),
+                alpha=float(rng.uniform(0.0, 1.0)),
+                t0=float(rng.uniform(0, 60)) if rng.integers(4) else 1e6,
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)), maximize=_flag(rng))
+
+
+_NAN, _INF = float("nan"), float("inf")
+_LR_BAD = [(dict(lr=-1.0), "lr"), (dict(lr=_NAN), "lr"), (dict(lr=_INF), "lr"),
+           (dict(lr="0.1"), "lr")]
+_BETAS_BAD = [(dict(betas=(1.0, 0.999)), "betas[0]"), (dict(betas=(0.9, -0.1)), "betas[1]"),
+              (dict(betas=(0.9,)), "betas"), (dict(betas=(0.9, _NAN)), "betas[1]")]
+_WD_BAD = [(dict(weight_decay=-0.1), "weight_decay"), (dict(weight_decay=_NAN), "weight_decay")]
+_MAXIMIZE_BAD = [(dict(maximize="yes"), "maximize")]
+_EPS_BAD = [(dict(eps=0.0), "eps"), (dict(eps=-1e-8), "eps")]
+_DECOUPLED_BAD = [(dict(decoupled_weight_decay=2), "decoupled_weight_decay")]
+
+_ADAMAX_BAD = _LR_BAD + _BETAS_BAD + _EPS_BAD + _WD_BAD + _MAXIMIZE_BAD
+_NADAM_BAD = _ADAMAX_BAD + _DECOUPLED_BAD + [
+    (dict(momentum_decay=-4e-3), "momentum_decay"), (dict(momentum_decay=_INF), "momentum_decay")]
+_RADAM_BAD = _ADAMAX_BAD + _DECOUPLED_BAD
+_LION_BAD = _LR_BAD + _BETAS_BAD + _WD_BAD + _MAXIMIZE_BAD
+_RPROP_BAD = _LR_BAD + _MAXIMIZE_BAD + [
+    (dict(etas=(0.0, 1.2)), "etas[0]"), (dict(etas=(1.0, 1.2)), "etas[0]"),
+    (dict(etas=(0.5, 1.0)), "etas[1]"), (dict(etas=(0.5, _INF)), "etas[1]"),
+    (dict(etas=(0.5,)), "etas"), (dict(step_sizes=(-1e-6, 50)), "step_sizes[0]"),
+    (dict(step_sizes=(1e-6, _NAN)), "step_sizes[1]"), (dict(step_sizes=(1.0, 0.5)), "step_sizes"),
+    (dict(step_sizes=None), "step_sizes")]
+_ASGD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(lambd=-1e-4), "lambd"), (dict(lambd=_NAN), "lambd"), (dict(alpha=-0.75), "alpha"),
+    (dict(alpha=_INF), "alpha"), (dict(t0=-1.0), "t0"), (dict(t0=_NAN), "t0")]
+
+CASES += [
+    Case("Adamax", fo.Adamax, fo.reference.Adamax, _adamax_sample, "Adamax", bad=_ADAMAX_BAD),
+    Case("NAdam", fo.NAdam, fo.reference.NAdam, _nadam_sample, "NAdam", bad=_NADAM_BAD),
+    Case("RAdam", fo.RAdam, fo.reference.RAdam, _radam_sample, "RAdam", bad=_RADAM_BAD),
+    Case("Lion", fo.Lion, fo.reference.Lion, _lion_sample, None, bad=_LION_BAD),
+    Case("Rprop", fo.Rprop, fo.reference.Rprop, _rprop_sample, "Rprop", bad=_RPROP_BAD),
+    Case("ASGD", fo.ASGD, fo.reference.ASGD, _asgd_sample, "ASGD", bad=_ASGD_BAD),
+]
