@@ -38,8 +38,9 @@ class ASGD(Optimizer):
         eta = lr / (1 + lambd * lr * t)^alpha        (for the next step)
         mu  = 1 / max(1, t - t0)
 
-    ``ax`` is the running average of the iterates once t > t0 + 1 (the averaged solution:
-    read it from ``state[i]["ax"]``). eta and mu are per-param state, floats here, kept and
+    ``ax`` is the averaged solution (read it from ``state[i]["ax"]``): it follows p until
+    the mu set at step t - 1, 1 / max(1, t - 1 - t0), drops below 1, and is then the
+    running mean of the iterates (for an integer t0, of steps t0 + 2 .. t). eta and mu are per-param state, floats here, kept and
     checkpointed as torch keeps them, and computed in double in Python; the kernel only
     gets scalars.
 
