@@ -202,3 +202,42 @@ def _assert_same_state(a, b, ignore_hparams=False):
                 assert type(v) is type(w) and np.float64(v).tobytes() == np.float64(w).tobytes()
     if not ignore_hparams:
         assert a["param_groups"] == b["param_groups"]
+
+
+_ISA_TRAJECTORY = """
+import hashlib, sys, numpy as np
+sys.path.insert(0, {tests!r})
+from cases import CASES
+from fusedoptim import _kernels
+h = hashlib.sha256()
+for k, case in enumerate(CASES):
+    rng = np.random.default_rng(k)
+    kw = case.sample(rng)
+    for dtype in (np.float32, np.float64):
+        ps = [rng.standard_normal(n).astype(dtype) for n in (1, 33, 40_003)]
+        opt = case.fused(ps, **kw)
+        for _ in range(20):
+            opt.step([rng.standard_normal(p.shape).astype(dtype) for p in ps])
+        h.update(b"".join(p.tobytes() for p in ps))
+print(_kernels.ISA, h.hexdigest())
+"""
+
+
+def test_every_isa_level_gives_identical_bits_for_every_case():
+    """Each compiled instruction-set level runs the same trajectory for every Case (both
+    dtypes, random hyperparameters), so no kernel depends on the level's vector width."""
+    import os
+    import subprocess
+    import sys
+    from fusedoptim import _build_config
+    code = _ISA_TRAJECTORY.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    digests = {}
+    for level in _build_config.ISA_LEVELS:
+        env = dict(os.environ, FUSEDOPTIM_ISA=level)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        isa, digest = out.stdout.split()
+        assert isa == level
+        digests[level] = digest
+    assert len(set(digests.values())) == 1, digests
