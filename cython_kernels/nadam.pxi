@@ -4,11 +4,14 @@
 # Scalars (computed once per step and mu_product in double by
 # fusedoptim.optim.nadam.nadam_scalars; the mu schedule never reaches the kernel):
 NADAM_SCALARS = ("sign", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
-                 "weight_decay", "decay", "eps", "bias_correction2", "grad_coef", "avg_coef",
-                 "mode")
+                 "weight_decay", "decay", "eps", "inv_bias_correction2", "grad_coef",
+                 "avg_coef", "mode")
 # grad_coef = -lr (1 - mu_t) / (1 - prod_{i<=t} mu_i);
 # avg_coef  = -lr mu_{t+1} / (1 - prod_{i<=t+1} mu_i).
 # mode: 1 = L2 weight decay folded into the grad, 2 = decoupled decay.
+# torch applies the two terms as two addcdiv calls; here they share one division (and the
+# bias correction is a multiplication), so the loop costs one sqrt and one division per
+# element, like Adam's. Only the rounding differs.
 
 from cython cimport floating
 
@@ -20,7 +23,7 @@ cdef inline void _nadam_body(floating* p, const floating* g, floating* m, floati
     cdef floating beta1 = <floating>hp[1], omb1 = <floating>hp[2]
     cdef floating beta2 = <floating>hp[3], omb2 = <floating>hp[4]
     cdef floating wd = <floating>hp[5], decay = <floating>hp[6], eps = <floating>hp[7]
-    cdef floating bc2 = <floating>hp[8], cg = <floating>hp[9], cm = <floating>hp[10]
+    cdef floating inv_bc2 = <floating>hp[8], cg = <floating>hp[9], cm = <floating>hp[10]
     cdef floating gi, pi, mi, vi, denom
     cdef Py_ssize_t i
     for i in range(n):
@@ -34,9 +37,8 @@ cdef inline void _nadam_body(floating* p, const floating* g, floating* m, floati
         vi = beta2 * v[i] + omb2 * gi * gi
         m[i] = mi
         v[i] = vi
-        denom = _sqrt(vi / bc2) + eps
-        pi = pi + cg * gi / denom
-        p[i] = pi + cm * mi / denom
+        denom = _sqrt(vi * inv_bc2) + eps
+        p[i] = pi + (cg * gi + cm * mi) / denom
 
 
 cdef inline void _nadam(floating* p, const floating* g, floating* m, floating* v,

@@ -102,16 +102,17 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr,
             g = g + weight_decay * p
         if weight_decay != 0 and decoupled_weight_decay:
             p_decayed = p * (1.0 - lr * weight_decay)
-        bias_correction2 = 1.0 - beta2 ** t
+        inv_bias_correction2 = 1.0 / (1.0 - beta2 ** t)
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
         mu_products[i] = mu_products[i] * mu
         mu_product_next = mu_products[i] * mu_next
         m[...] = beta1 * m + (1.0 - beta1) * g
         v[...] = beta2 * v + (1.0 - beta2) * g * g
-        denom = np.sqrt(v / bias_correction2) + eps
-        p_half = p_decayed + (-lr * (1.0 - mu) / (1.0 - mu_products[i])) * g / denom
-        p[...] = p_half + (-lr * mu_next / (1.0 - mu_product_next)) * m / denom
+        grad_coef = -lr * (1.0 - mu) / (1.0 - mu_products[i])
+        avg_coef = -lr * mu_next / (1.0 - mu_product_next)
+        denom = np.sqrt(v * inv_bias_correction2) + eps
+        p[...] = p_decayed + (grad_coef * g + avg_coef * m) / denom
 
 
 def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,

@@ -23,7 +23,7 @@ def nadam_scalars(step, mu_product, lr, beta1, beta2, eps, weight_decay, momentu
                   decoupled_weight_decay, maximize):
     """(kernel scalars, (next mu_product,)) for one step count and the tensor's mu_product
     (the product of mu_1 .. mu_{step-1}), all in double."""
-    bias_correction2 = 1.0 - beta2 ** step
+    inv_bias_correction2 = 1.0 / (1.0 - beta2 ** step)
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
     mu_product = mu_product * mu
@@ -34,7 +34,8 @@ def nadam_scalars(step, mu_product, lr, beta1, beta2, eps, weight_decay, momentu
     if weight_decay != 0.0:
         mode = 2 if decoupled_weight_decay else 1
     row = (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
-           1.0 - lr * weight_decay, eps, bias_correction2, grad_coef, avg_coef, float(mode))
+           1.0 - lr * weight_decay, eps, inv_bias_correction2, grad_coef, avg_coef,
+           float(mode))
     return row, (mu_product,)
 
 
@@ -49,12 +50,14 @@ class NAdam(Optimizer):
         m      = beta1 * m + (1 - beta1) * g
         v      = beta2 * v + (1 - beta2) * g * g
         denom  = sqrt(v / (1 - beta2^t)) + eps
-        p      = p - lr * (1 - mu_t) / (1 - mu_product) * g / denom
-        p      = p - lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * m / denom
+        p      = p - (lr * (1 - mu_t) / (1 - mu_product) * g
+                      + lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * m) / denom
 
     As in torch, ``mu_product`` is per-param state (a float here, in ``state`` and
     ``state_dict``), updated once per step of that param; mu_t, mu_{t+1} and the two
-    coefficients are computed in double in Python, so the kernel only sees scalars.
+    coefficients are computed in double in Python, so the kernel only sees scalars. torch
+    applies the g and m terms in two passes; here they share one division, which changes
+    only the rounding.
     ``decoupled_weight_decay=True`` is NAdamW (decay as in AdamW, Loshchilov & Hutter 2019).
 
     Args (torch.optim.NAdam's names and defaults):
