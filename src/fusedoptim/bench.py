@@ -46,6 +46,15 @@ BENCH_CASES = [
               dict(lr=1e-3, weight_decay=1e-2), torch_fused=True),
     BenchCase("Adam(amsgrad)", "Adam", dict(lr=1e-3, amsgrad=True), 4, "Adam",
               dict(lr=1e-3, amsgrad=True), torch_fused=True),
+    # rw_buffers = param + state buffers (each read and written); torch has no fused kernel
+    # for these, so they are compared with its faster of foreach and for-loop.
+    BenchCase("Adamax", "Adamax", dict(lr=2e-3), 3, "Adamax", dict(lr=2e-3)),
+    BenchCase("NAdam", "NAdam", dict(lr=2e-3), 3, "NAdam", dict(lr=2e-3)),
+    BenchCase("RAdam", "RAdam", dict(lr=1e-3), 3, "RAdam", dict(lr=1e-3)),
+    BenchCase("Lion", "Lion", dict(lr=1e-4, weight_decay=0.1), 2),
+    BenchCase("Rprop", "Rprop", dict(lr=1e-2), 3, "Rprop", dict(lr=1e-2)),
+    # t0=0: the averaging branch (ax read and written) from the third step on.
+    BenchCase("ASGD", "ASGD", dict(lr=1e-2, t0=0.0), 2, "ASGD", dict(lr=1e-2, t0=0.0)),
 ]
 
 
