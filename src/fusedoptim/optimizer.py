@@ -3,7 +3,8 @@
 A subclass is declarative. It names its chunk kernel, its state slots, how to validate a
 group's hyperparameters into a tuple, and how to turn that tuple and a step count into the
 kernel's scalars. Optional: initial values other than zero (Rprop's step sizes start at lr),
-and per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu). Everything else (structure checks, buffer checks, lazy state, step counts,
+and per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu).
+Everything else (structure checks, buffer checks, lazy state, step counts, scalar state,
 checkpoints, the one GIL-free call per group) lives here, once.
 """
 
@@ -38,8 +39,8 @@ class Optimizer:
     dict keyed by name when every param was named. A grad of ``None`` skips that param.
 
     ``state`` maps the flat param index to its buffers, ``step`` and any scalar state;
-    buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient values are not input errors: they
-    propagate into params and state, as in torch.
+    buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient
+    values are not input errors: they propagate into params and state, as in torch.
     """
 
     #: name of the registered chunk kernel

@@ -40,9 +40,9 @@ class ASGD(Optimizer):
 
     ``ax`` is the averaged solution (read it from ``state[i]["ax"]``): it follows p until
     the mu set at step t - 1, 1 / max(1, t - 1 - t0), drops below 1, and is then the
-    running mean of the iterates (for an integer t0, of steps t0 + 2 .. t). eta and mu are per-param state, floats here, kept and
-    checkpointed as torch keeps them, and computed in double in Python; the kernel only
-    gets scalars.
+    running mean of the iterates (for an integer t0, of steps t0 + 2 .. t). eta and mu are
+    per-param state, floats here, kept and checkpointed as torch keeps them, and computed
+    in double in Python; the kernel only gets scalars.
 
     Args (torch.optim.ASGD's names and defaults):
         params: list or dict of float32/float64 C-contiguous arrays, or param groups.
