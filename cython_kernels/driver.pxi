@@ -377,16 +377,20 @@ cdef class Plan:
     def distinct_active_steps(self):
         return sorted({int(self.steps[t]) for t in range(self.ntensors) if self.active[t]})
 
-    def set_scalars(self, tuple row, int64_t step=-1):
-        """Copy row into hp for active tensors (only those at `step` when step >= 0)."""
+    def set_scalars(self, tuple row, int64_t step=-1, Py_ssize_t tensor=-1):
+        """Copy row into hp for active tensors (only those at `step` when step >= 0, only
+        tensor number `tensor` when tensor >= 0)."""
         cdef Py_ssize_t t, k, m = len(row)
         cdef double buf[64]
         if m != self.nscalars or m > 64:
             raise ValueError(f"kernel expects {self.nscalars} scalars, got {m}")
+        if tensor >= self.ntensors:
+            raise IndexError(f"tensor {tensor} out of range ({self.ntensors} tensors)")
         for k in range(m):
             buf[k] = row[k]
         for t in range(self.ntensors):
-            if self.active[t] and (step < 0 or self.steps[t] == step):
+            if (self.active[t] and (step < 0 or self.steps[t] == step)
+                    and (tensor < 0 or t == tensor)):
                 for k in range(m):
                     self.hp[t, k] = buf[k]
 

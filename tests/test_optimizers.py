@@ -38,37 +38,41 @@ def assert_close_to_reference(actual, expected):
             np.testing.assert_allclose(a, e, rtol=F64_RTOL, atol=1e-300)
 
 
+def check_matches_reference(case, kw, dtype, rng, steps=STEPS):
+    """`steps` steps of case.fused(**kw) vs case.reference(**kw): two groups (second overrides
+    lr), grads sometimes None, lr changed midway. Also used by the per-optimizer tests."""
+    params = make_params(rng, dtype)
+    ref_params = [p.copy() for p in params]
+    groups = [{"params": params[:3]}, {"params": params[3:], "lr": kw["lr"] * 0.5}]
+    ref_groups = [{"params": ref_params[:3]}, {"params": ref_params[3:], "lr": kw["lr"] * 0.5}]
+    opt = case.fused(groups, **kw)
+    ref = case.reference(ref_groups, **kw)
+    for step in range(steps):
+        grads = _grads(rng, params, none_prob=0.1)
+        opt.step(grads)
+        ref.step(grads)
+        if step == steps // 2:
+            for o in (opt, ref):
+                o.param_groups[0]["lr"] *= 0.3
+    assert_close_to_reference(params, ref_params)
+    st, rst = opt.state, ref.state
+    assert st.keys() == rst.keys()
+    for i in st:
+        assert st[i].keys() == rst[i].keys()
+        buffers = [k for k in sorted(st[i]) if isinstance(st[i][k], np.ndarray)]
+        assert_close_to_reference([st[i][k] for k in buffers], [rst[i][k] for k in buffers])
+        # step and per-tensor scalar state (mu_product, eta...): the same double formulas
+        for k in set(st[i]) - set(buffers):
+            assert st[i][k] == rst[i][k], k
+    # The trajectory moved: the test is not comparing two untouched copies.
+    assert any(np.any(p != q) for p, q in zip(params, make_params(np.random.default_rng(0), dtype)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=case_ids)
 def test_matches_reference_random_hparams(case, dtype, rng):
-    """120 steps, two groups (second overrides lr), grads sometimes None, lr changed midway."""
     for trial in range(4):
-        kw = case.sample(rng)
-        params = make_params(rng, dtype)
-        ref_params = [p.copy() for p in params]
-        groups = [{"params": params[:3]}, {"params": params[3:], "lr": kw["lr"] * 0.5}]
-        ref_groups = [{"params": ref_params[:3]}, {"params": ref_params[3:], "lr": kw["lr"] * 0.5}]
-        opt = case.fused(groups, **kw)
-        ref = case.reference(ref_groups, **kw)
-        for step in range(STEPS):
-            grads = _grads(rng, params, none_prob=0.1)
-            opt.step(grads)
-            ref.step(grads)
-            if step == STEPS // 2:
-                for o in (opt, ref):
-                    o.param_groups[0]["lr"] *= 0.3
-        assert_close_to_reference(params, ref_params)
-        st, rst = opt.state, ref.state
-        assert st.keys() == rst.keys()
-        for i in st:
-            assert st[i].keys() == rst[i].keys()
-            buffers = [k for k in sorted(st[i]) if isinstance(st[i][k], np.ndarray)]
-            assert_close_to_reference([st[i][k] for k in buffers], [rst[i][k] for k in buffers])
-            # step and per-tensor scalar state (mu_product, eta...): the same double formulas
-            for k in set(st[i]) - set(buffers):
-                assert st[i][k] == rst[i][k], k
-        # The trajectory moved: the test is not comparing two untouched copies.
-        assert any(np.any(p != q) for p, q in zip(params, make_params(np.random.default_rng(0), dtype)))
+        check_matches_reference(case, case.sample(rng), dtype, rng)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -188,6 +192,35 @@ def test_bad_hyperparameters_are_rejected_and_named(case):
         assert name in str(err.value)
         assert p[0].tobytes() == snapshot[0].tobytes()
         _assert_same_state(opt.state_dict(), snapshot[1], ignore_hparams=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_bad_hyperparameter_messages_name_the_value(case):
+    params = [np.ones(3, np.float32)]
+    for kw, name in case.bad:
+        with pytest.raises((ValueError, TypeError)) as err:
+            case.fused(params, **kw)
+        if name in kw and not isinstance(kw[name], (tuple, list)):
+            assert repr(kw[name]) in str(err.value), (kw, str(err.value))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_step_makes_no_param_sized_temporaries(case, rng):
+    """The fast path is one kernel call: no NumPy fallback allocating arrays per step."""
+    tracemalloc = pytest.importorskip("tracemalloc")
+    n = 1 << 20
+    params = [np.zeros(n, np.float32)]
+    grads = [np.asarray(rng.standard_normal(n), np.float32)]
+    for _ in range(8):      # any configuration: every option drawn at random
+        opt = case.fused(params, **case.sample(rng))
+        opt.step(grads)     # creates the state
+        tracemalloc.start()
+        try:
+            opt.step(grads)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < n, f"step() allocated {peak} bytes for a {4 * n}-byte param"
 
 
 def _assert_same_state(a, b, ignore_hparams=False):

@@ -64,6 +64,22 @@ def ordered_pair(value, name):
     return lo, hi
 
 
+def unit_closed(value, name):
+    """Adadelta's rho, SGD's dampening: a float in [0, 1]."""
+    v = _real(value, name)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def choice(value, name, options):
+    """A string option such as momentum_style: one of `options`."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, "
+                         f"got {value!r}")
+    return value
+
+
 def pair(value, name):
     try:
         a, b = value

@@ -22,14 +22,22 @@ from .optim.rprop import check_rprop, rprop_scalars
 
 
 def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
-                scalar_lists=(), init_hints=None):
+                scalar_lists=(), init_hints=None, create=()):
     """Validate every list, then run `kernel` once over all params. The first `n_required`
-    state lists must hold a buffer for every param that has a grad.
+    state lists (or those named, when `n_required` is a tuple of names) must hold a buffer
+    for every param that has a grad. A state list given as None is one this configuration
+    does not use; it is not checked.
 
     Without `scalar_lists`, ``scalars_fn(step, *hyper)`` gives the kernel scalars. With them
     (``[(name, list of floats)]``, one float per param), ``scalars_fn(step, *current, *hyper)``
     gives ``(kernel scalars, next values)`` and the lists are updated in place.
     `init_hints` maps a state list's name to how its buffers start (default: zeros).
+
+    In the state lists named in `create`, a None entry of a param with a grad is not an
+    error: a zero buffer is created and stored into the list (as torch's functional SGD does
+    with momentum buffers), and that param's scalars come from
+    ``scalars_fn(step, *hyper, fresh=True)``. ``state_steps`` may be None when the update
+    does not depend on the step count (then nothing is counted).
     """
     n = len(params) if isinstance(params, (list, tuple)) else -1
     if n < 1:
@@ -51,6 +59,9 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
         raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give each "
                          f"param its own buffer")
     steps = []
+    keep_steps = state_steps is not None
+    if not keep_steps:
+        state_steps = [0] * n
     for i, s in enumerate(state_steps):
         if isinstance(s, np.ndarray) and s.size == 1:
             s = s.item()
@@ -58,11 +69,22 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
             raise ValueError(f"state_steps[{i}] must be an integer >= 0, got {s!r}")
         steps.append(int(s))
     state = [[] for _ in range(n)]
+    created = []        # (list, index, new buffer): stored only once everything is valid
     for name, lst in state_lists:
+        if name in create and lst is None:
+            raise ValueError(f"{name} is None; pass a list with one array or None per param "
+                             f"(None entries are created)")
         for i in range(n):
             buf = None if lst is None else lst[i]
             if buf is not None:
                 _kernels.check_buffer(buf, params[i], f"{name}[{i}]")
+            elif name in create and grads[i] is not None:
+                if not isinstance(lst, list):
+                    raise TypeError(f"{name}[{i}] is None and {name} is a "
+                                    f"{type(lst).__name__}; pass a list, so that the new "
+                                    f"buffer can be stored in it")
+                buf = np.zeros_like(params[i])
+                created.append((lst, i, buf))
             state[i].append(buf)
     sstate = None
     if scalar_lists:
@@ -77,11 +99,16 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
                          labels, steps, sstate)
     plan.bind(list(grads))
     hints = init_hints or {}
+    names = [name for name, _ in state_lists]
+    required = names[:n_required] if isinstance(n_required, int) else n_required
     for i in range(n):
-        if grads[i] is not None and any(b is None for b in state[i][:n_required]):
-            name = state_lists[[b is None for b in state[i]].index(True)][0]
-            raise ValueError(f"{name}[{i}] is None but params[{i}] has a grad; pass a buffer "
-                             f"initialised as {hints.get(name, 'np.zeros_like(param)')}")
+        if grads[i] is None:
+            continue
+        for k, name in enumerate(names):
+            if name in required and state[i][k] is None:
+                raise ValueError(f"{name}[{i}] is None but params[{i}] has a grad; pass a "
+                                 f"buffer initialised as "
+                                 f"{hints.get(name, 'np.zeros_like(param)')}")
     # Validated: mutate.
     plan.advance()
     if scalar_lists:
@@ -91,10 +118,15 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
     else:
         for s in plan.distinct_active_steps():
             plan.set_scalars(scalars_fn(s, *hyper), s)
+    for lst, i, buf in created:
+        lst[i] = buf
+        s = int(plan.steps_array[i])
+        plan.set_scalars(scalars_fn(s, *hyper, fresh=True), s, i)
     plan.run(_kernels.KERNEL_IDS[kernel])
-    new_steps = plan.steps_array
-    for i in range(n):
-        state_steps[i] = int(new_steps[i])
+    if keep_steps:
+        new_steps = plan.steps_array
+        for i in range(n):
+            state_steps[i] = int(new_steps[i])
     for j, (name, lst) in enumerate(scalar_lists):
         for i in range(n):
             if grads[i] is not None:

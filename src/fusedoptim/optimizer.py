@@ -3,7 +3,8 @@
 A subclass is declarative. It names its chunk kernel, its state slots, how to validate a
 group's hyperparameters into a tuple, and how to turn that tuple and a step count into the
 kernel's scalars. Optional: initial values other than zero (Rprop's step sizes start at lr),
-and per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu).
+per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu), and a distinct
+first update of new state (torch's SGD starts its momentum buffer at the gradient).
 Everything else (structure checks, buffer checks, lazy state, step counts, scalar state,
 checkpoints, the one GIL-free call per group) lives here, once.
 """
@@ -74,6 +75,16 @@ class Optimizer:
         """The value a state buffer is filled with, or a scalar state starts at, when a
         param first steps (default 0)."""
         return 0.0
+
+    #: True when a tensor's first update after one of its buffers was created is not the
+    #: general update applied to the _initial_state fill: torch's SGD starts its momentum
+    #: buffer at the gradient itself. Then (1) _scalars is also called as
+    #: ``_scalars(step, hyper, fresh=True)`` for those tensors, so the kernel can take its
+    #: "first update" path; (2) the reference twin is handed None for the new buffers and
+    #: creates them, as torch's functional API does; (3) the functional API does the same for
+    #: the lists named in _fused_step's `create`. For classes that use _scalars (not
+    #: _scalars_with_state).
+    _fresh_state_scalars = False
 
     def _functional_kwargs(self, hyper):
         """Keyword arguments of the matching functional/reference call."""
@@ -251,10 +262,12 @@ class Optimizer:
     def _ensure_state(self, gi, cache, grads):
         """Create state for params stepping for the first time (or a slot they lack, e.g.
         amsgrad switched on, or one missing from a checkpoint), filled with its initial value
-        (_initial_state, zero by default), then rebuild the group's plan."""
+        (_initial_state, zero by default), then rebuild the group's plan. Returns the plan
+        and {tensor index in the group: names of the buffers created}."""
         self._sync_steps(gi)
         slots = cache.slots_in_use
         hyper = cache.hyper
+        fresh = {}
         for t, i in enumerate(self._group_slices[gi]):
             if grads[t] is None:
                 continue
@@ -264,14 +277,16 @@ class Optimizer:
                 st = self._state[i] = {"step": 0}
                 for k in self._scalar_state:
                     st[k] = float(self._initial_state(k, hyper))
-            for s in slots:
-                if s not in st:
-                    fill = self._initial_state(s, hyper)
-                    st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
+            new = tuple(s for s in slots if s not in st)
+            for s in new:
+                fill = self._initial_state(s, hyper)
+                st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
+            if new:
+                fresh[t] = new
         cache.plan = None
         plan = self._plan(gi, cache)
         plan.bind(grads)
-        return plan
+        return plan, fresh
 
     def step(self, grads):
         """One fused, in-place update of every param that has a grad.
@@ -295,12 +310,12 @@ class Optimizer:
             pending.append(missing)
         for gi in range(len(groups)):
             cache = caches[gi]
-            plan = cache.plan
+            plan, fresh = cache.plan, None
             if pending[gi]:
-                plan = self._ensure_state(gi, cache, per_group[gi])
-            self._apply(gi, plan, cache.hyper, per_group[gi])
+                plan, fresh = self._ensure_state(gi, cache, per_group[gi])
+            self._apply(gi, plan, cache.hyper, per_group[gi], fresh)
 
-    def _apply(self, gi, plan, hyper, grads):
+    def _apply(self, gi, plan, hyper, grads, fresh=None):
         step = plan.advance()
         if step != 0 and self._scalar_state:
             # One hp row and next scalar state per distinct (step, scalar state); usually one.
@@ -314,6 +329,10 @@ class Optimizer:
                 plan.set_scalars(self._scalars(s, hyper), s)
         else:
             return  # no param of this group has a grad
+        if fresh and self._fresh_state_scalars:
+            for t in fresh:
+                s = int(plan.steps_array[t])
+                plan.set_scalars(self._scalars(s, hyper, fresh=True), s, t)
         plan.run(self._kernel_id)
 
     def zero_grad(self, set_to_none=True):

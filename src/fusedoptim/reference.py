@@ -219,14 +219,18 @@ class _ReferenceStep:
 
     _reference_fn = None
 
-    def _apply(self, gi, plan, hyper, grads):
+    def _apply(self, gi, plan, hyper, grads, fresh=None):
         active = [t for t, g in enumerate(grads) if g is not None]
         if not active:
             return
         start = self._group_slices[gi].start
         params = self.param_groups[gi]["params"]
         states = [self._state[start + t] for t in active]
-        buffers = [[st.get(slot) for st in states] for slot in self._slots]
+        # With _fresh_state_scalars the function gets None for a buffer created this step and
+        # creates it itself, as torch's functional API does.
+        new = (fresh or {}) if self._fresh_state_scalars else {}
+        buffers = [[None if slot in new.get(t, ()) else st.get(slot)
+                    for t, st in zip(active, states)] for slot in self._slots]
         # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
         scalars = [[float(plan.sstate_array[t, j]) for t in active]
                    for j in range(len(self._scalar_state))]
@@ -238,6 +242,10 @@ class _ReferenceStep:
         for j, values in enumerate(scalars):
             for t, x in zip(active, values):
                 plan.sstate_array[t, j] = x
+        for slot, lst in zip(self._slots, buffers):
+            for t, st, buf in zip(active, states, lst):
+                if slot in new.get(t, ()):
+                    st[slot][...] = buf     # keep the array the plan points at
 
 
 class Adam(_ReferenceStep, optim.Adam):
