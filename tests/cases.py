@@ -153,3 +153,38 @@ CASES += [
     Case("Rprop", fo.Rprop, fo.reference.Rprop, _rprop_sample, "Rprop", bad=_RPROP_BAD),
     Case("ASGD", fo.ASGD, fo.reference.ASGD, _asgd_sample, "ASGD", bad=_ASGD_BAD),
 ]
+
+
+# -- SGD, Adagrad, RMSprop, Adadelta ------------------------------------------------------
+
+def _sgd_sample(rng):
+    style = "ema" if rng.random() < 0.25 else "torch"
+    momentum = _maybe(rng, rng.uniform(0.5, 0.99))
+    nesterov = momentum > 0 and _flag(rng)
+    dampening = 0.0 if nesterov or style == "ema" else _maybe(rng, rng.uniform(0.0, 0.5))
+    return dict(lr=_loguniform(rng, -4, -1), momentum=momentum, dampening=dampening,
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)), nesterov=nesterov,
+                maximize=_flag(rng), momentum_style=style)
+
+
+def _sgd_to_torch(kw):
+    kw = dict(kw)
+    if kw.pop("momentum_style") == "ema":
+        kw["lr"] *= 1.0 - kw["momentum"]    # the EMA form is torch's with lr * (1 - beta)
+    return kw
+
+
+_SGD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(momentum=-0.1), "momentum"), (dict(momentum=_INF), "momentum"),
+    (dict(dampening=1.5), "dampening"), (dict(dampening=-0.1), "dampening"),
+    (dict(nesterov=True), "nesterov"),                       # needs momentum > 0
+    (dict(momentum=0.9, dampening=0.1, nesterov=True), "dampening"),
+    (dict(nesterov="yes"), "nesterov"),
+    (dict(momentum_style="polyak"), "momentum_style"),
+    (dict(momentum=1.0, momentum_style="ema"), "momentum"),  # an EMA weight is < 1
+    (dict(momentum=0.9, dampening=0.5, momentum_style="ema"), "dampening"),
+]
+
+CASES += [
+    Case("SGD", fo.SGD, fo.reference.SGD, _sgd_sample, "SGD", _sgd_to_torch, _SGD_BAD),
+]

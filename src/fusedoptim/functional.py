@@ -19,6 +19,7 @@ from .optim.lion import check_lion, lion_scalars
 from .optim.nadam import check_nadam, nadam_scalars
 from .optim.radam import check_radam, radam_scalars
 from .optim.rprop import check_rprop, rprop_scalars
+from .optim.sgd import check_sgd, sgd_scalars
 
 
 def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
@@ -218,3 +219,25 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
     hyper = check_asgd(lr, lambd, alpha, t0, weight_decay, maximize)
     _fused_step("asgd", asgd_scalars, hyper, params, grads, [("axs", axs)], state_steps, 1,
                 scalar_lists=[("mus", mus), ("etas", etas)])
+
+
+def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.0,
+        dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+        momentum_style="torch"):
+    """Fused SGD step over lists (see :class:`fusedoptim.SGD` for the rule).
+
+    As in torch.optim.sgd, when momentum != 0 ``momentum_buffer_list`` holds an array or None
+    per param, and a None entry of a param with a grad is created here (torch's form starts it
+    at the gradient, the "ema" form at 0) and stored in the list. It is not used when
+    momentum == 0. SGD does not use step counts: ``state_steps`` is optional, and its entries
+    are incremented when given.
+    """
+    hyper = check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize,
+                      momentum_style)
+    if hyper[1] != 0.0:
+        _fused_step("sgd", sgd_scalars, hyper, params, grads,
+                    [("momentum_buffer_list", momentum_buffer_list)], state_steps, 1,
+                    create=("momentum_buffer_list",))
+    else:
+        _fused_step("sgd", sgd_scalars, hyper, params, grads,
+                    [("momentum_buffer_list", None)], state_steps, 0)

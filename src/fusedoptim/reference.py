@@ -20,6 +20,7 @@ from .optim.lion import check_lion
 from .optim.nadam import check_nadam
 from .optim.radam import check_radam
 from .optim.rprop import check_rprop
+from .optim.sgd import check_sgd
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
@@ -212,6 +213,37 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
         mus[i] = 1.0 / max(1.0, t - t0)
 
 
+def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.0,
+        dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+        momentum_style="torch"):
+    check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize, momentum_style)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        if state_steps is not None:
+            state_steps[i] += 1
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        d = g
+        if momentum != 0 and momentum_style == "torch":
+            buf = momentum_buffer_list[i]
+            if buf is None:
+                buf = momentum_buffer_list[i] = np.array(g, dtype=p.dtype)   # starts at g
+            else:
+                buf[...] = momentum * buf + (1.0 - dampening) * g
+            d = g + momentum * buf if nesterov else buf
+        if momentum != 0 and momentum_style == "ema":
+            if momentum_buffer_list[i] is None:
+                momentum_buffer_list[i] = np.zeros_like(p)
+            v = momentum_buffer_list[i]
+            v[...] = momentum * v + (1.0 - momentum) * g
+            d = (1.0 - momentum) * g + momentum * v if nesterov else v
+        p[...] = p - lr * d
+
+
 # -- classes ------------------------------------------------------------------------------------
 
 class _ReferenceStep:
@@ -271,3 +303,4 @@ RAdam = _twin(optim.RAdam, radam)
 Lion = _twin(optim.Lion, lion)
 Rprop = _twin(optim.Rprop, rprop)
 ASGD = _twin(optim.ASGD, asgd)
+SGD = _twin(optim.SGD, sgd)

@@ -7,5 +7,6 @@ from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
 from .rprop import Rprop
+from .sgd import SGD
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD"]
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD"]
