@@ -185,6 +185,21 @@ _SGD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
     (dict(momentum=0.9, dampening=0.5, momentum_style="ema"), "dampening"),
 ]
 
+def _adagrad_sample(rng):
+    return dict(lr=_loguniform(rng, -3, -0.5), lr_decay=_maybe(rng, _loguniform(rng, -4, -1)),
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                initial_accumulator_value=_maybe(rng, rng.uniform(0, 1)),
+                eps=_loguniform(rng, -10, -6), maximize=_flag(rng))
+
+
+_ADAGRAD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + _EPS_BAD + [
+    (dict(lr_decay=-0.1), "lr_decay"), (dict(lr_decay=_INF), "lr_decay"),
+    (dict(initial_accumulator_value=-0.1), "initial_accumulator_value"),
+    (dict(initial_accumulator_value=_NAN), "initial_accumulator_value"),
+]
+
 CASES += [
     Case("SGD", fo.SGD, fo.reference.SGD, _sgd_sample, "SGD", _sgd_to_torch, _SGD_BAD),
+    Case("Adagrad", fo.Adagrad, fo.reference.Adagrad, _adagrad_sample, "Adagrad",
+         bad=_ADAGRAD_BAD),
 ]

@@ -19,6 +19,7 @@ from .optim.lion import check_lion, lion_scalars
 from .optim.nadam import check_nadam, nadam_scalars
 from .optim.radam import check_radam, radam_scalars
 from .optim.rprop import check_rprop, rprop_scalars
+from .optim.adagrad import adagrad_scalars, check_adagrad
 from .optim.sgd import check_sgd, sgd_scalars
 
 
@@ -241,3 +242,14 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
     else:
         _fused_step("sgd", sgd_scalars, hyper, params, grads,
                     [("momentum_buffer_list", None)], state_steps, 0)
+
+
+def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0,
+            eps=1e-10, maximize=False):
+    """Fused Adagrad step over lists (see :class:`fusedoptim.Adagrad` for the rule).
+
+    ``state_sums`` start at initial_accumulator_value (e.g. ``np.full_like(p, 0.1)``).
+    """
+    hyper = check_adagrad(lr, lr_decay, weight_decay, eps, maximize)
+    _fused_step("adagrad", adagrad_scalars, hyper, params, grads, [("state_sums", state_sums)],
+                state_steps, 1)

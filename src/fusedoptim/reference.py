@@ -20,6 +20,7 @@ from .optim.lion import check_lion
 from .optim.nadam import check_nadam
 from .optim.radam import check_radam
 from .optim.rprop import check_rprop
+from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
 
 
@@ -244,6 +245,26 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
         p[...] = p - lr * d
 
 
+def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0,
+            eps=1e-10, maximize=False):
+    check_adagrad(lr, lr_decay, weight_decay, eps, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        s = state_sums[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        clr = lr / (1.0 + (t - 1) * lr_decay)
+        s[...] = s + g * g
+        std = np.sqrt(s) + eps
+        p[...] = p - clr * g / std
+
+
 # -- classes ------------------------------------------------------------------------------------
 
 class _ReferenceStep:
@@ -304,3 +325,4 @@ Lion = _twin(optim.Lion, lion)
 Rprop = _twin(optim.Rprop, rprop)
 ASGD = _twin(optim.ASGD, asgd)
 SGD = _twin(optim.SGD, sgd)
+Adagrad = _twin(optim.Adagrad, adagrad)

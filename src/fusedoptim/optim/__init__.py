@@ -1,5 +1,6 @@
 """Optimizer classes with torch.optim's names, arguments and defaults."""
 
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .asgd import ASGD
@@ -9,4 +10,4 @@ from .radam import RAdam
 from .rprop import Rprop
 from .sgd import SGD
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD"]
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad"]
