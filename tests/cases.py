@@ -198,8 +198,31 @@ _ADAGRAD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + _EPS_BAD + [
     (dict(initial_accumulator_value=_NAN), "initial_accumulator_value"),
 ]
 
+def _rmsprop_sample(rng):
+    centered = _flag(rng)
+    return dict(lr=_loguniform(rng, -4, -2), alpha=float(rng.uniform(0.5, 0.999)),
+                eps=_loguniform(rng, -8, -5), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                momentum=_maybe(rng, rng.uniform(0.5, 0.95)), centered=centered,
+                maximize=_flag(rng), bias_correction=not centered and bool(rng.integers(3) == 0))
+
+
+def _rmsprop_to_torch(kw):
+    if kw["bias_correction"]:
+        return None                          # the notes' variant; torch has no equivalent
+    return {k: v for k, v in kw.items() if k != "bias_correction"}
+
+
+_RMSPROP_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + _EPS_BAD + [
+    (dict(alpha=1.0), "alpha"), (dict(alpha=-0.1), "alpha"),
+    (dict(momentum=-0.5), "momentum"), (dict(momentum=_NAN), "momentum"),
+    (dict(centered="yes"), "centered"), (dict(bias_correction=2), "bias_correction"),
+    (dict(centered=True, bias_correction=True), "bias_correction"),
+]
+
 CASES += [
     Case("SGD", fo.SGD, fo.reference.SGD, _sgd_sample, "SGD", _sgd_to_torch, _SGD_BAD),
     Case("Adagrad", fo.Adagrad, fo.reference.Adagrad, _adagrad_sample, "Adagrad",
          bad=_ADAGRAD_BAD),
+    Case("RMSprop", fo.RMSprop, fo.reference.RMSprop, _rmsprop_sample, "RMSprop",
+         _rmsprop_to_torch, _RMSPROP_BAD),
 ]

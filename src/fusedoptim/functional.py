@@ -19,6 +19,7 @@ from .optim.lion import check_lion, lion_scalars
 from .optim.nadam import check_nadam, nadam_scalars
 from .optim.radam import check_radam, radam_scalars
 from .optim.rprop import check_rprop, rprop_scalars
+from .optim.rmsprop import check_rmsprop, rmsprop_scalars
 from .optim.adagrad import adagrad_scalars, check_adagrad
 from .optim.sgd import check_sgd, sgd_scalars
 
@@ -253,3 +254,21 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
     hyper = check_adagrad(lr, lr_decay, weight_decay, eps, maximize)
     _fused_step("adagrad", adagrad_scalars, hyper, params, grads, [("state_sums", state_sums)],
                 state_steps, 1)
+
+
+def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, *, lr,
+            alpha, eps, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
+            bias_correction=False):
+    """Fused RMSprop step over lists (see :class:`fusedoptim.RMSprop` for the rule).
+
+    ``grad_avgs`` is used only when centered, ``momentum_buffer_list`` only when
+    momentum > 0; either may be None otherwise.
+    """
+    hyper = check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                          bias_correction)
+    in_use = (True, hyper[5], hyper[4] > 0.0)     # square_avg, grad_avg, momentum_buffer
+    lists = [(name, lst if used else None) for name, lst, used in zip(
+        ("square_avgs", "grad_avgs", "momentum_buffer_list"),
+        (square_avgs, grad_avgs, momentum_buffer_list), in_use)]
+    _fused_step("rmsprop", rmsprop_scalars, hyper, params, grads, lists, state_steps,
+                tuple(name for (name, _), used in zip(lists, in_use) if used))

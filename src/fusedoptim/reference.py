@@ -20,6 +20,7 @@ from .optim.lion import check_lion
 from .optim.nadam import check_nadam
 from .optim.radam import check_radam
 from .optim.rprop import check_rprop
+from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
 
@@ -265,6 +266,36 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
         p[...] = p - clr * g / std
 
 
+def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, *, lr,
+            alpha, eps, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
+            bias_correction=False):
+    check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize, bias_correction)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        v = square_avgs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        v[...] = alpha * v + (1.0 - alpha) * g * g
+        var = v / (1.0 - alpha ** t) if bias_correction else v
+        if centered:
+            a = grad_avgs[i]
+            a[...] = a + (1.0 - alpha) * (g - a)
+            var = var - a * a
+        avg = np.sqrt(var) + eps
+        if momentum > 0:
+            b = momentum_buffer_list[i]
+            b[...] = momentum * b + g / avg
+            p[...] = p - lr * b
+        else:
+            p[...] = p - lr * g / avg
+
+
 # -- classes ------------------------------------------------------------------------------------
 
 class _ReferenceStep:
@@ -326,3 +357,4 @@ Rprop = _twin(optim.Rprop, rprop)
 ASGD = _twin(optim.ASGD, asgd)
 SGD = _twin(optim.SGD, sgd)
 Adagrad = _twin(optim.Adagrad, adagrad)
+RMSprop = _twin(optim.RMSprop, rmsprop)

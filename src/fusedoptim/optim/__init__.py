@@ -7,7 +7,9 @@ from .asgd import ASGD
 from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
+from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
 
-__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad"]
+__all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
+           "RMSprop"]

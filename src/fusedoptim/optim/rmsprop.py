@@ -1,0 +1,100 @@
+"""RMSprop (plain, centered, momentum) and the notes' bias-corrected RMSProp: one kernel."""
+
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order rmsprop_scalars and check_rmsprop use.
+_FIELDS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize",
+           "bias_correction")
+
+
+def check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                  bias_correction):
+    """Validate RMSprop hyperparameters; return them canonical (floats and bools)."""
+    hyper = (v.finite_nonneg(lr, "lr"), v.unit_interval(alpha, "alpha"),
+             v.positive(eps, "eps"), v.finite_nonneg(weight_decay, "weight_decay"),
+             v.finite_nonneg(momentum, "momentum"), v.flag(centered, "centered"),
+             v.flag(maximize, "maximize"), v.flag(bias_correction, "bias_correction"))
+    if hyper[5] and hyper[7]:
+        raise ValueError(f"bias_correction=True is the notes' (uncentered) RMSProp and cannot "
+                         f"be combined with centered={centered!r}: the bias-corrected variance "
+                         f"of the first gradient is 0, so the first step would be lr*g/eps; "
+                         f"use one or the other")
+    return hyper
+
+
+def rmsprop_scalars(step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
+                    bias_correction):
+    """The kernel's scalars for one step count (order: _kernels.SCALARS['rmsprop'])."""
+    mode = 1 if weight_decay != 0.0 else 0
+    if centered:
+        mode |= 2
+    if momentum > 0.0:
+        mode |= 4
+    bc = 1.0
+    if bias_correction:
+        mode |= 8
+        bc = 1.0 - alpha ** step
+    return (-1.0 if maximize else 1.0, weight_decay, alpha, 1.0 - alpha, eps, lr, momentum,
+            bc, float(mode))
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop (Hinton, 2012, "Neural Networks for Machine Learning", lecture 6e; centered
+    form: Graves, 2013, "Generating Sequences With Recurrent Neural Networks").
+
+    For each param, with g the gradient (negated when ``maximize``) and t the step::
+
+        g   = g + weight_decay * p                   (L2, when weight_decay != 0)
+        v   = alpha * v + (1 - alpha) * g * g
+        a   = a + (1 - alpha) * (g - a)              (centered: running mean of g)
+        var = v - a * a         if centered   else   v
+        avg = sqrt(var) + eps
+        b   = momentum * b + g / avg;   p = p - lr * b     (momentum > 0)
+        p   = p - lr * g / avg                             (momentum == 0)
+
+    ``bias_correction=True`` is the notes' RMSProp: v starts at 0, so before use it is
+    divided by c = 1 - alpha^t, as in Adam: var = v_hat = v / c (the buffer keeps the raw
+    average). It cannot be combined with ``centered``: the bias-corrected variance of a
+    single gradient is 0, which would make the first step lr * g / eps. The default (False)
+    is torch's RMSprop.
+
+    Args (torch.optim.RMSprop's names and defaults):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): learning rate, default 1e-2, finite >= 0.
+        alpha (float): smoothing constant, default 0.99, in [0, 1).
+        eps (float): default 1e-8, > 0.
+        weight_decay (float): default 0, finite >= 0.
+        momentum (float): default 0, finite >= 0.
+        centered (bool): default False; normalise by the estimated variance of g.
+        maximize (bool): default False; ascend instead of descend.
+        bias_correction (bool): default False; True is the notes' variant (not in torch,
+            not with centered).
+
+    State per param: ``square_avg`` (v), ``grad_avg`` (a, centered only), ``momentum_buffer``
+    (b, momentum > 0 only) and ``step``.
+    """
+
+    _kernel = "rmsprop"
+    _slots = ("square_avg", "grad_avg", "momentum_buffer")
+    _hyper_keys = _FIELDS
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False, bias_correction=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize,
+                                      bias_correction=bias_correction))
+
+    def _check_hyper(self, key):
+        return check_rmsprop(*key)
+
+    def _slots_in_use(self, hyper):
+        centered, momentum = hyper[5], hyper[4]
+        return tuple(s for s, used in zip(self._slots, (True, centered, momentum > 0.0))
+                     if used)
+
+    def _scalars(self, step, hyper):
+        return rmsprop_scalars(step, *hyper)
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))
