@@ -219,10 +219,22 @@ _RMSPROP_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + _EPS_BAD + [
     (dict(centered=True, bias_correction=True), "bias_correction"),
 ]
 
+def _adadelta_sample(rng):
+    return dict(lr=_loguniform(rng, -1, 0.3), rho=float(rng.uniform(0.5, 0.99)),
+                eps=_loguniform(rng, -8, -4), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                maximize=_flag(rng))
+
+
+_ADADELTA_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + _EPS_BAD + [
+    (dict(rho=1.5), "rho"), (dict(rho=-0.1), "rho"), (dict(eps=_NAN), "eps"),
+]
+
 CASES += [
     Case("SGD", fo.SGD, fo.reference.SGD, _sgd_sample, "SGD", _sgd_to_torch, _SGD_BAD),
     Case("Adagrad", fo.Adagrad, fo.reference.Adagrad, _adagrad_sample, "Adagrad",
          bad=_ADAGRAD_BAD),
     Case("RMSprop", fo.RMSprop, fo.reference.RMSprop, _rmsprop_sample, "RMSprop",
          _rmsprop_to_torch, _RMSPROP_BAD),
+    Case("Adadelta", fo.Adadelta, fo.reference.Adadelta, _adadelta_sample, "Adadelta",
+         bad=_ADADELTA_BAD),
 ]

@@ -20,9 +20,9 @@ from ._config import get_num_threads, set_num_threads, show_config
 from . import functional, lr_scheduler, reference, schedules
 from .optim import Adam, AdamW
 from .optim import Adamax, NAdam, RAdam, Lion, Rprop, ASGD
-from .optim import SGD, Adagrad, RMSprop
+from .optim import SGD, Adagrad, RMSprop, Adadelta
 from .optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Optimizer", "functional", "lr_scheduler", "reference", "schedules",
-           "get_num_threads", "set_num_threads", "show_config", "__version__"]
+           "RMSprop", "Adadelta", "Optimizer", "functional", "lr_scheduler", "reference",
+           "schedules", "get_num_threads", "set_num_threads", "show_config", "__version__"]

@@ -19,6 +19,7 @@ from .optim.lion import check_lion, lion_scalars
 from .optim.nadam import check_nadam, nadam_scalars
 from .optim.radam import check_radam, radam_scalars
 from .optim.rprop import check_rprop, rprop_scalars
+from .optim.adadelta import adadelta_scalars, check_adadelta
 from .optim.rmsprop import check_rmsprop, rmsprop_scalars
 from .optim.adagrad import adagrad_scalars, check_adagrad
 from .optim.sgd import check_sgd, sgd_scalars
@@ -272,3 +273,11 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
         (square_avgs, grad_avgs, momentum_buffer_list), in_use)]
     _fused_step("rmsprop", rmsprop_scalars, hyper, params, grads, lists, state_steps,
                 tuple(name for (name, _), used in zip(lists, in_use) if used))
+
+
+def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, eps,
+             weight_decay=0.0, maximize=False):
+    """Fused Adadelta step over lists (see :class:`fusedoptim.Adadelta` for the rule)."""
+    hyper = check_adadelta(lr, rho, eps, weight_decay, maximize)
+    _fused_step("adadelta", adadelta_scalars, hyper, params, grads,
+                [("square_avgs", square_avgs), ("acc_deltas", acc_deltas)], state_steps, 2)

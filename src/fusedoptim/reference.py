@@ -20,6 +20,7 @@ from .optim.lion import check_lion
 from .optim.nadam import check_nadam
 from .optim.radam import check_radam
 from .optim.rprop import check_rprop
+from .optim.adadelta import check_adadelta
 from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
@@ -296,6 +297,26 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
             p[...] = p - lr * g / avg
 
 
+def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, eps,
+             weight_decay=0.0, maximize=False):
+    check_adadelta(lr, rho, eps, weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        v, u = square_avgs[i], acc_deltas[i]
+        state_steps[i] += 1
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        v[...] = rho * v + (1.0 - rho) * g * g
+        std = np.sqrt(v + eps)
+        delta = np.sqrt(u + eps) / std * g
+        u[...] = rho * u + (1.0 - rho) * delta * delta
+        p[...] = p - lr * delta
+
+
 # -- classes ------------------------------------------------------------------------------------
 
 class _ReferenceStep:
@@ -358,3 +379,4 @@ ASGD = _twin(optim.ASGD, asgd)
 SGD = _twin(optim.SGD, sgd)
 Adagrad = _twin(optim.Adagrad, adagrad)
 RMSprop = _twin(optim.RMSprop, rmsprop)
+Adadelta = _twin(optim.Adadelta, adadelta)

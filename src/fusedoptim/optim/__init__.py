@@ -1,5 +1,6 @@
 """Optimizer classes with torch.optim's names, arguments and defaults."""
 
+from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
@@ -12,4 +13,4 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop"]
+           "RMSprop", "Adadelta"]
