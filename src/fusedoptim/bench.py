@@ -55,6 +55,23 @@ BENCH_CASES = [
     BenchCase("Rprop", "Rprop", dict(lr=1e-2), 3, "Rprop", dict(lr=1e-2)),
     # t0=0: the averaging branch (ax read and written) from the third step on.
     BenchCase("ASGD", "ASGD", dict(lr=1e-2, t0=0.0), 2, "ASGD", dict(lr=1e-2, t0=0.0)),
+    # torch has fused CPU kernels for SGD and Adagrad (the targets compare with them).
+    # Plain SGD keeps no state: it touches p and g only (rw_buffers 1).
+    BenchCase("SGD", "SGD", dict(lr=1e-3), 1, "SGD", dict(lr=1e-3), torch_fused=True),
+    BenchCase("SGD(momentum)", "SGD", dict(lr=1e-3, momentum=0.9), 2, "SGD",
+              dict(lr=1e-3, momentum=0.9), torch_fused=True),
+    BenchCase("SGD(nesterov)", "SGD", dict(lr=1e-3, momentum=0.9, nesterov=True,
+                                           weight_decay=1e-4), 2, "SGD",
+              dict(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4), torch_fused=True),
+    BenchCase("Adagrad", "Adagrad", dict(lr=1e-2), 2, "Adagrad", dict(lr=1e-2),
+              torch_fused=True),
+    BenchCase("RMSprop", "RMSprop", dict(lr=1e-2), 2, "RMSprop", dict(lr=1e-2)),
+    # Not centered: the bench repeats one gradient, and then the centered variance
+    # v - a^2 = alpha^t (1 - alpha^t) g^2 decays into rounding noise and NaN (step ~1200 at
+    # alpha=0.99, torch's too), so a centered row would time a degenerate state.
+    BenchCase("RMSprop(mom)", "RMSprop", dict(lr=1e-2, momentum=0.9), 3, "RMSprop",
+              dict(lr=1e-2, momentum=0.9)),
+    BenchCase("Adadelta", "Adadelta", dict(), 3, "Adadelta", dict()),
 ]
 
 
