@@ -231,3 +231,27 @@ def test_functional_rejects_before_creating_buffers():
     with pytest.raises(TypeError, match="pass a list"):
         fo.functional.sgd(p, [np.ones(4, np.float32)], (None,), lr=0.1, momentum=0.9)
     assert not p[0].any()
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9, nesterov=True)),
+                                     ("RMSprop", dict(momentum=0.9, centered=True))])
+def test_one_cycle_lr_cycling_momentum_every_step_matches_torch(rng, name, kw):
+    """OneCycleLR rewrites lr and momentum in the param group every step; the fused step
+    follows the new values at once, as torch does (float64, rtol 1e-10)."""
+    torch = pytest.importorskip("torch")
+    from fusedoptim.lr_scheduler import OneCycleLR
+    p = rng.standard_normal(300)
+    tp = torch.tensor(p.copy())
+    opt = getattr(fo, name)([p], lr=0.01, **kw)
+    topt = getattr(torch.optim, name)([tp], lr=0.01, **kw)
+    sched = OneCycleLR(opt, max_lr=0.05, total_steps=60)
+    tsched = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=0.05, total_steps=60)
+    for _ in range(60):
+        g = rng.standard_normal(300)
+        opt.step([g])
+        tp.grad = torch.tensor(g)
+        topt.step()
+        sched.step()
+        tsched.step()
+        assert opt.param_groups[0]["momentum"] == pytest.approx(topt.param_groups[0]["momentum"])
+    np.testing.assert_allclose(p, tp.numpy(), rtol=1e-10, atol=1e-12)
