@@ -84,7 +84,8 @@ def _saddle_grad(x, y):
 # valley, momentum overshoots, adaptive methods leave the saddle quickly) rather than to win, and
 # so that none diverges with the default start and steps (RAdam's first un-adapted steps are
 # plain momentum SGD, hence its small rates on Rosenbrock and Beale). Rows other than the Adam
-# family were swept with torch.optim's implementations: re-check them when those classes land.
+# family were first swept with torch.optim's implementations of the same rules, which the fused
+# classes reproduce (tests/test_optimizers.py); the pictures in docs/ come from the fused classes.
 FUNCTIONS: dict[str, TestFunction] = {
     "valley": TestFunction(
         "valley", "f = 0.1 x\u00b2 + 2 y\u00b2 (condition number 20)", _valley, _valley_grad,
