@@ -26,6 +26,19 @@ from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
 
 
+
+def _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize):
+    """The Adam family's common first lines: the signed grad (with L2 decay folded in) and the
+    param after decoupled decay, in the kernels' operation order."""
+    if maximize:
+        g = -g
+    p_decayed = p
+    if weight_decay != 0 and not decoupled_weight_decay:
+        g = g + weight_decay * p
+    if weight_decay != 0 and decoupled_weight_decay:
+        p_decayed = p * (1.0 - lr * weight_decay)
+    return g, p_decayed
+
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
          beta2, eps, weight_decay=0.0, amsgrad=False, maximize=False,
          decoupled_weight_decay=False, bias_correction=True):
@@ -38,13 +51,7 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        p_decayed = p
-        if weight_decay != 0 and not decoupled_weight_decay:
-            g = g + weight_decay * p
-        if weight_decay != 0 and decoupled_weight_decay:
-            p_decayed = p * (1.0 - lr * weight_decay)
+        g, p_decayed = _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
         m[...] = beta1 * m + (1.0 - beta1) * g
         v[...] = beta2 * v + (1.0 - beta2) * g * g
         if bias_correction:
@@ -99,13 +106,7 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr,
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        p_decayed = p
-        if weight_decay != 0 and not decoupled_weight_decay:
-            g = g + weight_decay * p
-        if weight_decay != 0 and decoupled_weight_decay:
-            p_decayed = p * (1.0 - lr * weight_decay)
+        g, p_decayed = _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
         inv_bias_correction2 = 1.0 / (1.0 - beta2 ** t)
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
@@ -129,13 +130,7 @@ def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        p_decayed = p
-        if weight_decay != 0 and not decoupled_weight_decay:
-            g = g + weight_decay * p
-        if weight_decay != 0 and decoupled_weight_decay:
-            p_decayed = p * (1.0 - lr * weight_decay)
+        g, p_decayed = _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize)
         m[...] = beta1 * m + (1.0 - beta1) * g
         v[...] = beta2 * v + (1.0 - beta2) * g * g
         bias_correction1 = 1.0 - beta1 ** t
