@@ -28,7 +28,7 @@ from .optim.sgd import check_sgd
 
 
 def _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize):
-    """The Adam family's common first lines: the signed grad (with L2 decay folded in) and the
+    """Every optimizer's common first lines: the signed grad (with L2 decay folded in) and the
     param after decoupled decay, in the kernels' operation order."""
     if maximize:
         g = -g
@@ -84,10 +84,7 @@ def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, 
         m, u = exp_avgs[i], exp_infs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         m[...] = beta1 * m + (1.0 - beta1) * g
         u[...] = np.maximum(beta2 * u, np.abs(g) + eps)
         step_size = lr / (1.0 - beta1 ** t)
@@ -197,10 +194,7 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
         ax = axs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         p[...] = p * (1.0 - lambd * etas[i])
         p[...] = p - etas[i] * g
         if mus[i] != 1.0:
@@ -221,10 +215,7 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
             continue
         if state_steps is not None:
             state_steps[i] += 1
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         d = g
         if momentum != 0 and momentum_style == "torch":
             buf = momentum_buffer_list[i]
@@ -252,10 +243,7 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
         s = state_sums[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         clr = lr / (1.0 + (t - 1) * lr_decay)
         s[...] = s + g * g
         std = np.sqrt(s) + eps
@@ -273,10 +261,7 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
         v = square_avgs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         v[...] = alpha * v + (1.0 - alpha) * g * g
         var = v / (1.0 - alpha ** t) if bias_correction else v
         if centered:
@@ -301,10 +286,7 @@ def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, ep
             continue
         v, u = square_avgs[i], acc_deltas[i]
         state_steps[i] += 1
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         v[...] = rho * v + (1.0 - rho) * g * g
         std = np.sqrt(v + eps)
         delta = np.sqrt(u + eps) / std * g
