@@ -241,6 +241,11 @@ cdef class Plan:
     cdef double[:, ::1] sstate
     cdef unsigned char[::1] ready
     cdef Py_ssize_t[::1] key_of, key_rep
+    # Every buffer the kernel writes (params and state), sorted by address, so bind() can
+    # reject a grad that aliases any of them in O(log n): the kernel would read it while
+    # another unit (maybe on another thread) writes it.
+    cdef uintptr_t[::1] w_lo, w_hi
+    cdef Py_ssize_t[::1] w_owner, w_kind
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
                  list labels, steps=None, scalar_state=None, required=None):
@@ -297,6 +302,7 @@ cdef class Plan:
                 self.ready[t] = ok
                 if not ok:
                     self.missing_state += 1
+        self._index_written(state, nstate)
         # Work units: cut the virtual concatenation of all tensors every CHUNK elements.
         seg_t, seg_start, seg_len, unit_begin = [], [], [], [0]
         pos = 0
@@ -319,6 +325,45 @@ cdef class Plan:
         self.seg_len = np.asarray(seg_len, dtype=np.intp)
         self.unit_begin = np.asarray(unit_begin, dtype=np.intp)
 
+    def _index_written(self, list state, Py_ssize_t nstate):
+        cdef Py_ssize_t t, b, k
+        cdef cnp.ndarray a
+        spans = []
+        for t in range(self.ntensors):
+            bufs = [(self.params[t], 0)]
+            if state[t] is not None:
+                bufs += [(state[t][b], 1) for b in range(nstate) if state[t][b] is not None]
+            for a_obj, kind in bufs:
+                a = <cnp.ndarray>a_obj
+                if cnp.PyArray_NBYTES(a) > 0:
+                    lo = <uintptr_t>cnp.PyArray_DATA(a)
+                    spans.append((lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a), t, kind))
+        spans.sort()
+        for k in range(1, len(spans)):
+            if spans[k][0] < spans[k - 1][1]:
+                raise ValueError(f"the buffers updated for {self.labels[spans[k - 1][2]]} and "
+                                 f"{self.labels[spans[k][2]]} (params or optimizer state) "
+                                 f"share memory; give every param and state buffer its own "
+                                 f"memory")
+        self.w_lo = np.array([x[0] for x in spans], dtype=np.uintp)
+        self.w_hi = np.array([x[1] for x in spans], dtype=np.uintp)
+        self.w_owner = np.array([x[2] for x in spans], dtype=np.intp)
+        self.w_kind = np.array([x[3] for x in spans], dtype=np.intp)
+
+    cdef Py_ssize_t _written_overlap(self, uintptr_t lo, uintptr_t hi):
+        """Index of the written buffer that [lo, hi) overlaps, or -1. The spans are sorted
+        and disjoint, so only the last one starting below hi can reach past lo."""
+        cdef Py_ssize_t a = 0, b = self.w_lo.shape[0], mid
+        while a < b:                       # first span with start >= hi
+            mid = (a + b) // 2
+            if self.w_lo[mid] < hi:
+                a = mid + 1
+            else:
+                b = mid
+        if a > 0 and self.w_hi[a - 1] > lo:
+            return a - 1
+        return -1
+
     def bind(self, list grads):
         """Validate grads against the params and point column 1 at them. None skips a tensor.
 
@@ -327,7 +372,8 @@ cdef class Plan:
         not ready (no state, or a required buffer missing): the caller creates it and rebuilds
         the plan, so the kernel never reads a null pointer.
         """
-        cdef Py_ssize_t t, b, missing = 0
+        cdef Py_ssize_t t, b, k, owner, missing = 0
+        cdef uintptr_t lo
         cdef object g
         cdef cnp.ndarray p
         if len(grads) != self.ntensors:
@@ -338,13 +384,18 @@ cdef class Plan:
                 continue
             p = <cnp.ndarray>self.params[t]
             _check_like(g, p, self.labels[t], False)
-            if self.state[t] is not None:
-                for b in range(len(self.state[t])):
-                    if (self.state[t][b] is not None
-                            and cnp.PyArray_NBYTES(<cnp.ndarray>g) > 0
-                            and _ranges_overlap(<cnp.ndarray>g, <cnp.ndarray>self.state[t][b])):
-                        raise ValueError(f"{self.labels[t]} shares memory with the optimizer "
-                                         f"state of its param; pass a separate array")
+            if cnp.PyArray_NBYTES(<cnp.ndarray>g) == 0:
+                continue
+            lo = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
+            k = self._written_overlap(lo, lo + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>g))
+            if k >= 0:
+                owner = self.w_owner[k]
+                if owner == t:
+                    raise ValueError(f"{self.labels[t]} shares memory with the optimizer "
+                                     f"state of its param; pass a separate array")
+                what = "param" if self.w_kind[k] == 0 else "optimizer state"
+                raise ValueError(f"{self.labels[t]} shares memory with the {what} updated "
+                                 f"for {self.labels[owner]}; pass a separate array")
         # All grads are valid: only now touch the tables.
         for t in range(self.ntensors):
             g = grads[t]

@@ -184,3 +184,31 @@ def test_bad_grad_in_second_group_leaves_first_group_untouched():
     with pytest.raises(TypeError, match=r"grads\[1\]"):
         opt.step([np.ones(3, np.float32), np.ones(3, np.float32)])
     assert not a.any() and opt.state == {}
+
+
+def test_grad_aliasing_another_params_buffers_is_rejected():
+    """A grad that is another param (or its state) would be read while the kernel writes it."""
+    a, b = np.zeros(4, np.float32), np.ones(4, np.float32)
+    opt = fo.Adam({"a": a, "b": b}, lr=0.1)
+    opt.step({"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)})
+    before = (a.copy(), b.copy())
+    with pytest.raises(ValueError, match=r"grads\['a'\] shares memory with the param updated "
+                                         r"for grads\['b'\]"):
+        opt.step({"a": b, "b": np.ones(4, np.float32)})
+    with pytest.raises(ValueError, match=r"grads\['b'\] shares memory with the optimizer state "
+                                         r"updated for grads\['a'\]"):
+        opt.step({"a": np.ones(4, np.float32), "b": opt.state[0]["exp_avg_sq"]})
+    assert a.tobytes() == before[0].tobytes() and b.tobytes() == before[1].tobytes()
+    shared = np.ones(4, np.float32)        # one read-only grad for two params is fine
+    opt.step({"a": shared, "b": shared})
+    assert a[0] != before[0][0]
+
+
+def test_functional_state_aliasing_another_param_is_rejected():
+    p = [np.zeros(4, np.float32), np.zeros(4, np.float32)]
+    g = [np.ones(4, np.float32)] * 2
+    m = [p[1], np.zeros(4, np.float32)]          # exp_avgs[0] is params[1]: would race
+    v = [np.zeros(4, np.float32), np.zeros(4, np.float32)]
+    with pytest.raises(ValueError, match="share memory"):
+        fo.functional.adam(p, g, m, v, None, [0, 0], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    assert not p[0].any() and not p[1].any()
