@@ -224,9 +224,11 @@ def run_landscape(cfg: LandscapeConfig, out=None, err=None):
             lr = cfg.lr_per.get(name, cfg.lr if cfg.lr is not None else fn.lrs[name])
             path, diverged = run_path(cls, spec.kwargs, lr, fn, start, steps)
             x, y = path[-1]
+            with np.errstate(all="ignore"):   # a diverged end point may overflow f: report inf
+                f_end = float(fn.f(x, y))
             results[fname][name] = {
                 "lr": lr, "path": path, "diverged": diverged, "steps": len(path) - 1,
-                "final": (float(x), float(y)), "f": float(fn.f(x, y)),
+                "final": (float(x), float(y)), "f": f_end,
                 "distance": min(math.hypot(x - mx, y - my) for mx, my in fn.minima),
             }
     print(format_table(results), file=out)
