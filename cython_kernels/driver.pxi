@@ -501,6 +501,16 @@ cdef class Plan:
                 for j in range(self.nsstate):
                     self.sstate[t, j] = nxt[j]
 
+    def unit_sizes(self):
+        """Elements in each work unit, in order: the driver hands whole units to threads."""
+        cdef Py_ssize_t u, s
+        out = np.zeros(self.nunits, dtype=np.intp)
+        cdef Py_ssize_t[::1] o = out
+        for u in range(self.nunits):
+            for s in range(self.unit_begin[u], self.unit_begin[u + 1]):
+                o[u] += self.seg_len[s]
+        return out
+
     def run(self, int kernel_id, int num_threads=0):
         """Run a registered kernel over every active tensor, without the GIL."""
         cdef chunk_kernel kern

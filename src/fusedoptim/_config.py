@@ -36,7 +36,7 @@ def build_config():
         "isa_levels": levels,
         "num_threads": _kernels.get_num_threads(),
         "chunk_elements": _kernels.CHUNK_ELEMENTS,
-        "kernels": sorted(k for k in _kernels.KERNEL_IDS if not k.startswith("touch_")),
+        "kernels": sorted(k for k in _kernels.KERNEL_IDS if not k.startswith(("touch_", "_"))),
     }
 
 
