@@ -103,6 +103,7 @@ class Optimizer:
         self._group_slices = []   # flat index range of each group
         self._state = []          # flat list: dict slot -> array, or None before first grad
         self._caches = []
+        self._grad_getter = None  # picks a dict of grads in param order (C-level)
         groups = self._parse_params(params)
         for group in groups:
             self._add_group(group)
@@ -184,6 +185,7 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
+        self._grad_getter = None
 
     @staticmethod
     def _label(what, index, name):
@@ -202,15 +204,25 @@ class Optimizer:
         n = len(self._names)
         if isinstance(grads, dict):
             names = self._names
-            if None in names:
-                raise TypeError("grads is a dict, but the params were not named; pass a list "
-                                "of grads in param order")
-            if len(grads) != n or any(k not in grads for k in names):
+            getter = self._grad_getter
+            if getter is None:
+                if any(k is None for k in names):
+                    raise TypeError("grads is a dict, but the params were not named; pass a "
+                                    "list of grads in param order")
+                # itemgetter looks all names up in C: no Python loop per tensor per step.
+                getter = self._grad_getter = (operator.itemgetter(*names) if n > 1 else
+                                              lambda d, k=names[0]: (d[k],))
+            flat = None
+            if len(grads) == n:
+                try:
+                    flat = list(getter(grads))  # n names found among n keys: same key set
+                except KeyError:
+                    pass
+            if flat is None:
                 missing = [k for k in names if k not in grads]
                 extra = [k for k in grads if k not in set(names)]
                 raise ValueError(f"grads keys do not match the params: missing {missing}, "
                                  f"unexpected {extra}")
-            flat = [grads[k] for k in names]
         elif isinstance(grads, (list, tuple)):
             if len(grads) != n:
                 raise ValueError(f"grads has {len(grads)} entries but there are {n} params; "
