@@ -534,3 +534,14 @@ def check_buffer(object obj, object param, str label, bint writeable=True):
     """Validate an optimizer-state array against its param (functional API); returns it."""
     _check_like(obj, <cnp.ndarray?>param, label, writeable)
     return obj
+
+
+def same_items(object live, tuple pinned):
+    """True when `live` is a list holding exactly the objects of `pinned`, in order."""
+    cdef Py_ssize_t k
+    if type(live) is not list or len(<list>live) != len(pinned):
+        return False
+    for k in range(len(pinned)):
+        if (<list>live)[k] is not pinned[k]:
+            return False
+    return True

@@ -74,6 +74,27 @@ def test_tables_are_built_once_and_rebuilt_only_when_needed(rng):
     assert opt.state[1]["step"] == 8
 
 
+def test_replacing_a_param_after_construction_is_rejected_not_ignored(rng):
+    """The tables point at the arrays given at construction. A param swapped into the group
+    afterwards used to be silently ignored while the old array kept being updated (or was
+    written after being freed)."""
+    a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    opt = fo.SGD([a, b], lr=0.1)
+    g = [np.ones(4, np.float32)] * 2
+    opt.step(g)
+    replacement = np.zeros(4, np.float32)
+    opt.param_groups[0]["params"][1] = replacement
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\] changed.*new optimizer"):
+        opt.step(g)
+    assert (a == -0.1).all() and (b == -0.1).all() and not replacement.any()
+    opt.param_groups[0]["params"] = [a, replacement]
+    with pytest.raises(ValueError, match="changed after the optimizer was built"):
+        opt.step(g)
+    opt.param_groups[0]["params"] = [a, b]   # the original arrays again: fine
+    opt.step(g)
+    assert (b == np.float32(-0.1) * 2).all()
+
+
 def _count_python_work(fn):
     """Python lines executed plus C functions called from Python during fn(): a count of
     the interpreter-level operations, independent of timing noise."""

@@ -103,6 +103,7 @@ class Optimizer:
         self._group_slices = []   # flat index range of each group
         self._state = []          # flat list: dict slot -> array, or None before first grad
         self._caches = []
+        self._pinned = []         # per group: the param arrays the plans point at
         self._grad_getter = None  # picks a dict of grads in param order (C-level)
         groups = self._parse_params(params)
         for group in groups:
@@ -185,6 +186,7 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
+        self._pinned.append(tuple(arrays))
         self._grad_getter = None
 
     @staticmethod
@@ -238,6 +240,13 @@ class Optimizer:
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
 
     def _plan(self, gi, cache):
+        # The plan points at these arrays: a param swapped in later would be ignored (and the
+        # old one, if freed, written after its release). One C-level pass per step.
+        if not _kernels.same_items(self.param_groups[gi]["params"], self._pinned[gi]):
+            raise ValueError(f"param_groups[{gi}]['params'] changed after the optimizer was "
+                             f"built; fusedoptim keeps pointer tables per group, so build a "
+                             f"new optimizer for new params (load_state_dict carries the "
+                             f"state over) or add them with add_param_group")
         if cache.plan is None:
             sl = self._group_slices[gi]
             state = [None if self._state[i] is None else
