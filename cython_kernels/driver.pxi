@@ -13,6 +13,7 @@
 
 from libc.stdint cimport uintptr_t, int64_t
 from libc.string cimport memcmp
+from cpython.ref cimport PyObject
 
 cimport cython
 from cython.parallel cimport prange
@@ -534,6 +535,81 @@ def check_buffer(object obj, object param, str label, bint writeable=True):
     """Validate an optimizer-state array against its param (functional API); returns it."""
     _check_like(obj, <cnp.ndarray?>param, label, writeable)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers laid end to end (the flat parameter arena)
+
+cdef PyObject* _owner(cnp.ndarray a):
+    # The object that owns a's memory. NumPy points a view of a view at the owner, so this
+    # is at most a hop or two.
+    cdef PyObject* o = <PyObject*>a
+    cdef PyObject* b = cnp.PyArray_BASE(a)
+    while b != NULL:
+        o = b
+        if not cnp.PyArray_Check(<object>b):
+            break
+        b = cnp.PyArray_BASE(<cnp.ndarray>b)
+    return o
+
+
+def tile_view(list arrays, list like=None):
+    """A 1-D array over the memory of `arrays` when they tile one buffer: all C-contiguous
+    ndarrays of one dtype, each starting where the previous one ends (empty arrays aside),
+    all views of the same owner. Otherwise None. With `like`, each array must also have the
+    dtype and shape of like[k] (the params), so a flat grad lines up with the flat param.
+    The result keeps the owner alive and is writeable only when every array is.
+
+    C-level checks only: a step can afford this on a thousand grads.
+    """
+    cdef Py_ssize_t k, n = len(arrays), total = 0
+    cdef int typenum = -1, d
+    cdef bint writeable = True
+    cdef char* start = NULL
+    cdef char* end = NULL
+    cdef PyObject* owner = NULL
+    cdef object o
+    cdef cnp.ndarray a, p
+    cdef cnp.npy_intp dims[1]
+    if n == 0 or (like is not None and len(like) != n):
+        return None
+    for k in range(n):
+        o = arrays[k]
+        if not cnp.PyArray_Check(o):
+            return None
+        a = <cnp.ndarray>o
+        if like is not None:
+            p = <cnp.ndarray?>like[k]
+            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p)
+                    or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(p)):
+                return None
+            for d in range(cnp.PyArray_NDIM(a)):
+                if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(p, d):
+                    return None
+        if typenum < 0:
+            typenum = cnp.PyArray_TYPE(a)
+        elif cnp.PyArray_TYPE(a) != typenum:
+            return None
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+            return None
+        if cnp.PyArray_SIZE(a) == 0:
+            continue
+        if start == NULL:
+            start = <char*>cnp.PyArray_DATA(a)
+            owner = _owner(a)
+        elif <char*>cnp.PyArray_DATA(a) != end or _owner(a) != owner:
+            return None
+        end = <char*>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)
+        total += cnp.PyArray_SIZE(a)
+        writeable = writeable and cnp.PyArray_ISWRITEABLE(a)
+    if start == NULL:
+        return np.empty(0, dtype=(<object>arrays[0]).dtype)
+    dims[0] = total
+    view = cnp.PyArray_SimpleNewFromData(1, dims, typenum, start)
+    cnp.set_array_base(view, <object>owner)
+    if not writeable:
+        cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+    return view
 
 
 def same_items(object live, tuple pinned):

@@ -118,7 +118,8 @@ def _count_python_work(fn):
     return count[0]
 
 
-@pytest.mark.parametrize("layout", ["list", "dict", "groups"])
+@pytest.mark.parametrize("layout", ["list", "dict", "groups", "arena", "arena-grads",
+                                    "arena-views"])
 @pytest.mark.parametrize("cls", [fo.AdamW, fo.NAdam, fo.SGD])
 def test_python_work_per_step_does_not_grow_with_the_tensor_count(cls, layout):
     """step() on 1000 tensors runs exactly as many Python lines and calls as on 10: the only
@@ -128,15 +129,23 @@ def test_python_work_per_step_does_not_grow_with_the_tensor_count(cls, layout):
 
     def work(n):
         shapes = {f"w{i}": (3,) for i in range(n)}
-        params = {k: np.ones(s, np.float32) for k, s in shapes.items()}
-        grads = {k: np.ones(s, np.float32) for k, s in shapes.items()}
-        if layout == "dict":
-            opt = cls(params, **kw)
+        if layout.startswith("arena"):
+            arena = fo.FlatParams(shapes)
+            opt = cls(arena, **kw)
+            # step(), step(arena.grads), and a dict of the same views (checked to tile)
+            grads = {"arena": None, "arena-grads": arena.grads,
+                     "arena-views": dict(arena.grads)}[layout]
+            arena.grads["w0"][...] = 1.0
         else:
-            grads = list(grads.values())
-            arrays = list(params.values())
-            opt = cls(arrays if layout == "list" else
-                      [{"params": arrays[:n // 2]}, {"params": arrays[n // 2:]}], **kw)
+            params = {k: np.ones(s, np.float32) for k, s in shapes.items()}
+            grads = {k: np.ones(s, np.float32) for k, s in shapes.items()}
+            if layout == "dict":
+                opt = cls(params, **kw)
+            else:
+                grads = list(grads.values())
+                arrays = list(params.values())
+                opt = cls(arrays if layout == "list" else
+                          [{"params": arrays[:n // 2]}, {"params": arrays[n // 2:]}], **kw)
         opt.step(grads)
         opt.step(grads)         # state created, tables built: from here on, the fast path
         return _count_python_work(lambda: opt.step(grads))

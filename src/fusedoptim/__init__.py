@@ -21,8 +21,10 @@ from . import functional, lr_scheduler, reference, schedules
 from .optim import Adam, AdamW
 from .optim import Adamax, NAdam, RAdam, Lion, Rprop, ASGD
 from .optim import SGD, Adagrad, RMSprop, Adadelta
+from .flat import FlatParams
 from .optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "Optimizer", "functional", "lr_scheduler", "reference",
-           "schedules", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+           "RMSprop", "Adadelta", "Optimizer", "FlatParams", "functional", "lr_scheduler",
+           "reference", "schedules", "get_num_threads", "set_num_threads", "show_config",
+           "__version__"]

@@ -10,13 +10,17 @@ checkpoints, the one GIL-free call per group) lives here, once.
 """
 
 import operator
+from types import MappingProxyType
 
 import numpy as np
 
 from . import _kernels
 from . import _validation as _v
+from .flat import FlatGroup, FlatParams
 
 _required = object()
+_ARENA = object()      # per-group grads marker: bind the group's FlatParams grad buffer
+_MAPPINGS = (dict, MappingProxyType)
 
 
 class _GroupCache:
@@ -34,10 +38,15 @@ class _GroupCache:
 class Optimizer:
     """Base class, shaped like ``torch.optim.Optimizer``.
 
-    Params may be a list of arrays, a dict name -> array, or a list of param-group dicts
-    (each with ``"params"``: a list or dict of arrays, plus hyperparameter overrides).
-    ``step(grads)`` takes a flat list aligned with the params in order across groups, or a
-    dict keyed by name when every param was named. A grad of ``None`` skips that param.
+    Params may be a list of arrays, a dict name -> array, a :class:`FlatParams`, or a list
+    of param-group dicts (each with ``"params"``: a list or dict of arrays or a FlatParams,
+    plus hyperparameter overrides). ``step(grads)`` takes a flat list aligned with the params
+    in order across groups, or a dict keyed by name when every param was named. A grad of
+    ``None`` skips that param. ``step()`` with no grads reads the FlatParams' grad buffer.
+
+    A group whose params tile one buffer (a FlatParams, or views laid end to end in order)
+    keeps flat state buffers and steps as one tensor while every param steps together; a
+    step that skips some params runs per param on views of the same buffers (see README).
 
     ``state`` maps the flat param index to its buffers, ``step`` and any scalar state;
     buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient
@@ -93,6 +102,10 @@ class Optimizer:
     #: the NumPy reference function with the functional signature (used by reference mode)
     _reference_fn = None
 
+    #: whether a group whose params tile one buffer may step as one flat tensor (the NumPy
+    #: reference twins step per param, so they set this False)
+    _flat_plans = True
+
     # -- construction -----------------------------------------------------------------------
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
@@ -103,7 +116,9 @@ class Optimizer:
         self._group_slices = []   # flat index range of each group
         self._state = []          # flat list: dict slot -> array, or None before first grad
         self._caches = []
+        self._flat = []           # per group: FlatGroup when its params tile one buffer
         self._pinned = []         # per group: the param arrays the plans point at
+        self._arena_grads = None  # FlatParams.grads that step() may bind in O(1)
         self._grad_getter = None  # picks a dict of grads in param order (C-level)
         groups = self._parse_params(params)
         for group in groups:
@@ -113,7 +128,9 @@ class Optimizer:
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list or dict of arrays (or a list of param "
                             "groups), got a single ndarray; wrap it: [array]")
-        if isinstance(params, dict):
+        if isinstance(params, FlatParams):
+            return [{"params": params}]
+        if isinstance(params, _MAPPINGS):
             if "params" in params:
                 return [params]
             return [{"params": params}]
@@ -139,9 +156,12 @@ class Optimizer:
 
     def _add_group(self, group_in):
         raw = group_in["params"]
+        arena = None
+        if isinstance(raw, FlatParams):
+            arena, raw = raw, raw.params
         if isinstance(raw, np.ndarray):
             raw = [raw]
-        if isinstance(raw, dict):
+        if isinstance(raw, _MAPPINGS):
             names, arrays = list(raw.keys()), list(raw.values())
         else:
             try:
@@ -180,13 +200,21 @@ class Optimizer:
         group.update({k: v for k, v in group_in.items() if k != "params"})
         cache = _GroupCache()
         self._validate_group(group, cache)
+        # Params that tile one buffer (always those of a FlatParams) can step as one tensor.
+        flat_param = (_kernels.tile_view(arrays) if arena is not None or len(arrays) > 1
+                      else None)
         group["params"] = arrays
         self.param_groups.append(group)
         self._names.extend(names)
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
+        self._flat.append(None if flat_param is None else
+                          FlatGroup(arrays, flat_param, arena, self._flat_plans))
         self._pinned.append(tuple(arrays))
+        first = self._flat[0]
+        self._arena_grads = (first.arena.grads if len(self._flat) == 1 and first is not None
+                             and first.arena is not None else None)
         self._grad_getter = None
 
     @staticmethod
@@ -202,9 +230,12 @@ class Optimizer:
 
     # -- per-step ---------------------------------------------------------------------------
     def _split_grads(self, grads):
-        """Turn the user's grads into one list per group, or raise."""
+        """Turn the user's grads into one list per group, or raise. A group built from a
+        FlatParams gets the _ARENA marker for ``step()`` and ``step(arena.grads)``."""
+        if grads is None or grads is self._arena_grads:
+            return self._arena_marks()
         n = len(self._names)
-        if isinstance(grads, dict):
+        if isinstance(grads, _MAPPINGS):
             names = self._names
             getter = self._grad_getter
             if getter is None:
@@ -239,32 +270,113 @@ class Optimizer:
             return [flat if isinstance(flat, list) else list(flat)]
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
 
+    def _arena_marks(self):
+        for gi, flat in enumerate(self._flat):
+            if flat is None or flat.arena is None:
+                raise TypeError(f"step() without grads reads them from the FlatParams the "
+                                f"optimizer was built from, but param group {gi} was not "
+                                f"built from one; pass grads: a list of arrays in param "
+                                f"order (or a dict keyed by param name)")
+        return [_ARENA] * len(self._flat)
+
     def _plan(self, gi, cache):
+        params = self.param_groups[gi]["params"]
         # The plan points at these arrays: a param swapped in later would be ignored (and the
         # old one, if freed, written after its release). One C-level pass per step.
-        if not _kernels.same_items(self.param_groups[gi]["params"], self._pinned[gi]):
+        if not _kernels.same_items(params, self._pinned[gi]):
             raise ValueError(f"param_groups[{gi}]['params'] changed after the optimizer was "
                              f"built; fusedoptim keeps pointer tables per group, so build a "
                              f"new optimizer for new params (load_state_dict carries the "
                              f"state over) or add them with add_param_group")
         if cache.plan is None:
             sl = self._group_slices[gi]
-            state = [None if self._state[i] is None else
-                     [self._state[i].get(s) for s in self._slots] for i in sl]
-            steps = [0 if self._state[i] is None else self._state[i]["step"] for i in sl]
+            flat = self._flat[gi]
+            if flat is not None and flat.use_flat:
+                entries = [self._adopt_flat_state(gi, flat)]
+                params = [flat.flat_param]
+                labels = [f"grads of param group {gi} (bound as one flat buffer)"]
+            else:
+                entries = [self._state[i] for i in sl]
+                labels = [self._label("grads", i, self._names[i]) for i in sl]
+            state = [None if st is None else [st.get(s) for s in self._slots] for st in entries]
+            steps = [0 if st is None else st["step"] for st in entries]
             if cache.slots_in_use is None:
                 cache.slots_in_use = self._slots_in_use(cache.hyper)
             required = [self._slots.index(s) for s in cache.slots_in_use]
             names = self._scalar_state
             scalar_state = None
             if names:
-                scalar_state = [[0.0] * len(names) if self._state[i] is None else
-                                [self._state[i][k] for k in names] for i in sl]
-            labels = [self._label("grads", i, self._names[i]) for i in sl]
-            cache.plan = _kernels.Plan(self.param_groups[gi]["params"], state, len(self._slots),
+                scalar_state = [[0.0] * len(names) if st is None else [st[k] for k in names]
+                                for st in entries]
+            cache.plan = _kernels.Plan(params, state, len(self._slots),
                                        len(_kernels.SCALARS[self._kernel]), labels, steps,
                                        scalar_state, required)
         return cache.plan
+
+    # -- groups whose params tile one buffer ------------------------------------------------
+    def _route_flat(self, gi, cache, flat, grads):
+        """The grads to bind for a group whose params tile one buffer: [one flat grad] when
+        every param has a grad, the grads tile one buffer the same way, and the params are in
+        lockstep; else the per-param list. Changing path syncs the step counts through the
+        state dicts and rebuilds the plan: O(n) Python, only when the path changes."""
+        if grads is _ARENA:
+            flat_grad, grads = flat.arena.flat_grad, flat.grad_views
+        else:
+            flat_grad = _kernels.tile_view(grads, flat.params) if flat.enabled else None
+        use = flat.enabled and flat_grad is not None and self._flat_lockstep(gi, cache, flat)
+        if use != flat.use_flat:
+            self._sync_steps(gi)
+            cache.plan = None
+            flat.use_flat = use
+        return [flat_grad] if use else grads
+
+    def _flat_lockstep(self, gi, cache, flat):
+        """Whether every param of the group has the same step count, scalar state and state
+        buffers (or none has state yet), so that one flat tensor can stand for them all."""
+        plan = cache.plan
+        if plan is not None:
+            if flat.use_flat:
+                return True         # the flat plan steps every param together
+            # The per-param plan ran since the last look: a param it skipped broke the
+            # lockstep; equal counts (C-level checks) may mean it is back.
+            if flat.lockstep and not plan.active_array.all():
+                flat.lockstep = False
+            if flat.lockstep is False:
+                steps, sstate = plan.steps_array, plan.sstate_array
+                if (steps == steps[0]).all() and (sstate == sstate[0]).all():
+                    flat.lockstep = None
+        if flat.lockstep is None:
+            self._sync_steps(gi)
+            entries = [self._state[i] for i in self._group_slices[gi]]
+            names = self._scalar_state
+
+            def key(st):    # bitwise for the floats: -0.0 and NaN never pass for equal
+                return (None if st is None else
+                        (sorted(st), st["step"], [float(st[k]).hex() for k in names]))
+            first = key(entries[0])
+            flat.lockstep = all(key(st) == first for st in entries)
+        return flat.lockstep
+
+    def _adopt_flat_state(self, gi, flat):
+        """Move every state buffer of a lockstep group into the flat buffers (copying those
+        that are not views of them yet, e.g. after load_state_dict) and return the state
+        entry that stands for the whole group, or None before its first step."""
+        sl = self._group_slices[gi]
+        first = self._state[sl.start]
+        if first is None:
+            return None
+        entry = dict(first)
+        for s in self._slots:
+            if s not in first:
+                continue
+            views = flat.slot_views(s)
+            for t, i in enumerate(sl):
+                st = self._state[i]
+                if st[s] is not views[t]:
+                    views[t][...] = st[s]
+                    st[s] = views[t]
+            entry[s] = flat.buffers[s]
+        return entry
 
     def _sync_steps(self, gi):
         """Copy the plan's step counts and scalar state into the state dicts (before a
@@ -273,12 +385,15 @@ class Optimizer:
         if plan is None:
             return
         names = self._scalar_state
+        flat = self._flat[gi]
+        one = flat is not None and flat.use_flat    # the flat plan's one row is every param's
         for t, i in enumerate(self._group_slices[gi]):
             st = self._state[i]
             if st is not None:
-                st["step"] = int(plan.steps_array[t])
+                r = 0 if one else t
+                st["step"] = int(plan.steps_array[r])
                 for j, k in enumerate(names):
-                    st[k] = float(plan.sstate_array[t, j])
+                    st[k] = float(plan.sstate_array[r, j])
 
     def _ensure_state(self, gi, cache, grads):
         """Create state for params stepping for the first time (or a slot they lack, e.g.
@@ -288,9 +403,11 @@ class Optimizer:
         self._sync_steps(gi)
         slots = cache.slots_in_use
         hyper = cache.hyper
+        flat = self._flat[gi]
+        one = flat is not None and flat.use_flat    # grads is [flat grad]: every param steps
         fresh = {}
         for t, i in enumerate(self._group_slices[gi]):
-            if grads[t] is None:
+            if not one and grads[t] is None:
                 continue
             p = self.param_groups[gi]["params"][t]
             st = self._state[i]
@@ -301,19 +418,27 @@ class Optimizer:
             new = tuple(s for s in slots if s not in st)
             for s in new:
                 fill = self._initial_state(s, hyper)
-                st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
+                if flat is not None:
+                    # Its place in the group's flat buffer, so the group can step as one.
+                    st[s] = flat.slot_views(s)[t]
+                    st[s].fill(fill)
+                else:
+                    st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
             if new:
                 fresh[t] = new
+        if one and fresh:
+            fresh = {0: fresh[0]}   # in lockstep, every param got the same new buffers
         cache.plan = None
         plan = self._plan(gi, cache)
         plan.bind(grads)
         return plan, fresh
 
-    def step(self, grads):
+    def step(self, grads=None):
         """One fused, in-place update of every param that has a grad.
 
         Everything (grads structure, each grad's type, dtype, shape, layout and aliasing,
-        every group's hyperparameters) is checked before anything is written.
+        every group's hyperparameters) is checked before anything is written. Without
+        grads, each group reads the grad buffer of the FlatParams it was built from.
         """
         per_group = self._split_grads(grads)
         groups = self.param_groups
@@ -322,6 +447,9 @@ class Optimizer:
         for gi in range(len(groups)):
             cache = caches[gi]
             hyper = self._validate_group(groups[gi], cache)
+            flat = self._flat[gi]
+            if flat is not None:
+                per_group[gi] = self._route_flat(gi, cache, flat, per_group[gi])
             plan = self._plan(gi, cache)
             missing = plan.bind(per_group[gi])
             slots = self._slots_in_use(hyper)
@@ -357,7 +485,12 @@ class Optimizer:
         plan.run(self._kernel_id)
 
     def zero_grad(self, set_to_none=True):
-        """Grads are owned by the caller in fusedoptim; kept for torch API compatibility."""
+        """Zero the grad buffer of every FlatParams the optimizer was built from (a loop that
+        accumulates into it needs that; a grad cannot be "set to None" there). Other grads
+        are owned by the caller: for them this does nothing, kept for torch compatibility."""
+        for flat in self._flat:
+            if flat is not None and flat.arena is not None:
+                flat.arena.zero_grad()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -448,6 +581,9 @@ class Optimizer:
             g.update({k: v for k, v in merged.items() if k != "params"})
         self._state = new_state
         self._caches = [_GroupCache() for _ in self.param_groups]
+        for flat in self._flat:
+            if flat is not None:
+                flat.reset_state()
         for g, c in zip(self.param_groups, self._caches):
             self._validate_group(g, c)
 

@@ -300,6 +300,7 @@ class _ReferenceStep:
     """Mixin: step a fused optimizer class through its NumPy reference function instead."""
 
     _reference_fn = None
+    _flat_plans = False     # one tensor at a time, even when the params tile one buffer
 
     def _apply(self, gi, plan, hyper, grads, fresh=None):
         active = [t for t, g in enumerate(grads) if g is not None]

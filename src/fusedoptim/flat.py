@@ -1,0 +1,201 @@
+"""The flat parameter arena: every param of a model in one aligned buffer, every grad in another.
+
+An optimizer given a :class:`FlatParams` (or any list of views that tile one buffer, in order)
+steps the whole model as one tensor: its state buffers are flat too, a step binds one grad
+pointer, and the driver cuts one long run into work units. ``state_dict`` still reports one
+entry per param, so checkpoints do not depend on the layout.
+"""
+
+from types import MappingProxyType
+
+import numpy as np
+
+#: Alignment of every arena buffer: a cache line, and one AVX-512 vector, so the first work
+#: unit starts on a vector boundary and no two buffers share a cache line.
+ALIGNMENT = 64
+
+_MAPPINGS = (dict, MappingProxyType)
+
+
+def aligned_zeros(n, dtype):
+    """A zeroed, C-contiguous 1-D array of n elements starting on an ALIGNMENT boundary.
+
+    Over-allocates ALIGNMENT bytes and slices; np.zeros gets its pages zeroed by the OS, so
+    this costs no pass over the memory.
+    """
+    dtype = np.dtype(dtype)
+    raw = np.zeros(n * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
+    skip = -raw.ctypes.data % ALIGNMENT
+    return raw[skip:skip + n * dtype.itemsize].view(dtype)
+
+
+def _carve(flat, shapes, offsets):
+    """Views of `flat`, one per shape, at the given element offsets."""
+    return [flat[o:o + int(np.prod(s, dtype=np.int64))].reshape(s)
+            for o, s in zip(offsets, shapes)]
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    return dt
+
+
+def _check_shape(shape, label):
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+            for d in shape):
+        raise ValueError(f"{label} must be a shape: a tuple of integers >= 0 (or one integer), "
+                         f"got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+class FlatParams:
+    """One 64-byte-aligned contiguous buffer for all params and one for all grads.
+
+    ``FlatParams(shapes, dtype=np.float32)`` with ``shapes`` a dict name -> shape allocates
+    zeroed buffers and lays the params end to end in the dict's order.
+
+    * ``params[name]`` / ``grads[name]``: writeable views of the two buffers (a read-only
+      mapping: the views are fixed, write into them). ``flat`` and ``flat_grad`` are the
+      whole buffers, 1-D. From a list (:meth:`from_arrays`), ``params`` and ``grads`` are
+      tuples instead.
+    * Give it to an optimizer, ``fo.AdamW(arena)``: the model steps as one tensor, and
+      ``opt.step()`` (no argument) reads ``flat_grad``. ``opt.step(arena.grads)`` is the same
+      call; other grads are checked and bound per param.
+    * ``zero_grad()`` zeroes ``flat_grad`` (one memset), for loops that accumulate grads.
+    """
+
+    def __init__(self, shapes, dtype=np.float32):
+        if not isinstance(shapes, _MAPPINGS):
+            raise TypeError(f"shapes must be a dict name -> shape, e.g. {{'W': (784, 128), "
+                            f"'b': (128,)}}, got {type(shapes).__name__}; to copy existing "
+                            f"arrays use FlatParams.from_arrays(arrays)")
+        if not shapes:
+            raise ValueError("shapes is empty; give at least one name -> shape")
+        names = list(shapes)
+        self._build(names, [_check_shape(shapes[k], f"shapes[{k!r}]") for k in names],
+                    _check_dtype(dtype))
+
+    @classmethod
+    def from_arrays(cls, arrays, dtype=None):
+        """A new arena holding copies of `arrays` (a dict name -> array, or a list).
+
+        ``dtype`` defaults to the arrays' own, which must be float32 or float64 and shared by
+        all; pass it to convert. The originals are not used afterwards: keep using
+        ``arena.params``.
+        """
+        if isinstance(arrays, _MAPPINGS):
+            names, values = list(arrays), list(arrays.values())
+        elif isinstance(arrays, (list, tuple)):
+            names, values = None, list(arrays)
+        else:
+            raise TypeError(f"arrays must be a dict name -> array or a list of arrays, got "
+                            f"{type(arrays).__name__}")
+        if not values:
+            raise ValueError("arrays is empty; give at least one array")
+        labels = ([f"arrays[{k!r}]" for k in names] if names is not None
+                  else [f"arrays[{i}]" for i in range(len(values))])
+        values = [np.asarray(v) for v in values]
+        if dtype is None:
+            found = {v.dtype for v in values}
+            if len(found) > 1:
+                raise TypeError(f"arrays have mixed dtypes {sorted(map(str, found))}; pass "
+                                f"dtype=np.float32 (or np.float64) to convert them")
+            dtype = found.pop()
+            if dtype not in (np.float32, np.float64):
+                raise TypeError(f"arrays have dtype {dtype}; pass dtype=np.float32 (or "
+                                f"np.float64) to convert them")
+        dtype = _check_dtype(dtype)
+        for v, label in zip(values, labels):
+            if not np.can_cast(v.dtype, dtype, casting="same_kind"):
+                raise TypeError(f"{label} has dtype {v.dtype}, which does not convert to "
+                                f"{dtype}; pass floating-point arrays")
+        self = cls.__new__(cls)
+        self._build(names, [v.shape for v in values], dtype)
+        for view, v in zip(self._param_views, values):
+            view[...] = v
+        return self
+
+    def _build(self, names, shapes, dtype):
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self.dtype = dtype
+        self.names = None if names is None else tuple(names)
+        self.shapes = tuple(shapes)
+        self.offsets = tuple(offsets[:-1])
+        self.size = offsets[-1]
+        self.flat = aligned_zeros(self.size, dtype)
+        self.flat_grad = aligned_zeros(self.size, dtype)
+        self._param_views = _carve(self.flat, shapes, self.offsets)
+        self._grad_views = _carve(self.flat_grad, shapes, self.offsets)
+        if names is None:
+            self.params = tuple(self._param_views)
+            self.grads = tuple(self._grad_views)
+        else:
+            # Read-only mappings: replacing an entry would silently detach it from the buffer
+            # the optimizer steps, so the views are fixed; write into them instead.
+            self.params = MappingProxyType(dict(zip(names, self._param_views)))
+            self.grads = MappingProxyType(dict(zip(names, self._grad_views)))
+
+    @property
+    def nbytes(self):
+        return self.flat.nbytes
+
+    def zero_grad(self):
+        """Zero every grad (one pass over ``flat_grad``)."""
+        self.flat_grad.fill(0)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def __repr__(self):
+        what = (", ".join(f"{k!r}: {s}" for k, s in zip(self.names, self.shapes))
+                if self.names is not None else ", ".join(map(str, self.shapes)))
+        return f"FlatParams({{{what}}}, dtype={self.dtype}, size={self.size})"
+
+
+class FlatGroup:
+    """A param group whose params tile one buffer, so it can step as a single tensor.
+
+    Holds the flat param view, the arena (when the group was built from one), and the flat
+    state buffers with their per-param views. The optimizer decides each step whether the
+    flat plan applies (Optimizer._route_flat); this class only lays out memory.
+    """
+
+    __slots__ = ("params", "flat_param", "shapes", "offsets", "arena", "grad_views",
+                 "enabled", "buffers", "views", "use_flat", "lockstep")
+
+    def __init__(self, params, flat_param, arena, enabled):
+        self.params = list(params)
+        self.flat_param = flat_param
+        self.shapes = [p.shape for p in params]
+        sizes = np.array([p.size for p in params], dtype=np.int64)
+        self.offsets = (np.cumsum(sizes) - sizes).tolist()
+        self.arena = arena
+        self.grad_views = None if arena is None else list(arena._grad_views)
+        self.enabled = enabled      # False for the NumPy reference twins: always per param
+        self.reset_state()
+
+    def reset_state(self):
+        """Forget the flat state buffers (after load_state_dict: a user's reference to an old
+        state view must not see the loaded values written into it)."""
+        self.buffers = {}           # slot -> flat state buffer
+        self.views = {}             # slot -> its per-param views
+        self.use_flat = False       # the group's current plan is the flat one
+        self.lockstep = None        # every param at the same step/state: True, False, None=unknown
+
+    def slot_views(self, slot):
+        """The per-param views of the flat buffer for `slot`, allocated on first use."""
+        views = self.views.get(slot)
+        if views is None:
+            buf = aligned_zeros(self.flat_param.size, self.flat_param.dtype)
+            self.buffers[slot] = buf
+            views = self.views[slot] = _carve(buf, self.shapes, self.offsets)
+        return views
