@@ -134,11 +134,11 @@ def test_arena_steps_as_one_tensor_with_the_same_bits(case, dtype, rng):
         if i == 12:
             for o in (opt, ref):
                 o.param_groups[0]["lr"] *= 0.5
-    assert _ntensors(opt) == 1 and opt._flat[0].use_flat
+    assert _ntensors(opt) == 1 and opt._layouts[0].use_flat
     _assert_same(arena, separate, opt, ref)
     # The state lives in flat buffers; each param's entry is its view.
-    flat = opt._flat[0]
-    for slot, buf in flat.buffers.items():
+    layout = opt._layouts[0]
+    for slot, buf in layout.buffers.items():
         assert opt.state[0][slot].base is buf.base and buf.ctypes.data % 64 == 0
 
 
@@ -210,7 +210,7 @@ def test_checkpoints_move_between_arena_and_separate_arrays_bitwise(case, rng):
         if arena_b is not None:      # the loaded copies were moved into the flat buffers
             assert _ntensors(second) == 1
             assert all(second.state[0][s].base is b.base
-                       for s, b in second._flat[0].buffers.items())
+                       for s, b in second._layouts[0].buffers.items())
 
 
 def test_grads_that_do_not_tile_are_bound_per_param(rng):
@@ -267,11 +267,11 @@ def test_views_that_tile_one_buffer_step_as_one_tensor(rng):
     opt.step([gbuf[:10].reshape(2, 5), gbuf[10:]])
     assert _ntensors(opt) == 1
     # Out of order, or with a gap: not one run of memory, so per param.
-    assert fo.AdamW([buf[10:], buf[:10]])._flat[0] is None
-    assert fo.AdamW([buf[:10], buf[11:20]])._flat[0] is None
+    assert fo.AdamW([buf[10:], buf[:10]])._layouts[0].flat_param is None
+    assert fo.AdamW([buf[:10], buf[11:20]])._layouts[0].flat_param is None
     # Separate allocations that happen to be adjacent are not "one buffer".
     a = np.zeros(4, np.float32)
-    assert fo.AdamW([a, np.zeros(4, np.float32)])._flat[0] is None
+    assert fo.AdamW([a, np.zeros(4, np.float32)])._layouts[0].flat_param is None
 
 
 def test_zero_grad_zeroes_the_arena_grads_only():
@@ -292,7 +292,7 @@ def test_amsgrad_switched_on_gets_a_flat_buffer(rng):
                 o.param_groups[0]["amsgrad"] = True
         _arena_step(opt, arena, grads, i)
         ref.step(grads)
-    assert _ntensors(opt) == 1 and "max_exp_avg_sq" in opt._flat[0].buffers
+    assert _ntensors(opt) == 1 and "max_exp_avg_sq" in opt._layouts[0].buffers
     _assert_same(arena, separate, opt, ref)
 
 

@@ -13,20 +13,26 @@ import numpy as np
 #: Alignment of every arena buffer: a cache line, and one AVX-512 vector, so the first work
 #: unit starts on a vector boundary and no two buffers share a cache line.
 ALIGNMENT = 64
+PAGE = 4096
 
 _MAPPINGS = (dict, MappingProxyType)
 
 
-def aligned_zeros(n, dtype):
-    """A zeroed, C-contiguous 1-D array of n elements starting on an ALIGNMENT boundary.
+def aligned_bytes(nbytes, align=ALIGNMENT):
+    """A zeroed uint8 array of nbytes starting on an `align` boundary.
 
-    Over-allocates ALIGNMENT bytes and slices; np.zeros gets its pages zeroed by the OS, so
-    this costs no pass over the memory.
+    Over-allocates and slices; np.zeros gets its pages zeroed by the OS, so this costs no
+    pass over the memory, and pages never written are never committed.
     """
+    raw = np.zeros(nbytes + align, dtype=np.uint8)
+    skip = -raw.ctypes.data % align
+    return raw[skip:skip + nbytes]
+
+
+def aligned_zeros(n, dtype):
+    """A zeroed, C-contiguous 1-D array of n elements starting on an ALIGNMENT boundary."""
     dtype = np.dtype(dtype)
-    raw = np.zeros(n * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
-    skip = -raw.ctypes.data % ALIGNMENT
-    return raw[skip:skip + n * dtype.itemsize].view(dtype)
+    return aligned_bytes(n * dtype.itemsize).view(dtype)
 
 
 def _carve(flat, shapes, offsets):
@@ -161,41 +167,71 @@ class FlatParams:
         return f"FlatParams({{{what}}}, dtype={self.dtype}, size={self.size})"
 
 
-class FlatGroup:
-    """A param group whose params tile one buffer, so it can step as a single tensor.
+class GroupLayout:
+    """Where a param group's state lives, and whether the group can step as one tensor.
 
-    Holds the flat param view, the arena (when the group was built from one), and the flat
-    state buffers with their per-param views. The optimizer decides each step whether the
-    flat plan applies (Optimizer._route_flat); this class only lays out memory.
+    Every group keeps one buffer per state slot for all its params, each param's state a
+    view in it, in param order, for two measured reasons (float32 AdamW, one thread):
+
+    * the kernel streams the state from one run of memory instead of many small
+      allocations: 1000 tensors of 1000 elements stepped ~25% faster;
+    * where a view starts relative to its param matters. With the state 64 to 128 bytes
+      past the param modulo 4096 (the same cache line offset, so no misalignment), a 1e6
+      element step ran 15-30% slower; at the same offset modulo 4096 (as np.zeros_like
+      gives for large arrays), or 16 or 512 bytes off, it did not. So each view starts at
+      its param's address modulo 4096, or modulo 64 under 64 KiB where the padding would
+      cost more memory than the stream is long (at most 4 KiB a large param, 60 B a
+      small one).
+
+    A group whose params tile one buffer (a FlatParams, or views laid end to end) can step
+    as one tensor: ``flat_param`` is then the 1-D view over its params, else None; its
+    views then need no padding, and ``buffers[slot]`` is the 1-D state over the group.
+    Buffers are allocated at a slot's first use. The optimizer decides each step whether
+    the flat plan applies (Optimizer._route_flat); this class only lays out memory.
     """
 
-    __slots__ = ("params", "flat_param", "shapes", "offsets", "arena", "grad_views",
-                 "enabled", "buffers", "views", "use_flat", "lockstep")
+    __slots__ = ("params", "flat_param", "shapes", "offsets", "nbytes", "dtype", "arena",
+                 "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep")
 
     def __init__(self, params, flat_param, arena, enabled):
         self.params = list(params)
         self.flat_param = flat_param
         self.shapes = [p.shape for p in params]
-        sizes = np.array([p.size for p in params], dtype=np.int64)
-        self.offsets = (np.cumsum(sizes) - sizes).tolist()
+        self.dtype = params[0].dtype
+        # Byte offsets in a page-aligned buffer, each matching its param's address (above).
+        # Params that tile one buffer are one stream: the run matches as a whole, unpadded.
+        self.offsets, at = [], 0
+        for p in params:
+            if p.nbytes:
+                big = (flat_param if flat_param is not None else p).nbytes >= 16 * PAGE
+                at += (p.ctypes.data - at) % (PAGE if big else ALIGNMENT)
+            self.offsets.append(at)
+            at += p.nbytes
+        self.nbytes = at
         self.arena = arena
         self.grad_views = None if arena is None else list(arena._grad_views)
-        self.enabled = enabled      # False for the NumPy reference twins: always per param
+        self.enabled = enabled and flat_param is not None   # False: always per param
         self.reset_state()
 
     def reset_state(self):
-        """Forget the flat state buffers (after load_state_dict: a user's reference to an old
+        """Forget the state buffers (after load_state_dict: a user's reference to an old
         state view must not see the loaded values written into it)."""
-        self.buffers = {}           # slot -> flat state buffer
+        self.buffers = {}           # slot -> the group's buffer
         self.views = {}             # slot -> its per-param views
         self.use_flat = False       # the group's current plan is the flat one
         self.lockstep = None        # every param at the same step/state: True, False, None=unknown
 
     def slot_views(self, slot):
-        """The per-param views of the flat buffer for `slot`, allocated on first use."""
+        """The per-param views of the group's buffer for `slot`, allocated on first use."""
         views = self.views.get(slot)
         if views is None:
-            buf = aligned_zeros(self.flat_param.size, self.flat_param.dtype)
-            self.buffers[slot] = buf
-            views = self.views[slot] = _carve(buf, self.shapes, self.offsets)
+            raw = aligned_bytes(self.nbytes, PAGE)
+            views = self.views[slot] = [
+                raw[o:o + int(np.prod(s, dtype=np.int64)) * self.dtype.itemsize]
+                .view(self.dtype).reshape(s) for o, s in zip(self.offsets, self.shapes)]
+            if self.flat_param is not None:     # no padding: one run from the first view
+                start = next((o for o, p in zip(self.offsets, self.params) if p.nbytes), 0)
+                self.buffers[slot] = raw[start:start + self.flat_param.nbytes].view(self.dtype)
+            else:
+                self.buffers[slot] = raw
         return views

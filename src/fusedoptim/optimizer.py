@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
-from .flat import FlatGroup, FlatParams
+from .flat import FlatParams, GroupLayout
 
 _required = object()
 _ARENA = object()      # per-group grads marker: bind the group's FlatParams grad buffer
@@ -44,9 +44,10 @@ class Optimizer:
     in order across groups, or a dict keyed by name when every param was named. A grad of
     ``None`` skips that param. ``step()`` with no grads reads the FlatParams' grad buffer.
 
-    A group whose params tile one buffer (a FlatParams, or views laid end to end in order)
-    keeps flat state buffers and steps as one tensor while every param steps together; a
-    step that skips some params runs per param on views of the same buffers (see README).
+    A group keeps one buffer per state slot, each param's state a view of it. A group
+    whose params tile one buffer (a FlatParams, or views laid end to end in order) steps as
+    one tensor while every param steps together; a step that skips some params runs per
+    param on the same buffers (see README).
 
     ``state`` maps the flat param index to its buffers, ``step`` and any scalar state;
     buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient
@@ -116,7 +117,7 @@ class Optimizer:
         self._group_slices = []   # flat index range of each group
         self._state = []          # flat list: dict slot -> array, or None before first grad
         self._caches = []
-        self._flat = []           # per group: FlatGroup when its params tile one buffer
+        self._layouts = []        # per group: GroupLayout (state buffers, flat view)
         self._pinned = []         # per group: the param arrays the plans point at
         self._arena_grads = None  # FlatParams.grads that step() may bind in O(1)
         self._grad_getter = None  # picks a dict of grads in param order (C-level)
@@ -209,11 +210,10 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
-        self._flat.append(None if flat_param is None else
-                          FlatGroup(arrays, flat_param, arena, self._flat_plans))
+        self._layouts.append(GroupLayout(arrays, flat_param, arena, self._flat_plans))
         self._pinned.append(tuple(arrays))
-        first = self._flat[0]
-        self._arena_grads = (first.arena.grads if len(self._flat) == 1 and first is not None
+        first = self._layouts[0]
+        self._arena_grads = (first.arena.grads if len(self._layouts) == 1
                              and first.arena is not None else None)
         self._grad_getter = None
 
@@ -271,13 +271,13 @@ class Optimizer:
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
 
     def _arena_marks(self):
-        for gi, flat in enumerate(self._flat):
-            if flat is None or flat.arena is None:
+        for gi, layout in enumerate(self._layouts):
+            if layout.arena is None:
                 raise TypeError(f"step() without grads reads them from the FlatParams the "
                                 f"optimizer was built from, but param group {gi} was not "
                                 f"built from one; pass grads: a list of arrays in param "
                                 f"order (or a dict keyed by param name)")
-        return [_ARENA] * len(self._flat)
+        return [_ARENA] * len(self._layouts)
 
     def _plan(self, gi, cache):
         params = self.param_groups[gi]["params"]
@@ -290,14 +290,18 @@ class Optimizer:
                              f"state over) or add them with add_param_group")
         if cache.plan is None:
             sl = self._group_slices[gi]
-            flat = self._flat[gi]
-            if flat is not None and flat.use_flat:
-                entries = [self._adopt_flat_state(gi, flat)]
-                params = [flat.flat_param]
+            layout = self._layouts[gi]
+            self._adopt_state(gi, layout)
+            entries = [self._state[i] for i in sl]
+            labels = [self._label("grads", i, self._names[i]) for i in sl]
+            if layout.use_flat:
+                # One tensor. The params are in lockstep (checked by _route_flat), so the
+                # first one's entry, pointed at the group's buffers, stands for them all.
+                first = entries[0]
+                entries = [None if first is None else
+                           {**first, **{s: layout.buffers[s] for s in self._slots if s in first}}]
+                params = [layout.flat_param]
                 labels = [f"grads of param group {gi} (bound as one flat buffer)"]
-            else:
-                entries = [self._state[i] for i in sl]
-                labels = [self._label("grads", i, self._names[i]) for i in sl]
             state = [None if st is None else [st.get(s) for s in self._slots] for st in entries]
             steps = [0 if st is None else st["step"] for st in entries]
             if cache.slots_in_use is None:
@@ -314,38 +318,39 @@ class Optimizer:
         return cache.plan
 
     # -- groups whose params tile one buffer ------------------------------------------------
-    def _route_flat(self, gi, cache, flat, grads):
+    def _route_flat(self, gi, cache, layout, grads):
         """The grads to bind for a group whose params tile one buffer: [one flat grad] when
         every param has a grad, the grads tile one buffer the same way, and the params are in
         lockstep; else the per-param list. Changing path syncs the step counts through the
         state dicts and rebuilds the plan: O(n) Python, only when the path changes."""
         if grads is _ARENA:
-            flat_grad, grads = flat.arena.flat_grad, flat.grad_views
+            flat_grad, grads = layout.arena.flat_grad, layout.grad_views
         else:
-            flat_grad = _kernels.tile_view(grads, flat.params) if flat.enabled else None
-        use = flat.enabled and flat_grad is not None and self._flat_lockstep(gi, cache, flat)
-        if use != flat.use_flat:
+            flat_grad = _kernels.tile_view(grads, layout.params) if layout.enabled else None
+        use = (layout.enabled and flat_grad is not None
+               and self._flat_lockstep(gi, cache, layout))
+        if use != layout.use_flat:
             self._sync_steps(gi)
             cache.plan = None
-            flat.use_flat = use
+            layout.use_flat = use
         return [flat_grad] if use else grads
 
-    def _flat_lockstep(self, gi, cache, flat):
+    def _flat_lockstep(self, gi, cache, layout):
         """Whether every param of the group has the same step count, scalar state and state
         buffers (or none has state yet), so that one flat tensor can stand for them all."""
         plan = cache.plan
         if plan is not None:
-            if flat.use_flat:
+            if layout.use_flat:
                 return True         # the flat plan steps every param together
             # The per-param plan ran since the last look: a param it skipped broke the
             # lockstep; equal counts (C-level checks) may mean it is back.
-            if flat.lockstep and not plan.active_array.all():
-                flat.lockstep = False
-            if flat.lockstep is False:
+            if layout.lockstep and not plan.active_array.all():
+                layout.lockstep = False
+            if layout.lockstep is False:
                 steps, sstate = plan.steps_array, plan.sstate_array
                 if (steps == steps[0]).all() and (sstate == sstate[0]).all():
-                    flat.lockstep = None
-        if flat.lockstep is None:
+                    layout.lockstep = None
+        if layout.lockstep is None:
             self._sync_steps(gi)
             entries = [self._state[i] for i in self._group_slices[gi]]
             names = self._scalar_state
@@ -354,29 +359,23 @@ class Optimizer:
                 return (None if st is None else
                         (sorted(st), st["step"], [float(st[k]).hex() for k in names]))
             first = key(entries[0])
-            flat.lockstep = all(key(st) == first for st in entries)
-        return flat.lockstep
+            layout.lockstep = all(key(st) == first for st in entries)
+        return layout.lockstep
 
-    def _adopt_flat_state(self, gi, flat):
-        """Move every state buffer of a lockstep group into the flat buffers (copying those
-        that are not views of them yet, e.g. after load_state_dict) and return the state
-        entry that stands for the whole group, or None before its first step."""
-        sl = self._group_slices[gi]
-        first = self._state[sl.start]
-        if first is None:
-            return None
-        entry = dict(first)
-        for s in self._slots:
-            if s not in first:
+    def _adopt_state(self, gi, layout):
+        """Copy every state buffer that is not yet a view of the group's buffers (one loaded
+        by load_state_dict) into its place there. O(n) Python, only when a plan is built."""
+        for t, i in enumerate(self._group_slices[gi]):
+            st = self._state[i]
+            if st is None:
                 continue
-            views = flat.slot_views(s)
-            for t, i in enumerate(sl):
-                st = self._state[i]
-                if st[s] is not views[t]:
-                    views[t][...] = st[s]
-                    st[s] = views[t]
-            entry[s] = flat.buffers[s]
-        return entry
+            for s in self._slots:
+                buf = st.get(s)
+                if buf is not None:
+                    view = layout.slot_views(s)[t]
+                    if buf is not view:
+                        view[...] = buf
+                        st[s] = view
 
     def _sync_steps(self, gi):
         """Copy the plan's step counts and scalar state into the state dicts (before a
@@ -385,8 +384,7 @@ class Optimizer:
         if plan is None:
             return
         names = self._scalar_state
-        flat = self._flat[gi]
-        one = flat is not None and flat.use_flat    # the flat plan's one row is every param's
+        one = self._layouts[gi].use_flat            # the flat plan's one row is every param's
         for t, i in enumerate(self._group_slices[gi]):
             st = self._state[i]
             if st is not None:
@@ -403,13 +401,12 @@ class Optimizer:
         self._sync_steps(gi)
         slots = cache.slots_in_use
         hyper = cache.hyper
-        flat = self._flat[gi]
-        one = flat is not None and flat.use_flat    # grads is [flat grad]: every param steps
+        layout = self._layouts[gi]
+        one = layout.use_flat                       # grads is [flat grad]: every param steps
         fresh = {}
         for t, i in enumerate(self._group_slices[gi]):
             if not one and grads[t] is None:
                 continue
-            p = self.param_groups[gi]["params"][t]
             st = self._state[i]
             if st is None:
                 st = self._state[i] = {"step": 0}
@@ -417,13 +414,8 @@ class Optimizer:
                     st[k] = float(self._initial_state(k, hyper))
             new = tuple(s for s in slots if s not in st)
             for s in new:
-                fill = self._initial_state(s, hyper)
-                if flat is not None:
-                    # Its place in the group's flat buffer, so the group can step as one.
-                    st[s] = flat.slot_views(s)[t]
-                    st[s].fill(fill)
-                else:
-                    st[s] = np.zeros_like(p) if fill == 0 else np.full_like(p, fill)
+                st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
+                st[s].fill(self._initial_state(s, hyper))
             if new:
                 fresh[t] = new
         if one and fresh:
@@ -447,9 +439,9 @@ class Optimizer:
         for gi in range(len(groups)):
             cache = caches[gi]
             hyper = self._validate_group(groups[gi], cache)
-            flat = self._flat[gi]
-            if flat is not None:
-                per_group[gi] = self._route_flat(gi, cache, flat, per_group[gi])
+            layout = self._layouts[gi]
+            if layout.flat_param is not None:
+                per_group[gi] = self._route_flat(gi, cache, layout, per_group[gi])
             plan = self._plan(gi, cache)
             missing = plan.bind(per_group[gi])
             slots = self._slots_in_use(hyper)
@@ -488,9 +480,9 @@ class Optimizer:
         """Zero the grad buffer of every FlatParams the optimizer was built from (a loop that
         accumulates into it needs that; a grad cannot be "set to None" there). Other grads
         are owned by the caller: for them this does nothing, kept for torch compatibility."""
-        for flat in self._flat:
-            if flat is not None and flat.arena is not None:
-                flat.arena.zero_grad()
+        for layout in self._layouts:
+            if layout.arena is not None:
+                layout.arena.zero_grad()
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -581,9 +573,8 @@ class Optimizer:
             g.update({k: v for k, v in merged.items() if k != "params"})
         self._state = new_state
         self._caches = [_GroupCache() for _ in self.param_groups]
-        for flat in self._flat:
-            if flat is not None:
-                flat.reset_state()
+        for layout in self._layouts:
+            layout.reset_state()
         for g, c in zip(self.param_groups, self._caches):
             self._validate_group(g, c)
 
