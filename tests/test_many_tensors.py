@@ -169,3 +169,19 @@ def test_a_groups_state_lives_in_one_buffer_placed_like_its_params(rng):
             if p.size:
                 mod = 4096 if p.nbytes >= 65536 else 64
                 assert (v.ctypes.data - p.ctypes.data) % mod == 0
+
+
+def test_bench_many_tensors_section_runs_and_reports_the_targets():
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--many-tensors",
+                          "30x100", "--threads", "1", "--repeat", "1", "--min-time", "0.001",
+                          "--no-torch"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for label in ("fo, separate tensors", "fo, one flat tensor", "fo, FlatParams arena",
+                  "kernel on the arena's flat buffer", "target separate / one flat",
+                  "target arena / kernel"):
+        assert label in text, label
+    bad = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--many-tensors", "0x5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "COUNTxSIZE" in bad.stderr and "'0x5'" in bad.stderr

@@ -9,10 +9,15 @@ For every case, size and thread count it times, side by side:
 and reports G elements/s, the speed-ups, and the fused step as a % of the roofline.
 Timings are the best of several repeats (these machines are shared and noisy), and only
 ratios from the same run are meaningful.
+
+`fusedoptim bench --many-tensors` times one AdamW step over many small tensors instead
+(default 1000 x 1000 float32): as separate arrays, as one flat array, through a FlatParams
+arena, straight through the kernel's Plan, and with torch, interleaved in one run.
 """
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ import numpy as np
 
 import fusedoptim as fo
 from . import _kernels
+from .flat import aligned_zeros
 
 
 @dataclass
@@ -149,6 +155,144 @@ def torch_step_fn(case, n, dtype, torch):
     return best[0], best[1]
 
 
+# -- many small tensors -------------------------------------------------------------------
+
+MANY_TENSORS_KW = dict(lr=1e-3, weight_decay=1e-2)   # AdamW, as torch's defaults otherwise
+
+
+def many_tensor_fns(count, size, dtype=np.float32, torch=None):
+    """One AdamW step over `count` tensors of `size` elements, laid out several ways, each
+    with its own buffers and its state already created: {label: step function}."""
+    from .optim.adam import adam_scalars, check_adam
+    rng = np.random.default_rng(0)
+    ps = [rng.standard_normal(size).astype(dtype) for _ in range(count)]
+    gs = [(rng.standard_normal(size) * 1e-3).astype(dtype) for _ in range(count)]
+    fns = {}
+
+    separate = fo.AdamW([p.copy() for p in ps], **MANY_TENSORS_KW)
+    separate.step(gs)
+    fns["fo, separate tensors"] = lambda: separate.step(gs)
+
+    p1, g1 = np.concatenate(ps), np.concatenate(gs)
+    one = fo.AdamW([p1], **MANY_TENSORS_KW)
+    one.step([g1])
+    fns["fo, one flat tensor"] = lambda: one.step([g1])
+
+    arena = fo.FlatParams.from_arrays(ps)
+    arena.flat_grad[:] = g1
+    arena_opt = fo.AdamW(arena, **MANY_TENSORS_KW)
+    arena_opt.step()
+    fns["fo, FlatParams arena: step()"] = arena_opt.step
+
+    # The floor for the arena: the kernel over its flat buffers through the driver, with
+    # only what a step must do (count the step, fill the scalars, run).
+    direct = fo.FlatParams.from_arrays(ps)
+    direct.flat_grad[:] = g1
+    # State buffers aligned like the arena's own (a 64-byte phase unlike the param's costs
+    # the kernel ~25%: split vector loads and stores).
+    m, v = aligned_zeros(direct.size, dtype), aligned_zeros(direct.size, dtype)
+    plan = _kernels.Plan([direct.flat], [[m, v, None]], 3, len(_kernels.SCALARS["adam"]),
+                         ["grad"], required=[0, 1])
+    plan.bind([direct.flat_grad])
+    hyper = check_adam(MANY_TENSORS_KW["lr"], 0.9, 0.999, 1e-8,
+                       MANY_TENSORS_KW["weight_decay"], False, False, True, True)
+    kid = _kernels.KERNEL_IDS["adam"]
+
+    def kernel_step():
+        plan.set_scalars(adam_scalars(plan.advance(), *hyper))
+        plan.run(kid)
+    kernel_step()
+    fns["kernel on the arena's flat buffer"] = kernel_step
+
+    fstate = ([np.zeros_like(p1)], [np.zeros_like(p1)], None, [0])
+    fp, fg = [p1.copy()], [g1.copy()]
+    fkw = dict(lr=MANY_TENSORS_KW["lr"], beta1=0.9, beta2=0.999, eps=1e-8,
+               weight_decay=MANY_TENSORS_KW["weight_decay"])
+    fns["fo.functional.adamw, flat buffer"] = lambda: fo.functional.adamw(fp, fg, *fstate, **fkw)
+
+    if torch is not None:
+        for label, extra in (("torch AdamW(fused=True)", dict(fused=True)),
+                             ("torch AdamW(foreach=True)", dict(foreach=True))):
+            tps = [torch.from_numpy(p.copy()) for p in ps]
+            for tp, g in zip(tps, gs):
+                tp.grad = torch.from_numpy(g)
+            topt = torch.optim.AdamW(tps, **MANY_TENSORS_KW, **extra)
+            topt.step()
+            fns[f"{label}, separate"] = topt.step
+    return fns
+
+
+def _timeit_interleaved(fns, min_time, repeat):
+    """Best seconds per call of each function, the repeats interleaved (a burst of noise
+    on this shared machine then hits every function, not one): {label: seconds}."""
+    counts = {}
+    for label, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        dt = max(time.perf_counter() - t0, 1e-7)
+        counts[label] = max(1, int(min_time / dt))
+    best = dict.fromkeys(fns, math.inf)
+    for _ in range(repeat):
+        for label, fn in fns.items():
+            n = counts[label]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[label] = min(best[label], (time.perf_counter() - t0) / n)
+    return best
+
+
+def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=True,
+                     out=sys.stdout):
+    """The many-tensors section: per-step times and the three target ratios, per thread
+    count. Returns {threads: {label: seconds}}."""
+    torch = None
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    print(f"many tensors: {count} x {size} float32, one AdamW step; OMP_WAIT_POLICY="
+          f"{policy or 'unset'}", file=out)
+    if torch is not None and policy is None and max(threads) > 1:
+        # Set before the OpenMP runtime loads, so it cannot be fixed from here.
+        print("note: torch shares this process, and idle OpenMP threads spin after each "
+              "parallel region; multi-thread rows are more stable with OMP_WAIT_POLICY="
+              "passive (or active) set in the environment. 1-thread rows are unaffected.",
+              file=out)
+    header = f"{'thr':>4}  {'layout':<40}{'us/step':>10}{'vs one flat':>13}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = {}
+    saved = fo.get_num_threads()
+    try:
+        for nt in threads:
+            fo.set_num_threads(nt)
+            if torch is not None:
+                torch.set_num_threads(nt)
+            fns = many_tensor_fns(count, size, np.float32, torch)
+            t = results[nt] = _timeit_interleaved(fns, min_time, repeat)
+            flat = t["fo, one flat tensor"]
+            for label, sec in t.items():
+                print(f"{nt:>4}  {label:<40}{sec * 1e6:>10.1f}{sec / flat:>12.2f}x", file=out)
+            checks = [("separate / one flat", t["fo, separate tensors"] / flat, "<=", 1.5),
+                      ("arena / kernel", t["fo, FlatParams arena: step()"]
+                       / t["kernel on the arena's flat buffer"], "<=", 1.1)]
+            if torch is not None:
+                checks.insert(0, ("torch fused / separate", t["torch AdamW(fused=True), "
+                                  "separate"] / t["fo, separate tensors"], ">=", 10.0))
+            for name, ratio, op, bound in checks:
+                met = ratio <= bound if op == "<=" else ratio >= bound
+                print(f"      target {name}: {ratio:.2f}x ({op} {bound}x: "
+                      f"{'met' if met else 'NOT met'})", file=out)
+            print(file=out, flush=True)
+    finally:
+        fo.set_num_threads(saved)
+    return results
+
+
 def step_overhead_us(cls="Adam", repeat=5):
     """Microseconds per step() on a single 1-element param (pure Python+call overhead)."""
     p, g = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
@@ -226,6 +370,12 @@ def add_parser(subparsers):
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per repeat")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--many-tensors", nargs="?", const="1000x1000", default=None,
+                   metavar="COUNTxSIZE",
+                   help="instead of the table, time one AdamW step over COUNT tensors of SIZE "
+                        "elements (default 1000x1000): separate, one flat, FlatParams, the "
+                        "bare kernel, torch. With torch in the process, run with "
+                        "OMP_WAIT_POLICY=passive")
     p.set_defaults(func=main)
     return p
 
@@ -263,6 +413,17 @@ def main(args):
         raise SystemExit("fusedoptim bench: error: thread counts must be >= 1")
     fo.show_config()
     print()
+    if args.many_tensors:
+        try:
+            count, size = (int(x) for x in args.many_tensors.lower().split("x"))
+            if count < 1 or size < 1:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"fusedoptim bench: error: --many-tensors takes COUNTxSIZE with "
+                             f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
+        run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
+                         use_torch=not args.no_torch)
+        return 0
     print(f"step() overhead, one 1-element param: {step_overhead_us():.2f} us")
     print()
     run(cases, sizes, dtypes, threads, min_time=args.min_time, repeat=args.repeat,
