@@ -10,8 +10,15 @@
 # A unit is a list of segments (tensor, start, length). Unit boundaries depend only on the tensor
 # sizes, never on the thread count, so every result is bitwise identical for any thread count, and
 # one 10M tensor next to 500 tiny ones still splits evenly over the threads.
+#
+# Two kinds of kernel run on the same units, threads and rule for going parallel:
+#   chunk kernels update a segment in place (every optimizer step, clipping);
+#   reduce kernels read a segment (and may update it) and write partial results, in double, to
+#     their own row of a per-segment table. After the pass the rows are folded in segment order,
+#     which is tensor order, into per-tensor results and then a total, so a norm is bitwise the
+#     same for any thread count: no thread ever adds into a shared accumulator.
 
-from libc.stdint cimport uintptr_t, int64_t
+from libc.stdint cimport uintptr_t, int64_t, uint64_t
 from libc.string cimport memcmp
 from cpython.ref cimport PyObject
 
@@ -40,10 +47,33 @@ cdef extern from *:
     void fo_set_threads(int n) noexcept nogil
     int fo_have_openmp() noexcept nogil
 
+cdef extern from *:
+    """
+    /* The early-stop flag of a reduction: threads only ever raise it, and it is read before each
+       work unit. Relaxed atomics suffice (no data is published through it) and keep the race
+       well defined. */
+    #if defined(__GNUC__) || defined(__clang__)
+    static int fo_flag_get(int* f) { return __atomic_load_n(f, __ATOMIC_RELAXED); }
+    static void fo_flag_raise(int* f) { __atomic_store_n(f, 1, __ATOMIC_RELAXED); }
+    #else
+    static int fo_flag_get(int* f) { return *(volatile int*)f; }
+    static void fo_flag_raise(int* f) { *(volatile int*)f = 1; }
+    #endif
+    """
+    int fo_flag_get(int* f) noexcept nogil
+    void fo_flag_raise(int* f) noexcept nogil
+
 # A chunk kernel updates elements [start, start+n) of one tensor. bufs holds the tensor's buffer
 # addresses (cast to the kernel's dtype inside), hp its scalars. No allocation, no Python, no checks.
 ctypedef void (*chunk_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n,
                               const double* hp) noexcept nogil
+
+# A reduce kernel reads elements [start, start+n) of one tensor (and may update them, as LAMB's
+# first pass does) and writes its partial results for that segment to out[0 .. nout), in double.
+# It returns nonzero to ask the driver to skip the units not yet started (all_finite's early
+# stop); that is only sound for results whose answer is then already known.
+ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const double* hp,
+                              double* out) noexcept nogil
 
 # 16K elements: 64 KiB of float32 per buffer, so a unit's buffers stay in L2 while it runs.
 DEF_CHUNK = 16384
@@ -76,6 +106,44 @@ cdef int _register(str name, chunk_kernel f32, chunk_kernel f64, tuple scalars) 
     return 0
 
 
+# Reduce kernels have their own registry: the id spaces differ, so a reduce id can never be
+# handed to Plan.run or a chunk id to Plan.reduce.
+cdef enum:
+    MAX_REDUCE_KERNELS = 32
+    MAX_OUTPUTS = 4
+cdef enum:
+    COMBINE_SUM = 0
+    COMBINE_MAX = 1     # NaN-propagating max
+cdef reduce_kernel _rkernels_f32[MAX_REDUCE_KERNELS]
+cdef reduce_kernel _rkernels_f64[MAX_REDUCE_KERNELS]
+cdef int _rnout[MAX_REDUCE_KERNELS]
+cdef int _rcombine[MAX_REDUCE_KERNELS][MAX_OUTPUTS]
+cdef int _n_rkernels = 0
+REDUCE_IDS = {}
+REDUCE_OUTPUTS = {}   # reduce kernel name -> ((output name, "sum" or "max"), ...)
+
+
+cdef int _register_reduce(str name, reduce_kernel f32, reduce_kernel f64, tuple scalars,
+                          tuple outputs) except -1:
+    global _n_rkernels
+    cdef int k
+    if _n_rkernels >= MAX_REDUCE_KERNELS or len(outputs) > MAX_OUTPUTS or not outputs:
+        raise RuntimeError("fusedoptim: raise MAX_REDUCE_KERNELS/MAX_OUTPUTS in driver.pxi")
+    for k in range(len(outputs)):
+        if outputs[k][1] not in ("sum", "max"):
+            raise RuntimeError(f"fusedoptim: output {outputs[k]!r} of {name} must combine "
+                               f"by 'sum' or 'max'")
+        _rcombine[_n_rkernels][k] = COMBINE_SUM if outputs[k][1] == "sum" else COMBINE_MAX
+    _rkernels_f32[_n_rkernels] = f32
+    _rkernels_f64[_n_rkernels] = f64
+    _rnout[_n_rkernels] = len(outputs)
+    REDUCE_IDS[name] = _n_rkernels
+    REDUCE_OUTPUTS[name] = outputs
+    SCALARS[name] = scalars
+    _n_rkernels += 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Threads
 
@@ -102,32 +170,53 @@ def openmp_enabled():
 # ---------------------------------------------------------------------------------------------
 # The driver loop
 
-cdef inline void _run_unit(chunk_kernel kern, char** ptrs, Py_ssize_t nbufs,
-                           const double* hp, Py_ssize_t nscal, const unsigned char* active,
-                           const Py_ssize_t* seg_t, const Py_ssize_t* seg_start,
-                           const Py_ssize_t* seg_len, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
+cdef struct Job:
+    # One pass over a plan: exactly one of kern (chunk) and rkern (reduce) is set.
+    chunk_kernel kern
+    reduce_kernel rkern
+    char** ptrs                  # ptrs[t * nbufs + col] is the kernel's buffer 0 for tensor t
+    Py_ssize_t nbufs, col
+    const double* hp
+    Py_ssize_t nscal
+    const unsigned char* active
+    const Py_ssize_t* seg_t
+    const Py_ssize_t* seg_start
+    const Py_ssize_t* seg_len
+    const Py_ssize_t* unit_begin
+    double* partials             # reduce: nout doubles per segment
+    Py_ssize_t nout
+    int* stop                    # reduce: early-stop flag, or NULL
+
+
+cdef inline void _run_unit(const Job* j, Py_ssize_t u) noexcept nogil:
     cdef Py_ssize_t s, t
-    for s in range(s0, s1):
-        t = seg_t[s]
-        if active[t]:
-            kern(ptrs + t * nbufs, seg_start[s], seg_len[s], hp + t * nscal)
+    if j.stop != NULL and fo_flag_get(j.stop):
+        return
+    for s in range(j.unit_begin[u], j.unit_begin[u + 1]):
+        t = j.seg_t[s]
+        if not j.active[t]:
+            continue
+        if j.rkern != NULL:
+            if j.rkern(j.ptrs + t * j.nbufs + j.col, j.seg_start[s], j.seg_len[s],
+                       j.hp + t * j.nscal, j.partials + s * j.nout) and j.stop != NULL:
+                fo_flag_raise(j.stop)
+        else:
+            j.kern(j.ptrs + t * j.nbufs + j.col, j.seg_start[s], j.seg_len[s],
+                   j.hp + t * j.nscal)
 
 
-cdef void _drive(chunk_kernel kern, char** ptrs, Py_ssize_t nbufs, const double* hp,
-                 Py_ssize_t nscal, const unsigned char* active, const Py_ssize_t* seg_t,
-                 const Py_ssize_t* seg_start, const Py_ssize_t* seg_len,
-                 const Py_ssize_t* unit_begin, Py_ssize_t nunits, Py_ssize_t total,
+cdef void _drive(const Job* j, Py_ssize_t nunits, Py_ssize_t total,
                  int num_threads) noexcept nogil:
+    # The one thread-count rule, for every kind of pass.
     cdef Py_ssize_t u
     if num_threads <= 1 or nunits <= 1 or total <= SERIAL_MAX:
-        _run_unit(kern, ptrs, nbufs, hp, nscal, active, seg_t, seg_start, seg_len,
-                  0, unit_begin[nunits])
+        for u in range(nunits):
+            _run_unit(j, u)
         return
     if num_threads > nunits:
         num_threads = <int>nunits
     for u in prange(nunits, schedule='static', num_threads=num_threads):
-        _run_unit(kern, ptrs, nbufs, hp, nscal, active, seg_t, seg_start, seg_len,
-                  unit_begin[u], unit_begin[u + 1])
+        _run_unit(j, u)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,46 +260,133 @@ cdef int _check_like(object obj, cnp.ndarray param, str label, bint writeable) e
     return 0
 
 
-def check_param(object obj, str label):
-    """Validate one parameter array; returns it. Used when an optimizer is built."""
+cdef int _check_array(object obj, str name, object key, bint writeable) except -1:
+    """Raise unless obj is a float32/float64, C-contiguous, aligned ndarray (and writeable when
+    `writeable`). The label, `name` or `name[key]`, is only formatted on error: the gradient
+    utilities check every array of a model on every call."""
     cdef cnp.ndarray a
     if not cnp.PyArray_Check(obj):
-        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
-                        f"convert it with np.asarray(x, dtype=np.float32)")
+        raise TypeError(f"{_label(name, key)} must be a numpy.ndarray, got "
+                        f"{type(obj).__name__}; convert it with np.asarray(x, dtype=np.float32)")
     a = <cnp.ndarray>obj
     if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
-        raise TypeError(f"{label} has dtype {a.dtype}; fusedoptim supports float32 and "
-                        f"float64, convert it with x.astype(np.float32)")
+        raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32 "
+                        f"and float64, convert it with x.astype(np.float32)")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{label} is not a C-contiguous aligned array; it is updated in "
-                         f"place, so pass a C-contiguous array (np.ascontiguousarray makes "
-                         f"a copy that you must then keep using)")
-    if not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{label} is read-only; it is updated in place, pass a writeable "
-                         f"array")
-    return a
+        if writeable:
+            raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; it is "
+                             f"updated in place, so pass a C-contiguous array "
+                             f"(np.ascontiguousarray makes a copy that you must then keep "
+                             f"using)")
+        raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; pass "
+                         f"np.ascontiguousarray(x)")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{_label(name, key)} is read-only; it is updated in place, pass a "
+                         f"writeable array")
+    return 0
+
+
+cdef str _label(str name, object key):
+    return name if key is None else f"{name}[{key!r}]"
+
+
+def check_param(object obj, str label):
+    """Validate one parameter array; returns it. Used when an optimizer is built."""
+    _check_array(obj, label, None, True)
+    return obj
+
+
+def check_arrays(list arrays, str name, list keys=None, bint writeable=True):
+    """Validate every array (labelled ``name[i]``, or ``name[keys[i]]``), skipping None
+    entries, and, when they are written, that no two share memory. Returns (the arrays
+    without the Nones, how many of them are float64)."""
+    cdef Py_ssize_t k, n = len(arrays), n64 = 0
+    cdef list kept = []
+    cdef object a
+    for k in range(n):
+        a = arrays[k]
+        if a is None:
+            continue
+        _check_array(a, name, k if keys is None else keys[k], writeable)
+        n64 += cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT64
+        kept.append(a)
+    if writeable and len(kept) > 1:
+        clash = find_overlap(kept)
+        if clash is not None:
+            # Back to the caller's positions for the message.
+            where = [k for k in range(n) if arrays[k] is not None]
+            i, j = where[clash[0]], where[clash[1]]
+            raise ValueError(f"{_label(name, i if keys is None else keys[i])} and "
+                             f"{_label(name, j if keys is None else keys[j])} share memory (the "
+                             f"same array given twice, or overlapping views); they are updated "
+                             f"in place, so give each its own buffer")
+    return kept, n64
 
 
 def find_overlap(list arrays):
     """Return (i, j) for the first two arrays whose memory overlaps, else None. O(n log n)."""
-    cdef Py_ssize_t n = len(arrays), k
-    starts = []
+    cdef Py_ssize_t n = len(arrays), k, m = 0, i, owner = -1
+    starts_a = np.empty(n, dtype=np.uint64)
+    index_a = np.empty(n, dtype=np.intp)
+    cdef uint64_t[::1] starts = starts_a
+    cdef Py_ssize_t[::1] index = index_a
     for k in range(n):
         if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[k]) > 0:
-            starts.append((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[k]), k))
-    starts.sort()
-    cdef uintptr_t end = 0, s
-    cdef Py_ssize_t owner = -1, i
-    for s, i in starts:
+            starts[m] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[k])
+            index[m] = k
+            m += 1
+    # A stable sort by start address: ties keep index order.
+    cdef Py_ssize_t[::1] order = np.argsort(starts_a[:m], kind="stable").astype(np.intp)
+    cdef uint64_t end = 0, s
+    for k in range(m):
+        s = starts[order[k]]
+        i = index[order[k]]
         if owner >= 0 and s < end:
             return (owner, i) if owner < i else (i, owner)
-        if s + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]) > end:
-            end = s + <uintptr_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+        if s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]) > end:
+            end = s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
             owner = i
     return None
 
 
 # ---------------------------------------------------------------------------------------------
+
+cdef tuple _cut_units(list params):
+    """Work units: cut the virtual concatenation of all tensors every CHUNK elements.
+
+    Returns (seg_t, seg_start, seg_len, unit_begin, total elements): segment s is elements
+    [seg_start[s], seg_start[s] + seg_len[s]) of tensor seg_t[s]; unit u is segments
+    [unit_begin[u], unit_begin[u + 1]). Plain C loops into preallocated arrays: the gradient
+    utilities build a plan on every call, for any number of tensors."""
+    cdef Py_ssize_t nt = len(params), t, n, b, cut, pos = 0, total = 0, ns = 0, nu = 0
+    for t in range(nt):
+        total += cnp.PyArray_SIZE(<cnp.ndarray>params[t])
+    # A segment ends at a tensor's end or a unit boundary: at most nt + total / CHUNK of them.
+    seg_t = np.empty(nt + total // CHUNK + 1, dtype=np.intp)
+    seg_start = np.empty_like(seg_t)
+    seg_len = np.empty_like(seg_t)
+    unit_begin = np.empty(total // CHUNK + 2, dtype=np.intp)
+    cdef Py_ssize_t[::1] st = seg_t, ss = seg_start, sl = seg_len, ub = unit_begin
+    ub[0] = 0
+    for t in range(nt):
+        n = cnp.PyArray_SIZE(<cnp.ndarray>params[t])
+        b = 0
+        while b < n:
+            cut = min(n - b, CHUNK - pos % CHUNK)
+            st[ns] = t
+            ss[ns] = b
+            sl[ns] = cut
+            ns += 1
+            b += cut
+            pos += cut
+            if pos % CHUNK == 0:
+                nu += 1
+                ub[nu] = ns
+    if ub[nu] != ns:
+        nu += 1
+        ub[nu] = ns
+    return seg_t[:ns], seg_start[:ns], seg_len[:ns], unit_begin[:nu + 1], pos
+
 
 @cython.final
 cdef class Plan:
@@ -247,10 +423,11 @@ cdef class Plan:
     # another unit (maybe on another thread) writes it.
     cdef uintptr_t[::1] w_lo, w_hi
     cdef Py_ssize_t[::1] w_owner, w_kind
+    cdef object _partials           # reduce(): per-segment partial results, reused
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
                  list labels, steps=None, scalar_state=None, required=None):
-        cdef Py_ssize_t t, b, n, pos, seg_end, cut
+        cdef Py_ssize_t t, b
         cdef bint ok
         cdef cnp.ndarray p
         self.params = params
@@ -304,27 +481,9 @@ cdef class Plan:
                 if not ok:
                     self.missing_state += 1
         self._index_written(state, nstate)
-        # Work units: cut the virtual concatenation of all tensors every CHUNK elements.
-        seg_t, seg_start, seg_len, unit_begin = [], [], [], [0]
-        pos = 0
-        for t in range(self.ntensors):
-            n = cnp.PyArray_SIZE(<cnp.ndarray>params[t])
-            b = 0
-            while b < n:
-                cut = min(n - b, CHUNK - pos % CHUNK)
-                seg_t.append(t); seg_start.append(b); seg_len.append(cut)
-                b += cut
-                pos += cut
-                if pos % CHUNK == 0:
-                    unit_begin.append(len(seg_t))
-        if unit_begin[len(unit_begin) - 1] != len(seg_t):
-            unit_begin.append(len(seg_t))
-        self.total = pos
-        self.nunits = len(unit_begin) - 1
-        self.seg_t = np.asarray(seg_t, dtype=np.intp)
-        self.seg_start = np.asarray(seg_start, dtype=np.intp)
-        self.seg_len = np.asarray(seg_len, dtype=np.intp)
-        self.unit_begin = np.asarray(unit_begin, dtype=np.intp)
+        self.seg_t, self.seg_start, self.seg_len, self.unit_begin, self.total = \
+            _cut_units(params)
+        self.nunits = self.unit_begin.shape[0] - 1
 
     def _index_written(self, list state, Py_ssize_t nstate):
         cdef Py_ssize_t t, b, k
@@ -517,23 +676,96 @@ cdef class Plan:
                 o[u] += self.seg_len[s]
         return out
 
+    cdef inline void _job(self, Job* j, Py_ssize_t column) noexcept:
+        j.kern = NULL
+        j.rkern = NULL
+        j.ptrs = <char**>&self.ptrs[0, 0]
+        j.nbufs = self.nbufs
+        j.col = column
+        j.hp = &self.hp[0, 0]
+        j.nscal = self.nscalars
+        j.active = &self.active[0]
+        j.seg_t = &self.seg_t[0]
+        j.seg_start = &self.seg_start[0]
+        j.seg_len = &self.seg_len[0]
+        j.unit_begin = &self.unit_begin[0]
+        j.partials = NULL
+        j.nout = 0
+        j.stop = NULL
+
     def run(self, int kernel_id, int num_threads=0):
         """Run a registered kernel over every active tensor, without the GIL."""
-        cdef chunk_kernel kern
+        cdef Job j
         if kernel_id < 0 or kernel_id >= _n_kernels:
             raise ValueError(f"unknown kernel id {kernel_id}")
-        if self.typenum == cnp.NPY_FLOAT64:
-            kern = _kernels_f64[kernel_id]
-        else:
-            kern = _kernels_f32[kernel_id]
         if num_threads <= 0:
             num_threads = fo_max_threads()
         if self.total == 0:
             return
+        self._job(&j, 0)
+        j.kern = _kernels_f64[kernel_id] if self.typenum == cnp.NPY_FLOAT64 else \
+            _kernels_f32[kernel_id]
         with nogil:
-            _drive(kern, <char**>&self.ptrs[0, 0], self.nbufs, &self.hp[0, 0], self.nscalars,
-                   &self.active[0], &self.seg_t[0], &self.seg_start[0], &self.seg_len[0],
-                   &self.unit_begin[0], self.nunits, self.total, num_threads)
+            _drive(&j, self.nunits, self.total, num_threads)
+
+    def reduce(self, int reduce_id, Py_ssize_t column=0, bint stop_early=False,
+               int num_threads=0):
+        """Run a registered reduce kernel over every active tensor, without the GIL.
+
+        The kernel sees buffer column `column` as its buffer 0 (0: the params, 1: the grads).
+        Returns (per_tensor, totals): a float64 array (ntensors x nout) of per-tensor results
+        (0 for inactive tensors) and a tuple of nout floats over all tensors. Both are folded
+        from per-segment partials in segment order (tensor by tensor, front to back), so they
+        do not depend on the thread count. With `stop_early`, a kernel's nonzero return skips
+        the units not yet started; the totals are then only meaningful as far as the kernel
+        defines (all_finite's "found one" stays exact, counts would not).
+        """
+        cdef Job j
+        cdef int stop = 0
+        cdef Py_ssize_t nseg = self.seg_t.shape[0], nout, s, t, k
+        cdef double a, b
+        if reduce_id < 0 or reduce_id >= _n_rkernels:
+            raise ValueError(f"unknown reduce kernel id {reduce_id}")
+        if column < 0 or column >= self.nbufs:
+            raise ValueError(f"column {column} out of range ({self.nbufs} buffer columns)")
+        if num_threads <= 0:
+            num_threads = fo_max_threads()
+        nout = _rnout[reduce_id]
+        if self._partials is None or self._partials.shape[0] < nseg * nout:
+            self._partials = np.zeros(max(nseg * MAX_OUTPUTS, 1), dtype=np.float64)
+        cdef double[::1] part = self._partials
+        # 0 is the identity of every output: sums, and maxima of values that are >= 0.
+        part[:nseg * nout] = 0.0
+        per_tensor = np.zeros((self.ntensors, nout), dtype=np.float64)
+        cdef double[:, ::1] pt = per_tensor
+        cdef double tot[MAX_OUTPUTS]
+        cdef const int* comb = &_rcombine[reduce_id][0]
+        if self.total > 0:
+            self._job(&j, column)
+            j.rkern = _rkernels_f64[reduce_id] if self.typenum == cnp.NPY_FLOAT64 else \
+                _rkernels_f32[reduce_id]
+            j.partials = &part[0]
+            j.nout = nout
+            j.stop = &stop if stop_early else NULL
+            with nogil:
+                _drive(&j, self.nunits, self.total, num_threads)
+        # The fixed-order fold: segments into their tensor, then tensors into the total.
+        for k in range(nout):
+            tot[k] = 0.0
+        for s in range(nseg):
+            t = self.seg_t[s]
+            for k in range(nout):
+                pt[t, k] = _combine(comb[k], pt[t, k], part[s * nout + k])
+        for t in range(self.ntensors):
+            for k in range(nout):
+                tot[k] = _combine(comb[k], tot[k], pt[t, k])
+        return per_tensor, tuple([tot[k] for k in range(nout)])
+
+
+cdef inline double _combine(int op, double a, double b) noexcept nogil:
+    if op == COMBINE_SUM:
+        return a + b
+    return a if (a > b or a != a) else b     # max; a NaN on either side wins
 
 
 def check_buffer(object obj, object param, str label, bint writeable=True):
