@@ -70,3 +70,63 @@ _register("touch_rw1", touch_rw1_f32, touch_rw1_f64, ())
 _register("touch_rw2", touch_rw2_f32, touch_rw2_f64, ())
 _register("touch_rw3", touch_rw3_f32, touch_rw3_f64, ())
 _register("touch_rw4", touch_rw4_f32, touch_rw4_f64, ())
+
+
+# Read-only and in-place patterns, for the gradient utilities: "touch_r1" reads buffer 0,
+# "touch_r2" buffers 0 and 1, summing their bit patterns as integers (wrapping, so associative:
+# gcc vectorises it freely; the cheapest possible read of every element). "touch_w1" reads and
+# writes buffer 0 (a sign flip, so repeated runs keep the data bounded), the traffic of an
+# in-place scale.
+from libc.stdint cimport uint32_t, uint64_t
+
+
+cdef inline double _touch_read(const char* x, Py_ssize_t s, Py_ssize_t n, int width) noexcept nogil:
+    cdef const uint32_t* a
+    cdef const uint64_t* b
+    cdef uint32_t r32 = 0
+    cdef uint64_t r64 = 0
+    cdef Py_ssize_t i
+    if width == 4:
+        a = (<const uint32_t*>x) + s
+        for i in range(n):
+            r32 = r32 + a[i]
+        return <double>r32
+    b = (<const uint64_t*>x) + s
+    for i in range(n):
+        r64 = r64 + b[i]
+    return <double>r64
+
+
+cdef int touch_r1_f32(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp,
+                      double* out) noexcept nogil:
+    out[0] = _touch_read(b[0], s, n, 4)
+    return 0
+cdef int touch_r1_f64(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp,
+                      double* out) noexcept nogil:
+    out[0] = _touch_read(b[0], s, n, 8)
+    return 0
+cdef int touch_r2_f32(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp,
+                      double* out) noexcept nogil:
+    out[0] = _touch_read(b[0], s, n, 4) + _touch_read(b[1], s, n, 4)
+    return 0
+cdef int touch_r2_f64(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp,
+                      double* out) noexcept nogil:
+    out[0] = _touch_read(b[0], s, n, 8) + _touch_read(b[1], s, n, 8)
+    return 0
+
+
+cdef inline void _flip(floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        x[i] = -x[i]
+
+
+cdef void touch_w1_f32(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp) noexcept nogil:
+    _flip((<float*>b[0]) + s, n)
+cdef void touch_w1_f64(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp) noexcept nogil:
+    _flip((<double*>b[0]) + s, n)
+
+
+_register_reduce("touch_r1", touch_r1_f32, touch_r1_f64, (), (("checksum", "sum"),))
+_register_reduce("touch_r2", touch_r2_f32, touch_r2_f64, (), (("checksum", "sum"),))
+_register("touch_w1", touch_w1_f32, touch_w1_f64, ())

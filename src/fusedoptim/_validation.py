@@ -23,6 +23,14 @@ def finite_nonneg(value, name):
     return v
 
 
+def nonneg(value, name, note=""):
+    """max_norm, clip_value: a float >= 0, where inf is meaningful (no limit)."""
+    v = _real(value, name)
+    if not v >= 0.0:    # also NaN
+        raise ValueError(f"{name} must be a number >= 0{note}, got {value!r}")
+    return v
+
+
 def positive(value, name):
     """eps and friends: a finite float > 0."""
     v = _real(value, name)

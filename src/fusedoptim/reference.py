@@ -24,6 +24,8 @@ from .optim.adadelta import check_adadelta
 from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
+from . import _validation as _v
+from .grad_utils import CLIP_EPS, _norm_type
 
 
 
@@ -292,6 +294,50 @@ def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, ep
         delta = np.sqrt(u + eps) / std * g
         u[...] = rho * u + (1.0 - rho) * delta * delta
         p[...] = p - lr * delta
+
+
+# -- gradient utilities -------------------------------------------------------------------------
+
+def _grad_list(arrays):
+    if isinstance(arrays, np.ndarray):
+        arrays = [arrays]
+    elif isinstance(arrays, dict):
+        arrays = list(arrays.values())
+    return [a for a in arrays if a is not None]
+
+
+def global_norm(arrays):
+    return math.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in _grad_list(arrays)))
+
+
+def all_finite(arrays):
+    return all(bool(np.isfinite(a).all()) for a in _grad_list(arrays))
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    p = _norm_type(norm_type)
+    max_norm = _v.nonneg(max_norm, "max_norm")
+    grads = _grad_list(grads)
+    if p == math.inf:
+        total = max((float(np.max(np.abs(g), initial=0.0)) for g in grads), default=0.0)
+        if any(np.isnan(g).any() for g in grads):
+            total = math.nan
+    else:
+        total = sum(np.sum(np.abs(g.astype(np.float64)) ** p) for g in grads) ** (1.0 / p)
+    total = float(total)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of order {p} of the gradients is {total}")
+    clip_coef = max_norm / (total + CLIP_EPS)
+    if not clip_coef >= 1.0:
+        for g in grads:
+            g[...] = g * clip_coef
+    return total
+
+
+def clip_grad_value_(grads, clip_value):
+    clip_value = _v.nonneg(clip_value, "clip_value")
+    for g in _grad_list(grads):
+        g[...] = np.minimum(np.maximum(g, -clip_value), clip_value)
 
 
 # -- classes ------------------------------------------------------------------------------------
