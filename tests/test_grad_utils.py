@@ -1,4 +1,5 @@
-"""Gradient utilities (clip_grad_norm_, clip_grad_value_, global_norm, all_finite).
+"""Gradient utilities (clip_grad_norm_, clip_grad_value_, global_norm, all_finite) and the
+optimizers' grad_scale / skip_nonfinite against torch.
 
 Tolerances. The utilities accumulate in double; torch accumulates a float32 norm in float32.
 Totals: float32 grads 1e-5 relative to torch (its float32 sum of up to 1e5 terms), float64 1e-12.
@@ -255,3 +256,66 @@ def test_every_isa_level_gives_identical_norms():
         assert isa == level
         digests[level] = digest
     assert len(set(digests.values())) == 1, digests
+
+
+# -- optimizers: grad_scale and skip_nonfinite vs torch's fused grad_scale / found_inf ---------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_scale_and_skips_match_torch_fused_adamw(dtype, rng):
+    """GradScaler's protocol with torch's fused AdamW (optimizer.grad_scale/found_inf) against
+    step(g * s, grad_scale=s) with skip_nonfinite: same params, same step counts. Scales are
+    powers of two as GradScaler's; one step uses 3000 (the reciprocal then differs from
+    torch's division by up to 1 ulp per grad element, within the tolerance)."""
+    torch = pytest.importorskip("torch")
+    tdtype = torch.float32 if dtype == np.float32 else torch.float64
+    params = make_params(rng, dtype, [(7,), (3, 5), (20_000,)])
+    tparams = [torch.tensor(p.copy()) for p in params]
+    opt = fo.AdamW(params, lr=1e-2, weight_decay=0.1, skip_nonfinite=True)
+    topt = torch.optim.AdamW(tparams, lr=1e-2, weight_decay=0.1, fused=True)
+    for k in range(40):
+        s = 3000.0 if k == 5 else 2.0 ** int(rng.integers(8, 17))
+        grads = [np.asarray(rng.standard_normal(p.shape) * s, dtype) for p in params]
+        inf_step = k in (0, 7, 8, 31)
+        if inf_step:
+            grads[k % 3].flat[0] = np.inf if k % 2 else np.nan
+        assert opt.step(grads, grad_scale=s) is (not inf_step)
+        for t, g in zip(tparams, grads):
+            t.grad = torch.tensor(g)
+        topt.grad_scale = torch.tensor(s, dtype=torch.float32)
+        topt.found_inf = torch.tensor(1.0 if inf_step else 0.0, dtype=torch.float32)
+        topt.step()
+    assert opt.skipped_steps == 4
+    rtol = 1e-9 if dtype == np.float64 else 2e-5
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p, t.numpy(), rtol=rtol, atol=rtol)
+    for i, t in enumerate(tparams):
+        assert opt.state[i]["step"] == int(topt.state[t]["step"].item()) == 36
+
+
+def test_grad_scale_is_validated_before_anything_changes(rng):
+    params = [rng.standard_normal(10).astype(np.float32)]
+    opt = fo.Adam(params)
+    g = [np.ones(10, np.float32)]
+    opt.step(g)
+    snapshot = (params[0].copy(), copy.deepcopy(opt.state_dict()))
+    for bad, exc in [(0.0, ValueError), (-2.0, ValueError), (float("nan"), ValueError),
+                     (float("inf"), ValueError), ("2", TypeError), (1e-300, ValueError),
+                     (1e300, ValueError)]:
+        with pytest.raises(exc) as err:
+            opt.step(g, grad_scale=bad)
+        assert "grad_scale" in str(err.value) and repr(bad) in str(err.value)
+    assert params[0].tobytes() == snapshot[0].tobytes()
+    assert opt.state[0]["step"] == 1
+    # GradScaler-style inputs: numpy scalars and 1-element arrays.
+    assert opt.step(g, grad_scale=np.float32(1024.0)) is True
+    assert opt.step(g, grad_scale=np.array([512.0])) is True
+    with pytest.raises(TypeError, match="skip_nonfinite"):
+        fo.Adam(params, skip_nonfinite="yes")
+
+
+def test_nonfinite_grads_propagate_without_skip_nonfinite():
+    params = [np.ones(4, np.float32)]
+    opt = fo.SGD(params, lr=0.1)
+    assert opt.step([np.array([1.0, np.nan, np.inf, 0.0], np.float32)]) is True
+    assert opt.skipped_steps == 0
+    assert np.isnan(params[0][1]) and np.isinf(params[0][2]) and params[0][3] == 1.0

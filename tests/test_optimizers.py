@@ -274,3 +274,83 @@ def test_every_isa_level_gives_identical_bits_for_every_case():
         assert isa == level
         digests[level] = digest
     assert len(set(digests.values())) == 1, digests
+
+
+# -- non-finite steps and gradient scaling, for every optimizer ---------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_every_kernel_takes_the_grad_multiplier_as_scalar_0(case):
+    """grad_scale is folded into scalar 0 generically; each kernel applies it to the raw
+    grad (and the base class refuses a kernel laid out otherwise)."""
+    from fusedoptim import _kernels
+    assert _kernels.SCALARS[case.fused._kernel][0] == "sign"
+
+
+def _two_groups(params, lr):
+    return [{"params": params[:3]}, {"params": params[3:], "lr": lr * 0.5}]
+
+
+def _poison(rng, grads, value):
+    """A copy of grads with one element of one non-empty grad set to `value`."""
+    targets = [i for i, g in enumerate(grads) if g is not None and g.size > 0]
+    out = [None if g is None else g.copy() for g in grads]
+    t = targets[rng.integers(len(targets))]
+    out[t].flat[rng.integers(out[t].size)] = value
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_skip_nonfinite_skips_the_whole_step_bitwise(case, dtype, rng):
+    """A step whose grads hold a NaN or Inf (in either group) changes nothing: params, state
+    buffers, step counts and scalar state stay bitwise the same, and no state is created on
+    a skipped first step. Afterwards the trajectory is that of an optimizer that never saw
+    the bad steps."""
+    kw = case.sample(rng)
+    start = make_params(rng, dtype)
+    seq = [_grads(rng, start, none_prob=0.1) for _ in range(9)]
+    clean_params = [p.copy() for p in start]
+    clean = case.fused(_two_groups(clean_params, kw["lr"]), **kw)
+    params = [p.copy() for p in start]
+    opt = case.fused(_two_groups(params, kw["lr"]), skip_nonfinite=True, **kw)
+    skipped = 0
+    for k, g in enumerate(seq):
+        if k % 2 == 0:          # k = 0: the very first step is skipped
+            bad = _poison(rng, g, [np.nan, np.inf, -np.inf][k % 3])
+            before = ([p.copy() for p in params], copy.deepcopy(opt.state_dict()))
+            assert opt.step(bad) is False
+            skipped += 1
+            assert opt.skipped_steps == skipped
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before[0]))
+            _assert_same_state(opt.state_dict(), before[1])
+        assert opt.step(g) is True
+        clean.step(g)
+    for a, b in zip(params, clean_params):
+        assert a.tobytes() == b.tobytes()
+    _assert_same_state(opt.state_dict(), clean.state_dict())
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_grad_scale_unscales_inside_the_kernel(case, rng):
+    """step(g * s, grad_scale=s): for powers of two (GradScaler's scales) bitwise the same as
+    step(g); for any s, the reference twin's explicit multiply by 1/s (stated tolerances)."""
+    kw = case.sample(rng)
+    for dtype in DTYPES:
+        start = make_params(rng, dtype)
+        seq = [_grads(rng, start, none_prob=0.1) for _ in range(8)]
+        scaled = lambda g, s: [None if x is None else np.asarray(x * x.dtype.type(s)) for x in g]
+        plain, by_pow2, by_any, ref = ([p.copy() for p in start] for _ in range(4))
+        o_plain = case.fused(plain, **kw)
+        o_pow2 = case.fused(by_pow2, **kw)
+        o_any = case.fused(by_any, **kw)
+        o_ref = case.reference(ref, **kw)
+        for k, g in enumerate(seq):
+            s2 = 2.0 ** [16, -3, 10, 0, 24, 7, 1, 12][k]
+            s = [3.0, 1000.0, 0.37, 65537.0][k % 4]
+            o_plain.step(g)
+            assert o_pow2.step(scaled(g, s2), grad_scale=s2) is True
+            o_any.step(scaled(g, s), grad_scale=s)
+            o_ref.step(scaled(g, s), grad_scale=s)
+        for a, b in zip(plain, by_pow2):
+            assert a.tobytes() == b.tobytes()
+        assert_close_to_reference(by_any, ref)

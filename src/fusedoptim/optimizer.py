@@ -21,6 +21,7 @@ from .flat import FlatParams, GroupLayout
 _required = object()
 _ARENA = object()      # per-group grads marker: bind the group's FlatParams grad buffer
 _MAPPINGS = (dict, MappingProxyType)
+_NONFINITE = _kernels.REDUCE_IDS["nonfinite"]
 
 
 class _GroupCache:
@@ -52,6 +53,27 @@ class Optimizer:
     ``state`` maps the flat param index to its buffers, ``step`` and any scalar state;
     buffers are the live arrays, ``step`` and scalar state are copies. Non-finite gradient
     values are not input errors: they propagate into params and state, as in torch.
+
+    Non-finite steps and gradient scaling (every optimizer, handled here):
+
+    * ``skip_nonfinite=True`` (a constructor option, not a param-group hyperparameter: it is
+      about the data, not the schedule, so schedulers never see it; ``opt.skip_nonfinite`` may
+      be changed between steps) makes every step first check all grads of all groups in one
+      read-only pass that stops early. If any element is NaN or +-Inf the step is skipped:
+      params and state stay bitwise untouched, no step count advances, no state is created,
+      ``opt.skipped_steps`` is incremented and ``step()`` returns False. This is what torch's
+      fused optimizers do with GradScaler's ``found_inf``. ``skipped_steps`` counts skips since
+      the optimizer was built; it is not part of ``state_dict()``.
+    * ``step(grads, grad_scale=s)`` divides the grads by ``s`` inside the fused kernel (torch's
+      fused ``grad_scale``), so a mixed-precision loss-scaling loop needs no extra unscale pass.
+      ``1/s`` is folded into the kernel's first scalar, the grad's multiplier (``-1`` under
+      ``maximize``): the kernel computes ``(1/s rounded to the dtype) * g``. For a power of two
+      ``s`` (GradScaler only uses those) that equals ``g / s`` exactly; otherwise it may differ
+      from the division by 1 ulp. ``s`` must be finite and > 0, with ``1/s`` a normal number
+      in every group's dtype. Norms computed by LAMB and LARS see the unscaled grads.
+
+    ``step()`` returns True whenever it did not skip (including when no param had a grad), and
+    False only when ``skip_nonfinite`` skipped it.
     """
 
     #: name of the registered chunk kernel
@@ -108,7 +130,15 @@ class Optimizer:
     _flat_plans = True
 
     # -- construction -----------------------------------------------------------------------
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, *, skip_nonfinite=False):
+        # grad_scale is folded into the kernel's scalar 0, which every kernel applies to the
+        # raw grad and to nothing else: refuse a kernel laid out otherwise.
+        names = _kernels.SCALARS[self._kernel]
+        if not names or names[0] != "sign":
+            raise TypeError(f"{type(self).__name__}: kernel {self._kernel!r} must take the "
+                            f"grad's multiplier 'sign' as its scalar 0, got {names[:1]}")
+        self.skip_nonfinite = _v.flag(skip_nonfinite, "skip_nonfinite")
+        self.skipped_steps = 0
         self.defaults = dict(defaults)
         self._hyper_get = operator.itemgetter(*self._hyper_keys)
         self._kernel_id = _kernels.KERNEL_IDS[self._kernel]
@@ -425,14 +455,17 @@ class Optimizer:
         plan.bind(grads)
         return plan, fresh
 
-    def step(self, grads=None):
+    def step(self, grads=None, grad_scale=None):
         """One fused, in-place update of every param that has a grad.
 
         Everything (grads structure, each grad's type, dtype, shape, layout and aliasing,
-        every group's hyperparameters) is checked before anything is written. Without
-        grads, each group reads the grad buffer of the FlatParams it was built from.
+        every group's hyperparameters, grad_scale) is checked before anything is written.
+        Without grads, each group reads the grad buffer of the FlatParams it was built from.
+        ``grad_scale``: the grads are divided by it inside the kernel (see the class doc).
+        Returns False when ``skip_nonfinite`` skipped the step, else True.
         """
         per_group = self._split_grads(grads)
+        inv_scale = None if grad_scale is None else self._inv_grad_scale(grad_scale)
         groups = self.param_groups
         caches = self._caches
         pending = []
@@ -449,14 +482,40 @@ class Optimizer:
                 cache.slots_in_use = slots
                 missing = 1
             pending.append(missing)
+        if self.skip_nonfinite and not self._grads_finite():
+            self.skipped_steps += 1
+            return False
         for gi in range(len(groups)):
             cache = caches[gi]
             plan, fresh = cache.plan, None
             if pending[gi]:
                 plan, fresh = self._ensure_state(gi, cache, per_group[gi])
-            self._apply(gi, plan, cache.hyper, per_group[gi], fresh)
+            self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+        return True
 
-    def _apply(self, gi, plan, hyper, grads, fresh=None):
+    def _grads_finite(self):
+        """True when every bound grad of every group is finite: the grad column of each
+        group's plan, read once, stopping at the first non-finite work unit."""
+        for cache in self._caches:
+            if cache.plan.reduce(_NONFINITE, 1, True)[1][0] != 0.0:
+                return False
+        return True
+
+    def _inv_grad_scale(self, grad_scale):
+        """1 / grad_scale, after checking that it is usable in every group's dtype."""
+        s = _v.scalar_state(grad_scale, "grad_scale")    # a number or a 1-element array
+        s = _v.positive(s, "grad_scale")
+        inv = 1.0 / s
+        for g in self.param_groups:
+            info = np.finfo(g["params"][0].dtype)
+            if not float(info.tiny) <= inv <= float(info.max):
+                raise ValueError(f"grad_scale={grad_scale!r} is out of range for "
+                                 f"{info.dtype} params: 1/grad_scale must be a normal "
+                                 f"{info.dtype} number, i.e. grad_scale in "
+                                 f"[{1 / float(info.max):.3g}, {1 / float(info.tiny):.3g}]")
+        return inv
+
+    def _apply(self, gi, plan, hyper, grads, fresh=None, inv_scale=None):
         step = plan.advance()
         if step != 0 and self._scalar_state:
             # One hp row and next scalar state per distinct (step, scalar state); usually one.
@@ -474,6 +533,14 @@ class Optimizer:
             for t in fresh:
                 s = int(plan.steps_array[t])
                 plan.set_scalars(self._scalars(s, hyper, fresh=True), s, t)
+        if inv_scale is not None:
+            # Every active row was just rewritten, so this scales each sign exactly once.
+            plan.hp_array[:, 0] *= inv_scale
+        self._run(plan, hyper)
+
+    def _run(self, plan, hyper):
+        """Run the step's kernel(s) over the bound plan, its scalars set. Optimizers that
+        need per-tensor reductions first (LAMB, LARS) override this."""
         plan.run(self._kernel_id)
 
     def zero_grad(self, set_to_none=True):

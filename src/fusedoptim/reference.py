@@ -348,10 +348,15 @@ class _ReferenceStep:
     _reference_fn = None
     _flat_plans = False     # one tensor at a time, even when the params tile one buffer
 
-    def _apply(self, gi, plan, hyper, grads, fresh=None):
+    def _apply(self, gi, plan, hyper, grads, fresh=None, inv_scale=None):
         active = [t for t, g in enumerate(grads) if g is not None]
         if not active:
             return
+        if inv_scale is not None:
+            # The fused kernels fold 1/grad_scale into the grad's multiplier: (1/s in the
+            # dtype) * g, negated under maximize. Negation is exact, so unscaling here first
+            # and letting the function negate gives the same bits.
+            grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
         start = self._group_slices[gi].start
         params = self.param_groups[gi]["params"]
         states = [self._state[start + t] for t in active]

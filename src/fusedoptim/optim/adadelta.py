@@ -41,6 +41,8 @@ class Adadelta(Optimizer):
         eps (float): default 1e-6, > 0.
         weight_decay (float): default 0, finite >= 0.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``square_avg`` (v), ``acc_delta`` (u) and ``step``.
     """
@@ -50,9 +52,10 @@ class Adadelta(Optimizer):
     _hyper_keys = _FIELDS
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *,
-                 maximize=False):
+                 maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         return check_adadelta(*key)

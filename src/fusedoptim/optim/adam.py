@@ -64,6 +64,8 @@ class Adam(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         decoupled_weight_decay (bool): default False; True gives AdamW.
         bias_correction (bool): default True; False is the notes' variant (not in torch).
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
     """
 
     _kernel = "adam"
@@ -73,11 +75,12 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 bias_correction=True):
+                 bias_correction=True, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      bias_correction=bias_correction))
+                                      bias_correction=bias_correction),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, betas, eps, wd, amsgrad, maximize, decoupled, bias_correction = key
@@ -104,7 +107,8 @@ class AdamW(Adam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, bias_correction=True):
+                 amsgrad=False, *, maximize=False, bias_correction=True, skip_nonfinite=False):
         Optimizer.__init__(self, params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction))
+            maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction),
+            skip_nonfinite=skip_nonfinite)

@@ -42,6 +42,8 @@ class Adamax(Optimizer):
         eps (float): default 1e-8, > 0.
         weight_decay (float): L2 penalty, default 0, >= 0.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg`` (m), ``exp_inf`` (u).
     """
@@ -51,9 +53,10 @@ class Adamax(Optimizer):
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 maximize=False):
+                 maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, betas, eps, wd, maximize = key

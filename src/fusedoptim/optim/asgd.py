@@ -52,6 +52,8 @@ class ASGD(Optimizer):
         t0 (float): step after which averaging starts, default 1e6, >= 0.
         weight_decay (float): L2 penalty, default 0, >= 0.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``eta``, ``mu``, ``ax``.
     """
@@ -62,9 +64,10 @@ class ASGD(Optimizer):
     _hyper_keys = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
-                 maximize=False):
+                 maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
-                                      weight_decay=weight_decay, maximize=maximize))
+                                      weight_decay=weight_decay, maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         return check_asgd(*key)

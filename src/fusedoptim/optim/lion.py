@@ -41,6 +41,8 @@ class Lion(Optimizer):
         betas (tuple): (beta1, beta2), default (0.9, 0.99), each in [0, 1).
         weight_decay (float): decoupled weight decay, default 0, >= 0.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg`` (m).
     """
@@ -50,9 +52,10 @@ class Lion(Optimizer):
     _hyper_keys = ("lr", "betas", "weight_decay", "maximize")
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 maximize=False):
+                 maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, betas, wd, maximize = key

@@ -69,6 +69,8 @@ class NAdam(Optimizer):
         momentum_decay (float): psi in the mu schedule, default 4e-3, >= 0.
         decoupled_weight_decay (bool): default False.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``mu_product`` (starts at 1.0), ``exp_avg``, ``exp_avg_sq``.
     """
@@ -80,11 +82,13 @@ class NAdam(Optimizer):
                    "decoupled_weight_decay", "maximize")
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False):
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
+                 skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, betas, eps, wd, momentum_decay, decoupled, maximize = key

@@ -68,6 +68,8 @@ class RAdam(Optimizer):
         weight_decay (float): default 0, >= 0; coupled L2 unless decoupled_weight_decay.
         decoupled_weight_decay (bool): default False (True: decay as in AdamW).
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
@@ -77,10 +79,11 @@ class RAdam(Optimizer):
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False):
+                 decoupled_weight_decay=False, *, maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, betas, eps, wd, decoupled, maximize = key

@@ -70,6 +70,8 @@ class RMSprop(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         bias_correction (bool): default False; True is the notes' variant (not in torch,
             not with centered).
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``square_avg`` (v), ``grad_avg`` (a, centered only), ``momentum_buffer``
     (b, momentum > 0 only) and ``step``.
@@ -80,10 +82,11 @@ class RMSprop(Optimizer):
     _hyper_keys = _FIELDS
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, bias_correction=False):
+                 centered=False, *, maximize=False, bias_correction=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
-                                      bias_correction=bias_correction))
+                                      bias_correction=bias_correction),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         return check_rmsprop(*key)

@@ -46,6 +46,8 @@ class Rprop(Optimizer):
         step_sizes (tuple): (step_size_min, step_size_max), default (1e-6, 50);
             0 <= min <= max, finite.
         maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``prev`` (g_prev), ``step_size`` (s).
     """
@@ -55,9 +57,10 @@ class Rprop(Optimizer):
     _hyper_keys = ("lr", "etas", "step_sizes", "maximize")
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
-                 maximize=False):
+                 maximize=False, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
-                                      maximize=maximize))
+                                      maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         lr, etas, step_sizes, maximize = key

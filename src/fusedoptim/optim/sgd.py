@@ -107,6 +107,8 @@ class SGD(Optimizer):
         nesterov (bool): default False; needs momentum > 0 and dampening = 0, as in torch.
         maximize (bool): default False; ascend instead of descend.
         momentum_style (str): "torch" (default) or "ema" (not in torch; dampening must be 0).
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``momentum_buffer`` (only when momentum != 0) and ``step``.
     """
@@ -117,10 +119,11 @@ class SGD(Optimizer):
     _fresh_state_scalars = True     # torch starts a new momentum buffer at the gradient
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, momentum_style="torch"):
+                 nesterov=False, *, maximize=False, momentum_style="torch", skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize, momentum_style=momentum_style))
+                                      maximize=maximize, momentum_style=momentum_style),
+                         skip_nonfinite=skip_nonfinite)
 
     def _check_hyper(self, key):
         return check_sgd(*key)
