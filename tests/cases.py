@@ -22,6 +22,10 @@ class Case:
     # kwargs -> torch kwargs, or None when this configuration has no torch equivalent
     to_torch: Callable = lambda kw: dict(kw)
     bad: list = field(default_factory=list)   # (kwargs, name that the message must contain)
+    # The step uses per-tensor norms, which the kernel sums in double in another order than
+    # the NumPy reference: float64 results then differ by rounding relative to the tensor's
+    # scale, not to each element (an element near zero after cancellation differs by more).
+    tensor_norms: bool = False
 
 
 def _loguniform(rng, lo, hi):
@@ -237,4 +241,45 @@ CASES += [
          _rmsprop_to_torch, _RMSPROP_BAD),
     Case("Adadelta", fo.Adadelta, fo.reference.Adadelta, _adadelta_sample, "Adadelta",
          bad=_ADADELTA_BAD),
+]
+
+
+# -- LAMB, LARS ---------------------------------------------------------------------------------
+
+def _lamb_sample(rng):
+    # clamp_value: the default, no clamp, or one below typical norms so phi clamps.
+    clamp = [10.0, float("inf"), float(rng.uniform(0.1, 2.0))][rng.integers(3)]
+    return dict(lr=_loguniform(rng, -4, -1.5),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.9, 0.9999))),
+                eps=_loguniform(rng, -8, -5), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                clamp_value=clamp, bias_correction=bool(rng.integers(4) > 0),
+                maximize=_flag(rng))
+
+
+def _lars_sample(rng):
+    momentum = _maybe(rng, rng.uniform(0.5, 0.99))
+    return dict(lr=_loguniform(rng, -1, 0.5), momentum=momentum,
+                weight_decay=_maybe(rng, _loguniform(rng, -5, -3)),
+                trust_coefficient=_loguniform(rng, -3.5, -1.5),
+                eps=float(rng.choice([0.0, 1e-8])), nesterov=momentum > 0 and _flag(rng),
+                maximize=_flag(rng))
+
+
+_LAMB_BAD = _LR_BAD + _BETAS_BAD + _EPS_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(clamp_value=0.0), "clamp_value"), (dict(clamp_value=-1.0), "clamp_value"),
+    (dict(clamp_value=_NAN), "clamp_value"), (dict(bias_correction=2), "bias_correction"),
+]
+_LARS_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(momentum=-0.1), "momentum"), (dict(momentum=_INF), "momentum"),
+    (dict(trust_coefficient=0.0), "trust_coefficient"),
+    (dict(trust_coefficient=_NAN), "trust_coefficient"), (dict(eps=-1e-8), "eps"),
+    (dict(eps=_INF), "eps"), (dict(momentum=0.0, nesterov=True), "nesterov"),
+    (dict(nesterov="yes"), "nesterov"),
+]
+
+CASES += [
+    Case("LAMB", fo.LAMB, fo.reference.LAMB, _lamb_sample, None, bad=_LAMB_BAD,
+         tensor_norms=True),
+    Case("LARS", fo.LARS, fo.reference.LARS, _lars_sample, None, bad=_LARS_BAD,
+         tensor_norms=True),
 ]

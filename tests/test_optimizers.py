@@ -30,12 +30,15 @@ def _grads(rng, params, scale=1.0, none_prob=0.0):
     return out
 
 
-def assert_close_to_reference(actual, expected):
+def assert_close_to_reference(actual, expected, tensor_norms=False):
+    """Stated tolerances (above). With `tensor_norms` (Case.tensor_norms) float64 elements
+    may also differ by F64_RTOL of their tensor's largest magnitude."""
     for a, e in zip(actual, expected):
         if a.dtype == np.float32:
             assert ulp_distance(a, e).max(initial=0) <= F32_MAX_ULP
         else:
-            np.testing.assert_allclose(a, e, rtol=F64_RTOL, atol=1e-300)
+            atol = F64_RTOL * float(np.max(np.abs(e), initial=0.0)) if tensor_norms else 0.0
+            np.testing.assert_allclose(a, e, rtol=F64_RTOL, atol=max(atol, 1e-300))
 
 
 def check_matches_reference(case, kw, dtype, rng, steps=STEPS):
@@ -54,13 +57,14 @@ def check_matches_reference(case, kw, dtype, rng, steps=STEPS):
         if step == steps // 2:
             for o in (opt, ref):
                 o.param_groups[0]["lr"] *= 0.3
-    assert_close_to_reference(params, ref_params)
+    assert_close_to_reference(params, ref_params, case.tensor_norms)
     st, rst = opt.state, ref.state
     assert st.keys() == rst.keys()
     for i in st:
         assert st[i].keys() == rst[i].keys()
         buffers = [k for k in sorted(st[i]) if isinstance(st[i][k], np.ndarray)]
-        assert_close_to_reference([st[i][k] for k in buffers], [rst[i][k] for k in buffers])
+        assert_close_to_reference([st[i][k] for k in buffers], [rst[i][k] for k in buffers],
+                                  case.tensor_norms)
         # step and per-tensor scalar state (mu_product, eta...): the same double formulas
         for k in set(st[i]) - set(buffers):
             assert st[i][k] == rst[i][k], k
@@ -353,4 +357,4 @@ def test_grad_scale_unscales_inside_the_kernel(case, rng):
             o_ref.step(scaled(g, s), grad_scale=s)
         for a, b in zip(plain, by_pow2):
             assert a.tobytes() == b.tobytes()
-        assert_close_to_reference(by_any, ref)
+        assert_close_to_reference(by_any, ref, case.tensor_norms)

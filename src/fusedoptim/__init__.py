@@ -21,11 +21,13 @@ from . import functional, lr_scheduler, reference, schedules
 from .optim import Adam, AdamW
 from .optim import Adamax, NAdam, RAdam, Lion, Rprop, ASGD
 from .optim import SGD, Adagrad, RMSprop, Adadelta
+from .optim import LAMB, LARS
 from .flat import FlatParams
 from .optimizer import Optimizer
 from .grad_utils import all_finite, clip_grad_norm_, clip_grad_value_, global_norm
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "Optimizer", "FlatParams", "functional", "lr_scheduler",
-           "reference", "schedules", "get_num_threads", "set_num_threads", "show_config",
-           "__version__", "clip_grad_norm_", "clip_grad_value_", "global_norm", "all_finite"]
+           "RMSprop", "Adadelta", "LAMB", "LARS", "Optimizer", "FlatParams", "functional",
+           "lr_scheduler", "reference", "schedules", "get_num_threads", "set_num_threads",
+           "show_config", "__version__", "clip_grad_norm_", "clip_grad_value_", "global_norm",
+           "all_finite"]

@@ -39,6 +39,14 @@ def positive(value, name):
     return v
 
 
+def positive_or_inf(value, name, note=""):
+    """LAMB's clamp_value: a float > 0, where inf means no bound."""
+    v = _real(value, name)
+    if not v > 0.0:    # also NaN
+        raise ValueError(f"{name} must be a number > 0{note}, got {value!r}")
+    return v
+
+
 def unit_interval(value, name):
     """betas, rho, alpha: a float in [0, 1)."""
     v = _real(value, name)

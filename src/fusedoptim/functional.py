@@ -23,10 +23,12 @@ from .optim.adadelta import adadelta_scalars, check_adadelta
 from .optim.rmsprop import check_rmsprop, rmsprop_scalars
 from .optim.adagrad import adagrad_scalars, check_adagrad
 from .optim.sgd import check_sgd, sgd_scalars
+from .optim.lamb import check_lamb, lamb_run, lamb_scalars
+from .optim.lars import check_lars, lars_run, lars_scalars
 
 
 def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
-                scalar_lists=(), init_hints=None, create=()):
+                scalar_lists=(), init_hints=None, create=(), run=None):
     """Validate every list, then run `kernel` once over all params. The first `n_required`
     state lists (or those named, when `n_required` is a tuple of names) must hold a buffer
     for every param that has a grad. A state list given as None is one this configuration
@@ -42,6 +44,9 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
     with momentum buffers), and that param's scalars come from
     ``scalars_fn(step, *hyper, fresh=True)``. ``state_steps`` may be None when the update
     does not depend on the step count (then nothing is counted).
+
+    `run(plan)`, when given, runs the step on the bound plan whose scalars are set, instead
+    of one pass of `kernel` (LAMB and LARS: a reduction pass, trust ratios, then the update).
     """
     n = len(params) if isinstance(params, (list, tuple)) else -1
     if n < 1:
@@ -126,7 +131,10 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
         lst[i] = buf
         s = int(plan.steps_array[i])
         plan.set_scalars(scalars_fn(s, *hyper, fresh=True), s, i)
-    plan.run(_kernels.KERNEL_IDS[kernel])
+    if run is None:
+        plan.run(_kernels.KERNEL_IDS[kernel])
+    else:
+        run(plan)
     if keep_steps:
         new_steps = plan.steps_array
         for i in range(n):
@@ -281,3 +289,32 @@ def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, ep
     hyper = check_adadelta(lr, rho, eps, weight_decay, maximize)
     _fused_step("adadelta", adadelta_scalars, hyper, params, grads,
                 [("square_avgs", square_avgs), ("acc_deltas", acc_deltas)], state_steps, 2)
+
+
+def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
+         weight_decay=0.0, clamp_value=10.0, bias_correction=True, maximize=False):
+    """Fused LAMB step over lists (see :class:`fusedoptim.LAMB` for the rule): two passes,
+    the trust ratio of each param computed from its own norms."""
+    hyper = check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction,
+                       maximize)
+    _fused_step("lamb", lamb_scalars, hyper, params, grads,
+                [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)], state_steps, 2,
+                run=lambda plan: lamb_run(plan, hyper[0], hyper[5]))
+
+
+def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.9,
+         weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, nesterov=False, maximize=False):
+    """Fused LARS step over lists (see :class:`fusedoptim.LARS` for the rule).
+
+    When momentum != 0, ``momentum_buffer_list`` holds a buffer per param, started at zero
+    (``np.zeros_like(param)``); it is not used when momentum == 0. The update does not depend
+    on step counts: ``state_steps`` is optional, and its entries are incremented when given.
+    """
+    hyper = check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize)
+    run = lambda plan: lars_run(plan, hyper[2], hyper[3], hyper[4])
+    if hyper[1] != 0.0:
+        _fused_step("lars", lars_scalars, hyper, params, grads,
+                    [("momentum_buffer_list", momentum_buffer_list)], state_steps, 1, run=run)
+    else:
+        _fused_step("lars", lars_scalars, hyper, params, grads,
+                    [("momentum_buffer_list", None)], state_steps, 0, run=run)

@@ -24,6 +24,8 @@ from .optim.adadelta import check_adadelta
 from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
+from .optim.lamb import check_lamb
+from .optim.lars import check_lars
 from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
@@ -296,6 +298,66 @@ def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, ep
         p[...] = p - lr * delta
 
 
+def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
+         weight_decay=0.0, clamp_value=10.0, bias_correction=True, maximize=False):
+    check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        v[...] = beta2 * v + (1.0 - beta2) * g * g
+        if bias_correction:
+            inv_bias_correction1 = 1.0 / (1.0 - beta1 ** t)
+            inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** t)
+        else:
+            inv_bias_correction1, inv_bias_correction2_sqrt = 1.0, 1.0
+        u = (m * inv_bias_correction1) / (np.sqrt(v) * inv_bias_correction2_sqrt + eps)
+        if weight_decay != 0:
+            u = u + weight_decay * p
+        param_norm = math.sqrt(np.sum(np.square(p, dtype=np.float64)))
+        update_norm = math.sqrt(np.sum(np.square(u, dtype=np.float64)))
+        if param_norm > 0 and update_norm > 0:
+            trust_ratio = min(param_norm, clamp_value) / update_norm
+        else:
+            trust_ratio = 1.0
+        p[...] = p - (lr * trust_ratio) * u
+
+
+def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.9,
+         weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, nesterov=False, maximize=False):
+    check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        if state_steps is not None:
+            state_steps[i] += 1
+        if maximize:
+            g = -g
+        param_norm = math.sqrt(np.sum(np.square(p, dtype=np.float64)))
+        grad_norm = math.sqrt(np.sum(np.square(g, dtype=np.float64)))
+        if param_norm > 0 and grad_norm > 0:
+            trust_ratio = trust_coefficient * param_norm / (grad_norm + weight_decay * param_norm
+                                                            + eps)
+        else:
+            trust_ratio = 1.0
+        d = g
+        if weight_decay != 0:
+            d = d + weight_decay * p
+        d = trust_ratio * d
+        if momentum != 0:
+            b = momentum_buffer_list[i]
+            b[...] = momentum * b + d
+            d = d + momentum * b if nesterov else b
+        p[...] = p - lr * d
+
+
 # -- gradient utilities -------------------------------------------------------------------------
 
 def _grad_list(arrays):
@@ -409,3 +471,5 @@ SGD = _twin(optim.SGD, sgd)
 Adagrad = _twin(optim.Adagrad, adagrad)
 RMSprop = _twin(optim.RMSprop, rmsprop)
 Adadelta = _twin(optim.Adadelta, adadelta)
+LAMB = _twin(optim.LAMB, lamb)
+LARS = _twin(optim.LARS, lars)

@@ -1,0 +1,124 @@
+"""LARS: layer-wise adaptive rate scaling for SGD (kernels "lars_norms" + "lars")."""
+
+import numpy as np
+
+from .. import _kernels
+from .. import _validation as v
+from ..optimizer import Optimizer
+
+# Canonical hyperparameter tuple: the order lars_scalars, check_lars and lars_run use.
+_FIELDS = ("lr", "momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "maximize")
+_NORMS = _kernels.REDUCE_IDS["lars_norms"]
+_APPLY = _kernels.KERNEL_IDS["lars"]
+_RATIO_COLUMN = _kernels.SCALARS["lars"].index("trust_ratio")
+
+
+def check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize):
+    """Validate LARS hyperparameters; return them canonical (floats and bools)."""
+    lr = v.finite_nonneg(lr, "lr")
+    mu = v.finite_nonneg(momentum, "momentum")
+    wd = v.finite_nonneg(weight_decay, "weight_decay")
+    tc = v.positive(trust_coefficient, "trust_coefficient")
+    eps = v.finite_nonneg(eps, "eps")
+    nesterov = v.flag(nesterov, "nesterov")
+    if nesterov and mu <= 0.0:
+        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
+    return (lr, mu, wd, tc, eps, nesterov, v.flag(maximize, "maximize"))
+
+
+def lars_scalars(step, lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize):
+    """The kernels' scalars (order: _kernels.SCALARS['lars']); independent of the step. The
+    per-tensor "trust_ratio" is filled in by lars_run between the passes."""
+    mode = 1 if weight_decay != 0.0 else 0
+    if momentum != 0.0:
+        mode |= 6 if nesterov else 2
+    return (-1.0 if maximize else 1.0, weight_decay, momentum, lr, 1.0, float(mode))
+
+
+def lars_trust_ratio(param_norm, grad_norm, weight_decay, trust_coefficient, eps):
+    """trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps) per tensor, in double;
+    1 where either norm is 0 (or NaN), as in the common implementations."""
+    param_norm = np.asarray(param_norm, dtype=np.float64)
+    grad_norm = np.asarray(grad_norm, dtype=np.float64)
+    ok = (param_norm > 0.0) & (grad_norm > 0.0)
+    denom = np.where(ok, grad_norm + weight_decay * param_norm + eps, 1.0)
+    return np.where(ok, trust_coefficient * param_norm / denom, 1.0)
+
+
+def lars_run(plan, weight_decay, trust_coefficient, eps):
+    """Both passes over a bound plan whose other scalars are set: norms, trust ratios in
+    double, then the update."""
+    per_tensor, _ = plan.reduce(_NORMS)
+    ratio = lars_trust_ratio(np.sqrt(per_tensor[:, 0]), np.sqrt(per_tensor[:, 1]),
+                             weight_decay, trust_coefficient, eps)
+    plan.hp_array[:, _RATIO_COLUMN] = ratio
+    plan.run(_APPLY)
+
+
+class LARS(Optimizer):
+    r"""LARS (You, Gitman & Ginsburg, 2017, "Large Batch Training of Convolutional Networks",
+    Algorithm 1).
+
+    For each param tensor (a "layer"), with g the gradient (negated when ``maximize``),
+    mu = momentum and wd = weight_decay::
+
+        ratio = trust_coefficient * ||p|| / (||g|| + wd * ||p|| + eps)   (1 if ||p|| or ||g|| is 0)
+        d = ratio * (g + wd * p)
+        b = mu * b + d                                                  (b starts at 0)
+        d = d + mu * b   if nesterov   else   b
+        p = p - lr * d
+
+    Norms are L2 norms of the whole tensor, accumulated in double. The paper writes the
+    momentum with lr inside, ``v = mu * v + lr * ratio * (g + wd * p); p = p - v``; at a
+    constant lr that is the same trajectory (v = lr * b), and with a schedule this form scales
+    the whole buffer by the current lr, as torch's SGD does. The ratio is applied for every
+    tensor and any weight_decay, as in the paper (timm's Lars skips it when weight_decay == 0
+    unless ``always_adapt``); tensors usually excluded from LARS (biases, norms) can go in a
+    group of another optimizer. The ratio is 1 when ``||p||`` or ``||g||`` is 0 (the common
+    implementations' choice; then the step is the plain ``lr * (g + wd * p)``).
+
+    Two fused passes per step, with no temporary arrays: the first reads p and g to
+    accumulate each tensor's ``||p||^2`` and ``||g||^2``; the trust ratios are computed in
+    double; the second applies the update.
+
+    Args (timm's and torchlars' names):
+        params: list or dict of float32/float64 C-contiguous arrays, or param groups.
+        lr (float): global learning rate (the paper's gamma), default 1.0, >= 0. May change
+            between steps.
+        momentum (float): default 0.9, >= 0; 0 keeps no buffer.
+        weight_decay (float): default 0, >= 0 (the paper's beta).
+        trust_coefficient (float): default 0.001, > 0 (the paper's eta).
+        eps (float): default 1e-8, >= 0; added to the ratio's denominator.
+        nesterov (bool): default False; needs momentum > 0.
+        maximize (bool): default False; ascend instead of descend.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all
+            finite (see :class:`fusedoptim.Optimizer`).
+
+    State per param: ``step`` and ``momentum_buffer`` (only when momentum != 0).
+    """
+
+    _kernel = "lars"
+    _slots = ("momentum_buffer",)
+    _hyper_keys = _FIELDS
+
+    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
+                 eps=1e-8, nesterov=False, *, maximize=False, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      trust_coefficient=trust_coefficient, eps=eps,
+                                      nesterov=nesterov, maximize=maximize),
+                         skip_nonfinite=skip_nonfinite)
+
+    def _check_hyper(self, key):
+        return check_lars(*key)
+
+    def _slots_in_use(self, hyper):
+        return self._slots if hyper[1] != 0.0 else ()
+
+    def _scalars(self, step, hyper):
+        return lars_scalars(step, *hyper)
+
+    def _run(self, plan, hyper):
+        lars_run(plan, hyper[2], hyper[3], hyper[4])
+
+    def _functional_kwargs(self, hyper):
+        return dict(zip(_FIELDS, hyper))
