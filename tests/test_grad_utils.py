@@ -319,3 +319,19 @@ def test_nonfinite_grads_propagate_without_skip_nonfinite():
     assert opt.step([np.array([1.0, np.nan, np.inf, 0.0], np.float32)]) is True
     assert opt.skipped_steps == 0
     assert np.isnan(params[0][1]) and np.isinf(params[0][2]) and params[0][3] == 1.0
+
+
+def test_bench_utilities_section_and_two_pass_rooflines():
+    from fusedoptim import bench
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--utilities", "--sizes",
+                          "2e4", "--threads", "1", "--repeat", "1", "--min-time", "0.005"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for label in ("clip_grad_norm_ 1000x1000 (clips)", "all_finite", "clip_grad_value_",
+                  "with skip_nonfinite"):
+        assert label in out.stdout, out.stdout
+    for case in bench.BENCH_CASES:
+        if case.extra_roofline:
+            bench.roofline_fn(case, 1000, np.float32)()
+            bench.fused_step_fn(case, 1000, np.float32)()
+            assert case.transfers() > 2 * case.rw_buffers + 1

@@ -13,6 +13,11 @@ ratios from the same run are meaningful.
 `fusedoptim bench --many-tensors` times one AdamW step over many small tensors instead
 (default 1000 x 1000 float32): as separate arrays, as one flat array, through a FlatParams
 arena, straight through the kernel's Plan, and with torch, interleaved in one run.
+
+`fusedoptim bench --utilities` times the gradient utilities instead: clip_grad_norm_ and
+global_norm over 1000 float32 tensors of 1000 elements against torch.nn.utils (foreach=True),
+clip_grad_norm_/all_finite/clip_grad_value_ on one buffer per --sizes (default 1e8) as a % of
+read-only and read-write rooflines, and what skip_nonfinite adds to a 1e6 AdamW step.
 """
 
 import argparse
@@ -39,10 +44,18 @@ class BenchCase:
     torch_cls: str = None       # torch.optim class name, None when torch has none
     torch_kwargs: dict = field(default_factory=dict)
     torch_fused: bool = False   # torch has a fused CPU kernel for it
+    # Two-pass optimizers (LAMB, LARS) move more data than one touch_rw pass: the roofline
+    # kernels run after touch_rw<rw_buffers> on the same buffers, in the same call.
+    extra_roofline: tuple = ()
 
     def transfers(self):
-        """Memory transfers per element: each rw buffer read + written, the grad read."""
-        return 2 * self.rw_buffers + 1
+        """Memory transfers per element: each rw buffer read + written, the grad read, plus
+        the extra roofline passes'."""
+        return 2 * self.rw_buffers + 1 + sum(_TOUCH_TRANSFERS[k] for k in self.extra_roofline)
+
+
+# Transfers per element of the roofline kernels that can serve as extra passes.
+_TOUCH_TRANSFERS = {"touch_rw1": 3, "touch_r1": 1, "touch_r2": 2, "touch_w1": 2}
 
 
 # The declarative table: add an optimizer here and it appears in `fusedoptim bench` and in
@@ -78,6 +91,13 @@ BENCH_CASES = [
     BenchCase("RMSprop(mom)", "RMSprop", dict(lr=1e-2, momentum=0.9), 3, "RMSprop",
               dict(lr=1e-2, momentum=0.9)),
     BenchCase("Adadelta", "Adadelta", dict(), 3, "Adadelta", dict()),
+    # Two passes, no torch equivalent. LAMB: pass 1 moves p, g, m, v in and m, v out, pass 2
+    # p, m, v in and p out (10 transfers = touch_rw3 + touch_rw1). LARS: pass 1 reads p and
+    # g, pass 2 is SGD with momentum (7 = touch_r2 + touch_rw2).
+    BenchCase("LAMB", "LAMB", dict(lr=1e-3, weight_decay=1e-2), 3,
+              extra_roofline=("touch_rw1",)),
+    BenchCase("LARS", "LARS", dict(lr=1.0, momentum=0.9, weight_decay=1e-4), 2,
+              extra_roofline=("touch_r2",)),
 ]
 
 
@@ -125,7 +145,19 @@ def roofline_fn(case, n, dtype):
     state = [[np.zeros_like(p) for _ in range(case.rw_buffers - 1)]]
     plan = _kernels.Plan([p], state, case.rw_buffers - 1, 0, ["g"])
     plan.bind([g])
-    kid = _kernels.KERNEL_IDS[f"touch_rw{case.rw_buffers}"]
+    passes = [_touch_pass(plan, f"touch_rw{case.rw_buffers}")]
+    passes += [_touch_pass(plan, name) for name in case.extra_roofline]
+    if len(passes) == 1:
+        return passes[0]
+    return lambda: [run() for run in passes]
+
+
+def _touch_pass(plan, name):
+    """One roofline pass over a bound plan: a chunk kernel or a read-only reduction."""
+    if name in _kernels.REDUCE_IDS:
+        rid = _kernels.REDUCE_IDS[name]
+        return lambda: plan.reduce(rid)
+    kid = _kernels.KERNEL_IDS[name]
     return lambda: plan.run(kid)
 
 
@@ -356,13 +388,173 @@ def _format_row(r):
             f"{100 * r['roofline_s'] / r['fused_s']:>11.0f}%")
 
 
+# -- gradient utilities and skip_nonfinite ------------------------------------------------------
+
+@dataclass
+class UtilityRow:
+    """One utility timing: fused, NumPy reference and torch callables on the same data, and
+    a roofline with the same memory traffic."""
+    label: str
+    n: int
+    fused: object
+    roofline: object
+    reference: object = None
+    torch: object = None
+
+
+def _array_plan(arrays):
+    plan = _kernels.Plan(arrays, [None] * len(arrays), 0, 2, None)
+    plan.active_array[...] = 1
+    return plan
+
+
+def _roofline(plan, *names):
+    passes = [_touch_pass(plan, name) for name in names]
+    return lambda: [run() for run in passes]
+
+
+def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
+    """The rows of `fusedoptim bench --utilities`.
+
+    Clipping rows use max_norm=0: every call then takes both passes (the norm, then the
+    scale by a coefficient of 0), for fusedoptim and torch alike; after the first call the
+    data is zero, which costs the same per element as any finite value. With a max_norm above
+    the norm, clip_grad_norm_ is a single read-only pass (the "measures" rows)."""
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def torch_params(arrays):
+        params = []
+        for a in arrays:
+            # torch.empty is never touched, so the OS never backs it with memory; the grad
+            # shares the array's memory: no second copy of a 1e8 buffer.
+            p = torch.nn.Parameter(torch.empty(a.shape))
+            p.grad = torch.from_numpy(a)
+            params.append(p)
+        return params
+
+    many = [rng.standard_normal(tensor_size).astype(np.float32) for _ in range(n_tensors)]
+    plan = _array_plan(many)
+    label = f"{n_tensors}x{tensor_size}"
+    tmany = torch_params(many) if torch is not None else None
+    tg = [p.grad for p in tmany] if tmany is not None else None
+    rows.append(UtilityRow(
+        f"clip_grad_norm_ {label} (clips)", n_tensors * tensor_size,
+        lambda: fo.clip_grad_norm_(many, 0.0), _roofline(plan, "touch_r1", "touch_w1"),
+        (lambda: fo.reference.clip_grad_norm_(many, 0.0)) if reference else None,
+        (lambda: torch.nn.utils.clip_grad_norm_(tmany, 0.0, foreach=True)) if tmany else None))
+    rows.append(UtilityRow(
+        f"global_norm {label}", n_tensors * tensor_size,
+        lambda: fo.global_norm(many), _roofline(plan, "touch_r1"),
+        (lambda: fo.reference.global_norm(many)) if reference else None,
+        (lambda: torch.nn.utils.get_total_norm(tg, 2.0, foreach=True)) if tg else None))
+    for n in big_sizes:
+        x = [rng.standard_normal(n, dtype=np.float32)]
+        plan = _array_plan(x)
+        tp = torch_params(x) if torch is not None else None
+        ref = reference and n <= 10_000_000
+        rows.append(UtilityRow(
+            "clip_grad_norm_ (measures)", n,
+            lambda x=x: fo.clip_grad_norm_(x, math.inf), _roofline(plan, "touch_r1"),
+            (lambda x=x: fo.reference.clip_grad_norm_(x, math.inf)) if ref else None,
+            (lambda tp=tp: torch.nn.utils.clip_grad_norm_(tp, math.inf, foreach=True))
+            if tp else None))
+        rows.append(UtilityRow(
+            "all_finite", n, lambda x=x: fo.all_finite(x), _roofline(plan, "touch_r1"),
+            (lambda x=x: fo.reference.all_finite(x)) if ref else None,
+            (lambda x=x: bool(torch.isfinite(torch.from_numpy(x[0])).all())) if tp else None))
+        rows.append(UtilityRow(
+            "clip_grad_value_", n, lambda x=x: fo.clip_grad_value_(x, 0.5),
+            _roofline(plan, "touch_w1"),
+            (lambda x=x: fo.reference.clip_grad_value_(x, 0.5)) if ref else None,
+            (lambda tp=tp: torch.nn.utils.clip_grad_value_(tp, 0.5, foreach=True))
+            if tp else None))
+        rows.append(UtilityRow(
+            "clip_grad_norm_ (clips)", n, lambda x=x: fo.clip_grad_norm_(x, 0.0),
+            _roofline(plan, "touch_r1", "touch_w1"),
+            (lambda x=x: fo.reference.clip_grad_norm_(x, 0.0)) if ref else None,
+            (lambda tp=tp: torch.nn.utils.clip_grad_norm_(tp, 0.0, foreach=True))
+            if tp else None))
+    return rows
+
+
+def skip_overhead(n=1_000_000, min_time=0.2, repeat=5, rounds=3):
+    """(seconds per AdamW step, with skip_nonfinite) on finite float32 grads, best of
+    interleaved rounds so that both see the same machine load."""
+    p, g = _data(n, np.float32)
+    q = p.copy()
+    plain = fo.AdamW([p], lr=1e-3)
+    skip = fo.AdamW([q], lr=1e-3, skip_nonfinite=True)
+    plain.step([g])
+    skip.step([g])
+    t_plain = t_skip = math.inf
+    for _ in range(rounds):
+        t_plain = min(t_plain, _timeit(lambda: plain.step([g]), min_time, repeat))
+        t_skip = min(t_skip, _timeit(lambda: skip.step([g]), min_time, repeat))
+    return t_plain, t_skip
+
+
+def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, use_torch=True,
+                  n_tensors=1000, tensor_size=1000, out=sys.stdout):
+    torch = None
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    header = (f"{'utility':<34}{'n':>9}{'thr':>4}{'fused Gel/s':>13}{'ref Gel/s':>11}"
+              f"{'torch Gel/s':>13}{'x ref':>8}{'x torch':>9}{'% roofline':>12}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    rows = utility_rows(n_tensors, tensor_size, big_sizes, torch, reference)
+    results = []
+    saved = fo.get_num_threads()
+    try:
+        for nt in threads:
+            fo.set_num_threads(nt)
+            if torch is not None:
+                torch.set_num_threads(nt)
+            for row in rows:
+                r = dict(utility=row.label, n=row.n, threads=nt,
+                         fused_s=_timeit(row.fused, min_time, repeat),
+                         roofline_s=_timeit(row.roofline, min_time, repeat),
+                         reference_s=(_timeit(row.reference, min_time, max(2, repeat // 2))
+                                      if row.reference else None),
+                         torch_s=_timeit(row.torch, min_time, repeat) if row.torch else None)
+                results.append(r)
+                print(_format_utility(r), file=out, flush=True)
+        print(file=out)
+        for nt in threads:
+            fo.set_num_threads(nt)
+            t_plain, t_skip = skip_overhead(min_time=min_time, repeat=repeat)
+            print(f"AdamW step, 1e6 float32, {nt} thr: {t_plain * 1e6:.0f} us; with "
+                  f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%)",
+                  file=out, flush=True)
+            results.append(dict(utility="skip_nonfinite overhead", n=1_000_000, threads=nt,
+                                plain_s=t_plain, skip_s=t_skip))
+    finally:
+        fo.set_num_threads(saved)
+    return results
+
+
+def _format_utility(r):
+    n = r["n"]
+    gel = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
+    ratio = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
+    return (f"{r['utility']:<34}{n:>9.0e}{r['threads']:>4}{gel(r['fused_s']):>13}"
+            f"{gel(r['reference_s']):>11}{gel(r['torch_s']):>13}{ratio(r['reference_s']):>8}"
+            f"{ratio(r['torch_s']):>9}{100 * r['roofline_s'] / r['fused_s']:>11.0f}%")
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
                               "reference and torch on this machine")
     p.add_argument("--optimizers", default=None,
                    help="comma-separated case names (default: all): "
                         + ", ".join(c.name for c in BENCH_CASES))
-    p.add_argument("--sizes", default="1e5,1e6", help="comma-separated element counts")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated element counts (default 1e5,1e6; 1e8 with "
+                        "--utilities)")
     p.add_argument("--dtypes", default="float32", help="float32,float64")
     p.add_argument("--threads", default=None,
                    help="comma-separated thread counts (default: 1 and all)")
@@ -376,6 +568,11 @@ def add_parser(subparsers):
                         "elements (default 1000x1000): separate, one flat, FlatParams, the "
                         "bare kernel, torch. With torch in the process, run with "
                         "OMP_WAIT_POLICY=passive")
+    p.add_argument("--utilities", action="store_true",
+                   help="time the gradient utilities (clip_grad_norm_ over 1000x1000 and on "
+                        "one buffer of each --sizes, default 1e8; all_finite; "
+                        "clip_grad_value_) and skip_nonfinite's cost on a 1e6 AdamW step, "
+                        "instead of the optimizer table")
     p.set_defaults(func=main)
     return p
 
@@ -400,7 +597,8 @@ def main(args):
             raise SystemExit(f"fusedoptim bench: error: unknown optimizer(s) {bad}; "
                              f"choose from {[c.name for c in BENCH_CASES]}")
         cases = [known[w.lower()] for w in wanted]
-    sizes = _parse_list(args.sizes, lambda s: int(float(s)), "sizes")
+    sizes = _parse_list(args.sizes or ("1e8" if args.utilities else "1e5,1e6"),
+                        lambda s: int(float(s)), "sizes")
     if any(s < 1 for s in sizes):
         raise SystemExit("fusedoptim bench: error: sizes must be >= 1")
     dtypes = _parse_list(args.dtypes, np.dtype, "dtypes")
@@ -423,6 +621,17 @@ def main(args):
                              f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
+        return 0
+    if args.utilities:
+        print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}. With "
+              f"torch in the same process on few cores, idle OpenMP threads of one library "
+              f"slow the other; compare 1-thread rows, or run with OMP_WAIT_POLICY=passive.")
+        print()
+        run_utilities(threads, sizes, min_time=args.min_time, repeat=args.repeat,
+                      reference=not args.no_reference, use_torch=not args.no_torch)
+        print("\nfused/reference/torch columns are from this one run; '% roofline' compares "
+              "with trivial kernels of the same memory traffic (touch_r1: read every element; "
+              "touch_w1: read and write every element).")
         return 0
     print(f"step() overhead, one 1-element param: {step_overhead_us():.2f} us")
     print()
