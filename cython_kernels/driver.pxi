@@ -423,6 +423,7 @@ cdef class Plan:
     # another unit (maybe on another thread) writes it.
     cdef uintptr_t[::1] w_lo, w_hi
     cdef Py_ssize_t[::1] w_owner, w_kind
+    cdef bint _written_indexed      # the four arrays above are built (by the first bind)
     cdef object _partials           # reduce(): per-segment partial results, reused
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
@@ -480,7 +481,6 @@ cdef class Plan:
                 self.ready[t] = ok
                 if not ok:
                     self.missing_state += 1
-        self._index_written(state, nstate)
         self.seg_t, self.seg_start, self.seg_len, self.unit_begin, self.total = \
             _cut_units(params)
         self.nunits = self.unit_begin.shape[0] - 1
@@ -534,6 +534,12 @@ cdef class Plan:
         """
         cdef Py_ssize_t t, b, k, owner, missing = 0
         cdef uintptr_t lo
+        if not self._written_indexed:
+            # Indexed on first use, not in __init__: only plans that take grads need it, and
+            # the gradient utilities build a plan on every call, over up to thousands of
+            # arrays that they only read (duplicates allowed) or have checked themselves.
+            self._index_written(self.state, self.nbufs - 2)
+            self._written_indexed = True
         cdef object g
         cdef cnp.ndarray p
         if len(grads) != self.ntensors:

@@ -185,6 +185,7 @@ def test_bad_arrays_are_rejected_before_anything_is_written(call, rng):
         assert good.tobytes() == snapshot.tobytes()
     if not writes:
         assert fn([good, ro]) is not None       # read-only arrays are fine to read
+        assert fn([good, good]) is not None     # and so is one array twice
 
 
 def test_bad_scalars_are_named_with_their_value(rng):
