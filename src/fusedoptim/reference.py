@@ -308,8 +308,7 @@ def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2,
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
         t = state_steps[i]
-        if maximize:
-            g = -g
+        g, _ = _signed_decayed(p, g, lr, 0.0, False, maximize)   # decay goes into u, below
         m[...] = beta1 * m + (1.0 - beta1) * g
         v[...] = beta2 * v + (1.0 - beta2) * g * g
         if bias_correction:
@@ -338,8 +337,7 @@ def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=
             continue
         if state_steps is not None:
             state_steps[i] += 1
-        if maximize:
-            g = -g
+        g, _ = _signed_decayed(p, g, lr, 0.0, False, maximize)   # decay after the norms
         param_norm = math.sqrt(np.sum(np.square(p, dtype=np.float64)))
         grad_norm = math.sqrt(np.sum(np.square(g, dtype=np.float64)))
         if param_norm > 0 and grad_norm > 0:
