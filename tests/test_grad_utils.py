@@ -314,6 +314,15 @@ def test_grad_scale_is_validated_before_anything_changes(rng):
         fo.Adam(params, skip_nonfinite="yes")
 
 
+def test_a_kernel_without_sign_first_is_refused():
+    """grad_scale relies on scalar 0 being the grad's multiplier; a class whose kernel is laid
+    out otherwise must fail loudly at construction, not scale the wrong scalar."""
+    class Bad(fo.SGD):
+        _kernel = "clamp"       # scalars ("lo", "hi")
+    with pytest.raises(TypeError, match="'sign'"):
+        Bad([np.zeros(3, np.float32)])
+
+
 def test_nonfinite_grads_propagate_without_skip_nonfinite():
     params = [np.ones(4, np.float32)]
     opt = fo.SGD(params, lr=0.1)
