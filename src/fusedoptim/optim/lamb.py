@@ -103,6 +103,9 @@ class LAMB(Optimizer):
 
     _kernel = "lamb"
     _slots = ("exp_avg", "exp_avg_sq")
+    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
+    # must not step as one flat tensor, whose norms would be the whole group's.
+    _flat_plans = False
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "clamp_value", "bias_correction",
                    "maximize")
 

@@ -99,6 +99,9 @@ class LARS(Optimizer):
 
     _kernel = "lars"
     _slots = ("momentum_buffer",)
+    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
+    # must not step as one flat tensor, whose norms would be the whole group's.
+    _flat_plans = False
     _hyper_keys = _FIELDS
 
     def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
