@@ -345,3 +345,29 @@ def test_bench_utilities_section_and_two_pass_rooflines():
             bench.roofline_fn(case, 1000, np.float32)()
             bench.fused_step_fn(case, 1000, np.float32)()
             assert case.transfers() > 2 * case.rw_buffers + 1
+
+
+def test_skip_and_grad_scale_on_a_flat_arena(rng):
+    """The arena's one flat grad is checked and unscaled like separate grads."""
+    shapes = {"W": (30, 20), "b": (20,), "s": ()}
+    arena = fo.FlatParams(shapes)
+    arena.flat[:] = rng.standard_normal(arena.size)
+    separate = {k: v.copy() for k, v in arena.params.items()}
+    opt = fo.AdamW(arena, lr=1e-2, skip_nonfinite=True)
+    ref = fo.AdamW(separate, lr=1e-2)
+    for k in range(6):
+        g = {n: np.asarray(rng.standard_normal(s), np.float32) for n, s in shapes.items()}
+        for n in shapes:
+            arena.grads[n][...] = g[n] * np.float32(256.0)
+        if k == 2:
+            arena.grads["b"][3] = np.nan
+            before = arena.flat.copy()
+            assert opt.step(grad_scale=256.0) is False
+            assert arena.flat.tobytes() == before.tobytes()
+            continue
+        assert opt.step(grad_scale=256.0) is True
+        ref.step(g)
+    assert opt._caches[0].plan.ntensors == 1          # stepped as one flat tensor
+    for n in shapes:
+        assert arena.params[n].tobytes() == separate[n].tobytes()
+    assert opt.skipped_steps == 1 and opt.state[0]["step"] == 5
