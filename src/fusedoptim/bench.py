@@ -478,20 +478,16 @@ def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
     return rows
 
 
-def skip_overhead(n=1_000_000, min_time=0.2, repeat=5, rounds=3):
-    """(seconds per AdamW step, with skip_nonfinite) on finite float32 grads, best of
-    interleaved rounds so that both see the same machine load."""
+def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
+    """(seconds per AdamW step, with skip_nonfinite) on finite float32 grads, the repeats
+    interleaved so that both see the same machine load."""
     p, g = _data(n, np.float32)
     q = p.copy()
     plain = fo.AdamW([p], lr=1e-3)
     skip = fo.AdamW([q], lr=1e-3, skip_nonfinite=True)
-    plain.step([g])
-    skip.step([g])
-    t_plain = t_skip = math.inf
-    for _ in range(rounds):
-        t_plain = min(t_plain, _timeit(lambda: plain.step([g]), min_time, repeat))
-        t_skip = min(t_skip, _timeit(lambda: skip.step([g]), min_time, repeat))
-    return t_plain, t_skip
+    best = _timeit_interleaved({"plain": lambda: plain.step([g]),
+                                "skip": lambda: skip.step([g])}, min_time, repeat)
+    return best["plain"], best["skip"]
 
 
 def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, use_torch=True,
