@@ -242,6 +242,9 @@ cdef int _check_like(object obj, cnp.ndarray param, str label, bint writeable) e
     if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(param):
         raise TypeError(f"{label} has dtype {a.dtype} but its param has dtype {param.dtype}; "
                         f"pass it as {param.dtype}, e.g. x.astype(np.{param.dtype})")
+    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
+        raise TypeError(f"{label} has non-native byte order ({a.dtype.str}); convert it with "
+                        f"x.astype(x.dtype.newbyteorder('='))")
     if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(param):
         raise ValueError(f"{label} has shape {obj.shape} but its param has shape {(<object>param).shape}; "
                          f"pass an array of shape {(<object>param).shape}")
@@ -272,6 +275,9 @@ cdef int _check_array(object obj, str name, object key, bint writeable) except -
     if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
         raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32 "
                         f"and float64, convert it with x.astype(np.float32)")
+    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
+        raise TypeError(f"{_label(name, key)} has non-native byte order ({a.dtype.str}); "
+                        f"convert it with x.astype(x.dtype.newbyteorder('='))")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
         if writeable:
             raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; it is "
@@ -833,7 +839,8 @@ def tile_view(list arrays, list like=None):
             typenum = cnp.PyArray_TYPE(a)
         elif cnp.PyArray_TYPE(a) != typenum:
             return None
-        if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+        if (not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a)):
             return None
         if cnp.PyArray_SIZE(a) == 0:
             continue

@@ -212,3 +212,19 @@ def test_functional_state_aliasing_another_param_is_rejected():
     with pytest.raises(ValueError, match="share memory"):
         fo.functional.adam(p, g, m, v, None, [0, 0], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
     assert not p[0].any() and not p[1].any()
+
+
+def test_non_native_byte_order_is_rejected():
+    """'>f4' has float32's type number; reading it as native floats would give garbage."""
+    swapped = np.ones(4, np.dtype(np.float32).newbyteorder())
+    with pytest.raises(TypeError, match=r"params\[0\] has non-native byte order"):
+        fo.SGD([swapped], lr=0.5)
+    p = np.ones(4, np.float32)
+    opt = fo.SGD([p], lr=0.5)
+    with pytest.raises(TypeError, match=r"grads\[0\] has non-native byte order"):
+        opt.step([np.ones(4, np.dtype(np.float32).newbyteorder())])
+    with pytest.raises(TypeError, match="non-native byte order"):
+        fo.global_norm([swapped])
+    assert p.tolist() == [1.0] * 4
+    opt.step([np.ones(4, np.float32)])
+    assert p.tolist() == [0.5] * 4
