@@ -378,14 +378,21 @@ def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, u
     return rows
 
 
-def _format_row(r):
+def _speed_cells(r):
+    """G el/s of fused/reference/torch, the two speed-ups and the roofline share of a row."""
     n = r["n"]
     gel = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
     ratio = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
-    return (f"{r['optimizer']:<15}{r['dtype']:>8}{n:>11.0e}{r['threads']:>4}"
-            f"{gel(r['fused_s']):>13}{gel(r['reference_s']):>11}{gel(r['torch_s']):>13}"
-            f"{r['torch_path'] or '-':>11}{ratio(r['reference_s']):>8}{ratio(r['torch_s']):>9}"
-            f"{100 * r['roofline_s'] / r['fused_s']:>11.0f}%")
+    return (gel(r["fused_s"]), gel(r["reference_s"]), gel(r["torch_s"]),
+            ratio(r["reference_s"]), ratio(r["torch_s"]),
+            f"{100 * r['roofline_s'] / r['fused_s']:.0f}%")
+
+
+def _format_row(r):
+    fused, ref, torch, x_ref, x_torch, roof = _speed_cells(r)
+    return (f"{r['optimizer']:<15}{r['dtype']:>8}{r['n']:>11.0e}{r['threads']:>4}"
+            f"{fused:>13}{ref:>11}{torch:>13}{r['torch_path'] or '-':>11}{x_ref:>8}"
+            f"{x_torch:>9}{roof:>12}")
 
 
 # -- gradient utilities and skip_nonfinite ------------------------------------------------------
@@ -534,12 +541,9 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
 
 
 def _format_utility(r):
-    n = r["n"]
-    gel = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
-    ratio = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
-    return (f"{r['utility']:<34}{n:>9.0e}{r['threads']:>4}{gel(r['fused_s']):>13}"
-            f"{gel(r['reference_s']):>11}{gel(r['torch_s']):>13}{ratio(r['reference_s']):>8}"
-            f"{ratio(r['torch_s']):>9}{100 * r['roofline_s'] / r['fused_s']:>11.0f}%")
+    fused, ref, torch, x_ref, x_torch, roof = _speed_cells(r)
+    return (f"{r['utility']:<34}{r['n']:>9.0e}{r['threads']:>4}{fused:>13}{ref:>11}"
+            f"{torch:>13}{x_ref:>8}{x_torch:>9}{roof:>12}")
 
 
 def add_parser(subparsers):

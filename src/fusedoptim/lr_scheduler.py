@@ -281,7 +281,14 @@ class LRScheduler:
 # --------------------------------------------------------------------------
 
 class _LambdaState:
-    """state_dict handling for schedulers that hold user callables (lr_lambdas)."""
+    """Construction and state_dict handling for schedulers that hold user callables."""
+
+    _not_state = ("optimizer", "lr_lambdas")
+
+    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer)
+        self.lr_lambdas = _check_lambdas("lr_lambda", lr_lambda, optimizer)
+        LRScheduler.__init__(self, optimizer, last_epoch)
 
     def state_dict(self):
         state = LRScheduler.state_dict(self)
@@ -304,13 +311,6 @@ class LambdaLR(_LambdaState, LRScheduler):
     :mod:`fusedoptim.schedules` function built with ``init_value=1`` works.
     """
 
-    _not_state = ("optimizer", "lr_lambdas")
-
-    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
-        _check_optimizer(optimizer)
-        self.lr_lambdas = _check_lambdas("lr_lambda", lr_lambda, optimizer)
-        super().__init__(optimizer, last_epoch)
-
     def get_lr(self):
         self._warn_outside_step()
         return [base * fn(self.last_epoch)
@@ -319,13 +319,6 @@ class LambdaLR(_LambdaState, LRScheduler):
 
 class MultiplicativeLR(_LambdaState, LRScheduler):
     """``lr *= lr_lambda(step)`` every step after the first (chainable)."""
-
-    _not_state = ("optimizer", "lr_lambdas")
-
-    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
-        _check_optimizer(optimizer)
-        self.lr_lambdas = _check_lambdas("lr_lambda", lr_lambda, optimizer)
-        super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
         self._warn_outside_step()
