@@ -8,7 +8,7 @@ compiled with -ffp-contract=off and uses only correctly rounded operations, all 
 bitwise identical results (tested).
 
 OpenMP is detected by compiling and linking a tiny test program. Without it the build still
-succeeds: the kernels compile serially (Cython's prange becomes a plain loop) and
+succeeds: the driver's parallel region compiles out and every pass runs on the calling thread, and
 ``fusedoptim.show_config()`` reports ``openmp: False``.
 
 Environment:

@@ -23,7 +23,6 @@ from libc.string cimport memcmp
 from cpython.ref cimport PyObject
 
 cimport cython
-from cython.parallel cimport prange
 
 cimport numpy as cnp
 import numpy as np
@@ -42,10 +41,43 @@ cdef extern from *:
     static void fo_set_threads(int n) { (void)n; }
     static int fo_have_openmp(void) { return 0; }
     #endif
+
+    /* The one parallel region. Units [0, nunits) are split into contiguous per-thread blocks
+       (OpenMP's static schedule), and each thread runs phase 0, 1, ... on its own block, with
+       a barrier between phases: a pass whose writes must wait for a check of every unit (the
+       skip_nonfinite gate) then costs one fork/join, and each thread's phases touch the same
+       memory. Written in C because Cython's prange has no barrier. */
+    typedef void (*fo_phase_fn)(void* ctx, int phase, Py_ssize_t lo, Py_ssize_t hi);
+    static void fo_run_phases(fo_phase_fn fn, void* ctx, int nphases, Py_ssize_t nunits,
+                              int nthreads) {
+        int ph;
+    #ifdef _OPENMP
+        if (nthreads > 1) {
+            #pragma omp parallel num_threads(nthreads) private(ph)
+            {
+                Py_ssize_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+                Py_ssize_t lo = nunits * t / nt, hi = nunits * (t + 1) / nt;
+                for (ph = 0; ph < nphases; ph++) {
+                    if (ph > 0) {
+                        #pragma omp barrier
+                    }
+                    fn(ctx, ph, lo, hi);
+                }
+            }
+            return;
+        }
+    #endif
+        for (ph = 0; ph < nphases; ph++)
+            fn(ctx, ph, 0, nunits);
+    }
     """
     int fo_max_threads() noexcept nogil
     void fo_set_threads(int n) noexcept nogil
     int fo_have_openmp() noexcept nogil
+    ctypedef void (*fo_phase_fn)(void* ctx, int phase, Py_ssize_t lo,
+                                 Py_ssize_t hi) noexcept nogil
+    void fo_run_phases(fo_phase_fn fn, void* ctx, int nphases, Py_ssize_t nunits,
+                       int nthreads) noexcept nogil
 
 cdef extern from *:
     """
@@ -111,6 +143,11 @@ cdef int _register(str name, chunk_kernel f32, chunk_kernel f64, tuple scalars) 
 cdef enum:
     MAX_REDUCE_KERNELS = 32
     MAX_OUTPUTS = 4
+cdef enum:
+    GATE_OFF = 0
+    GATE_ARMED = 1
+    GATE_PASSED = 2
+    GATE_TRIPPED = 3
 cdef enum:
     COMBINE_SUM = 0
     COMBINE_MAX = 1     # NaN-propagating max
@@ -205,18 +242,37 @@ cdef inline void _run_unit(const Job* j, Py_ssize_t u) noexcept nogil:
                    j.hp + t * j.nscal)
 
 
-cdef void _drive(const Job* j, Py_ssize_t nunits, Py_ssize_t total,
-                 int num_threads) noexcept nogil:
-    # The one thread-count rule, for every kind of pass.
+cdef struct Pass:
+    # What one parallel region runs: optionally a gate over every unit, then the job. The
+    # gate is a reduce job; the job shares its stop flag, so once the gate raises it (say, a
+    # non-finite grad), every unit of the job is skipped and nothing is written.
+    const Job* gate
+    const Job* job
+
+
+cdef void _run_phase(void* ctx, int phase, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const Pass* p = <const Pass*>ctx
     cdef Py_ssize_t u
+    if phase == 0 and p.gate != NULL:
+        for u in range(lo, hi):
+            _run_unit(p.gate, u)
+    else:
+        for u in range(lo, hi):
+            _run_unit(p.job, u)
+
+
+cdef void _drive(const Job* j, const Job* gate, Py_ssize_t nunits, Py_ssize_t total,
+                 int num_threads) noexcept nogil:
+    # The one thread-count rule, for every kind of pass. With a gate, j.stop must be the
+    # gate's stop flag.
+    cdef Pass p
+    p.gate = gate
+    p.job = j
     if num_threads <= 1 or nunits <= 1 or total <= SERIAL_MAX:
-        for u in range(nunits):
-            _run_unit(j, u)
-        return
-    if num_threads > nunits:
+        num_threads = 1
+    elif num_threads > nunits:
         num_threads = <int>nunits
-    for u in prange(nunits, schedule='static', num_threads=num_threads):
-        _run_unit(j, u)
+    fo_run_phases(_run_phase, &p, 2 if gate != NULL else 1, nunits, num_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +476,7 @@ cdef class Plan:
     cdef int64_t[::1] steps
     cdef Py_ssize_t[::1] seg_t, seg_start, seg_len, unit_begin
     cdef readonly Py_ssize_t missing_state, nsstate
+    cdef readonly Py_ssize_t nactive        # tensors with a grad in the last bind()
     cdef readonly object sstate_array
     cdef double[:, ::1] sstate
     cdef unsigned char[::1] ready
@@ -431,6 +488,14 @@ cdef class Plan:
     cdef Py_ssize_t[::1] w_owner, w_kind
     cdef bint _written_indexed      # the four arrays above are built (by the first bind)
     cdef object _partials           # reduce(): per-segment partial results, reused
+    # The gate (arm_gate): a reduce kernel run over the grads in the same parallel region as
+    # the next pass, before it; a nonzero return from any unit vetoes that pass and every
+    # later one until disarm_gate(). skip_nonfinite's check costs no extra fork/join this way.
+    cdef int _gate_state, _gate_kernel
+    cdef object _gate_partials
+    # advance() saves the step counts and scalar state here, so a vetoed step can be undone.
+    cdef int64_t[::1] _steps_before
+    cdef double[:, ::1] _sstate_before
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
                  list labels, steps=None, scalar_state=None, required=None):
@@ -465,6 +530,9 @@ cdef class Plan:
             if self.nsstate == 0:
                 self.sstate_array = np.zeros((self.ntensors, 1), dtype=np.float64)
         self.sstate = self.sstate_array
+        self._steps_before = np.zeros(self.ntensors, dtype=np.int64)
+        self._sstate_before = np.zeros_like(self.sstate_array)
+        self._gate_state = GATE_OFF
         self.ready = np.zeros(self.ntensors, dtype=np.uint8)
         self.key_of = np.full(self.ntensors, -1, dtype=np.intp)
         self.key_rep = np.zeros(max(self.ntensors, 1), dtype=np.intp)
@@ -574,6 +642,7 @@ cdef class Plan:
                 raise ValueError(f"{self.labels[t]} shares memory with the {what} updated "
                                  f"for {self.labels[owner]}; pass a separate array")
         # All grads are valid: only now touch the tables.
+        self.nactive = 0
         for t in range(self.ntensors):
             g = grads[t]
             if g is None:
@@ -581,6 +650,7 @@ cdef class Plan:
                 self.ptrs[t, 1] = 0
             else:
                 self.active[t] = 1
+                self.nactive += 1
                 self.ptrs[t, 1] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
                 if not self.ready[t]:
                     missing += 1
@@ -589,9 +659,12 @@ cdef class Plan:
 
     def advance(self):
         """Count one more step for every active tensor. Returns the step they all share,
-        or -1 when active tensors are at different steps (then fill hp per step value)."""
+        or -1 when active tensors are at different steps (then fill hp per step value).
+        The counts and scalar state from before are kept for undo_advance()."""
         cdef Py_ssize_t t
         cdef int64_t common = -2, s
+        self._steps_before[:] = self.steps
+        self._sstate_before[:, :] = self.sstate
         for t in range(self.ntensors):
             if self.active[t]:
                 self.steps[t] += 1
@@ -601,6 +674,58 @@ cdef class Plan:
                 elif common != s:
                     common = -1
         return 0 if common == -2 else common
+
+    def undo_advance(self):
+        """Put back the step counts and scalar state of the last advance() (a vetoed step)."""
+        self.steps[:] = self._steps_before
+        self.sstate[:, :] = self._sstate_before
+
+    def arm_gate(self, int reduce_id):
+        """Make the next pass (run or reduce) first run reduce kernel `reduce_id` over the
+        grads, in the same parallel region: if it returns nonzero on any unit, that pass and
+        every later pass write nothing until disarm_gate(). See gate_tripped."""
+        if reduce_id < 0 or reduce_id >= _n_rkernels:
+            raise ValueError(f"unknown reduce kernel id {reduce_id}")
+        self._gate_kernel = reduce_id
+        self._gate_state = GATE_ARMED
+
+    def disarm_gate(self):
+        """End the gated step. Returns 'tripped' (the gate vetoed the passes), 'passed', or
+        'unused' (no pass ran since arm_gate)."""
+        cdef int was = self._gate_state
+        self._gate_state = GATE_OFF
+        return "tripped" if was == GATE_TRIPPED else "passed" if was == GATE_PASSED \
+            else "unused"
+
+    cdef int _drive_gated(self, Job* j, int num_threads) except -1:
+        """Drive job j under the gate's rules: vetoed -> nothing; armed -> gate, then j."""
+        cdef Job g
+        cdef int stop = 0
+        cdef Py_ssize_t nseg = self.seg_t.shape[0]
+        cdef double[::1] gpart
+        if self._gate_state == GATE_TRIPPED:
+            return 0
+        if self._gate_state != GATE_ARMED:
+            with nogil:
+                _drive(j, NULL, self.nunits, self.total, num_threads)
+            return 0
+        if self._gate_partials is None or self._gate_partials.shape[0] < nseg:
+            self._gate_partials = np.zeros(max(nseg, 1), dtype=np.float64)
+        gpart = self._gate_partials
+        self._job(&g, 1)
+        g.rkern = _rkernels_f64[self._gate_kernel] if self.typenum == cnp.NPY_FLOAT64 else \
+            _rkernels_f32[self._gate_kernel]
+        g.partials = &gpart[0]
+        g.nout = 1
+        g.stop = &stop
+        if j.stop != NULL:
+            raise ValueError("a gated pass cannot also stop early")
+        j.stop = &stop
+        with nogil:
+            _drive(j, &g, self.nunits, self.total, num_threads)
+        j.stop = NULL
+        self._gate_state = GATE_TRIPPED if stop else GATE_PASSED
+        return 0
 
     def distinct_active_steps(self):
         return sorted({int(self.steps[t]) for t in range(self.ntensors) if self.active[t]})
@@ -717,8 +842,7 @@ cdef class Plan:
         self._job(&j, 0)
         j.kern = _kernels_f64[kernel_id] if self.typenum == cnp.NPY_FLOAT64 else \
             _kernels_f32[kernel_id]
-        with nogil:
-            _drive(&j, self.nunits, self.total, num_threads)
+        self._drive_gated(&j, num_threads)
 
     def reduce(self, int reduce_id, Py_ssize_t column=0, bint stop_early=False,
                int num_threads=0):
@@ -759,8 +883,7 @@ cdef class Plan:
             j.partials = &part[0]
             j.nout = nout
             j.stop = &stop if stop_early else NULL
-            with nogil:
-                _drive(&j, self.nunits, self.total, num_threads)
+            self._drive_gated(&j, num_threads)
         # The fixed-order fold: segments into their tensor, then tensors into the total.
         for k in range(nout):
             tot[k] = 0.0

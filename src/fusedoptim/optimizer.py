@@ -58,8 +58,11 @@ class Optimizer:
 
     * ``skip_nonfinite=True`` (a constructor option, not a param-group hyperparameter: it is
       about the data, not the schedule, so schedulers never see it; ``opt.skip_nonfinite`` may
-      be changed between steps) makes every step first check all grads of all groups in one
-      read-only pass that stops early. If any element is NaN or +-Inf the step is skipped:
+      be changed between steps) makes every step check all grads of all groups before it
+      writes anything, stopping at the first non-finite unit. The first group to be updated
+      is checked inside its own update pass (same threads, one fork/join, each thread
+      checking the units it then updates), the others in a read-only pass before it. If any
+      element is NaN or +-Inf the step is skipped:
       params and state stay bitwise untouched, no step count advances, no state is created,
       ``opt.skipped_steps`` is incremented and ``step()`` returns False. This is what torch's
       fused optimizers do with GradScaler's ``found_inf``. ``skipped_steps`` counts skips since
@@ -128,6 +131,10 @@ class Optimizer:
     #: whether a group whose params tile one buffer may step as one flat tensor (the NumPy
     #: reference twins step per param, so they set this False)
     _flat_plans = True
+
+    #: whether every step runs through the plan's passes, so the skip_nonfinite check can
+    #: run inside the first one (the NumPy reference twins step in NumPy: they set this False)
+    _check_in_pass = True
 
     # -- construction -----------------------------------------------------------------------
     def __init__(self, params, defaults, *, skip_nonfinite=False):
@@ -482,22 +489,59 @@ class Optimizer:
                 cache.slots_in_use = slots
                 missing = 1
             pending.append(missing)
-        if self.skip_nonfinite and not self._grads_finite():
-            self.skipped_steps += 1
-            return False
+        gated = -1
+        if self.skip_nonfinite:
+            gated = self._gated_group(pending)
+            if not self._grads_finite(but=gated):
+                self.skipped_steps += 1
+                return False
         for gi in range(len(groups)):
             cache = caches[gi]
             plan, fresh = cache.plan, None
             if pending[gi]:
                 plan, fresh = self._ensure_state(gi, cache, per_group[gi])
-            self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+            if gi != gated:
+                self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+                continue
+            # The first group to write checks its own grads inside its own pass (see
+            # _gated_group); the others were checked above, so a veto here leaves every
+            # buffer untouched and only the step counts and scalar state to put back.
+            plan.arm_gate(_NONFINITE)
+            try:
+                self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+            finally:
+                outcome = plan.disarm_gate()
+            if outcome == "tripped":
+                plan.undo_advance()
+                self.skipped_steps += 1
+                return False
+            if outcome == "unused":
+                raise RuntimeError(f"{type(self).__name__}: the skip_nonfinite check did not "
+                                   f"run (a _run override that drives no pass?)")
         return True
 
-    def _grads_finite(self):
-        """True when every bound grad of every group is finite: the grad column of each
-        group's plan, read once, stopping at the first non-finite work unit."""
-        for cache in self._caches:
-            if cache.plan.reduce(_NONFINITE, 1, True)[1][0] != 0.0:
+    def _gated_group(self, pending):
+        """The group whose finiteness check runs inside its update pass, or -1.
+
+        A separate check pass costs a full read of the grads plus, with several threads, a
+        second fork/join (measured: +15-20% on a 1e6 AdamW step, +50% with a passive OpenMP
+        wait policy). Instead, the first group that writes gets its check in the same
+        parallel region, just before the update, and only the groups after it are checked
+        up front. Not on a step that creates state (no state may appear on a skipped step),
+        nor for classes whose step does not go through the plan's passes (the references)."""
+        if not self._check_in_pass or any(pending):
+            return -1
+        for gi, cache in enumerate(self._caches):
+            if cache.plan.nactive and cache.plan.total:
+                return gi
+        return -1
+
+    def _grads_finite(self, but=-1):
+        """True when every bound grad of every group (except group `but`) is finite: the grad
+        column of each group's plan, read once, stopping at the first non-finite work unit."""
+        for gi, cache in enumerate(self._caches):
+            if gi != but and cache.plan.nactive and \
+                    cache.plan.reduce(_NONFINITE, 1, True)[1][0] != 0.0:
                 return False
         return True
 

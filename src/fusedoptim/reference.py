@@ -407,6 +407,7 @@ class _ReferenceStep:
 
     _reference_fn = None
     _flat_plans = False     # one tensor at a time, even when the params tile one buffer
+    _check_in_pass = False  # the step runs in NumPy: skip_nonfinite checks before it
 
     def _apply(self, gi, plan, hyper, grads, fresh=None, inv_scale=None):
         active = [t for t, g in enumerate(grads) if g is not None]
