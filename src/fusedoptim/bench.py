@@ -502,6 +502,27 @@ def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
     return best["plain"], best["skip"]
 
 
+def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
+    """torch's equivalent, for comparison: AdamW(fused=True).step() alone, and with the
+    found_inf check GradScaler runs before it (_amp_foreach_non_finite_check_and_unscale_,
+    here with inv_scale 1, then the fused step reading found_inf)."""
+    p, g = _data(n, np.float32)
+    tp = torch.from_numpy(p)
+    tp.grad = torch.from_numpy(g)
+    opt = torch.optim.AdamW([tp], lr=1e-3, fused=True)
+    opt.step()
+    found_inf, inv_scale = torch.zeros(()), torch.ones(())
+
+    def checked():
+        found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_([tp.grad], found_inf, inv_scale)
+        opt.found_inf = found_inf
+        opt.step()
+        opt.found_inf = None
+    best = _timeit_interleaved({"plain": opt.step, "checked": checked}, min_time, repeat)
+    return best["plain"], best["checked"]
+
+
 def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, use_torch=True,
                   n_tensors=1000, tensor_size=1000, out=sys.stdout):
     torch = None
@@ -535,11 +556,18 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
         for nt in threads:
             fo.set_num_threads(nt)
             t_plain, t_skip = skip_overhead(min_time=min_time, repeat=repeat)
-            print(f"AdamW step, 1e6 float32, {nt} thr: {t_plain * 1e6:.0f} us; with "
-                  f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%)",
-                  file=out, flush=True)
-            results.append(dict(utility="skip_nonfinite overhead", n=1_000_000, threads=nt,
-                                plain_s=t_plain, skip_s=t_skip))
+            line = (f"AdamW step, 1e6 float32, {nt} thr: {t_plain * 1e6:.0f} us; with "
+                    f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%)")
+            r = dict(utility="skip_nonfinite overhead", n=1_000_000, threads=nt,
+                     plain_s=t_plain, skip_s=t_skip)
+            if torch is not None:
+                r["torch_plain_s"], r["torch_checked_s"] = torch_skip_overhead(
+                    torch, min_time=min_time, repeat=repeat)
+                line += (f" | torch fused {r['torch_plain_s'] * 1e6:.0f} us; with GradScaler's "
+                         f"found_inf check {r['torch_checked_s'] * 1e6:.0f} us "
+                         f"({100 * (r['torch_checked_s'] / r['torch_plain_s'] - 1):+.1f}%)")
+            print(line, file=out, flush=True)
+            results.append(r)
     finally:
         fo.set_num_threads(saved)
     return results
