@@ -494,7 +494,8 @@ def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
 
 
 def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
-    """(seconds per AdamW step, with skip_nonfinite) on finite float32 grads. One optimizer
+    """Seconds per AdamW step on finite float32 grads: (plain, with skip_nonfinite, with a
+    separate check pass before it, the check pass alone). One optimizer
     with the flag switched per call, so both time the same buffers (two optimizers' arrays
     land at different addresses, which alone moved a 1e6 step by up to 10% here), and the
     repeats interleaved so that both see the same machine load."""
@@ -505,9 +506,17 @@ def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
     def step_with(flag):
         opt.skip_nonfinite = flag
         opt.step([g])
+    plan = opt._caches[0].plan
+    nonfinite = _kernels.REDUCE_IDS["nonfinite"]
     best = _timeit_interleaved({"plain": lambda: step_with(False),
-                                "skip": lambda: step_with(True)}, min_time, repeat)
-    return best["plain"], best["skip"]
+                                "skip": lambda: step_with(True),
+                                "check, then step": lambda: (plan.reduce(nonfinite, 1, True),
+                                                             step_with(False)),
+                                "check alone": lambda: plan.reduce(nonfinite, 1, True)},
+                               min_time, repeat)
+    # For comparison: the design before the in-pass check (a separate check pass, then the
+    # step), and the check's own read of the grads, the floor of any check.
+    return best["plain"], best["skip"], best["check, then step"], best["check alone"]
 
 
 def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
@@ -563,11 +572,14 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
         print(file=out)
         for nt in threads:
             fo.set_num_threads(nt)
-            t_plain, t_skip = skip_overhead(min_time=min_time, repeat=repeat)
+            t_plain, t_skip, t_check, t_alone = skip_overhead(min_time=min_time, repeat=repeat)
             line = (f"AdamW step, 1e6 float32, {nt} thr: {t_plain * 1e6:.0f} us; with "
-                    f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%)")
+                    f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%; "
+                    f"separate check pass first: {100 * (t_check / t_plain - 1):+.1f}%; the "
+                    f"check alone: {t_alone * 1e6:.0f} us = {100 * t_alone / t_plain:.1f}%)")
             r = dict(utility="skip_nonfinite overhead", n=1_000_000, threads=nt,
-                     plain_s=t_plain, skip_s=t_skip)
+                     plain_s=t_plain, skip_s=t_skip, check_first_s=t_check,
+                     check_alone_s=t_alone)
             if torch is not None:
                 r["torch_plain_s"], r["torch_checked_s"] = torch_skip_overhead(
                     torch, min_time=min_time, repeat=repeat)
