@@ -718,6 +718,8 @@ cdef class Plan:
         g.partials = &gpart[0]
         g.nout = 1
         g.stop = &stop
+        # The job shares the gate's flag, so a job that may stop early (a reduce kernel
+        # returning nonzero) would read as a veto: refuse it.
         if j.stop != NULL:
             raise ValueError("a gated pass cannot also stop early")
         j.stop = &stop
