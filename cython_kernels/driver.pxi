@@ -222,7 +222,8 @@ cdef struct Job:
     const Py_ssize_t* unit_begin
     double* partials             # reduce: nout doubles per segment
     Py_ssize_t nout
-    int* stop                    # reduce: early-stop flag, or NULL
+    int* stop                    # skip the units not yet started once *stop is set, or NULL
+    int* raise_to                # reduce: flag a nonzero return sets (early stop), or NULL
 
 
 cdef inline void _run_unit(const Job* j, Py_ssize_t u) noexcept nogil:
@@ -235,8 +236,8 @@ cdef inline void _run_unit(const Job* j, Py_ssize_t u) noexcept nogil:
             continue
         if j.rkern != NULL:
             if j.rkern(j.ptrs + t * j.nbufs + j.col, j.seg_start[s], j.seg_len[s],
-                       j.hp + t * j.nscal, j.partials + s * j.nout) and j.stop != NULL:
-                fo_flag_raise(j.stop)
+                       j.hp + t * j.nscal, j.partials + s * j.nout) and j.raise_to != NULL:
+                fo_flag_raise(j.raise_to)
         else:
             j.kern(j.ptrs + t * j.nbufs + j.col, j.seg_start[s], j.seg_len[s],
                    j.hp + t * j.nscal)
@@ -718,8 +719,8 @@ cdef class Plan:
         g.partials = &gpart[0]
         g.nout = 1
         g.stop = &stop
-        # The job shares the gate's flag, so a job that may stop early (a reduce kernel
-        # returning nonzero) would read as a veto: refuse it.
+        g.raise_to = &stop
+        # The job reads the gate's flag; one that stops early on its own flag cannot.
         if j.stop != NULL:
             raise ValueError("a gated pass cannot also stop early")
         j.stop = &stop
@@ -831,6 +832,7 @@ cdef class Plan:
         j.partials = NULL
         j.nout = 0
         j.stop = NULL
+        j.raise_to = NULL
 
     def run(self, int kernel_id, int num_threads=0):
         """Run a registered kernel over every active tensor, without the GIL."""
@@ -885,6 +887,7 @@ cdef class Plan:
             j.partials = &part[0]
             j.nout = nout
             j.stop = &stop if stop_early else NULL
+            j.raise_to = j.stop
             self._drive_gated(&j, num_threads)
         # The fixed-order fold: segments into their tensor, then tensors into the total.
         for k in range(nout):

@@ -157,6 +157,13 @@ def test_plan_gate_outcomes(rng):
     plan.run(sgd)                 # a later pass of the vetoed step: also nothing
     assert plan.disarm_gate() == "tripped"
     assert params[0].tobytes() == before.tobytes()
+    # A gated job's own nonzero returns are results, not vetoes: NaN params, finite grads.
+    g[0][-1] = 1.0
+    plan.bind(g)
+    params[0][5] = np.nan
+    plan.arm_gate(nonfinite)
+    assert plan.reduce(nonfinite, 0)[1][0] == 1.0
+    assert plan.disarm_gate() == "passed"
     plan.arm_gate(nonfinite)
     with pytest.raises(ValueError, match="stop early"):
         plan.reduce(nonfinite, 1, True)
