@@ -21,6 +21,7 @@ read-only and read-write rooflines, and what skip_nonfinite adds to a 1e6 AdamW 
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -275,16 +276,40 @@ def _timeit_interleaved(fns, min_time, repeat):
     return best
 
 
+def _optional_torch(use_torch):
+    """torch when asked for and importable, else None (every torch column then reads '-')."""
+    if not use_torch:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def _thread_counts(threads, torch):
+    """Iterate over the thread counts with fusedoptim and torch (when present) both set to
+    each; fusedoptim's setting is restored afterwards."""
+    saved = fo.get_num_threads()
+
+    def each():
+        for nt in threads:
+            fo.set_num_threads(nt)
+            if torch is not None:
+                torch.set_num_threads(nt)
+            yield nt
+    try:
+        yield each
+    finally:
+        fo.set_num_threads(saved)
+
+
 def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=True,
                      out=sys.stdout):
     """The many-tensors section: per-step times and the three target ratios, per thread
     count. Returns {threads: {label: seconds}}."""
-    torch = None
-    if use_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    torch = _optional_torch(use_torch)
     policy = os.environ.get("OMP_WAIT_POLICY")
     print(f"many tensors: {count} x {size} float32, one AdamW step; OMP_WAIT_POLICY="
           f"{policy or 'unset'}", file=out)
@@ -298,12 +323,8 @@ def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=Tru
     print(header, file=out)
     print("-" * len(header), file=out)
     results = {}
-    saved = fo.get_num_threads()
-    try:
-        for nt in threads:
-            fo.set_num_threads(nt)
-            if torch is not None:
-                torch.set_num_threads(nt)
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
             fns = many_tensor_fns(count, size, np.float32, torch)
             # fusedoptim's layouts interleaved with each other, then torch's with each other:
             # torch's threads come from the same OpenMP pool and keep spinning after each of
@@ -328,8 +349,6 @@ def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=Tru
                 print(f"      target {name}: {ratio:.2f}x ({op} {bound}x: "
                       f"{'met' if met else 'NOT met'})", file=out)
             print(file=out, flush=True)
-    finally:
-        fo.set_num_threads(saved)
     return results
 
 
@@ -343,27 +362,18 @@ def step_overhead_us(cls="Adam", repeat=5):
 
 def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, use_torch=True,
         out=sys.stdout):
-    torch = None
-    if use_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    torch = _optional_torch(use_torch)
     header = (f"{'optimizer':<15}{'dtype':>8}{'n':>11}{'thr':>4}{'fused Gel/s':>13}"
               f"{'ref Gel/s':>11}{'torch Gel/s':>13}{'torch path':>11}{'x ref':>8}"
               f"{'x torch':>9}{'% roofline':>12}")
     print(header, file=out)
     print("-" * len(header), file=out)
     rows = []
-    saved_threads = fo.get_num_threads()
-    try:
+    with _thread_counts(threads, torch) as thread_counts:
         for case in cases:
             for dtype in dtypes:
                 for n in sizes:
-                    for nt in threads:
-                        fo.set_num_threads(nt)
-                        if torch is not None:
-                            torch.set_num_threads(nt)
+                    for nt in thread_counts():
                         row = dict(optimizer=case.name, dtype=np.dtype(dtype).name, n=n,
                                    threads=nt)
                         t_fused = _timeit(fused_step_fn(case, n, dtype), min_time, repeat)
@@ -381,8 +391,6 @@ def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, u
                                    torch_s=t_torch, torch_path=path)
                         rows.append(row)
                         print(_format_row(row), file=out, flush=True)
-    finally:
-        fo.set_num_threads(saved_threads)
     return rows
 
 
@@ -542,24 +550,15 @@ def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
 
 def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, use_torch=True,
                   n_tensors=1000, tensor_size=1000, out=sys.stdout):
-    torch = None
-    if use_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    torch = _optional_torch(use_torch)
     header = (f"{'utility':<34}{'n':>9}{'thr':>4}{'fused Gel/s':>13}{'ref Gel/s':>11}"
               f"{'torch Gel/s':>13}{'x ref':>8}{'x torch':>9}{'% roofline':>12}")
     print(header, file=out)
     print("-" * len(header), file=out)
     rows = utility_rows(n_tensors, tensor_size, big_sizes, torch, reference)
     results = []
-    saved = fo.get_num_threads()
-    try:
-        for nt in threads:
-            fo.set_num_threads(nt)
-            if torch is not None:
-                torch.set_num_threads(nt)
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
             for row in rows:
                 r = dict(utility=row.label, n=row.n, threads=nt,
                          fused_s=_timeit(row.fused, min_time, repeat),
@@ -570,8 +569,7 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
                 results.append(r)
                 print(_format_utility(r), file=out, flush=True)
         print(file=out)
-        for nt in threads:
-            fo.set_num_threads(nt)
+        for nt in thread_counts():      # torch too: its skip row runs at nt threads
             t_plain, t_skip, t_check, t_alone = skip_overhead(min_time=min_time, repeat=repeat)
             line = (f"AdamW step, 1e6 float32, {nt} thr: {t_plain * 1e6:.0f} us; with "
                     f"skip_nonfinite {t_skip * 1e6:.0f} us ({100 * (t_skip / t_plain - 1):+.1f}%; "
@@ -588,8 +586,6 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
                          f"({100 * (r['torch_checked_s'] / r['torch_plain_s'] - 1):+.1f}%)")
             print(line, file=out, flush=True)
             results.append(r)
-    finally:
-        fo.set_num_threads(saved)
     return results
 
 
