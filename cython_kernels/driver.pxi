@@ -661,11 +661,13 @@ cdef class Plan:
     def advance(self):
         """Count one more step for every active tensor. Returns the step they all share,
         or -1 when active tensors are at different steps (then fill hp per step value).
-        The counts and scalar state from before are kept for undo_advance()."""
+        With the gate armed, the counts and scalar state from before are kept for
+        undo_advance() (only a gated step can be vetoed, so only it pays for the copy)."""
         cdef Py_ssize_t t
         cdef int64_t common = -2, s
-        self._steps_before[:] = self.steps
-        self._sstate_before[:, :] = self.sstate
+        if self._gate_state == GATE_ARMED:
+            self._steps_before[:] = self.steps
+            self._sstate_before[:, :] = self.sstate
         for t in range(self.ntensors):
             if self.active[t]:
                 self.steps[t] += 1
@@ -677,7 +679,8 @@ cdef class Plan:
         return 0 if common == -2 else common
 
     def undo_advance(self):
-        """Put back the step counts and scalar state of the last advance() (a vetoed step)."""
+        """Put back the step counts and scalar state of the last advance() made with the
+        gate armed (a vetoed step)."""
         self.steps[:] = self._steps_before
         self.sstate[:, :] = self._sstate_before
 

@@ -178,8 +178,10 @@ def test_undo_advance_restores_steps_and_scalar_state(rng):
     opt.step([np.ones(5, np.float32)] * 3)
     plan = opt._caches[0].plan
     steps, sstate = plan.steps_array.copy(), plan.sstate_array.copy()
+    plan.arm_gate(_kernels.REDUCE_IDS["nonfinite"])
     plan.advance()
     plan.sstate_array[:] = 42.0
     plan.undo_advance()
+    plan.disarm_gate()
     assert np.array_equal(plan.steps_array, steps)
     assert plan.sstate_array.tobytes() == sstate.tobytes()
