@@ -10,6 +10,7 @@ import pytest
 
 import fusedoptim as fo
 from conftest import make_params
+import isa_levels
 
 
 def test_issue_example_dict_params_and_checkpoint(rng):
@@ -159,26 +160,20 @@ def test_bench_cli_rejects_unknown_optimizer():
     assert "Traceback" not in out.stderr
 
 
-def test_every_isa_level_gives_identical_bits():
+_ISA_ADAM = (
+    "import numpy as np, fusedoptim as fo, hashlib\n"
+    "rng = np.random.default_rng(7)\n"
+    "ps = [rng.standard_normal(n).astype(dt) for n in (1, 33, 70_001) for dt in (np.float32,)]\n"
+    "qs = [p.astype(np.float64) for p in ps]\n"
+    "o = fo.AdamW(ps, lr=1e-2, amsgrad=True); o2 = fo.Adam(qs, lr=1e-2, weight_decay=0.1)\n"
+    "for _ in range(30):\n"
+    "    g = [rng.standard_normal(p.shape).astype(np.float32) for p in ps]\n"
+    "    o.step(g); o2.step([x.astype(np.float64) for x in g])\n"
+    "h = hashlib.sha256(b''.join(p.tobytes() for p in ps + qs)).hexdigest()\n"
+    "from fusedoptim import _kernels; print(_kernels.ISA, h)\n")
+
+
+@pytest.mark.parametrize("level", isa_levels.levels_to_compare())
+def test_every_isa_level_gives_identical_bits(level):
     """Each compiled instruction-set level runs the same 30-step AMSGrad/AdamW trajectory."""
-    from fusedoptim import _build_config
-    code = (
-        "import numpy as np, fusedoptim as fo, hashlib\n"
-        "rng = np.random.default_rng(7)\n"
-        "ps = [rng.standard_normal(n).astype(dt) for n in (1, 33, 70_001) for dt in (np.float32,)]\n"
-        "qs = [p.astype(np.float64) for p in ps]\n"
-        "o = fo.AdamW(ps, lr=1e-2, amsgrad=True); o2 = fo.Adam(qs, lr=1e-2, weight_decay=0.1)\n"
-        "for _ in range(30):\n"
-        "    g = [rng.standard_normal(p.shape).astype(np.float32) for p in ps]\n"
-        "    o.step(g); o2.step([x.astype(np.float64) for x in g])\n"
-        "h = hashlib.sha256(b''.join(p.tobytes() for p in ps + qs)).hexdigest()\n"
-        "from fusedoptim import _kernels; print(_kernels.ISA, h)\n")
-    results = {}
-    for level in _build_config.ISA_LEVELS:
-        out = _run_python(code, FUSEDOPTIM_ISA=level)
-        assert out.returncode == 0, out.stderr
-        isa, digest = out.stdout.split()
-        assert isa == level
-        results[level] = digest
-    assert len(results) >= 1
-    assert len(set(results.values())) == 1, results
+    isa_levels.assert_same_as_baseline(level, _ISA_ADAM)

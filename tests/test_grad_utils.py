@@ -18,6 +18,7 @@ import pytest
 
 import fusedoptim as fo
 from conftest import SHAPES, make_params
+import isa_levels
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -244,19 +245,10 @@ print(_kernels.ISA, h.hexdigest())
 """
 
 
-def test_every_isa_level_gives_identical_norms():
+@pytest.mark.parametrize("level", isa_levels.levels_to_compare())
+def test_every_isa_level_gives_identical_norms(level):
     """The lane accumulators are plain loops: every ISA level sums in the same order."""
-    from fusedoptim import _build_config
-    digests = {}
-    for level in _build_config.ISA_LEVELS:
-        env = dict(os.environ, FUSEDOPTIM_ISA=level)
-        out = subprocess.run([sys.executable, "-c", _ISA_UTILS], capture_output=True,
-                             text=True, env=env, timeout=120)
-        assert out.returncode == 0, out.stderr
-        isa, digest = out.stdout.split()
-        assert isa == level
-        digests[level] = digest
-    assert len(set(digests.values())) == 1, digests
+    isa_levels.assert_same_as_baseline(level, _ISA_UTILS)
 
 
 # -- optimizers: grad_scale and skip_nonfinite vs torch's fused grad_scale / found_inf ---------

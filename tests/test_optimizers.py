@@ -8,6 +8,7 @@ import pytest
 import fusedoptim as fo
 from cases import CASES
 from conftest import SHAPES, make_params, ulp_distance
+import isa_levels
 
 DTYPES = [np.float32, np.float64]
 STEPS = 120
@@ -260,24 +261,13 @@ print(_kernels.ISA, h.hexdigest())
 """
 
 
-def test_every_isa_level_gives_identical_bits_for_every_case():
+@pytest.mark.parametrize("level", isa_levels.levels_to_compare())
+def test_every_isa_level_gives_identical_bits_for_every_case(level):
     """Each compiled instruction-set level runs the same trajectory for every Case (both
     dtypes, random hyperparameters), so no kernel depends on the level's vector width."""
     import os
-    import subprocess
-    import sys
-    from fusedoptim import _build_config
     code = _ISA_TRAJECTORY.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    digests = {}
-    for level in _build_config.ISA_LEVELS:
-        env = dict(os.environ, FUSEDOPTIM_ISA=level)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=env, timeout=120)
-        assert out.returncode == 0, out.stderr
-        isa, digest = out.stdout.split()
-        assert isa == level
-        digests[level] = digest
-    assert len(set(digests.values())) == 1, digests
+    isa_levels.assert_same_as_baseline(level, code)
 
 
 # -- non-finite steps and gradient scaling, for every optimizer ---------------------------------

@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 
 try:
     from . import _kernels
-except ImportError as exc:  # pragma: no cover - exercised only in an unbuilt source tree
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised only in an unbuilt source tree
+    # Any other ImportError (FUSEDOPTIM_ISA naming a level this CPU cannot run) says
+    # what is wrong itself and propagates unchanged.
     raise ImportError(
         "fusedoptim's compiled kernels (fusedoptim._kernels) are not built. Install the "
         "package with `pip install .` (or build in place with `python setup.py build_ext "

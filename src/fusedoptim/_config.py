@@ -34,6 +34,7 @@ def build_config():
         "openmp": _kernels.openmp_enabled(),
         "isa": _kernels.ISA,
         "isa_levels": levels,
+        "isa_runnable": _kernels.supported_levels(),
         "num_threads": _kernels.get_num_threads(),
         "chunk_elements": _kernels.CHUNK_ELEMENTS,
         "kernels": sorted(k for k in _kernels.KERNEL_IDS if not k.startswith(("touch_", "_"))),
@@ -50,7 +51,8 @@ def show_config(file=None):
     print(f"  compiler       {cfg['compiler']}", file=out)
     print(f"  compile flags  {' '.join(cfg['compile_flags'])}", file=out)
     print(f"  openmp         {cfg['openmp']}", file=out)
-    print(f"  isa level      {cfg['isa']} (built: {', '.join(cfg['isa_levels'])})", file=out)
+    print(f"  isa level      {cfg['isa']} (built: {', '.join(cfg['isa_levels'])}; this CPU "
+          f"runs: {', '.join(cfg['isa_runnable'])})", file=out)
     print(f"  num_threads    {cfg['num_threads']}", file=out)
     print(f"  chunk elements {cfg['chunk_elements']}", file=out)
     print(f"  kernels        {', '.join(cfg['kernels'])}", file=out)

@@ -1,43 +1,93 @@
-"""Load the compiled kernels built for the best instruction-set level this CPU supports.
+"""Load the compiled kernels built for the best instruction-set level this CPU runs.
 
-setup.py compiles cython_kernels/_kernels.pyx once per level (baseline, avx2, avx512 on
-x86-64). Every level gives bitwise identical results; higher levels are just faster. Set
-FUSEDOPTIM_ISA=baseline|avx2|avx512 to force a level (for tests and comparisons).
+setup.py compiles cython_kernels/_kernels.pyx once per level (baseline everywhere; avx2 and
+avx512 on x86-64). Every level gives bitwise identical results; higher levels are faster.
+Which levels this CPU can run is asked of the CPU itself (fusedoptim._cpu, compiled with no
+ISA flags): a level is loaded only when the CPU has every feature its compiler flags allow.
+Set FUSEDOPTIM_ISA=baseline|avx2|avx512 to force a level (for tests and comparisons); forcing
+one the CPU cannot run is an ImportError that says what is missing, never SIGILL.
 """
 
 import importlib
+import importlib.util
 import os
 
-_PREFERENCE = ["native", "avx512", "avx2", "baseline"]
-_REQUIRES = {"avx512": ("AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX2"),
-             "avx2": ("AVX2",), "baseline": (), "native": ()}
+# Best first. "native" (FUSEDOPTIM_NATIVE=1 builds) targets the build machine itself.
+LEVELS = ("native", "avx512", "avx2", "baseline")
+
+# The CPU features each level's flags let the compiler use (setup.py's ISA_LEVELS): -mavx2
+# implies AVX; the avx512 level is built with -mavx512f/vl/bw/dq and -mavx2.
+REQUIRES = {
+    "native": (),
+    "avx512": ("AVX", "AVX2", "AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ"),
+    "avx2": ("AVX", "AVX2"),
+    "baseline": (),
+}
 
 
-def _cpu_supports(level):
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # pragma: no cover - very old or unusual numpy builds
-        return level in ("baseline", "native")
-    return all(features.get(f, False) for f in _REQUIRES[level])
+class UnsupportedISAError(ImportError):
+    """FUSEDOPTIM_ISA names a level that this CPU, or this build, cannot run."""
 
 
-def _load():
-    forced = os.environ.get("FUSEDOPTIM_ISA", "").strip().lower()
-    if forced and forced not in _REQUIRES:
-        raise ImportError(f"FUSEDOPTIM_ISA={forced!r} is not a level; use one of "
-                          f"{sorted(_REQUIRES)}")
-    levels = [forced] if forced else _PREFERENCE
-    errors = []
-    for level in levels:
-        if not forced and not _cpu_supports(level):
-            continue
-        try:
-            return level, importlib.import_module(f"fusedoptim._kernels_{level}")
-        except ImportError as exc:
-            errors.append(f"{level}: {exc}")
-    raise ImportError("; ".join(errors) or "no compiled kernel module found")
+def cpu_features():
+    """The CPU features this CPU and its OS support, by NumPy's names (see fusedoptim._cpu)."""
+    # import_module, not `from . import`: a missing module is then ModuleNotFoundError,
+    # which fusedoptim/__init__.py turns into "the kernels are not built".
+    return importlib.import_module("fusedoptim._cpu").cpu_features()
 
 
-ISA, _module = _load()
+def built_levels():
+    """The levels compiled into this installation, best first."""
+    return [level for level in LEVELS
+            if importlib.util.find_spec(f"fusedoptim._kernels_{level}") is not None]
+
+
+def missing_features(level, features=None):
+    """The features `level` needs that this CPU (or `features`) lacks, in REQUIRES order."""
+    features = cpu_features() if features is None else features
+    return [f for f in REQUIRES[level] if not features.get(f, False)]
+
+
+def supported_levels(features=None, built=None):
+    """The built levels this CPU (or `features`) can run, best first."""
+    features = cpu_features() if features is None else features
+    built = built_levels() if built is None else built
+    return [level for level in LEVELS if level in built and not missing_features(level, features)]
+
+
+def select_level(forced, features=None, built=None):
+    """The level to load: `forced` (a FUSEDOPTIM_ISA value, or "" for none) when this CPU and
+    build can run it, else the best supported one. Raises UnsupportedISAError otherwise."""
+    features = cpu_features() if features is None else features
+    built = built_levels() if built is None else built
+    runnable = supported_levels(features, built)
+    if not built:
+        raise ModuleNotFoundError("no compiled kernel module (fusedoptim._kernels_<level>)")
+    if not forced:
+        if not runnable:
+            raise ImportError(f"no compiled fusedoptim kernel module runs on this CPU "
+                              f"(built levels: {', '.join(built)})")
+        return runnable[0]
+    if forced not in REQUIRES:
+        raise UnsupportedISAError(
+            f"FUSEDOPTIM_ISA={forced!r} is not a level; use one of {', '.join(LEVELS)}, "
+            f"or unset it to load the best level this CPU runs")
+    if forced not in built:
+        raise UnsupportedISAError(
+            f"FUSEDOPTIM_ISA={forced!r}: this installation has no {forced} build (built "
+            f"levels: {', '.join(built) or 'none'}). Set FUSEDOPTIM_ISA to one of "
+            f"{', '.join(runnable) or 'none'}, or unset it.")
+    missing = missing_features(forced, features)
+    if missing:
+        raise UnsupportedISAError(
+            f"FUSEDOPTIM_ISA={forced!r}: this CPU cannot run the {forced} kernels; it lacks "
+            f"{', '.join(missing)} (absent, or not enabled by the OS). Levels this CPU can "
+            f"run: {', '.join(runnable) or 'none'}. Set FUSEDOPTIM_ISA to one of those, or "
+            f"unset it to load the best.")
+    return forced
+
+
+ISA = select_level(os.environ.get("FUSEDOPTIM_ISA", "").strip().lower())
+_module = importlib.import_module(f"fusedoptim._kernels_{ISA}")
 globals().update({k: v for k, v in vars(_module).items() if not k.startswith("__")})
 MODULE = _module.__name__
