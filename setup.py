@@ -1,25 +1,31 @@
-"""Build the Cython kernels: each cython_kernels/<name>.pyx becomes fusedoptim.<name>_<isa>.
+"""Build the Cython extensions.
 
-The same source is compiled once per instruction-set level ("baseline" x86-64/SSE2 or whatever
-the platform's default is, plus "avx2" and "avx512" on x86-64 when the compiler accepts them).
-fusedoptim/_kernels.py picks the best level the CPU supports at import. The portable build thus
-runs AVX-512 code where it can (measured ~2x on float32 Adam), and because every level is
-compiled with -ffp-contract=off and uses only correctly rounded operations, all levels give
-bitwise identical results (tested).
+cython_kernels/_kernels.pyx (the driver and every chunk kernel) is compiled once per
+instruction-set level and becomes fusedoptim._kernels_<level>: "baseline" (the platform's
+default target, x86-64/SSE2 on x86-64) everywhere, plus "avx2" and "avx512" on x86-64 when the
+compiler accepts them. Every other .pyx (today _cpu.pyx, the CPU feature probe) is compiled
+once, with no ISA flags, so it imports on any CPU. fusedoptim/_kernels.py asks the probe and
+loads the best level the CPU runs. Because every level is compiled with -ffp-contract=off and
+uses only correctly rounded operations, all levels give bitwise identical results (tested).
 
-OpenMP is detected by compiling and linking a tiny test program. Without it the build still
-succeeds: the driver's parallel region compiles out and every pass runs on the calling thread, and
+The levels are compiled in parallel: Cython translates the sources on a process pool, and
+build_ext compiles the extensions on one thread per CPU (``--parallel``; set
+FUSEDOPTIM_BUILD_JOBS to override).
+
+OpenMP is detected by compiling and linking a tiny test program: gcc's -fopenmp, MSVC's
+/openmp, or on macOS Apple clang with Homebrew's libomp. Without it the build still succeeds:
+the driver's parallel region compiles out, every pass runs on the calling thread, and
 ``fusedoptim.show_config()`` reports ``openmp: False``.
 
 Environment:
-    FUSEDOPTIM_NATIVE=1   build a single "native" level with -march=native (local builds only)
+    FUSEDOPTIM_NATIVE=1     build a single "native" level with -march=native (local builds only)
+    FUSEDOPTIM_BUILD_JOBS=N parallel compile jobs (default: the CPUs this process may use)
 """
 
 import glob
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -32,17 +38,25 @@ from setuptools.command.build_ext import build_ext
 # -fno-math-errno lets gcc vectorise sqrt; -fno-trapping-math lets it if-convert selects.
 # -ffp-contract=off: no silent FMA contraction, so a -march=native build gives the same bits
 # as the portable one and as the NumPy reference. Never -ffast-math: NaN/Inf must keep meaning.
-BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
-OPENMP_FLAG = "-fopenmp"
+# -g0 overrides the -g in Python's own CFLAGS: debug info for ~70K lines of generated C per
+# level made each compile take about half again as long and the wheel about twice as big.
+# MSVC: /fp:precise neither contracts nor reassociates, and keeps NaN/Inf semantics.
+BASE_FLAGS = {"unix": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+                       "-g0"],
+              "msvc": ["/O2", "/fp:precise"]}
 
-# (level name, extra flags). The baseline has no extra flags, so it runs on any CPU of the
-# platform; the others are only built on x86-64 and only used when the CPU has the features.
+# (level name, {compiler family: extra flags}). The baseline has no extra flags, so it runs on
+# any CPU of the platform; the others are built on x86-64 only, and fusedoptim/_kernels.py
+# loads them only when the CPU has every feature the level's flags allow the compiler to use.
 ISA_LEVELS = [
-    ("baseline", []),
-    ("avx2", ["-mavx2"]),
-    ("avx512", ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2",
-                "-mprefer-vector-width=512"]),
+    ("baseline", {"unix": [], "msvc": []}),
+    ("avx2", {"unix": ["-mavx2"], "msvc": ["/arch:AVX2"]}),
+    ("avx512", {"unix": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2",
+                         "-mprefer-vector-width=512"],
+                "msvc": ["/arch:AVX512"]}),
 ]
+# Modules compiled once per level; every other cython_kernels/*.pyx is compiled once, plainly.
+PER_LEVEL_MODULES = {"_kernels"}
 
 _OMP_TEST = r"""
 #include <omp.h>
@@ -55,7 +69,7 @@ int main(void) {
 """
 
 
-def _compiles(compiler, source, flags, link=True):
+def _compiles(compiler, source, flags, link=True, link_flags=None):
     tmp = tempfile.mkdtemp(prefix="fusedoptim-probe-")
     try:
         src = os.path.join(tmp, "probe.c")
@@ -65,7 +79,7 @@ def _compiles(compiler, source, flags, link=True):
             objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
             if link:
                 compiler.link_executable(objs, os.path.join(tmp, "probe"),
-                                         extra_postargs=flags)
+                                         extra_postargs=flags + (link_flags or []))
         except Exception:  # CompileError / LinkError: the toolchain lacks the feature
             return False
         return True
@@ -77,30 +91,76 @@ def _is_x86_64():
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
+def _family(compiler):
+    return "msvc" if compiler.compiler_type == "msvc" else "unix"
+
+
+def _openmp_flags(compiler):
+    """(compile flags, link flags) that enable OpenMP, or None when nothing works."""
+    family = _family(compiler)
+    if family == "msvc":
+        candidates = [(["/openmp"], [])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+        if sys.platform == "darwin":
+            # Apple clang has no -fopenmp driver flag; libomp (Homebrew, or LIBOMP_PREFIX)
+            # gives the runtime, and the preprocessor flag turns the pragmas on.
+            prefixes = [os.environ.get("LIBOMP_PREFIX", ""), "/opt/homebrew/opt/libomp",
+                        "/usr/local/opt/libomp"]
+            for prefix in filter(os.path.isdir, filter(None, prefixes)):
+                candidates.append(
+                    (["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include"],
+                     [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"]))
+    for cflags, lflags in candidates:
+        if _compiles(compiler, _OMP_TEST, cflags, link_flags=lflags):
+            return cflags, lflags
+    return None
+
+
+def _build_jobs():
+    jobs = os.environ.get("FUSEDOPTIM_BUILD_JOBS", "")
+    if jobs.isdigit() and int(jobs) > 0:
+        return int(jobs)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:          # `build_ext --parallel N` on the command line wins
+            self.parallel = _build_jobs()
+
     def build_extensions(self):
-        compile_flags = list(BASE_FLAGS)
+        family = _family(self.compiler)
+        compile_flags = list(BASE_FLAGS[family])
         link_flags = []
-        if os.environ.get("FUSEDOPTIM_NATIVE", "") == "1":
-            compile_flags.append("-march=native")
-        openmp = _compiles(self.compiler, _OMP_TEST, [OPENMP_FLAG])
+        openmp = _openmp_flags(self.compiler)
         if openmp:
-            compile_flags.append(OPENMP_FLAG)
-            link_flags.append(OPENMP_FLAG)
+            compile_flags += openmp[0]
+            link_flags += openmp[1]
         else:
             warnings.warn("fusedoptim: the C compiler has no OpenMP support; building serial "
                           "kernels (fusedoptim.show_config() will report openmp: False).")
         built = []
         for ext in list(self.extensions):
-            isa_flags = ext.extra_compile_args
+            level = _isa_level(ext.name)
+            isa_flags = dict(ISA_LEVELS).get(level, {}).get(family, []) if level else []
+            if level == "native":
+                isa_flags = ["-march=native"] if family == "unix" else []
             if isa_flags and not _compiles(self.compiler, "int main(void){return 0;}",
                                            isa_flags, link=False):
                 self.extensions.remove(ext)   # this compiler cannot target that level
                 continue
-            built.append(ext.name.rsplit("_", 1)[1])
-            ext.extra_compile_args = compile_flags + isa_flags
-            ext.extra_link_args = link_flags + ext.extra_link_args
-        self._write_build_config(compile_flags, openmp, built)
+            if level:
+                built.append(level)
+                ext.extra_compile_args = compile_flags + isa_flags
+                ext.extra_link_args = link_flags + ext.extra_link_args
+            else:                             # the probe: no OpenMP, no ISA flags
+                ext.extra_compile_args = list(BASE_FLAGS[family])
+        self._write_build_config(compile_flags, bool(openmp), built)
         super().build_extensions()
 
     def _write_build_config(self, flags, openmp, levels):
@@ -109,7 +169,7 @@ class BuildExt(build_ext):
             "# Generated by setup.py at build time. Do not edit.\n"
             f"COMPILE_FLAGS = {flags!r}\n"
             f"OPENMP = {openmp!r}\n"
-            f"COMPILER = {' '.join(self.compiler.compiler_so[:1])!r}\n"
+            f"COMPILER = {' '.join(getattr(self.compiler, 'compiler_so', ['msvc'])[:1])!r}\n"
             f"ISA_LEVELS = {levels!r}\n"
         )
         for root in {self.build_lib, os.path.join("src")}:
@@ -121,35 +181,48 @@ class BuildExt(build_ext):
 
 def _levels():
     if os.environ.get("FUSEDOPTIM_NATIVE", "") == "1":
-        return [("native", [])]      # -march=native is added to every build's flags
+        return [("native", {})]      # BuildExt gives it -march=native (gcc and clang)
     return ISA_LEVELS if _is_x86_64() else ISA_LEVELS[:1]
 
 
+def _isa_level(module_name):
+    """"avx2" for fusedoptim._kernels_avx2; None for a module compiled once."""
+    base, _, level = module_name.rsplit(".", 1)[-1].rpartition("_")
+    return level if base in PER_LEVEL_MODULES else None
+
+
+def _extension(name, source):
+    return Extension(
+        name,
+        [source],
+        include_dirs=[np.get_include(), "cython_kernels"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+
+
 def extensions():
-    """One Extension per (pyx, ISA level). Each level compiles a generated one-line .pyx
-    (in build/, never committed) that includes the real source, so the module gets its
-    own name and init function."""
+    """One Extension per (per-level pyx, ISA level) and one per other pyx. Each level compiles
+    a generated one-line .pyx (in build/, never committed) that includes the real source, so
+    the module gets its own name and init function."""
     exts = []
     gen_dir = os.path.join("build", "isa_sources")
     os.makedirs(gen_dir, exist_ok=True)
     for pyx in sorted(glob.glob(os.path.join("cython_kernels", "*.pyx"))):
         name = os.path.splitext(os.path.basename(pyx))[0]
-        for level, flags in _levels():
+        if name not in PER_LEVEL_MODULES:
+            exts.append(_extension(f"fusedoptim.{name}", pyx))
+            continue
+        for level, _ in _levels():
             wrapper = os.path.join(gen_dir, f"{name}_{level}.pyx")
             text = f'include "{os.path.basename(pyx)}"\n'
             if not os.path.exists(wrapper) or open(wrapper).read() != text:
                 with open(wrapper, "w") as f:
                     f.write(text)
-            exts.append(Extension(
-                f"fusedoptim.{name}_{level}",
-                [wrapper],
-                include_dirs=[np.get_include(), "cython_kernels"],
-                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-                extra_compile_args=list(flags),
-            ))
+            exts.append(_extension(f"fusedoptim.{name}_{level}", wrapper))
     return cythonize(
         exts,
         include_path=["cython_kernels"],
+        nthreads=_build_jobs(),
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,
