@@ -23,6 +23,8 @@ Environment:
 """
 
 import glob
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import warnings
 
+import Cython
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -219,9 +222,50 @@ def extensions():
                 with open(wrapper, "w") as f:
                     f.write(text)
             exts.append(_extension(f"fusedoptim.{name}_{level}", wrapper))
-    return cythonize(
+    return _cythonize_unless_unchanged(exts)
+
+
+def _cython_inputs_fingerprint():
+    """A hash of everything the generated C depends on: our Cython sources, this file, and the
+    Cython and NumPy versions."""
+    h = hashlib.sha256(f"{Cython.__version__} {np.__version__}\n".encode())
+    for pattern in ("*.pyx", "*.pxi", "*.pxd", "*.h"):
+        for path in sorted(glob.glob(os.path.join("cython_kernels", pattern))):
+            with open(path, "rb") as f:
+                h.update(path.encode() + b"\0" + f.read())
+    with open(__file__, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def _cythonize_unless_unchanged(exts):
+    """cythonize, unless the last run here had the same inputs: then reuse its C.
+
+    pip builds in a fresh isolated environment each time, so numpy's .pxd files always look
+    new to Cython's own timestamp check, which regenerates every .c, which makes build_ext
+    recompile every level (~40 s) even when nothing changed, e.g. for the README's second
+    command after the first. Keeping the C when the inputs hash the same lets build_ext find
+    its objects in build/ up to date. Delete build/ to force a full rebuild.
+    """
+    stamp_path = os.path.join("build", "cython-inputs.json")
+    fingerprint = _cython_inputs_fingerprint()
+    try:
+        with open(stamp_path) as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        stamp = {}
+    generated = stamp.get("sources", {})
+    if (stamp.get("fingerprint") == fingerprint
+            and all(ext.name in generated and all(map(os.path.exists, generated[ext.name]))
+                    for ext in exts)):
+        for ext in exts:
+            ext.sources = list(generated[ext.name])
+        return exts
+    exts = cythonize(
         exts,
         include_path=["cython_kernels"],
+        build_dir=os.path.join("build", "cython"),
+        force=True,         # the inputs changed (maybe only a flag here): new C, so a new build
         nthreads=_build_jobs(),
         compiler_directives={
             "language_level": 3,
@@ -232,6 +276,10 @@ def extensions():
             "embedsignature": True,
         },
     )
+    with open(stamp_path, "w") as f:
+        json.dump({"fingerprint": fingerprint,
+                   "sources": {ext.name: ext.sources for ext in exts}}, f, indent=1)
+    return exts
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
