@@ -10,7 +10,8 @@ uses only correctly rounded operations, all levels give bitwise identical result
 
 The levels are compiled in parallel: Cython translates the sources on a process pool, and
 build_ext compiles the extensions on one thread per CPU (``--parallel``; set
-FUSEDOPTIM_BUILD_JOBS to override).
+FUSEDOPTIM_BUILD_JOBS to override). Cython's utility code is one shared module
+(fusedoptim._cyutility) compiled once, not part of every level.
 
 OpenMP is detected by compiling and linking a tiny test program: gcc's -fopenmp, MSVC's
 /openmp, or on macOS Apple clang with Homebrew's libomp. Without it the build still succeeds:
@@ -60,6 +61,9 @@ ISA_LEVELS = [
 ]
 # Modules compiled once per level; every other cython_kernels/*.pyx is compiled once, plainly.
 PER_LEVEL_MODULES = {"_kernels"}
+# Cython's utility code (memoryviews, type imports, ...: ~30K of each module's ~70K lines of
+# C) goes into one shared module compiled once, instead of into every level.
+SHARED_UTILITY = "fusedoptim._cyutility"
 
 _OMP_TEST = r"""
 #include <omp.h>
@@ -222,6 +226,7 @@ def extensions():
                 with open(wrapper, "w") as f:
                     f.write(text)
             exts.append(_extension(f"fusedoptim.{name}_{level}", wrapper))
+    exts.append(Extension(SHARED_UTILITY, []))     # cythonize writes its source
     return _cythonize_unless_unchanged(exts)
 
 
@@ -267,6 +272,7 @@ def _cythonize_unless_unchanged(exts):
         build_dir=os.path.join("build", "cython"),
         force=True,         # the inputs changed (maybe only a flag here): new C, so a new build
         nthreads=_build_jobs(),
+        shared_utility_qualified_name=SHARED_UTILITY,
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,
