@@ -1,0 +1,57 @@
+"""Type aliases for fusedoptim's annotations.
+
+The modules import these under ``typing.TYPE_CHECKING`` only, so the package never imports
+this module itself; it is importable at run time for users who want the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, TypeAlias, TypedDict
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .flat import FlatParams
+
+#: A float32 or float64 array: a param, a grad or a state buffer (the kernels take no other
+#: dtype, checked at run time).
+FloatArray: TypeAlias = NDArray[np.floating[Any]]
+
+#: One param's optimizer state: its state buffers (ndarrays) by slot name, its "step" (an
+#: int) and any per-tensor scalar state (floats), as in torch's ``optimizer.state[i]``.
+ParamState: TypeAlias = dict[str, Any]
+
+#: A param group as torch has it: ``"params"`` plus hyperparameter values by name. (Given to
+#: an optimizer, ``"params"`` may be a list or dict of arrays or a FlatParams, and the
+#: hyperparameters are overrides of the defaults.)
+ParamGroup: TypeAlias = dict[str, Any]
+
+
+#: The arrays a gradient utility takes: a list or tuple (None entries are skipped), a dict
+#: whose values are used, or one array.
+ArraysArg: TypeAlias = (FloatArray | Sequence[FloatArray | None]
+                        | Mapping[str, FloatArray | None])
+
+#: What an optimizer is built from: a list of arrays, a dict name -> array, a FlatParams, one
+#: param-group dict, or a list of param-group dicts.
+ParamsArg: TypeAlias = (FlatParams | dict[str, Any] | MappingProxyType[str, Any]
+                        | Iterable[FloatArray | ParamGroup])
+
+#: The grads of one step: a list with one array (or None) per param in order, a dict keyed
+#: by param name, the one array of a one-param optimizer, or None (a FlatParams' grads).
+GradsArg: TypeAlias = (Sequence[FloatArray | None] | Mapping[str, FloatArray | None]
+                       | FloatArray | None)
+
+#: The hyperparameter tuple an optimizer class validates its group values into (its
+#: check_* function's result); each class narrows it to its own tuple type.
+Hyper: TypeAlias = tuple[Any, ...]
+
+
+class OptimizerStateDict(TypedDict):
+    """``Optimizer.state_dict()``: per-param state keyed by flat param index, and the
+    param groups with ``"params"`` as those indices (plus ``"param_names"`` when named)."""
+
+    state: dict[int, ParamState]
+    param_groups: list[dict[str, Any]]
