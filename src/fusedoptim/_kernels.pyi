@@ -18,6 +18,11 @@ _T = TypeVar("_T")
 
 # float32 or float64: the only dtypes the kernels accept (checked at run time).
 _FloatArray = NDArray[np.floating[Any]]
+# Plan's state: per tensor, its state buffers in column order (None: not created), or None
+# for a tensor with no state yet. (A union of list types, as list is invariant: a table
+# where every tensor has state, or none has, is a list[list[...]] or a list[None].)
+_StateTable = (list[list[_FloatArray | None] | None] | list[list[_FloatArray | None]]
+               | list[None])
 
 # -- the loader (src/fusedoptim/_kernels.py) ----------------------------------------------------
 
@@ -125,14 +130,12 @@ class Plan:
     def sstate_array(self) -> NDArray[np.float64]:
         """(ntensors, max(nsstate, 1)): each tensor's scalar state."""
 
-    def __init__(self, params: list[_FloatArray],
-                 state: list[list[_FloatArray | None] | None], nstate: int, nscalars: int,
+    def __init__(self, params: list[_FloatArray], state: _StateTable, nstate: int, nscalars: int,
                  labels: list[str] | None,
                  steps: Sequence[int] | NDArray[np.integer[Any]] | None = None,
                  scalar_state: Sequence[Sequence[float]] | None = None,
                  required: Iterable[int] | None = None) -> None: ...
-    def _index_written(self, state: list[list[_FloatArray | None] | None],
-                       nstate: int) -> None: ...
+    def _index_written(self, state: _StateTable, nstate: int) -> None: ...
     def bind(self, grads: list[_FloatArray | None]) -> int: ...
     def advance(self) -> int: ...
     def undo_advance(self) -> None: ...

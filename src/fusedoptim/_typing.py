@@ -31,8 +31,17 @@ ParamGroup: TypeAlias = dict[str, Any]
 
 #: The arrays a gradient utility takes: a list or tuple (None entries are skipped), a dict
 #: whose values are used, or one array.
-ArraysArg: TypeAlias = (FloatArray | Sequence[FloatArray | None]
-                        | Mapping[str, FloatArray | None])
+ArraysArg: TypeAlias = (FloatArray | list[FloatArray] | list[FloatArray | None]
+                        | tuple[FloatArray | None, ...] | dict[str, FloatArray]
+                        | dict[str, FloatArray | None])
+
+#: The functional API's per-param lists: one array, or None for a param that does not step
+#: (a state buffer may also be None where the call creates it, or does not use it).
+BufferList: TypeAlias = Sequence[FloatArray | None]
+
+#: The functional API's step counts: a list of ints or an integer array, one per param,
+#: incremented in place for each param that has a grad.
+StepList: TypeAlias = list[int] | NDArray[np.integer[Any]]
 
 #: What an optimizer is built from: a list of arrays, a dict name -> array, a FlatParams, one
 #: param-group dict, or a list of param-group dicts.
