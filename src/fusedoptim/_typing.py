@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeAlias, TypedDict
+from typing import Any, Protocol, TypeAlias, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,4 +63,11 @@ class OptimizerStateDict(TypedDict):
     param groups with ``"params"`` as those indices (plus ``"param_names"`` when named)."""
 
     state: dict[int, ParamState]
+    param_groups: list[dict[str, Any]]
+
+
+class SupportsParamGroups(Protocol):
+    """What an lr scheduler drives: any optimizer with torch's ``param_groups``, a list of
+    dicts each with an ``"lr"`` (fusedoptim's, torch's, your own)."""
+
     param_groups: list[dict[str, Any]]
