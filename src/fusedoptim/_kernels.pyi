@@ -8,7 +8,7 @@ value; they are declared bool.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,7 @@ def missing_features(level: str, features: Mapping[str, bool] | None = None) -> 
 
 #: elements per work unit (driver.pxi's CHUNK)
 CHUNK_ELEMENTS: int
+DEF_CHUNK: int
 #: chunk kernel name -> id for Plan.run
 KERNEL_IDS: dict[str, int]
 #: reduce kernel name -> id for Plan.reduce and Plan.arm_gate
@@ -92,6 +93,7 @@ def same_items(live: object, pinned: tuple[object, ...]) -> bool: ...
 
 # -- the plan -----------------------------------------------------------------------------------
 
+@final
 class Plan:
     """Pointer, scalar and work-unit tables for one group of tensors of one dtype."""
 
