@@ -71,3 +71,17 @@ class SupportsParamGroups(Protocol):
     dicts each with an ``"lr"`` (fusedoptim's, torch's, your own)."""
 
     param_groups: list[dict[str, Any]]
+
+
+class BuildConfig(TypedDict):
+    """``fusedoptim._config.build_config()``: how the kernels were compiled."""
+
+    version: str
+    compiler: str
+    compile_flags: list[str]
+    openmp: bool
+    isa: str
+    isa_levels: list[str]
+    num_threads: int
+    chunk_elements: int
+    kernels: list[str]
