@@ -30,10 +30,12 @@ ParamGroup: TypeAlias = dict[str, Any]
 
 
 #: The arrays a gradient utility takes: a list or tuple (None entries are skipped), a dict
-#: whose values are used, or one array.
-ArraysArg: TypeAlias = (FloatArray | list[FloatArray] | list[FloatArray | None]
-                        | tuple[FloatArray | None, ...] | dict[str, FloatArray]
-                        | dict[str, FloatArray | None])
+#: whose values are used, or one array. (Inside list and dict, which are invariant, the
+#: arrays are NDArray[Any]: a list of float64 arrays is no list of floating arrays to a type
+#: checker. The dtype is checked at run time.)
+ArraysArg: TypeAlias = (FloatArray | list[NDArray[Any]] | list[NDArray[Any] | None]
+                        | tuple[FloatArray | None, ...] | dict[str, NDArray[Any]]
+                        | dict[str, NDArray[Any] | None])
 
 #: The functional API's per-param lists: one array, or None for a param that does not step
 #: (a state buffer may also be None where the call creates it, or does not use it).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from . import _kernels
     from ._typing import ArraysArg, BufferList, FloatArray, Hyper, ParamState, StepList
     # The mixin's base for the type checker; at run time it is a plain mixin (object).
@@ -241,7 +243,8 @@ def asgd(params: Arrays, grads: BufferList, axs: Arrays, mus: list[float], etas:
 
 
 def sgd(params: Arrays, grads: BufferList,
-        momentum_buffer_list: list[FloatArray | None] | None,
+        # an array, or None (created here), per param; NDArray[Any] as list is invariant
+        momentum_buffer_list: list[NDArray[Any]] | list[NDArray[Any] | None] | None,
         state_steps: StepList | None = None, *, lr: float, momentum: float = 0.0,
         dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
         maximize: bool = False, momentum_style: str = "torch") -> None:
