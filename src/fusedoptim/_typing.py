@@ -6,7 +6,7 @@ this module itself; it is importable at run time for users who want the same nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias, TypedDict
 
@@ -58,6 +58,16 @@ GradsArg: TypeAlias = (Sequence[FloatArray | None] | Mapping[str, FloatArray | N
 #: The hyperparameter tuple an optimizer class validates its group values into (its
 #: check_* function's result); each class narrows it to its own tuple type.
 Hyper: TypeAlias = tuple[Any, ...]
+
+
+class ArrayViews(Protocol):
+    """``FlatParams.params`` and ``.grads``: the fixed views into the arena, by name (a
+    read-only mapping, for an arena built from a dict) or by position (a tuple, from a list).
+    The type covers both, so ``arena.params["W"]`` and ``arena.params[0]`` check."""
+
+    def __getitem__(self, key: Any, /) -> FloatArray: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class OptimizerStateDict(TypedDict):

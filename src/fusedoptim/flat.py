@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike, NDArray
     from typing_extensions import Self, TypeAlias
 
-    from ._typing import FloatArray
+    from ._typing import ArrayViews, FloatArray
 
     #: A shape as FlatParams takes it: a tuple or list of integers >= 0, or one integer.
     ShapeLike: TypeAlias = Union[SupportsIndex, Sequence[SupportsIndex]]
@@ -101,9 +101,10 @@ class FlatParams:
     flat_grad: FloatArray
     _param_views: list[FloatArray]
     _grad_views: list[FloatArray]
-    # A read-only mapping name -> view when built from a dict, a tuple when from a list.
-    params: MappingProxyType[str, FloatArray] | tuple[FloatArray, ...]
-    grads: MappingProxyType[str, FloatArray] | tuple[FloatArray, ...]
+    # A read-only mapping name -> view (MappingProxyType) when built from a dict, a tuple
+    # when from a list; ArrayViews types what both offer.
+    params: ArrayViews
+    grads: ArrayViews
 
     def __init__(self, shapes: Mapping[str, ShapeLike], dtype: DTypeLike = np.float32) -> None:
         if not isinstance(shapes, _MAPPINGS):
