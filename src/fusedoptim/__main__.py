@@ -1,10 +1,13 @@
 """Command line: `fusedoptim <command>` or `python -m fusedoptim <command>`."""
 
+from __future__ import annotations
+
 import argparse
 import sys
+from collections.abc import Sequence
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusedoptim", description="Fused, in-place NumPy optimizers: demos and benchmarks.")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -22,19 +25,20 @@ def build_parser():
     return parser
 
 
-def _show_config():
+def _show_config() -> int:
     from . import show_config
     show_config()
     return 0
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    status: int = args.func(args)       # every command's handler returns an exit status
+    return status
 
 
 if __name__ == "__main__":

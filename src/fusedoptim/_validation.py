@@ -2,20 +2,26 @@
 
 Every message names the argument, the bad value and what would be accepted. All checks run
 before any buffer is written, so a rejected call changes nothing.
+
+Every check takes the caller's raw value (any object) and returns it in canonical form.
 """
+
+from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 
-def _real(value, name):
+def _real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} "
                         f"({type(value).__name__})")
     return float(value)
 
 
-def finite_nonneg(value, name):
+def finite_nonneg(value: object, name: str) -> float:
     """lr, weight_decay, momentum and friends: a finite float >= 0."""
     v = _real(value, name)
     if not (0.0 <= v < math.inf):
@@ -23,7 +29,7 @@ def finite_nonneg(value, name):
     return v
 
 
-def nonneg(value, name, note=""):
+def nonneg(value: object, name: str, note: str = "") -> float:
     """max_norm, clip_value: a float >= 0, where inf is meaningful (no limit)."""
     v = _real(value, name)
     if not v >= 0.0:    # also NaN
@@ -31,7 +37,7 @@ def nonneg(value, name, note=""):
     return v
 
 
-def positive(value, name):
+def positive(value: object, name: str) -> float:
     """eps and friends: a finite float > 0."""
     v = _real(value, name)
     if not (0.0 < v < math.inf):
@@ -39,7 +45,7 @@ def positive(value, name):
     return v
 
 
-def positive_or_inf(value, name, note=""):
+def positive_or_inf(value: object, name: str, note: str = "") -> float:
     """LAMB's clamp_value: a float > 0, where inf means no bound."""
     v = _real(value, name)
     if not v > 0.0:    # also NaN
@@ -47,7 +53,7 @@ def positive_or_inf(value, name, note=""):
     return v
 
 
-def unit_interval(value, name):
+def unit_interval(value: object, name: str) -> float:
     """betas, rho, alpha: a float in [0, 1)."""
     v = _real(value, name)
     if not (0.0 <= v < 1.0):
@@ -55,7 +61,7 @@ def unit_interval(value, name):
     return v
 
 
-def open_unit_interval(value, name):
+def open_unit_interval(value: object, name: str) -> float:
     """Rprop's etaminus: a float in (0, 1)."""
     v = _real(value, name)
     if not (0.0 < v < 1.0):
@@ -63,7 +69,7 @@ def open_unit_interval(value, name):
     return v
 
 
-def finite_above(value, name, bound):
+def finite_above(value: object, name: str, bound: float) -> float:
     """Rprop's etaplus (> 1) and friends: a finite float strictly above `bound`."""
     v = _real(value, name)
     if not (bound < v < math.inf):
@@ -71,7 +77,7 @@ def finite_above(value, name, bound):
     return v
 
 
-def ordered_pair(value, name):
+def ordered_pair(value: object, name: str) -> tuple[float, float]:
     """A (low, high) pair of finite floats >= 0 with low <= high, e.g. Rprop's step_sizes."""
     a, b = pair(value, name)
     lo, hi = finite_nonneg(a, f"{name}[0]"), finite_nonneg(b, f"{name}[1]")
@@ -80,7 +86,7 @@ def ordered_pair(value, name):
     return lo, hi
 
 
-def unit_closed(value, name):
+def unit_closed(value: object, name: str) -> float:
     """Adadelta's rho, SGD's dampening: a float in [0, 1]."""
     v = _real(value, name)
     if not (0.0 <= v <= 1.0):
@@ -88,7 +94,7 @@ def unit_closed(value, name):
     return v
 
 
-def choice(value, name, options):
+def choice(value: object, name: str, options: Sequence[str]) -> str:
     """A string option such as momentum_style: one of `options`."""
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, "
@@ -96,7 +102,8 @@ def choice(value, name, options):
     return value
 
 
-def pair(value, name):
+def pair(value: Any, name: str) -> tuple[object, object]:
+    # Any: whatever the caller passed; unpacking it is the check.
     try:
         a, b = value
     except (TypeError, ValueError):
@@ -104,12 +111,12 @@ def pair(value, name):
     return a, b
 
 
-def betas(value, name="betas"):
+def betas(value: object, name: str = "betas") -> tuple[float, float]:
     b1, b2 = pair(value, name)
     return unit_interval(b1, f"{name}[0]"), unit_interval(b2, f"{name}[1]")
 
 
-def scalar_state(value, name):
+def scalar_state(value: object, name: str) -> float:
     """Per-tensor scalar state (a step-dependent product, a learning rate...) from a
     checkpoint or a functional call: a real number or a 1-element array, as a float."""
     if hasattr(value, "size") and hasattr(value, "item") and value.size == 1:
@@ -117,13 +124,13 @@ def scalar_state(value, name):
     return _real(value, name)
 
 
-def flag(value, name):
+def flag(value: object, name: str) -> bool:
     if not isinstance(value, (bool, int)) or value not in (0, 1):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
 
-def positive_int(value, name):
+def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

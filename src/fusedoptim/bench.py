@@ -20,13 +20,17 @@ clip_grad_norm_/all_finite/clip_grad_value_ on one buffer per --sizes (default 1
 read-only and read-write rooflines, and what skip_nonfinite adds to a 1e6 AdamW step.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -34,22 +38,32 @@ import fusedoptim as fo
 from . import _kernels
 from .flat import aligned_zeros
 
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+    from ._typing import FloatArray
+
+    _T = TypeVar("_T")
+
+# torch is optional and imported at run time only (_optional_torch): its module and objects
+# are typed Any here. A timing row (a dict of labels, counts and seconds) is dict[str, Any].
+
 
 @dataclass
 class BenchCase:
     """One optimizer configuration to benchmark."""
     name: str                   # label in the table
     cls: str                    # class name in fusedoptim / fusedoptim.reference
-    kwargs: dict
+    kwargs: dict[str, Any]
     rw_buffers: int             # buffers read and written per element (param + state)
-    torch_cls: str = None       # torch.optim class name, None when torch has none
-    torch_kwargs: dict = field(default_factory=dict)
+    torch_cls: str | None = None    # torch.optim class name, None when torch has none
+    torch_kwargs: dict[str, Any] = field(default_factory=dict)
     torch_fused: bool = False   # torch has a fused CPU kernel for it
     # Two-pass optimizers (LAMB, LARS) move more data than one touch_rw pass: the roofline
     # kernels run after touch_rw<rw_buffers> on the same buffers, in the same call.
-    extra_roofline: tuple = ()
+    extra_roofline: tuple[str, ...] = ()
 
-    def transfers(self):
+    def transfers(self) -> int:
         """Memory transfers per element: each rw buffer read + written, the grad read, plus
         the extra roofline passes'."""
         return 2 * self.rw_buffers + 1 + sum(_TOUCH_TRANSFERS[k] for k in self.extra_roofline)
@@ -102,7 +116,7 @@ BENCH_CASES = [
 ]
 
 
-def _timeit(fn, min_time, repeat):
+def _timeit(fn: Callable[[], object], min_time: float, repeat: int) -> float:
     """Best seconds per call over `repeat` batches of at least `min_time` seconds each."""
     fn()
     n = 1
@@ -124,14 +138,15 @@ def _timeit(fn, min_time, repeat):
     return best
 
 
-def _data(n, dtype, seed=0):
+def _data(n: int, dtype: DTypeLike, seed: int = 0) -> tuple[FloatArray, FloatArray]:
     rng = np.random.default_rng(seed)
     p = rng.standard_normal(n).astype(dtype)
     g = (rng.standard_normal(n) * 1e-3).astype(dtype)
     return p, g
 
 
-def fused_step_fn(case, n, dtype, reference=False):
+def fused_step_fn(case: BenchCase, n: int, dtype: DTypeLike,
+                  reference: bool = False) -> Callable[[], object]:
     p, g = _data(n, dtype)
     module = fo.reference if reference else fo
     opt = getattr(module, case.cls)([p], **case.kwargs)
@@ -140,10 +155,11 @@ def fused_step_fn(case, n, dtype, reference=False):
     return lambda: opt.step(grads)
 
 
-def roofline_fn(case, n, dtype):
+def roofline_fn(case: BenchCase, n: int, dtype: DTypeLike) -> Callable[[], object]:
     """The same read/write pattern as the optimizer, doing only x += g."""
     p, g = _data(n, dtype)
-    state = [[np.zeros_like(p) for _ in range(case.rw_buffers - 1)]]
+    state: list[list[FloatArray | None] | None] = [
+        [np.zeros_like(p) for _ in range(case.rw_buffers - 1)]]
     plan = _kernels.Plan([p], state, case.rw_buffers - 1, 0, ["g"])
     plan.bind([g])
     passes = [_touch_pass(plan, f"touch_rw{case.rw_buffers}")]
@@ -153,7 +169,7 @@ def roofline_fn(case, n, dtype):
     return lambda: [run() for run in passes]
 
 
-def _touch_pass(plan, name):
+def _touch_pass(plan: _kernels.Plan, name: str) -> Callable[[], object]:
     """One roofline pass over a bound plan: a chunk kernel or a read-only reduction."""
     if name in _kernels.REDUCE_IDS:
         rid = _kernels.REDUCE_IDS[name]
@@ -162,7 +178,8 @@ def _touch_pass(plan, name):
     return lambda: plan.run(kid)
 
 
-def torch_step_fn(case, n, dtype, torch):
+def torch_step_fn(case: BenchCase, n: int, dtype: DTypeLike,
+                  torch: Any) -> tuple[Callable[[], object] | None, str | None]:
     """torch's fastest CPU path for this optimizer, or None."""
     if case.torch_cls is None:
         return None, None
@@ -172,7 +189,7 @@ def torch_step_fn(case, n, dtype, torch):
     cls = getattr(torch.optim, case.torch_cls)
     candidates = [("fused", dict(fused=True))] if case.torch_fused else []
     candidates += [("foreach", dict(foreach=True)), ("for-loop", dict(foreach=False))]
-    best = (None, None, math.inf)
+    best: tuple[Callable[[], object] | None, str | None, float] = (None, None, math.inf)
     for label, extra in candidates:
         try:
             opt = cls([tp], **case.torch_kwargs, **extra)
@@ -190,17 +207,19 @@ def torch_step_fn(case, n, dtype, torch):
 
 # -- many small tensors -------------------------------------------------------------------
 
-MANY_TENSORS_KW = dict(lr=1e-3, weight_decay=1e-2)   # AdamW, as torch's defaults otherwise
+# AdamW, as torch's defaults otherwise
+MANY_TENSORS_KW: dict[str, Any] = dict(lr=1e-3, weight_decay=1e-2)
 
 
-def many_tensor_fns(count, size, dtype=np.float32, torch=None):
+def many_tensor_fns(count: int, size: int, dtype: DTypeLike = np.float32,
+                    torch: Any = None) -> dict[str, Callable[[], object]]:
     """One AdamW step over `count` tensors of `size` elements, laid out several ways, each
     with its own buffers and its state already created: {label: step function}."""
     from .optim.adam import adam_scalars, check_adam
     rng = np.random.default_rng(0)
     ps = [rng.standard_normal(size).astype(dtype) for _ in range(count)]
     gs = [(rng.standard_normal(size) * 1e-3).astype(dtype) for _ in range(count)]
-    fns = {}
+    fns: dict[str, Callable[[], object]] = {}
 
     separate = fo.AdamW([p.copy() for p in ps], **MANY_TENSORS_KW)
     separate.step(gs)
@@ -231,7 +250,7 @@ def many_tensor_fns(count, size, dtype=np.float32, torch=None):
                        MANY_TENSORS_KW["weight_decay"], False, False, True, True)
     kid = _kernels.KERNEL_IDS["adam"]
 
-    def kernel_step():
+    def kernel_step() -> None:
         plan.set_scalars(adam_scalars(plan.advance(), *hyper))
         plan.run(kid)
     kernel_step()
@@ -255,7 +274,8 @@ def many_tensor_fns(count, size, dtype=np.float32, torch=None):
     return fns
 
 
-def _timeit_interleaved(fns, min_time, repeat):
+def _timeit_interleaved(fns: Mapping[str, Callable[[], object]], min_time: float,
+                        repeat: int) -> dict[str, float]:
     """Best seconds per call of each function, the repeats interleaved (a burst of noise
     on this shared machine then hits every function, not one): {label: seconds}."""
     counts = {}
@@ -276,7 +296,7 @@ def _timeit_interleaved(fns, min_time, repeat):
     return best
 
 
-def _optional_torch(use_torch):
+def _optional_torch(use_torch: bool) -> Any:
     """torch when asked for and importable, else None (every torch column then reads '-')."""
     if not use_torch:
         return None
@@ -288,12 +308,13 @@ def _optional_torch(use_torch):
 
 
 @contextlib.contextmanager
-def _thread_counts(threads, torch):
+def _thread_counts(threads: Sequence[int],
+                   torch: Any) -> Iterator[Callable[[], Iterator[int]]]:
     """Iterate over the thread counts with fusedoptim and torch (when present) both set to
     each; fusedoptim's setting is restored afterwards."""
     saved = fo.get_num_threads()
 
-    def each():
+    def each() -> Iterator[int]:
         for nt in threads:
             fo.set_num_threads(nt)
             if torch is not None:
@@ -305,8 +326,9 @@ def _thread_counts(threads, torch):
         fo.set_num_threads(saved)
 
 
-def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=True,
-                     out=sys.stdout):
+def run_many_tensors(count: int, size: int, threads: Sequence[int], min_time: float = 0.2,
+                     repeat: int = 7, use_torch: bool = True,
+                     out: TextIO = sys.stdout) -> dict[int, dict[str, float]]:
     """The many-tensors section: per-step times and the three target ratios, per thread
     count. Returns {threads: {label: seconds}}."""
     torch = _optional_torch(use_torch)
@@ -352,7 +374,7 @@ def run_many_tensors(count, size, threads, min_time=0.2, repeat=7, use_torch=Tru
     return results
 
 
-def step_overhead_us(cls="Adam", repeat=5):
+def step_overhead_us(cls: str = "Adam", repeat: int = 5) -> float:
     """Microseconds per step() on a single 1-element param (pure Python+call overhead)."""
     p, g = [np.zeros(1, np.float32)], [np.ones(1, np.float32)]
     opt = getattr(fo, cls)(p)
@@ -360,15 +382,16 @@ def step_overhead_us(cls="Adam", repeat=5):
     return _timeit(lambda: opt.step(g), 0.2, repeat) * 1e6
 
 
-def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, use_torch=True,
-        out=sys.stdout):
+def run(cases: Sequence[BenchCase], sizes: Sequence[int], dtypes: Sequence[DTypeLike],
+        threads: Sequence[int], min_time: float = 0.2, repeat: int = 5, reference: bool = True,
+        use_torch: bool = True, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     torch = _optional_torch(use_torch)
     header = (f"{'optimizer':<15}{'dtype':>8}{'n':>11}{'thr':>4}{'fused Gel/s':>13}"
               f"{'ref Gel/s':>11}{'torch Gel/s':>13}{'torch path':>11}{'x ref':>8}"
               f"{'x torch':>9}{'% roofline':>12}")
     print(header, file=out)
     print("-" * len(header), file=out)
-    rows = []
+    rows: list[dict[str, Any]] = []
     with _thread_counts(threads, torch) as thread_counts:
         for case in cases:
             for dtype in dtypes:
@@ -381,6 +404,8 @@ def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, u
                         t_ref = (_timeit(fused_step_fn(case, n, dtype, reference=True),
                                          min_time, max(2, repeat // 2))
                                  if reference and n <= 10_000_000 else None)
+                        t_torch: float | None
+                        path: str | None
                         t_torch, path = None, ""
                         if torch is not None:
                             fn, path = torch_step_fn(case, n, dtype, torch)
@@ -394,17 +419,17 @@ def run(cases, sizes, dtypes, threads, min_time=0.2, repeat=5, reference=True, u
     return rows
 
 
-def _speed_cells(r):
+def _speed_cells(r: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
     """G el/s of fused/reference/torch, the two speed-ups and the roofline share of a row."""
     n = r["n"]
-    gel = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
-    ratio = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
+    gel: Callable[[float | None], str] = lambda t: f"{n / t / 1e9:.3f}" if t else "-"
+    ratio: Callable[[float | None], str] = lambda t: f"{t / r['fused_s']:.1f}x" if t else "-"
     return (gel(r["fused_s"]), gel(r["reference_s"]), gel(r["torch_s"]),
             ratio(r["reference_s"]), ratio(r["torch_s"]),
             f"{100 * r['roofline_s'] / r['fused_s']:.0f}%")
 
 
-def _format_row(r):
+def _format_row(r: Mapping[str, Any]) -> str:
     fused, ref, torch, x_ref, x_torch, roof = _speed_cells(r)
     return (f"{r['optimizer']:<15}{r['dtype']:>8}{r['n']:>11.0e}{r['threads']:>4}"
             f"{fused:>13}{ref:>11}{torch:>13}{r['torch_path'] or '-':>11}{x_ref:>8}"
@@ -419,24 +444,26 @@ class UtilityRow:
     a roofline with the same memory traffic."""
     label: str
     n: int
-    fused: object
-    roofline: object
-    reference: object = None
-    torch: object = None
+    # Called with no argument (Callable[..., object]: some bind their data as a default).
+    fused: Callable[..., object]
+    roofline: Callable[..., object]
+    reference: Callable[..., object] | None = None
+    torch: Callable[..., object] | None = None
 
 
-def _array_plan(arrays):
+def _array_plan(arrays: list[FloatArray]) -> _kernels.Plan:
     plan = _kernels.Plan(arrays, [None] * len(arrays), 0, 2, None)
     plan.active_array[...] = 1
     return plan
 
 
-def _roofline(plan, *names):
+def _roofline(plan: _kernels.Plan, *names: str) -> Callable[[], object]:
     passes = [_touch_pass(plan, name) for name in names]
     return lambda: [run() for run in passes]
 
 
-def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
+def utility_rows(n_tensors: int, tensor_size: int, big_sizes: Sequence[int], torch: Any = None,
+                 reference: bool = True) -> list[UtilityRow]:
     """The rows of `fusedoptim bench --utilities`.
 
     Clipping rows use max_norm=0: every call then takes both passes (the norm, then the
@@ -446,7 +473,7 @@ def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
     rng = np.random.default_rng(0)
     rows = []
 
-    def torch_params(arrays):
+    def torch_params(arrays: list[FloatArray]) -> list[Any]:
         params = []
         for a in arrays:
             # torch.empty is never touched, so the OS never backs it with memory; the grad
@@ -501,7 +528,8 @@ def utility_rows(n_tensors, tensor_size, big_sizes, torch=None, reference=True):
     return rows
 
 
-def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
+def skip_overhead(n: int = 1_000_000, min_time: float = 0.2,
+                  repeat: int = 7) -> tuple[float, float, float, float]:
     """Seconds per AdamW step on finite float32 grads: (plain, with skip_nonfinite, with a
     separate check pass before it, the check pass alone). One optimizer
     with the flag switched per call, so both time the same buffers (two optimizers' arrays
@@ -511,23 +539,27 @@ def skip_overhead(n=1_000_000, min_time=0.2, repeat=7):
     opt = fo.AdamW([p], lr=1e-3)
     opt.step([g])                   # state exists, as in a training loop
 
-    def step_with(flag):
+    def step_with(flag: bool) -> None:
         opt.skip_nonfinite = flag
         opt.step([g])
     plan = opt._caches[0].plan
+    assert plan is not None             # the step above built it
     nonfinite = _kernels.REDUCE_IDS["nonfinite"]
-    best = _timeit_interleaved({"plain": lambda: step_with(False),
-                                "skip": lambda: step_with(True),
-                                "check, then step": lambda: (plan.reduce(nonfinite, 1, True),
-                                                             step_with(False)),
-                                "check alone": lambda: plan.reduce(nonfinite, 1, True)},
-                               min_time, repeat)
+    best = _timeit_interleaved(
+        {"plain": lambda: step_with(False),
+         "skip": lambda: step_with(True),
+         # the tuple only sequences the two calls, so step_with's None in it is never used
+         "check, then step": lambda: (plan.reduce(nonfinite, 1, True),
+                                      step_with(False)),  # type: ignore[func-returns-value]
+         "check alone": lambda: plan.reduce(nonfinite, 1, True)},
+        min_time, repeat)
     # For comparison: the design before the in-pass check (a separate check pass, then the
     # step), and the check's own read of the grads, the floor of any check.
     return best["plain"], best["skip"], best["check, then step"], best["check alone"]
 
 
-def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
+def torch_skip_overhead(torch: Any, n: int = 1_000_000, min_time: float = 0.2,
+                        repeat: int = 7) -> tuple[float, float]:
     """torch's equivalent, for comparison: AdamW(fused=True).step() alone, and with the
     found_inf check GradScaler runs before it (_amp_foreach_non_finite_check_and_unscale_,
     here with inv_scale 1, then the fused step reading found_inf)."""
@@ -538,7 +570,7 @@ def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
     opt.step()
     found_inf, inv_scale = torch.zeros(()), torch.ones(())
 
-    def checked():
+    def checked() -> None:
         found_inf.zero_()
         torch._amp_foreach_non_finite_check_and_unscale_([tp.grad], found_inf, inv_scale)
         opt.found_inf = found_inf
@@ -548,19 +580,21 @@ def torch_skip_overhead(torch, n=1_000_000, min_time=0.2, repeat=7):
     return best["plain"], best["checked"]
 
 
-def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, use_torch=True,
-                  n_tensors=1000, tensor_size=1000, out=sys.stdout):
+def run_utilities(threads: Sequence[int], big_sizes: Sequence[int], min_time: float = 0.2,
+                  repeat: int = 5, reference: bool = True, use_torch: bool = True,
+                  n_tensors: int = 1000, tensor_size: int = 1000,
+                  out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     torch = _optional_torch(use_torch)
     header = (f"{'utility':<34}{'n':>9}{'thr':>4}{'fused Gel/s':>13}{'ref Gel/s':>11}"
               f"{'torch Gel/s':>13}{'x ref':>8}{'x torch':>9}{'% roofline':>12}")
     print(header, file=out)
     print("-" * len(header), file=out)
     rows = utility_rows(n_tensors, tensor_size, big_sizes, torch, reference)
-    results = []
+    results: list[dict[str, Any]] = []
     with _thread_counts(threads, torch) as thread_counts:
         for nt in thread_counts():
             for row in rows:
-                r = dict(utility=row.label, n=row.n, threads=nt,
+                r: dict[str, Any] = dict(utility=row.label, n=row.n, threads=nt,
                          fused_s=_timeit(row.fused, min_time, repeat),
                          roofline_s=_timeit(row.roofline, min_time, repeat),
                          reference_s=(_timeit(row.reference, min_time, max(2, repeat // 2))
@@ -589,13 +623,14 @@ def run_utilities(threads, big_sizes, min_time=0.2, repeat=5, reference=True, us
     return results
 
 
-def _format_utility(r):
+def _format_utility(r: Mapping[str, Any]) -> str:
     fused, ref, torch, x_ref, x_torch, roof = _speed_cells(r)
     return (f"{r['utility']:<34}{r['n']:>9.0e}{r['threads']:>4}{fused:>13}{ref:>11}"
             f"{torch:>13}{x_ref:>8}{x_torch:>9}{roof:>12}")
 
 
-def add_parser(subparsers):
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
+               ) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
                               "reference and torch on this machine")
     p.add_argument("--optimizers", default=None,
@@ -626,7 +661,7 @@ def add_parser(subparsers):
     return p
 
 
-def _parse_list(text, conv, what):
+def _parse_list(text: str, conv: Callable[[str], _T], what: str) -> list[_T]:
     try:
         values = [conv(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -636,7 +671,7 @@ def _parse_list(text, conv, what):
     return values
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     cases = BENCH_CASES
     if args.optimizers:
         wanted = _parse_list(args.optimizers, str, "optimizer")

@@ -6,9 +6,22 @@ pointer, and the driver cuts one long run into work units. ``state_dict`` still 
 entry per param, so checkpoints do not depend on the layout.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, SupportsIndex, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
+    from typing_extensions import Self, TypeAlias
+
+    from ._typing import ArrayViews, FloatArray
+
+    #: A shape as FlatParams takes it: a tuple or list of integers >= 0, or one integer.
+    ShapeLike: TypeAlias = Union[SupportsIndex, Sequence[SupportsIndex]]
 
 #: Alignment of every arena buffer: a cache line, and one AVX-512 vector, so the first work
 #: unit starts on a vector boundary and no two buffers share a cache line.
@@ -18,7 +31,7 @@ PAGE = 4096
 _MAPPINGS = (dict, MappingProxyType)
 
 
-def aligned_bytes(nbytes, align=ALIGNMENT):
+def aligned_bytes(nbytes: int, align: int = ALIGNMENT) -> NDArray[np.uint8]:
     """A zeroed uint8 array of nbytes starting on an `align` boundary.
 
     Over-allocates and slices; np.zeros gets its pages zeroed by the OS, so this costs no
@@ -29,29 +42,30 @@ def aligned_bytes(nbytes, align=ALIGNMENT):
     return raw[skip:skip + nbytes]
 
 
-def aligned_zeros(n, dtype):
+def aligned_zeros(n: int, dtype: DTypeLike) -> FloatArray:
     """A zeroed, C-contiguous 1-D array of n elements starting on an ALIGNMENT boundary."""
     dtype = np.dtype(dtype)
     return aligned_bytes(n * dtype.itemsize).view(dtype)
 
 
-def _carve(flat, shapes, offsets):
+def _carve(flat: FloatArray, shapes: Sequence[tuple[int, ...]],
+           offsets: Sequence[int]) -> list[FloatArray]:
     """Views of `flat`, one per shape, at the given element offsets."""
     return [flat[o:o + int(np.prod(s, dtype=np.int64))].reshape(s)
             for o, s in zip(offsets, shapes)]
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in (np.float32, np.float64):
+    if dt is None or dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
     return dt
 
 
-def _check_shape(shape, label):
+def _check_shape(shape: object, label: str) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
     if not isinstance(shape, (tuple, list)) or not all(
@@ -78,7 +92,21 @@ class FlatParams:
     * ``zero_grad()`` zeroes ``flat_grad`` (one memset), for loops that accumulate grads.
     """
 
-    def __init__(self, shapes, dtype=np.float32):
+    dtype: np.dtype[Any]
+    names: tuple[str, ...] | None
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    size: int
+    flat: FloatArray
+    flat_grad: FloatArray
+    _param_views: list[FloatArray]
+    _grad_views: list[FloatArray]
+    # A read-only mapping name -> view (MappingProxyType) when built from a dict, a tuple
+    # when from a list; ArrayViews types what both offer.
+    params: ArrayViews
+    grads: ArrayViews
+
+    def __init__(self, shapes: Mapping[str, ShapeLike], dtype: DTypeLike = np.float32) -> None:
         if not isinstance(shapes, _MAPPINGS):
             raise TypeError(f"shapes must be a dict name -> shape, e.g. {{'W': (784, 128), "
                             f"'b': (128,)}}, got {type(shapes).__name__}; to copy existing "
@@ -90,13 +118,16 @@ class FlatParams:
                     _check_dtype(dtype))
 
     @classmethod
-    def from_arrays(cls, arrays, dtype=None):
+    def from_arrays(cls, arrays: Mapping[str, ArrayLike] | Sequence[ArrayLike],
+                    dtype: DTypeLike | None = None) -> Self:
         """A new arena holding copies of `arrays` (a dict name -> array, or a list).
 
         ``dtype`` defaults to the arrays' own, which must be float32 or float64 and shared by
         all; pass it to convert. The originals are not used afterwards: keep using
         ``arena.params``.
         """
+        names: list[str] | None
+        values: list[ArrayLike] | list[NDArray[Any]]
         if isinstance(arrays, _MAPPINGS):
             names, values = list(arrays), list(arrays.values())
         elif isinstance(arrays, (list, tuple)):
@@ -129,7 +160,8 @@ class FlatParams:
             view[...] = v
         return self
 
-    def _build(self, names, shapes, dtype):
+    def _build(self, names: Sequence[str] | None, shapes: Sequence[tuple[int, ...]],
+               dtype: np.dtype[Any]) -> None:
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
         self.dtype = dtype
@@ -151,17 +183,17 @@ class FlatParams:
             self.grads = MappingProxyType(dict(zip(names, self._grad_views)))
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.flat.nbytes
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Zero every grad (one pass over ``flat_grad``)."""
         self.flat_grad.fill(0)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.shapes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         what = (", ".join(f"{k!r}: {s}" for k, s in zip(self.names, self.shapes))
                 if self.names is not None else ", ".join(map(str, self.shapes)))
         return f"FlatParams({{{what}}}, dtype={self.dtype}, size={self.size})"
@@ -193,7 +225,24 @@ class GroupLayout:
     __slots__ = ("params", "flat_param", "shapes", "offsets", "nbytes", "dtype", "arena",
                  "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep")
 
-    def __init__(self, params, flat_param, arena, enabled):
+    params: list[FloatArray]
+    flat_param: FloatArray | None
+    shapes: list[tuple[int, ...]]
+    offsets: list[int]
+    nbytes: int
+    dtype: np.dtype[Any]
+    arena: FlatParams | None
+    grad_views: list[FloatArray] | None
+    enabled: bool
+    # slot -> the 1-D state over the group's params when they tile one buffer, else the
+    # raw bytes holding the slot's per-param views
+    buffers: dict[str, NDArray[Any]]
+    views: dict[str, list[FloatArray]]
+    use_flat: bool
+    lockstep: bool | None
+
+    def __init__(self, params: Sequence[FloatArray], flat_param: FloatArray | None,
+                 arena: FlatParams | None, enabled: bool) -> None:
         self.params = list(params)
         self.flat_param = flat_param
         self.shapes = [p.shape for p in params]
@@ -213,7 +262,7 @@ class GroupLayout:
         self.enabled = enabled and flat_param is not None   # False: always per param
         self.reset_state()
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Forget the state buffers (after load_state_dict: a user's reference to an old
         state view must not see the loaded values written into it)."""
         self.buffers = {}           # slot -> the group's buffer
@@ -221,7 +270,7 @@ class GroupLayout:
         self.use_flat = False       # the group's current plan is the flat one
         self.lockstep = None        # every param at the same step/state: True, False, None=unknown
 
-    def slot_views(self, slot):
+    def slot_views(self, slot: str) -> list[FloatArray]:
         """The per-param views of the group's buffer for `slot`, allocated on first use."""
         views = self.views.get(slot)
         if views is None:

@@ -8,6 +8,11 @@ ASGD's ``mus`` and ``etas``) is passed the same way, as lists of floats updated 
 ``fusedoptim.reference`` has the same functions in plain NumPy.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from . import _kernels
@@ -26,9 +31,17 @@ from .optim.sgd import check_sgd, sgd_scalars
 from .optim.lamb import check_lamb, lamb_run, lamb_scalars
 from .optim.lars import check_lars, lars_run, lars_scalars
 
+if TYPE_CHECKING:
+    from ._typing import BufferList, FloatArray, Hyper, StepList
 
-def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_steps, n_required,
-                scalar_lists=(), init_hints=None, create=(), run=None):
+
+def _fused_step(kernel: str, scalars_fn: Callable[..., Any], hyper: Hyper,
+                params: Sequence[FloatArray], grads: BufferList,
+                state_lists: list[tuple[str, BufferList | None]], state_steps: StepList | None,
+                n_required: int | tuple[str, ...],
+                scalar_lists: Sequence[tuple[str, list[float]]] = (),
+                init_hints: Mapping[str, str] | None = None, create: Container[str] = (),
+                run: Callable[[_kernels.Plan], None] | None = None) -> None:
     """Validate every list, then run `kernel` once over all params. The first `n_required`
     state lists (or those named, when `n_required` is a tuple of names) must hold a buffer
     for every param that has a grad. A state list given as None is one this configuration
@@ -69,7 +82,7 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
                          f"param its own buffer")
     steps = []
     keep_steps = state_steps is not None
-    if not keep_steps:
+    if state_steps is None:             # (not keep_steps, spelled so that mypy narrows)
         state_steps = [0] * n
     for i, s in enumerate(state_steps):
         if isinstance(s, np.ndarray) and s.size == 1:
@@ -77,32 +90,33 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
             raise ValueError(f"state_steps[{i}] must be an integer >= 0, got {s!r}")
         steps.append(int(s))
-    state = [[] for _ in range(n)]
-    created = []        # (list, index, new buffer): stored only once everything is valid
-    for name, lst in state_lists:
-        if name in create and lst is None:
+    state: list[list[FloatArray | None]] = [[] for _ in range(n)]
+    # (list, index, new buffer): stored only once everything is valid
+    created: list[tuple[list[FloatArray | None], int, FloatArray]] = []
+    for name, buffers in state_lists:
+        if name in create and buffers is None:
             raise ValueError(f"{name} is None; pass a list with one array or None per param "
                              f"(None entries are created)")
         for i in range(n):
-            buf = None if lst is None else lst[i]
+            buf = None if buffers is None else buffers[i]
             if buf is not None:
                 _kernels.check_buffer(buf, params[i], f"{name}[{i}]")
             elif name in create and grads[i] is not None:
-                if not isinstance(lst, list):
+                if not isinstance(buffers, list):
                     raise TypeError(f"{name}[{i}] is None and {name} is a "
-                                    f"{type(lst).__name__}; pass a list, so that the new "
+                                    f"{type(buffers).__name__}; pass a list, so that the new "
                                     f"buffer can be stored in it")
                 buf = np.zeros_like(params[i])
-                created.append((lst, i, buf))
+                created.append((buffers, i, buf))
             state[i].append(buf)
-    sstate = None
+    sstate: list[list[float]] | None = None
     if scalar_lists:
         sstate = [[0.0] * len(scalar_lists) for _ in range(n)]
-        for j, (name, lst) in enumerate(scalar_lists):
+        for j, (name, values) in enumerate(scalar_lists):
             for i in range(n):
-                if lst[i] is None and grads[i] is None:
+                if values[i] is None and grads[i] is None:
                     continue
-                sstate[i][j] = v.scalar_state(lst[i], f"{name}[{i}]")
+                sstate[i][j] = v.scalar_state(values[i], f"{name}[{i}]")
     labels = [f"grads[{i}]" for i in range(n)]
     plan = _kernels.Plan(list(params), state, len(state_lists), len(_kernels.SCALARS[kernel]),
                          labels, steps, sstate)
@@ -139,16 +153,18 @@ def _fused_step(kernel, scalars_fn, hyper, params, grads, state_lists, state_ste
         new_steps = plan.steps_array
         for i in range(n):
             state_steps[i] = int(new_steps[i])
-    for j, (name, lst) in enumerate(scalar_lists):
+    for j, (name, values) in enumerate(scalar_lists):
         for i in range(n):
             if grads[i] is not None:
-                lst[i] = float(plan.sstate_array[i, j])
+                values[i] = float(plan.sstate_array[i, j])
 
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
-         beta2, eps, weight_decay=0.0, amsgrad=False, maximize=False,
-         decoupled_weight_decay=False, bias_correction=True):
+def adam(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+         exp_avg_sqs: BufferList, max_exp_avg_sqs: BufferList | None, state_steps: StepList,
+         *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+         amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False,
+         bias_correction: bool = True) -> None:
     """Fused Adam/AdamW step over lists (see :class:`fusedoptim.Adam` for the rule).
 
     ``max_exp_avg_sqs`` may be None unless ``amsgrad``.
@@ -160,25 +176,32 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
                  ("max_exp_avg_sqs", max_exp_avg_sqs)], state_steps, 3 if amsgrad else 2)
 
 
-def adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
-          beta2, eps, weight_decay=1e-2, amsgrad=False, maximize=False, bias_correction=True):
+def adamw(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+          exp_avg_sqs: BufferList, max_exp_avg_sqs: BufferList | None, state_steps: StepList,
+          *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 1e-2,
+          amsgrad: bool = False, maximize: bool = False,
+          bias_correction: bool = True) -> None:
     """:func:`adam` with decoupled weight decay (AdamW)."""
     adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
          maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction)
 
 
-def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, eps,
-           weight_decay=0.0, maximize=False):
+def adamax(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+           exp_infs: BufferList, state_steps: StepList, *, lr: float, beta1: float,
+           beta2: float, eps: float, weight_decay: float = 0.0,
+           maximize: bool = False) -> None:
     """Fused Adamax step over lists (see :class:`fusedoptim.Adamax` for the rule)."""
     hyper = check_adamax(lr, beta1, beta2, eps, weight_decay, maximize)
     _fused_step("adamax", adamax_scalars, hyper, params, grads,
                 [("exp_avgs", exp_avgs), ("exp_infs", exp_infs)], state_steps, 2)
 
 
-def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr, beta1, beta2,
-          eps, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
-          maximize=False):
+def nadam(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+          exp_avg_sqs: BufferList, mu_products: list[float], state_steps: StepList, *,
+          lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0,
+          momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
+          maximize: bool = False) -> None:
     """Fused NAdam step over lists (see :class:`fusedoptim.NAdam` for the rule).
 
     ``mu_products`` is a list of floats (1.0 before a param's first step), updated in place
@@ -191,24 +214,29 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr,
                 scalar_lists=[("mu_products", mu_products)])
 
 
-def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
-          weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+def radam(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+          exp_avg_sqs: BufferList, state_steps: StepList, *, lr: float, beta1: float,
+          beta2: float, eps: float, weight_decay: float = 0.0,
+          decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
     """Fused RAdam step over lists (see :class:`fusedoptim.RAdam` for the rule)."""
     hyper = check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize)
     _fused_step("radam", radam_scalars, hyper, params, grads,
                 [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)], state_steps, 2)
 
 
-def lion(params, grads, exp_avgs, state_steps, *, lr, beta1, beta2, weight_decay=0.0,
-         maximize=False):
+def lion(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+         state_steps: StepList, *, lr: float, beta1: float, beta2: float,
+         weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Fused Lion step over lists (see :class:`fusedoptim.Lion` for the rule)."""
     hyper = check_lion(lr, beta1, beta2, weight_decay, maximize)
     _fused_step("lion", lion_scalars, hyper, params, grads, [("exp_avgs", exp_avgs)],
                 state_steps, 1)
 
 
-def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_size_max,
-          etaminus, etaplus, maximize=False):
+def rprop(params: Sequence[FloatArray], grads: BufferList, prevs: BufferList,
+          step_sizes: BufferList, state_steps: StepList, *, step_size_min: float,
+          step_size_max: float, etaminus: float, etaplus: float,
+          maximize: bool = False) -> None:
     """Fused Rprop step over lists (see :class:`fusedoptim.Rprop` for the rule).
 
     As in torch, ``step_sizes`` are state: start them at the initial step size,
@@ -220,8 +248,9 @@ def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_
                 init_hints={"step_sizes": "np.full_like(param, lr)"})
 
 
-def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
-         weight_decay=0.0, maximize=False):
+def asgd(params: Sequence[FloatArray], grads: BufferList, axs: BufferList, mus: list[float],
+         etas: list[float], state_steps: StepList, *, lr: float, lambd: float, alpha: float,
+         t0: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Fused ASGD step over lists (see :class:`fusedoptim.ASGD` for the rule).
 
     ``mus`` and ``etas`` are lists of floats (1.0 and lr before a param's first step),
@@ -232,9 +261,11 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
                 scalar_lists=[("mus", mus), ("etas", etas)])
 
 
-def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.0,
-        dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
-        momentum_style="torch"):
+def sgd(params: Sequence[FloatArray], grads: BufferList,
+        momentum_buffer_list: BufferList | None, state_steps: StepList | None = None, *,
+        lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+        nesterov: bool = False, maximize: bool = False,
+        momentum_style: str = "torch") -> None:
     """Fused SGD step over lists (see :class:`fusedoptim.SGD` for the rule).
 
     As in torch.optim.sgd, when momentum != 0 ``momentum_buffer_list`` holds an array or None
@@ -254,8 +285,9 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
                     [("momentum_buffer_list", None)], state_steps, 0)
 
 
-def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0,
-            eps=1e-10, maximize=False):
+def adagrad(params: Sequence[FloatArray], grads: BufferList, state_sums: BufferList,
+            state_steps: StepList, *, lr: float, lr_decay: float = 0.0,
+            weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False) -> None:
     """Fused Adagrad step over lists (see :class:`fusedoptim.Adagrad` for the rule).
 
     ``state_sums`` start at initial_accumulator_value (e.g. ``np.full_like(p, 0.1)``).
@@ -265,9 +297,11 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
                 state_steps, 1)
 
 
-def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, *, lr,
-            alpha, eps, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
-            bias_correction=False):
+def rmsprop(params: Sequence[FloatArray], grads: BufferList, square_avgs: BufferList,
+            grad_avgs: BufferList | None, momentum_buffer_list: BufferList | None,
+            state_steps: StepList, *, lr: float, alpha: float, eps: float,
+            weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+            maximize: bool = False, bias_correction: bool = False) -> None:
     """Fused RMSprop step over lists (see :class:`fusedoptim.RMSprop` for the rule).
 
     ``grad_avgs`` is used only when centered, ``momentum_buffer_list`` only when
@@ -283,16 +317,19 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
                 tuple(name for (name, _), used in zip(lists, in_use) if used))
 
 
-def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, eps,
-             weight_decay=0.0, maximize=False):
+def adadelta(params: Sequence[FloatArray], grads: BufferList, square_avgs: BufferList,
+             acc_deltas: BufferList, state_steps: StepList, *, lr: float, rho: float,
+             eps: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Fused Adadelta step over lists (see :class:`fusedoptim.Adadelta` for the rule)."""
     hyper = check_adadelta(lr, rho, eps, weight_decay, maximize)
     _fused_step("adadelta", adadelta_scalars, hyper, params, grads,
                 [("square_avgs", square_avgs), ("acc_deltas", acc_deltas)], state_steps, 2)
 
 
-def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
-         weight_decay=0.0, clamp_value=10.0, bias_correction=True, maximize=False):
+def lamb(params: Sequence[FloatArray], grads: BufferList, exp_avgs: BufferList,
+         exp_avg_sqs: BufferList, state_steps: StepList, *, lr: float, beta1: float,
+         beta2: float, eps: float, weight_decay: float = 0.0, clamp_value: float = 10.0,
+         bias_correction: bool = True, maximize: bool = False) -> None:
     """Fused LAMB step over lists (see :class:`fusedoptim.LAMB` for the rule): two passes,
     the trust ratio of each param computed from its own norms."""
     hyper = check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction,
@@ -302,8 +339,11 @@ def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2,
                 run=lambda plan: lamb_run(plan, hyper[0], hyper[5]))
 
 
-def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.9,
-         weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, nesterov=False, maximize=False):
+def lars(params: Sequence[FloatArray], grads: BufferList,
+         momentum_buffer_list: BufferList | None, state_steps: StepList | None = None, *,
+         lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+         trust_coefficient: float = 0.001, eps: float = 1e-8, nesterov: bool = False,
+         maximize: bool = False) -> None:
     """Fused LARS step over lists (see :class:`fusedoptim.LARS` for the rule).
 
     When momentum != 0, ``momentum_buffer_list`` holds a buffer per param, started at zero

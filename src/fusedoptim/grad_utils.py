@@ -12,13 +12,19 @@ checked (ndarray, float32/float64, C-contiguous, aligned; writeable and not shar
 another where the call writes) before anything is read or written.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _kernels
 from . import _validation as v
+
+if TYPE_CHECKING:
+    from ._typing import ArraysArg, FloatArray
 
 _SUMSQ = _kernels.REDUCE_IDS["sumsq"]
 _SUMABS = _kernels.REDUCE_IDS["sumabs"]
@@ -32,9 +38,11 @@ _CLAMP = _kernels.KERNEL_IDS["clamp"]
 CLIP_EPS = 1e-6
 
 
-def _arrays(arrays, name, writeable):
+def _arrays(arrays: ArraysArg, name: str,
+            writeable: bool) -> tuple[list[FloatArray], int]:
     """The user's arrays as a list (None entries dropped), validated; and their dtype count."""
-    keys = None
+    keys: list[str] | None = None
+    items: list[FloatArray | None]
     if isinstance(arrays, np.ndarray):
         items = [arrays]
     elif isinstance(arrays, dict):
@@ -47,7 +55,7 @@ def _arrays(arrays, name, writeable):
     return _kernels.check_arrays(items, name, keys, writeable)
 
 
-def _plans(items, n64):
+def _plans(items: list[FloatArray], n64: int) -> list[_kernels.Plan]:
     """One plan per dtype present (float32 first), every tensor active, two scalar columns."""
     if n64 == 0 or n64 == len(items):
         groups = [items] if items else []
@@ -62,7 +70,7 @@ def _plans(items, n64):
     return plans
 
 
-def _norm_type(norm_type):
+def _norm_type(norm_type: object) -> float:
     if isinstance(norm_type, str):       # torch takes float(norm_type): "inf" works there too
         try:
             norm_type = float(norm_type)
@@ -79,7 +87,7 @@ def _norm_type(norm_type):
     return p
 
 
-def _total_norm(plans, p):
+def _total_norm(plans: list[_kernels.Plan], p: float) -> float:
     """The p-norm of all arrays of all plans, as if concatenated, in double."""
     if p == math.inf:
         total = 0.0
@@ -101,10 +109,11 @@ def _total_norm(plans, p):
         return acc
     if p == 2.0:
         return math.sqrt(acc)
-    return acc ** (1.0 / p)
+    norm: float = acc ** (1.0 / p)     # a real root: acc >= 0 (typeshed says Any)
+    return norm
 
 
-def global_norm(arrays):
+def global_norm(arrays: ArraysArg) -> float:
     """The L2 norm of all arrays together, as if concatenated: ``sqrt(sum of x^2)``.
 
     Accumulated in double, returned as a Python float (NaN/Inf when an element is). Read only:
@@ -114,7 +123,7 @@ def global_norm(arrays):
     return _total_norm(_plans(items, n64), 2.0)
 
 
-def all_finite(arrays):
+def all_finite(arrays: ArraysArg) -> bool:
     """True when no element of any array is NaN or +-Inf.
 
     One read-only pass that stops early: once a work unit finds a non-finite value, the
@@ -127,7 +136,8 @@ def all_finite(arrays):
     return True
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(grads: ArraysArg, max_norm: float, norm_type: float | str = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     """Scale all grads in place so that their total norm is at most ``max_norm``.
 
     Semantics of ``torch.nn.utils.clip_grad_norm_``, on the arrays themselves:
@@ -167,7 +177,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return total
 
 
-def clip_grad_value_(grads, clip_value):
+def clip_grad_value_(grads: ArraysArg, clip_value: float) -> None:
     """Clamp every grad element into ``[-clip_value, clip_value]``, in place (NaN stays NaN).
 
     As ``torch.nn.utils.clip_grad_value_``; the bounds are rounded to each array's dtype.

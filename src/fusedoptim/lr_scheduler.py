@@ -44,7 +44,8 @@ import types
 import warnings
 from bisect import bisect_right
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Sequence, SupportsFloat,
+                    Union)
 
 from . import schedules as _s
 from .schedules import (
@@ -53,6 +54,16 @@ from .schedules import (
     _check_milestones,
     _check_real,
 )
+
+if TYPE_CHECKING:
+    from ._typing import SupportsParamGroups
+
+    #: an lr multiplier as a function of the step (LambdaLR, MultiplicativeLR)
+    LRLambda = Callable[[int], float]
+    #: one lr_lambda for every param group, or a list or tuple with one per group
+    LRLambdas = Union[LRLambda, list[LRLambda], tuple[LRLambda, ...]]
+    #: one value for every param group, or a list or tuple with one per group
+    PerGroup = Union[float, list[float], tuple[float, ...]]
 
 __all__ = [
     "LRScheduler",
@@ -80,7 +91,7 @@ __all__ = [
 # helpers
 # --------------------------------------------------------------------------
 
-def _check_optimizer(optimizer) -> None:
+def _check_optimizer(optimizer: object) -> None:
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise TypeError(
@@ -91,7 +102,8 @@ def _check_optimizer(optimizer) -> None:
             raise KeyError(f"optimizer.param_groups[{i}] has no 'lr' entry")
 
 
-def _per_group(name: str, value, optimizer, check: Callable) -> list:
+def _per_group(name: str, value: PerGroup, optimizer: SupportsParamGroups,
+               check: Callable[[str, float], float]) -> list[float]:
     """One validated value per param group, from a scalar or a list (torch semantics)."""
     n = len(optimizer.param_groups)
     if isinstance(value, (list, tuple)):
@@ -103,15 +115,15 @@ def _per_group(name: str, value, optimizer, check: Callable) -> list:
     return [check(name, value)] * n
 
 
-def _nonneg(name, value):
+def _nonneg(name: str, value: float) -> float:
     return _check_real(name, value, 0)
 
 
-def _positive(name, value):
+def _positive(name: str, value: float) -> float:
     return _check_real(name, value, 0, low_open=True)
 
 
-def _check_momentum_groups(optimizer) -> None:
+def _check_momentum_groups(optimizer: SupportsParamGroups) -> None:
     for i, group in enumerate(optimizer.param_groups):
         if "betas" not in group and "momentum" not in group:
             raise ValueError(
@@ -120,7 +132,7 @@ def _check_momentum_groups(optimizer) -> None:
                 "pass cycle_momentum=False")
 
 
-def _set_momentum(group: dict, value: float) -> None:
+def _set_momentum(group: dict[str, Any], value: float) -> None:
     # The Adam family has no momentum; torch cycles beta1 instead.
     if "betas" in group:
         group["betas"] = (value, *tuple(group["betas"])[1:])
@@ -128,7 +140,8 @@ def _set_momentum(group: dict, value: float) -> None:
         group["momentum"] = value
 
 
-def _check_lambdas(name: str, fn, optimizer) -> list:
+def _check_lambdas(name: str, fn: LRLambdas,
+                   optimizer: SupportsParamGroups) -> list[LRLambda]:
     n = len(optimizer.param_groups)
     if isinstance(fn, (list, tuple)):
         if len(fn) != n:
@@ -144,7 +157,7 @@ def _check_lambdas(name: str, fn, optimizer) -> list:
     return fns
 
 
-def _callable_state(fn):
+def _callable_state(fn: object) -> dict[str, Any] | None:
     """torch's convention: plain functions/lambdas are not saved, callable objects'
     attributes are."""
     if fn is None or isinstance(fn, types.FunctionType):
@@ -175,7 +188,13 @@ class LRScheduler:
     _in_step = False
     _is_initial = False
 
-    def __init__(self, optimizer, last_epoch: int = -1) -> None:
+    optimizer: SupportsParamGroups
+    base_lrs: list[float]
+    last_epoch: int
+    _step_count: int
+    _last_lr: list[float]
+
+    def __init__(self, optimizer: SupportsParamGroups, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         last_epoch = _check_int("last_epoch", last_epoch, -1)
         self.optimizer = optimizer
@@ -223,7 +242,7 @@ class LRScheduler:
         """The lr of each param group as set by the latest step."""
         return list(self._last_lr)
 
-    def step(self, epoch=None) -> None:
+    def step(self, epoch: int | None = None) -> None:
         """Advance one step (call it after ``optimizer.step()``).
 
         ``epoch`` (discouraged, as in torch) jumps to that step using the
@@ -234,7 +253,7 @@ class LRScheduler:
             _s._check_step(epoch, "epoch")
         self._update_lr(epoch)
 
-    def _update_lr(self, epoch=None) -> None:
+    def _update_lr(self, epoch: int | None = None) -> None:
         self._in_step = True
         try:
             if epoch is None:
@@ -247,7 +266,7 @@ class LRScheduler:
             self._in_step = False
         self._write_lrs(values)
 
-    def _write_lrs(self, values) -> None:
+    def _write_lrs(self, values: Iterable[float]) -> None:
         groups = self.optimizer.param_groups
         values = list(values)
         if len(values) != len(groups):
@@ -276,26 +295,34 @@ class LRScheduler:
             {k: v for k, v in state_dict.items() if k not in self._not_state}))
 
 
+# The mixins below are LRScheduler subclasses for the type checker, plain mixins at run time.
+if TYPE_CHECKING:
+    _SchedulerMixinBase = LRScheduler
+else:
+    _SchedulerMixinBase = object
+
+
 # --------------------------------------------------------------------------
 # lambda-based
 # --------------------------------------------------------------------------
 
-class _LambdaState:
+class _LambdaState(_SchedulerMixinBase):
     """Construction and state_dict handling for schedulers that hold user callables."""
 
     _not_state = ("optimizer", "lr_lambdas")
 
-    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, lr_lambda: LRLambdas,
+                 last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         self.lr_lambdas = _check_lambdas("lr_lambda", lr_lambda, optimizer)
         LRScheduler.__init__(self, optimizer, last_epoch)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         state = LRScheduler.state_dict(self)
         state["lr_lambdas"] = [_callable_state(fn) for fn in self.lr_lambdas]
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         saved = state.pop("lr_lambdas", [None] * len(self.lr_lambdas))
         LRScheduler.load_state_dict(self, state)
@@ -311,7 +338,7 @@ class LambdaLR(_LambdaState, LRScheduler):
     :mod:`fusedoptim.schedules` function built with ``init_value=1`` works.
     """
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         return [base * fn(self.last_epoch)
                 for fn, base in zip(self.lr_lambdas, self.base_lrs)]
@@ -320,7 +347,7 @@ class LambdaLR(_LambdaState, LRScheduler):
 class MultiplicativeLR(_LambdaState, LRScheduler):
     """``lr *= lr_lambda(step)`` every step after the first (chainable)."""
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self._is_initial:
             return self._current_lrs()
@@ -338,19 +365,19 @@ class StepLR(LRScheduler):
     Closed form: :func:`fusedoptim.schedules.step_decay`.
     """
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1,
+    def __init__(self, optimizer: SupportsParamGroups, step_size: int, gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
         self.step_size = _check_int("step_size", step_size, 1)
         self.gamma = _check_real("gamma", gamma, 0, low_open=True)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return self._current_lrs()
         return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         return [_s.step_decay(base, self.step_size, self.gamma)(self.last_epoch)
                 for base in self.base_lrs]
 
@@ -362,20 +389,20 @@ class MultiStepLR(LRScheduler):
     per repeat.  Closed form: :func:`fusedoptim.schedules.multistep_decay`.
     """
 
-    def __init__(self, optimizer, milestones: Sequence[int], gamma: float = 0.1,
-                 last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, milestones: Sequence[int],
+                 gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.milestones = Counter(_check_milestones("milestones", milestones, strict=False))
         self.gamma = _check_real("gamma", gamma, 0, low_open=True)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self.last_epoch not in self.milestones:
             return self._current_lrs()
         factor = self.gamma ** self.milestones[self.last_epoch]
         return [group["lr"] * factor for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         milestones = sorted(self.milestones.elements())
         return [_s.multistep_decay(base, milestones, self.gamma)(self.last_epoch)
                 for base in self.base_lrs]
@@ -388,14 +415,14 @@ class ConstantLR(LRScheduler):
     :func:`fusedoptim.schedules.piecewise_constant` ``([total_iters], [factor, 1])``.
     """
 
-    def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
-                 last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, factor: float = 1.0 / 3,
+                 total_iters: int = 5, last_epoch: int = -1) -> None:
         # factor=0 would make the undo step at total_iters divide by zero.
         self.factor = _check_real("factor", factor, 0, 1, low_open=True)
         self.total_iters = _check_int("total_iters", total_iters, 1)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self.last_epoch == 0:
             return [group["lr"] * self.factor for group in self.optimizer.param_groups]
@@ -403,7 +430,7 @@ class ConstantLR(LRScheduler):
             return self._current_lrs()
         return [group["lr"] * (1.0 / self.factor) for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         f = _s.piecewise_constant([self.total_iters], [self.factor, 1.0])
         return [base * f(self.last_epoch) for base in self.base_lrs]
 
@@ -416,14 +443,14 @@ class LinearLR(LRScheduler):
     :func:`fusedoptim.schedules.linear_decay` ``(start_factor, total_iters, end_factor)``.
     """
 
-    def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
-                 total_iters: int = 5, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, start_factor: float = 1.0 / 3,
+                 end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1) -> None:
         self.start_factor = _check_real("start_factor", start_factor, 0, 1, low_open=True)
         self.end_factor = _check_real("end_factor", end_factor, 0, 1)
         self.total_iters = _check_int("total_iters", total_iters, 1)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         t = self.last_epoch
         if t == 0:
@@ -435,7 +462,7 @@ class LinearLR(LRScheduler):
         factor = 1.0 + (e - s) / (n * s + (t - 1) * (e - s))
         return [group["lr"] * factor for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         f = _s.linear_decay(self.start_factor, self.total_iters, self.end_factor)
         return [base * f(self.last_epoch) for base in self.base_lrs]
 
@@ -446,17 +473,18 @@ class ExponentialLR(LRScheduler):
     Closed form: :func:`fusedoptim.schedules.exponential_decay`.
     """
 
-    def __init__(self, optimizer, gamma: float, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, gamma: float,
+                 last_epoch: int = -1) -> None:
         self.gamma = _check_real("gamma", gamma, 0, low_open=True)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self._is_initial:
             return self._current_lrs()
         return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         return [_s.exponential_decay(base, self.gamma)(self.last_epoch)
                 for base in self.base_lrs]
 
@@ -467,13 +495,13 @@ class PolynomialLR(LRScheduler):
     Closed form: :func:`fusedoptim.schedules.polynomial_decay`.
     """
 
-    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0,
+    def __init__(self, optimizer: SupportsParamGroups, total_iters: int = 5, power: float = 1.0,
                  last_epoch: int = -1) -> None:
         self.total_iters = _check_int("total_iters", total_iters, 1)
         self.power = _check_real("power", power, 0)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         t, n = self.last_epoch, self.total_iters
         if self._is_initial or t > n:
@@ -481,7 +509,7 @@ class PolynomialLR(LRScheduler):
         factor = ((1.0 - t / n) / (1.0 - (t - 1) / n)) ** self.power
         return [group["lr"] * factor for group in self.optimizer.param_groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         return [_s.polynomial_decay(base, self.total_iters, 0.0, self.power)(self.last_epoch)
                 for base in self.base_lrs]
 
@@ -497,17 +525,17 @@ class CosineAnnealingLR(LRScheduler):
     for restarts).  Loshchilov & Hutter, SGDR, 2017 (arXiv:1608.03983).
     """
 
-    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0,
+    def __init__(self, optimizer: SupportsParamGroups, T_max: int, eta_min: float = 0.0,
                  last_epoch: int = -1) -> None:
         self.T_max = _check_int("T_max", T_max, 1)
         self.eta_min = _check_real("eta_min", eta_min, 0)
         super().__init__(optimizer, last_epoch)
 
-    def _closed(self, base):
+    def _closed(self, base: float) -> float:
         # The unclamped formula of schedules.cosine_decay (torch's continues past T_max).
         return _s._cosine(self.last_epoch, self.T_max, base, self.eta_min)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         t, T, eta_min = self.last_epoch, self.T_max, self.eta_min
         groups = self.optimizer.param_groups
@@ -525,7 +553,7 @@ class CosineAnnealingLR(LRScheduler):
         ratio = _s._cosine(t, T, 1.0, 0.0) / _s._cosine(t - 1, T, 1.0, 0.0)
         return [ratio * (group["lr"] - eta_min) + eta_min for group in groups]
 
-    def _get_closed_form_lr(self):
+    def _get_closed_form_lr(self) -> list[float]:
         return [self._closed(base) for base in self.base_lrs]
 
 
@@ -542,8 +570,10 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     :func:`fusedoptim.schedules.cosine_warm_restarts`'s formula.
     """
 
-    def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
-                 last_epoch: int = -1) -> None:
+    T_cur: float            # steps into the current cycle (fractional after step(epoch))
+
+    def __init__(self, optimizer: SupportsParamGroups, T_0: int, T_mult: int = 1,
+                 eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_0 = _check_int("T_0", T_0, 1)
         self.T_i = self.T_0
         self.T_mult = _check_int("T_mult", T_mult, 1)
@@ -551,12 +581,12 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self.T_cur = last_epoch
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         return [_s._cosine(self.T_cur, self.T_i, base, self.eta_min)
                 for base in self.base_lrs]
 
-    def step(self, epoch=None) -> None:
+    def step(self, epoch: float | None = None) -> None:
         """Advance one step, or jump to ``epoch`` (may be fractional, e.g.
         ``epoch + batch / n_batches``)."""
         self._step_count += 1
@@ -593,11 +623,13 @@ class CyclicLR(LRScheduler):
 
     _not_state = ("optimizer", "_scale_fn_custom")
 
-    def __init__(self, optimizer, base_lr, max_lr, step_size_up: float = 2000,
+    def __init__(self, optimizer: SupportsParamGroups, base_lr: PerGroup,
+                 max_lr: PerGroup, step_size_up: float = 2000,
                  step_size_down: float | None = None, mode: str = "triangular",
                  gamma: float = 1.0, scale_fn: Callable[[float], float] | None = None,
                  scale_mode: str = "cycle", cycle_momentum: bool = True,
-                 base_momentum=0.8, max_momentum=0.9, last_epoch: int = -1) -> None:
+                 base_momentum: PerGroup = 0.8,
+                 max_momentum: PerGroup = 0.9, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         base_lrs = _per_group("base_lr", base_lr, optimizer, _nonneg)
         self.max_lrs = _per_group("max_lr", max_lr, optimizer, _nonneg)
@@ -632,11 +664,11 @@ class CyclicLR(LRScheduler):
         # torch's initial step used group['initial_lr']; from now on base_lr rules.
         self.base_lrs = base_lrs
 
-    def _schedule(self, low, high):
+    def _schedule(self, low: float, high: float) -> _s.Schedule:
         return _s.cyclic(low, high, self.step_size_up, self.step_size_down, self.mode,
                          self.gamma, self._scale_fn_custom, self.scale_mode)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         t = self.last_epoch
         lrs = [self._schedule(base, peak)(t)
@@ -648,12 +680,12 @@ class CyclicLR(LRScheduler):
                 _set_momentum(group, self._schedule(mm, bm)(t))
         return lrs
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["_scale_fn_custom"] = _callable_state(self._scale_fn_custom)
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         attrs = state.pop("_scale_fn_custom", None)
         super().load_state_dict(state)
@@ -674,12 +706,14 @@ class OneCycleLR(LRScheduler):
     is allowed; stepping further raises ValueError.
     """
 
-    def __init__(self, optimizer, max_lr, total_steps: int | None = None,
-                 epochs: int | None = None, steps_per_epoch: int | None = None,
-                 pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4,
-                 three_phase: bool = False, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, max_lr: PerGroup,
+                 total_steps: int | None = None, epochs: int | None = None,
+                 steps_per_epoch: int | None = None, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", cycle_momentum: bool = True,
+                 base_momentum: PerGroup = 0.85,
+                 max_momentum: PerGroup = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False,
+                 last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         if total_steps is not None:
             total = total_steps
@@ -715,13 +749,13 @@ class OneCycleLR(LRScheduler):
                     group["base_momentum"] = bm
         super().__init__(optimizer, last_epoch)
 
-    def _value(self, start, peak, end):
+    def _value(self, start: float, peak: float, end: float) -> float:
         # The formula behind schedules.one_cycle, reading the per-group values
         # from the group like torch, and unclamped at t == total_steps like torch.
         return _s._one_cycle(self.last_epoch, self.total_steps, self.pct_start,
                              self.anneal_strategy, self.three_phase, start, peak, end)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         if self.last_epoch > self.total_steps:
             raise ValueError(
@@ -745,11 +779,12 @@ class InverseSqrtLR(LRScheduler):
     ``lr * sqrt(w / t)``.
     """
 
-    def __init__(self, optimizer, timescale: float = 1.0, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, timescale: float = 1.0,
+                 last_epoch: int = -1) -> None:
         self.timescale = _positive("timescale", timescale)
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self):
+    def get_lr(self) -> list[float]:
         self._warn_outside_step()
         return [_s.inverse_sqrt(base, self.timescale)(self.last_epoch)
                 for base in self.base_lrs]
@@ -770,10 +805,10 @@ class ReduceLROnPlateau(LRScheduler):
     ``cooldown`` steps pass before bad steps are counted again.
     """
 
-    def __init__(self, optimizer, mode: str = "min", factor: float = 0.1,
+    def __init__(self, optimizer: SupportsParamGroups, mode: str = "min", factor: float = 0.1,
                  patience: int = 10, threshold: float = 1e-4,
-                 threshold_mode: str = "rel", cooldown: int = 0, min_lr=0.0,
-                 eps: float = 1e-8) -> None:
+                 threshold_mode: str = "rel", cooldown: int = 0,
+                 min_lr: PerGroup = 0.0, eps: float = 1e-8) -> None:
         _check_optimizer(optimizer)
         self.optimizer = optimizer
         self.mode = _check_choice("mode", mode, ("min", "max"))
@@ -812,7 +847,9 @@ class ReduceLROnPlateau(LRScheduler):
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
-    def step(self, metrics, epoch=None) -> None:  # type: ignore[override]
+    # torch's signature, which the base class's step(epoch) does not admit: a metric first.
+    def step(self, metrics: SupportsFloat,  # type: ignore[override]
+             epoch: int | None = None) -> None:
         """Record one evaluation of the monitored metric (a number)."""
         current = float(metrics)
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
@@ -849,7 +886,8 @@ class ReduceLROnPlateau(LRScheduler):
 # combinators
 # --------------------------------------------------------------------------
 
-def _check_sub_schedulers(owner: str, schedulers, optimizer) -> list:
+def _check_sub_schedulers(owner: str, schedulers: Iterable[LRScheduler],
+                          optimizer: SupportsParamGroups | None) -> list[LRScheduler]:
     schedulers = list(schedulers)
     if not schedulers:
         raise ValueError(f"{owner} needs at least one scheduler, got none")
@@ -869,15 +907,17 @@ def _check_sub_schedulers(owner: str, schedulers, optimizer) -> list:
     return schedulers
 
 
-class _Composite:
+class _Composite(_SchedulerMixinBase):
     """state_dict handling for schedulers that own sub-schedulers."""
 
-    def state_dict(self):
+    _schedulers: list[LRScheduler]
+
+    def state_dict(self) -> dict[str, Any]:
         state = LRScheduler.state_dict(self)
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         subs = state.pop("_schedulers")
         LRScheduler.load_state_dict(self, state)
@@ -894,8 +934,8 @@ class SequentialLR(_Composite, LRScheduler):
 
     _not_state = ("optimizer", "_schedulers")
 
-    def __init__(self, optimizer, schedulers, milestones: Sequence[int],
-                 last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: SupportsParamGroups, schedulers: Iterable[LRScheduler],
+                 milestones: Sequence[int], last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         schedulers = _check_sub_schedulers("SequentialLR", schedulers, optimizer)
         milestones = _check_milestones("milestones", milestones, strict=True)
@@ -916,7 +956,7 @@ class SequentialLR(_Composite, LRScheduler):
         self._schedulers[idx]._initial_step()
         self._last_lr = self._schedulers[idx].get_last_lr()
 
-    def recursive_undo(self, sched=None) -> None:
+    def recursive_undo(self, sched: LRScheduler | None = None) -> None:
         """Undo the construction-time step of every (nested) sub-scheduler."""
         target = self if sched is None else sched
         if hasattr(target, "_schedulers"):
@@ -925,6 +965,7 @@ class SequentialLR(_Composite, LRScheduler):
         elif hasattr(target, "last_epoch"):
             target.last_epoch -= 1
 
+    # As torch's: no epoch argument, which the base class's step(epoch) takes.
     def step(self) -> None:  # type: ignore[override]
         self.last_epoch += 1
         idx = bisect_right(self._milestones, self.last_epoch)
@@ -941,15 +982,19 @@ class ChainedScheduler(_Composite, LRScheduler):
 
     _not_state = ("optimizer", "_schedulers")
 
-    def __init__(self, schedulers, optimizer=None) -> None:
+    def __init__(self, schedulers: Iterable[LRScheduler],
+                 optimizer: SupportsParamGroups | None = None) -> None:
         schedulers = list(schedulers)
         if schedulers and optimizer is None:
             optimizer = getattr(schedulers[0], "optimizer", None)
         schedulers = _check_sub_schedulers("ChainedScheduler", schedulers, optimizer)
         self._schedulers = schedulers
+        # An LRScheduler (checked above) always has one.
+        assert optimizer is not None
         self.optimizer = optimizer
         self._last_lr = self._current_lrs()
 
+    # As torch's: no epoch argument, which the base class's step(epoch) takes.
     def step(self) -> None:  # type: ignore[override]
         for sched in self._schedulers:
             sched.step()
@@ -973,7 +1018,8 @@ class WarmupLR(LRScheduler):
 
     _not_state = ("optimizer", "scheduler")
 
-    def __init__(self, scheduler, warmup_steps: int, start_factor: float = 0.0) -> None:
+    def __init__(self, scheduler: LRScheduler, warmup_steps: int,
+                 start_factor: float = 0.0) -> None:
         if not isinstance(scheduler, LRScheduler):
             raise TypeError(
                 "scheduler must be a fusedoptim.lr_scheduler scheduler, got "
@@ -994,11 +1040,11 @@ class WarmupLR(LRScheduler):
         self.last_epoch = -1
         self._initial_step()
 
-    def _warmup_lrs(self, t):
+    def _warmup_lrs(self, t: int) -> list[float]:
         return [_s.linear_warmup(peak, self.warmup_steps, self.start_factor * peak)(t)
                 for peak in self.peak_lrs]
 
-    def step(self, *args, **kwargs) -> None:  # type: ignore[override]
+    def step(self, *args: Any, **kwargs: Any) -> None:
         self._step_count += 1
         self.last_epoch += 1
         if self.last_epoch > self.warmup_steps:
@@ -1007,7 +1053,7 @@ class WarmupLR(LRScheduler):
         else:  # at last_epoch == warmup_steps this writes the wrapped step-0 lrs
             self._write_lrs(self._warmup_lrs(self.last_epoch))
 
-    def _update_lr(self, epoch=None) -> None:
+    def _update_lr(self, epoch: int | None = None) -> None:
         if epoch is None:
             self.step()
             return
@@ -1019,12 +1065,12 @@ class WarmupLR(LRScheduler):
         while self.last_epoch < epoch:
             self.step()
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["scheduler"] = self.scheduler.state_dict()
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         inner = state.pop("scheduler")
         super().load_state_dict(state)

@@ -9,14 +9,22 @@ Everything else (structure checks, buffer checks, lazy state, step counts, scala
 checkpoints, the one GIL-free call per group) lives here, once.
 """
 
+from __future__ import annotations
+
 import operator
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
 from . import _kernels
 from . import _validation as _v
 from .flat import FlatParams, GroupLayout
+
+if TYPE_CHECKING:
+    from ._typing import (FloatArray, GradsArg, Hyper, OptimizerStateDict, ParamGroup,
+                          ParamsArg, ParamState)
 
 _required = object()
 _ARENA = object()      # per-group grads marker: bind the group's FlatParams grad buffer
@@ -29,7 +37,12 @@ class _GroupCache:
 
     __slots__ = ("plan", "slots_in_use", "key", "hyper")
 
-    def __init__(self):
+    plan: _kernels.Plan | None
+    slots_in_use: tuple[str, ...] | None
+    key: object
+    hyper: Hyper | None
+
+    def __init__(self) -> None:
         self.plan = None
         self.slots_in_use = None
         self.key = None      # the raw hyperparameter values last validated
@@ -80,33 +93,36 @@ class Optimizer:
     """
 
     #: name of the registered chunk kernel
-    _kernel = None
+    _kernel: ClassVar[str] = None  # type: ignore[assignment]  # every subclass names one
     #: state buffer names, in the kernel's buffer order (columns 2, 3, ...)
-    _slots = ()
+    _slots: ClassVar[tuple[str, ...]] = ()
     #: group keys whose values form the hyperparameter tuple, in order
-    _hyper_keys = ()
+    _hyper_keys: ClassVar[tuple[str, ...]] = ()
     #: names of per-tensor scalar state (Python floats in ``state``; doubles in the plan)
-    _scalar_state = ()
+    _scalar_state: ClassVar[tuple[str, ...]] = ()
 
     # -- subclass hooks ---------------------------------------------------------------------
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> Hyper:
         """Validate the raw values (ordered as _hyper_keys); return the canonical tuple."""
         raise NotImplementedError
 
-    def _slots_in_use(self, hyper):
+    def _slots_in_use(self, hyper: Hyper) -> tuple[str, ...]:
         """The state slots this configuration uses (default: all)."""
         return self._slots
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: Hyper) -> tuple[float, ...]:
         """Kernel scalars for one step count, computed in double precision."""
         raise NotImplementedError
 
-    def _scalars_with_state(self, step, scalar_state, hyper):
+    def _scalars_with_state(self, step: int, scalar_state: tuple[Any, ...],
+                            hyper: Hyper) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """For optimizers with _scalar_state: (kernel scalars, next scalar state) for one
-        step count and one tuple of current scalar state values, in double precision."""
+        step count and one tuple of current scalar state values, in double precision.
+        (``scalar_state`` holds one float per _scalar_state name; each class narrows it to
+        its own fixed-length tuple.)"""
         raise NotImplementedError
 
-    def _initial_state(self, name, hyper):
+    def _initial_state(self, name: str, hyper: Hyper) -> float:
         """The value a state buffer is filled with, or a scalar state starts at, when a
         param first steps (default 0)."""
         return 0.0
@@ -119,25 +135,26 @@ class Optimizer:
     #: creates them, as torch's functional API does; (3) the functional API does the same for
     #: the lists named in _fused_step's `create`. For classes that use _scalars (not
     #: _scalars_with_state).
-    _fresh_state_scalars = False
+    _fresh_state_scalars: ClassVar[bool] = False
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: Hyper) -> dict[str, Any]:
         """Keyword arguments of the matching functional/reference call."""
         raise NotImplementedError
 
     #: the NumPy reference function with the functional signature (used by reference mode)
-    _reference_fn = None
+    _reference_fn: ClassVar[Callable[..., None] | None] = None
 
     #: whether a group whose params tile one buffer may step as one flat tensor (the NumPy
     #: reference twins step per param, so they set this False)
-    _flat_plans = True
+    _flat_plans: ClassVar[bool] = True
 
     #: whether every step runs through the plan's passes, so the skip_nonfinite check can
     #: run inside the first one (the NumPy reference twins step in NumPy: they set this False)
-    _check_in_pass = True
+    _check_in_pass: ClassVar[bool] = True
 
     # -- construction -----------------------------------------------------------------------
-    def __init__(self, params, defaults, *, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *,
+                 skip_nonfinite: bool = False) -> None:
         # grad_scale is folded into the kernel's scalar 0, which every kernel applies to the
         # raw grad and to nothing else: refuse a kernel laid out otherwise.
         names = _kernels.SCALARS[self._kernel]
@@ -149,20 +166,22 @@ class Optimizer:
         self.defaults = dict(defaults)
         self._hyper_get = operator.itemgetter(*self._hyper_keys)
         self._kernel_id = _kernels.KERNEL_IDS[self._kernel]
-        self.param_groups = []
-        self._names = []          # flat list of names (None for unnamed params)
-        self._group_slices = []   # flat index range of each group
-        self._state = []          # flat list: dict slot -> array, or None before first grad
-        self._caches = []
-        self._layouts = []        # per group: GroupLayout (state buffers, flat view)
-        self._pinned = []         # per group: the param arrays the plans point at
-        self._arena_grads = None  # FlatParams.grads that step() may bind in O(1)
-        self._grad_getter = None  # picks a dict of grads in param order (C-level)
+        self.param_groups: list[ParamGroup] = []
+        self._names: list[str | None] = []    # flat list of names (None for unnamed params)
+        self._group_slices: list[range] = []  # flat index range of each group
+        # flat list: dict slot -> array, or None before first grad
+        self._state: list[ParamState | None] = []
+        self._caches: list[_GroupCache] = []
+        self._layouts: list[GroupLayout] = []  # per group: GroupLayout (state buffers, flat view)
+        self._pinned: list[tuple[FloatArray, ...]] = []  # per group: the arrays the plans point at
+        self._arena_grads: object = None      # FlatParams.grads that step() may bind in O(1)
+        # picks a dict of grads in param order (C-level)
+        self._grad_getter: Callable[..., Sequence[Any]] | None = None
         groups = self._parse_params(params)
         for group in groups:
             self._add_group(group)
 
-    def _parse_params(self, params):
+    def _parse_params(self, params: ParamsArg) -> list[Mapping[str, Any]]:
         if isinstance(params, np.ndarray):
             raise TypeError("params must be a list or dict of arrays (or a list of param "
                             "groups), got a single ndarray; wrap it: [array]")
@@ -180,21 +199,23 @@ class Optimizer:
         if not params:
             raise ValueError("params is empty; give at least one array to optimize")
         if all(isinstance(p, dict) for p in params):
-            return params
+            return cast("list[Mapping[str, Any]]", params)   # all() checked: dicts
         if any(isinstance(p, dict) for p in params):
             raise TypeError("params mixes arrays and param-group dicts; use one or the other")
         return [{"params": params}]
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: ParamGroup) -> None:
         """Add a group, as in torch. Its unset hyperparameters take the defaults."""
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError(f"param_group must be a dict with a 'params' entry, got "
                             f"{type(param_group).__name__}")
         self._add_group(param_group)
 
-    def _add_group(self, group_in):
-        raw = group_in["params"]
-        arena = None
+    def _add_group(self, group_in: Mapping[str, Any]) -> None:
+        raw = group_in["params"]      # Any: a list, tuple or dict of arrays, or a FlatParams
+        arena: FlatParams | None = None
+        names: list[str | None]
+        arrays: list[FloatArray]
         if isinstance(raw, FlatParams):
             arena, raw = raw, raw.params
         if isinstance(raw, np.ndarray):
@@ -255,10 +276,10 @@ class Optimizer:
         self._grad_getter = None
 
     @staticmethod
-    def _label(what, index, name):
+    def _label(what: str, index: int, name: str | None) -> str:
         return f"{what}[{name!r}]" if name is not None else f"{what}[{index}]"
 
-    def _validate_group(self, group, cache):
+    def _validate_group(self, group: Mapping[str, Any], cache: _GroupCache) -> Hyper:
         key = self._hyper_get(group)
         if key != cache.key or cache.hyper is None:
             cache.hyper = self._check_hyper(key)
@@ -266,9 +287,10 @@ class Optimizer:
         return cache.hyper
 
     # -- per-step ---------------------------------------------------------------------------
-    def _split_grads(self, grads):
+    def _split_grads(self, grads: GradsArg) -> list[Any]:
         """Turn the user's grads into one list per group, or raise. A group built from a
-        FlatParams gets the _ARENA marker for ``step()`` and ``step(arena.grads)``."""
+        FlatParams gets the _ARENA marker for ``step()`` and ``step(arena.grads)``. So each
+        entry is a list of grads (an array or None per param) or _ARENA."""
         if grads is None or grads is self._arena_grads:
             return self._arena_marks()
         n = len(self._names)
@@ -282,7 +304,7 @@ class Optimizer:
                 # itemgetter looks all names up in C: no Python loop per tensor per step.
                 getter = self._grad_getter = (operator.itemgetter(*names) if n > 1 else
                                               lambda d, k=names[0]: (d[k],))
-            flat = None
+            flat: Sequence[FloatArray | None] | None = None
             if len(grads) == n:
                 try:
                     flat = list(getter(grads))  # n names found among n keys: same key set
@@ -307,7 +329,7 @@ class Optimizer:
             return [flat if isinstance(flat, list) else list(flat)]
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
 
-    def _arena_marks(self):
+    def _arena_marks(self) -> list[object]:
         for gi, layout in enumerate(self._layouts):
             if layout.arena is None:
                 raise TypeError(f"step() without grads reads them from the FlatParams the "
@@ -316,7 +338,7 @@ class Optimizer:
                                 f"order (or a dict keyed by param name)")
         return [_ARENA] * len(self._layouts)
 
-    def _plan(self, gi, cache):
+    def _plan(self, gi: int, cache: _GroupCache) -> _kernels.Plan:
         params = self.param_groups[gi]["params"]
         # The plan points at these arrays: a param swapped in later would be ignored (and the
         # old one, if freed, written after its release). One C-level pass per step.
@@ -342,10 +364,11 @@ class Optimizer:
             state = [None if st is None else [st.get(s) for s in self._slots] for st in entries]
             steps = [0 if st is None else st["step"] for st in entries]
             if cache.slots_in_use is None:
+                assert cache.hyper is not None      # validated when the group was added
                 cache.slots_in_use = self._slots_in_use(cache.hyper)
             required = [self._slots.index(s) for s in cache.slots_in_use]
             names = self._scalar_state
-            scalar_state = None
+            scalar_state: list[list[float]] | None = None
             if names:
                 scalar_state = [[0.0] * len(names) if st is None else [st[k] for k in names]
                                 for st in entries]
@@ -355,12 +378,17 @@ class Optimizer:
         return cache.plan
 
     # -- groups whose params tile one buffer ------------------------------------------------
-    def _route_flat(self, gi, cache, layout, grads):
+    def _route_flat(self, gi: int, cache: _GroupCache, layout: GroupLayout,
+                    grads: list[FloatArray | None] | list[FloatArray]
+                    ) -> list[FloatArray | None] | list[FloatArray]:
         """The grads to bind for a group whose params tile one buffer: [one flat grad] when
         every param has a grad, the grads tile one buffer the same way, and the params are in
         lockstep; else the per-param list. Changing path syncs the step counts through the
         state dicts and rebuilds the plan: O(n) Python, only when the path changes."""
+        flat_grad: FloatArray | None
         if grads is _ARENA:
+            # _ARENA marks only groups built from a FlatParams
+            assert layout.arena is not None and layout.grad_views is not None
             flat_grad, grads = layout.arena.flat_grad, layout.grad_views
         else:
             flat_grad = _kernels.tile_view(grads, layout.params) if layout.enabled else None
@@ -372,7 +400,7 @@ class Optimizer:
             layout.use_flat = use
         return [flat_grad] if use else grads
 
-    def _flat_lockstep(self, gi, cache, layout):
+    def _flat_lockstep(self, gi: int, cache: _GroupCache, layout: GroupLayout) -> bool:
         """Whether every param of the group has the same step count, scalar state and state
         buffers (or none has state yet), so that one flat tensor can stand for them all."""
         plan = cache.plan
@@ -392,14 +420,15 @@ class Optimizer:
             entries = [self._state[i] for i in self._group_slices[gi]]
             names = self._scalar_state
 
-            def key(st):    # bitwise for the floats: -0.0 and NaN never pass for equal
+            # bitwise for the floats: -0.0 and NaN never pass for equal
+            def key(st: ParamState | None) -> tuple[list[str], int, list[str]] | None:
                 return (None if st is None else
                         (sorted(st), st["step"], [float(st[k]).hex() for k in names]))
             first = key(entries[0])
             layout.lockstep = all(key(st) == first for st in entries)
         return layout.lockstep
 
-    def _adopt_state(self, gi, layout):
+    def _adopt_state(self, gi: int, layout: GroupLayout) -> None:
         """Copy every state buffer that is not yet a view of the group's buffers (one loaded
         by load_state_dict) into its place there. O(n) Python, only when a plan is built."""
         for t, i in enumerate(self._group_slices[gi]):
@@ -414,7 +443,7 @@ class Optimizer:
                         view[...] = buf
                         st[s] = view
 
-    def _sync_steps(self, gi):
+    def _sync_steps(self, gi: int) -> None:
         """Copy the plan's step counts and scalar state into the state dicts (before a
         rebuild or a save)."""
         plan = self._caches[gi].plan
@@ -430,7 +459,8 @@ class Optimizer:
                 for j, k in enumerate(names):
                     st[k] = float(plan.sstate_array[r, j])
 
-    def _ensure_state(self, gi, cache, grads):
+    def _ensure_state(self, gi: int, cache: _GroupCache, grads: list[FloatArray | None]
+                      ) -> tuple[_kernels.Plan, dict[int, tuple[str, ...]]]:
         """Create state for params stepping for the first time (or a slot they lack, e.g.
         amsgrad switched on, or one missing from a checkpoint), filled with its initial value
         (_initial_state, zero by default), then rebuild the group's plan. Returns the plan
@@ -438,6 +468,7 @@ class Optimizer:
         self._sync_steps(gi)
         slots = cache.slots_in_use
         hyper = cache.hyper
+        assert slots is not None and hyper is not None     # step() set them
         layout = self._layouts[gi]
         one = layout.use_flat                       # grads is [flat grad]: every param steps
         fresh = {}
@@ -462,7 +493,8 @@ class Optimizer:
         plan.bind(grads)
         return plan, fresh
 
-    def step(self, grads=None, grad_scale=None):
+    def step(self, grads: GradsArg = None,
+             grad_scale: float | FloatArray | None = None) -> bool:
         """One fused, in-place update of every param that has a grad.
 
         Everything (grads structure, each grad's type, dtype, shape, layout and aliasing,
@@ -476,6 +508,8 @@ class Optimizer:
         groups = self.param_groups
         caches = self._caches
         pending = []
+        plan: _kernels.Plan | None
+        fresh: dict[int, tuple[str, ...]] | None
         for gi in range(len(groups)):
             cache = caches[gi]
             hyper = self._validate_group(groups[gi], cache)
@@ -500,6 +534,7 @@ class Optimizer:
             plan, fresh = cache.plan, None
             if pending[gi]:
                 plan, fresh = self._ensure_state(gi, cache, per_group[gi])
+            assert plan is not None and cache.hyper is not None    # bound by the loop above
             if gi != gated:
                 self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
                 continue
@@ -520,7 +555,7 @@ class Optimizer:
                                    f"run (a _run override that drives no pass?)")
         return True
 
-    def _gated_group(self, pending):
+    def _gated_group(self, pending: list[int]) -> int:
         """The group whose finiteness check runs inside its update pass, or -1.
 
         A separate check pass costs a read of the grads plus a second fork/join and Python
@@ -532,20 +567,22 @@ class Optimizer:
         if not self._check_in_pass or any(pending):
             return -1
         for gi, cache in enumerate(self._caches):
+            assert cache.plan is not None       # step() bound every group's plan
             if cache.plan.nactive and cache.plan.total:
                 return gi
         return -1
 
-    def _grads_finite(self, but=-1):
+    def _grads_finite(self, but: int = -1) -> bool:
         """True when every bound grad of every group (except group `but`) is finite: the grad
         column of each group's plan, read once, stopping at the first non-finite work unit."""
         for gi, cache in enumerate(self._caches):
+            assert cache.plan is not None       # step() bound every group's plan
             if gi != but and cache.plan.nactive and \
                     cache.plan.reduce(_NONFINITE, 1, True)[1][0] != 0.0:
                 return False
         return True
 
-    def _inv_grad_scale(self, grad_scale):
+    def _inv_grad_scale(self, grad_scale: object) -> float:
         """1 / grad_scale, after checking that it is usable in every group's dtype."""
         s = _v.scalar_state(grad_scale, "grad_scale")    # a number or a 1-element array
         s = _v.positive(s, "grad_scale")
@@ -559,7 +596,9 @@ class Optimizer:
                                  f"[{1 / float(info.max):.3g}, {1 / float(info.tiny):.3g}]")
         return inv
 
-    def _apply(self, gi, plan, hyper, grads, fresh=None, inv_scale=None):
+    def _apply(self, gi: int, plan: _kernels.Plan, hyper: Hyper, grads: list[FloatArray | None],
+               fresh: dict[int, tuple[str, ...]] | None = None,
+               inv_scale: float | None = None) -> None:
         step = plan.advance()
         if step != 0 and self._scalar_state:
             # One hp row and next scalar state per distinct (step, scalar state); usually one.
@@ -576,18 +615,21 @@ class Optimizer:
         if fresh and self._fresh_state_scalars:
             for t in fresh:
                 s = int(plan.steps_array[t])
-                plan.set_scalars(self._scalars(s, hyper, fresh=True), s, t)
+                # Only classes with _fresh_state_scalars get here, and their _scalars take
+                # fresh= (SGD); the base hook's signature has no such argument.
+                plan.set_scalars(
+                    self._scalars(s, hyper, fresh=True), s, t)  # type: ignore[call-arg]
         if inv_scale is not None:
             # Every active row was just rewritten, so this scales each sign exactly once.
             plan.hp_array[:, 0] *= inv_scale
         self._run(plan, hyper)
 
-    def _run(self, plan, hyper):
+    def _run(self, plan: _kernels.Plan, hyper: Hyper) -> None:
         """Run the step's kernel(s) over the bound plan, its scalars set. Optimizers that
         need per-tensor reductions first (LAMB, LARS) override this."""
         plan.run(self._kernel_id)
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the grad buffer of every FlatParams the optimizer was built from (a loop that
         accumulates into it needs that; a grad cannot be "set to None" there). Other grads
         are owned by the caller: for them this does nothing, kept for torch compatibility."""
@@ -597,12 +639,12 @@ class Optimizer:
 
     # -- state ------------------------------------------------------------------------------
     @property
-    def state(self):
+    def state(self) -> dict[int, ParamState]:
         for gi in range(len(self.param_groups)):
             self._sync_steps(gi)
         return {i: st for i, st in enumerate(self._state) if st is not None}
 
-    def state_dict(self):
+    def state_dict(self) -> OptimizerStateDict:
         """Hyperparameters, step counts and copies of every state buffer, keyed by the flat
         param index as in torch. Copies, so later steps do not change a saved checkpoint."""
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
@@ -617,7 +659,7 @@ class Optimizer:
             groups.append(entry)
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
         buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched."""
         if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
@@ -627,7 +669,8 @@ class Optimizer:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups, this "
                              f"optimizer has {len(self.param_groups)}")
-        new_groups, new_state = [], [None] * len(self._state)
+        new_groups: list[ParamGroup] = []
+        new_state: list[ParamState | None] = [None] * len(self._state)
         for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
             sl = self._group_slices[gi]
             if list(sg.get("params", [])) != list(sl):
@@ -654,7 +697,7 @@ class Optimizer:
             if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
                 raise ValueError(f"state_dict['state'][{i}]['step'] must be an integer >= 0, "
                                  f"got {step!r}")
-            entry = {"step": int(step)}
+            entry: ParamState = {"step": int(step)}
             for k, v in st.items():
                 if k == "step":
                     continue
@@ -689,7 +732,7 @@ class Optimizer:
         for g, c in zip(self.param_groups, self._caches):
             self._validate_group(g, c)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, g in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")

@@ -6,9 +6,16 @@ kernel (so float32 results agree to the last bit on a default build). Never on t
 Each function has the signature of its twin in :mod:`fusedoptim.functional`. Each class has
 the API of its twin in :mod:`fusedoptim` (same validation, state and checkpoints) but steps
 through the function here, one tensor at a time.
+
+Types: the reference does not validate, so each state list is typed as what it reads: an
+array for every param that has a grad (entries of params without one are not read).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -29,9 +36,23 @@ from .optim.lars import check_lars
 from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from . import _kernels
+    from ._typing import ArraysArg, BufferList, FloatArray, Hyper, ParamState, StepList
+    # The mixin's base for the type checker; at run time it is a plain mixin (object).
+    from .optimizer import Optimizer as _OptimizerBase
+
+    #: one array per param (every param that steps has one)
+    Arrays = Sequence[FloatArray]
+    _O = TypeVar("_O", bound=_OptimizerBase)
+else:
+    _OptimizerBase = object
 
 
-def _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize):
+def _signed_decayed(p: FloatArray, g: FloatArray, lr: float, weight_decay: float,
+                    decoupled_weight_decay: bool, maximize: bool) -> tuple[FloatArray, FloatArray]:
     """Every optimizer's common first lines: the signed grad (with L2 decay folded in) and the
     param after decoupled decay, in the kernels' operation order."""
     if maximize:
@@ -43,9 +64,11 @@ def _signed_decayed(p, g, lr, weight_decay, decoupled_weight_decay, maximize):
         p_decayed = p * (1.0 - lr * weight_decay)
     return g, p_decayed
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
-         beta2, eps, weight_decay=0.0, amsgrad=False, maximize=False,
-         decoupled_weight_decay=False, bias_correction=True):
+def adam(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+         max_exp_avg_sqs: Arrays | None, state_steps: StepList, *, lr: float, beta1: float,
+         beta2: float, eps: float, weight_decay: float = 0.0, amsgrad: bool = False,
+         maximize: bool = False, decoupled_weight_decay: bool = False,
+         bias_correction: bool = True) -> None:
     check_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
                bias_correction)
     for i, p in enumerate(params):
@@ -65,21 +88,25 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
             step_size, inv_bias_correction2_sqrt = lr, 1.0
         v_hat = v
         if amsgrad:
+            assert max_exp_avg_sqs is not None      # amsgrad needs them
             np.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
             v_hat = max_exp_avg_sqs[i]
         denom = np.sqrt(v_hat) * inv_bias_correction2_sqrt + eps
         p[...] = p_decayed - step_size * m / denom
 
 
-def adamw(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1,
-          beta2, eps, weight_decay=1e-2, amsgrad=False, maximize=False, bias_correction=True):
+def adamw(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+          max_exp_avg_sqs: Arrays | None, state_steps: StepList, *, lr: float, beta1: float,
+          beta2: float, eps: float, weight_decay: float = 1e-2, amsgrad: bool = False,
+          maximize: bool = False, bias_correction: bool = True) -> None:
     adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
          maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction)
 
 
-def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, eps,
-           weight_decay=0.0, maximize=False):
+def adamax(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_infs: Arrays,
+           state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float,
+           weight_decay: float = 0.0, maximize: bool = False) -> None:
     check_adamax(lr, beta1, beta2, eps, weight_decay, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -95,9 +122,10 @@ def adamax(params, grads, exp_avgs, exp_infs, state_steps, *, lr, beta1, beta2, 
         p[...] = p - step_size * m / u
 
 
-def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr, beta1, beta2,
-          eps, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
-          maximize=False):
+def nadam(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+          mu_products: list[float], state_steps: StepList, *, lr: float, beta1: float,
+          beta2: float, eps: float, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+          decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
     check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
                 maximize)
     for i, p in enumerate(params):
@@ -121,8 +149,10 @@ def nadam(params, grads, exp_avgs, exp_avg_sqs, mu_products, state_steps, *, lr,
         p[...] = p_decayed + (grad_coef * g + avg_coef * m) / denom
 
 
-def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
-          weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+def radam(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+          state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+          maximize: bool = False) -> None:
     check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -148,8 +178,9 @@ def radam(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2
             p[...] = p_decayed - step_size * m
 
 
-def lion(params, grads, exp_avgs, state_steps, *, lr, beta1, beta2, weight_decay=0.0,
-         maximize=False):
+def lion(params: Arrays, grads: BufferList, exp_avgs: Arrays, state_steps: StepList, *,
+         lr: float, beta1: float, beta2: float, weight_decay: float = 0.0,
+         maximize: bool = False) -> None:
     check_lion(lr, beta1, beta2, weight_decay, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -167,8 +198,9 @@ def lion(params, grads, exp_avgs, state_steps, *, lr, beta1, beta2, weight_decay
         m[...] = beta2 * m + (1.0 - beta2) * g
 
 
-def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_size_max,
-          etaminus, etaplus, maximize=False):
+def rprop(params: Arrays, grads: BufferList, prevs: Arrays, step_sizes: Arrays,
+          state_steps: StepList, *, step_size_min: float, step_size_max: float,
+          etaminus: float, etaplus: float, maximize: bool = False) -> None:
     check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -188,8 +220,9 @@ def rprop(params, grads, prevs, step_sizes, state_steps, *, step_size_min, step_
         prev[...] = g
 
 
-def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
-         weight_decay=0.0, maximize=False):
+def asgd(params: Arrays, grads: BufferList, axs: Arrays, mus: list[float], etas: list[float],
+         state_steps: StepList, *, lr: float, lambd: float, alpha: float, t0: float,
+         weight_decay: float = 0.0, maximize: bool = False) -> None:
     check_asgd(lr, lambd, alpha, t0, weight_decay, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -209,9 +242,12 @@ def asgd(params, grads, axs, mus, etas, state_steps, *, lr, lambd, alpha, t0,
         mus[i] = 1.0 / max(1.0, t - t0)
 
 
-def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.0,
-        dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
-        momentum_style="torch"):
+def sgd(params: Arrays, grads: BufferList,
+        # an array, or None (created here), per param; NDArray[Any] as list is invariant
+        momentum_buffer_list: list[NDArray[Any]] | list[NDArray[Any] | None] | None,
+        state_steps: StepList | None = None, *, lr: float, momentum: float = 0.0,
+        dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+        maximize: bool = False, momentum_style: str = "torch") -> None:
     check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize, momentum_style)
     for i, p in enumerate(params):
         g = grads[i]
@@ -222,6 +258,7 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
         g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         d = g
         if momentum != 0 and momentum_style == "torch":
+            assert momentum_buffer_list is not None     # momentum needs them
             buf = momentum_buffer_list[i]
             if buf is None:
                 buf = momentum_buffer_list[i] = np.array(g, dtype=p.dtype)   # starts at g
@@ -229,16 +266,19 @@ def sgd(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0
                 buf[...] = momentum * buf + (1.0 - dampening) * g
             d = g + momentum * buf if nesterov else buf
         if momentum != 0 and momentum_style == "ema":
+            assert momentum_buffer_list is not None     # momentum needs them
             if momentum_buffer_list[i] is None:
                 momentum_buffer_list[i] = np.zeros_like(p)
             v = momentum_buffer_list[i]
+            assert v is not None                        # created just above
             v[...] = momentum * v + (1.0 - momentum) * g
             d = (1.0 - momentum) * g + momentum * v if nesterov else v
         p[...] = p - lr * d
 
 
-def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0,
-            eps=1e-10, maximize=False):
+def adagrad(params: Arrays, grads: BufferList, state_sums: Arrays, state_steps: StepList, *,
+            lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+            maximize: bool = False) -> None:
     check_adagrad(lr, lr_decay, weight_decay, eps, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -254,9 +294,11 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
         p[...] = p - clr * g / std
 
 
-def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_steps, *, lr,
-            alpha, eps, weight_decay=0.0, momentum=0.0, centered=False, maximize=False,
-            bias_correction=False):
+def rmsprop(params: Arrays, grads: BufferList, square_avgs: Arrays, grad_avgs: Arrays | None,
+            momentum_buffer_list: Arrays | None, state_steps: StepList, *, lr: float,
+            alpha: float, eps: float, weight_decay: float = 0.0, momentum: float = 0.0,
+            centered: bool = False, maximize: bool = False,
+            bias_correction: bool = False) -> None:
     check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize, bias_correction)
     for i, p in enumerate(params):
         g = grads[i]
@@ -269,11 +311,13 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
         v[...] = alpha * v + (1.0 - alpha) * g * g
         var = v / (1.0 - alpha ** t) if bias_correction else v
         if centered:
+            assert grad_avgs is not None            # centered needs them
             a = grad_avgs[i]
             a[...] = a + (1.0 - alpha) * (g - a)
             var = var - a * a
         avg = np.sqrt(var) + eps
         if momentum > 0:
+            assert momentum_buffer_list is not None     # momentum needs them
             b = momentum_buffer_list[i]
             b[...] = momentum * b + g / avg
             p[...] = p - lr * b
@@ -281,8 +325,9 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffer_list, state_s
             p[...] = p - lr * g / avg
 
 
-def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, eps,
-             weight_decay=0.0, maximize=False):
+def adadelta(params: Arrays, grads: BufferList, square_avgs: Arrays, acc_deltas: Arrays,
+             state_steps: StepList, *, lr: float, rho: float, eps: float,
+             weight_decay: float = 0.0, maximize: bool = False) -> None:
     check_adadelta(lr, rho, eps, weight_decay, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -298,8 +343,10 @@ def adadelta(params, grads, square_avgs, acc_deltas, state_steps, *, lr, rho, ep
         p[...] = p - lr * delta
 
 
-def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
-         weight_decay=0.0, clamp_value=10.0, bias_correction=True, maximize=False):
+def lamb(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+         state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float,
+         weight_decay: float = 0.0, clamp_value: float = 10.0, bias_correction: bool = True,
+         maximize: bool = False) -> None:
     check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -328,8 +375,10 @@ def lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, *, lr, beta1, beta2,
         p[...] = p - (lr * trust_ratio) * u
 
 
-def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=0.9,
-         weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, nesterov=False, maximize=False):
+def lars(params: Arrays, grads: BufferList, momentum_buffer_list: Arrays | None,
+         state_steps: StepList | None = None, *, lr: float, momentum: float = 0.9,
+         weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8,
+         nesterov: bool = False, maximize: bool = False) -> None:
     check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -350,6 +399,7 @@ def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=
             d = d + weight_decay * p
         d = trust_ratio * d
         if momentum != 0:
+            assert momentum_buffer_list is not None     # momentum needs them
             b = momentum_buffer_list[i]
             b[...] = momentum * b + d
             d = d + momentum * b if nesterov else b
@@ -358,7 +408,7 @@ def lars(params, grads, momentum_buffer_list, state_steps=None, *, lr, momentum=
 
 # -- gradient utilities -------------------------------------------------------------------------
 
-def _grad_list(arrays):
+def _grad_list(arrays: ArraysArg) -> list[FloatArray]:
     if isinstance(arrays, np.ndarray):
         arrays = [arrays]
     elif isinstance(arrays, dict):
@@ -366,15 +416,16 @@ def _grad_list(arrays):
     return [a for a in arrays if a is not None]
 
 
-def global_norm(arrays):
+def global_norm(arrays: ArraysArg) -> float:
     return math.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in _grad_list(arrays)))
 
 
-def all_finite(arrays):
+def all_finite(arrays: ArraysArg) -> bool:
     return all(bool(np.isfinite(a).all()) for a in _grad_list(arrays))
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(grads: ArraysArg, max_norm: float, norm_type: float | str = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     p = _norm_type(norm_type)
     max_norm = _v.nonneg(max_norm, "max_norm")
     grads = _grad_list(grads)
@@ -394,7 +445,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     return total
 
 
-def clip_grad_value_(grads, clip_value):
+def clip_grad_value_(grads: ArraysArg, clip_value: float) -> None:
     clip_value = _v.nonneg(clip_value, "clip_value")
     for g in _grad_list(grads):
         g[...] = np.minimum(np.maximum(g, -clip_value), clip_value)
@@ -402,14 +453,18 @@ def clip_grad_value_(grads, clip_value):
 
 # -- classes ------------------------------------------------------------------------------------
 
-class _ReferenceStep:
+class _ReferenceStep(_OptimizerBase):
     """Mixin: step a fused optimizer class through its NumPy reference function instead."""
 
-    _reference_fn = None
-    _flat_plans = False     # one tensor at a time, even when the params tile one buffer
-    _check_in_pass = False  # the step runs in NumPy: skip_nonfinite checks before it
+    _reference_fn: ClassVar[Callable[..., None] | None] = None
+    # one tensor at a time, even when the params tile one buffer
+    _flat_plans: ClassVar[bool] = False
+    # the step runs in NumPy: skip_nonfinite checks before it
+    _check_in_pass: ClassVar[bool] = False
 
-    def _apply(self, gi, plan, hyper, grads, fresh=None, inv_scale=None):
+    def _apply(self, gi: int, plan: _kernels.Plan, hyper: Hyper, grads: list[FloatArray | None],
+               fresh: dict[int, tuple[str, ...]] | None = None,
+               inv_scale: float | None = None) -> None:
         active = [t for t, g in enumerate(grads) if g is not None]
         if not active:
             return
@@ -420,7 +475,8 @@ class _ReferenceStep:
             grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
         start = self._group_slices[gi].start
         params = self.param_groups[gi]["params"]
-        states = [self._state[start + t] for t in active]
+        # Every param that steps has state by now (Optimizer._ensure_state).
+        states = cast("list[ParamState]", [self._state[start + t] for t in active])
         # With _fresh_state_scalars the function gets None for a buffer created this step and
         # creates it itself, as torch's functional API does.
         new = (fresh or {}) if self._fresh_state_scalars else {}
@@ -430,8 +486,10 @@ class _ReferenceStep:
         scalars = [[float(plan.sstate_array[t, j]) for t in active]
                    for j in range(len(self._scalar_state))]
         steps = [int(plan.steps_array[t]) for t in active]
-        type(self)._reference_fn([params[t] for t in active], [grads[t] for t in active],
-                                 *buffers, *scalars, steps, **self._functional_kwargs(hyper))
+        fn = type(self)._reference_fn
+        assert fn is not None                       # every twin class sets it
+        fn([params[t] for t in active], [grads[t] for t in active],
+           *buffers, *scalars, steps, **self._functional_kwargs(hyper))
         for t, s in zip(active, steps):
             plan.steps_array[t] = s
         for j, values in enumerate(scalars):
@@ -453,7 +511,7 @@ class AdamW(_ReferenceStep, optim.AdamW):
     _reference_fn = staticmethod(adam)
 
 
-def _twin(cls, fn):
+def _twin(cls: type[_O], fn: Callable[..., None]) -> type[_O]:
     """The NumPy reference twin of a fused optimizer class."""
     return type(cls.__name__, (_ReferenceStep, cls),
                 {"__doc__": f"NumPy reference twin of :class:`fusedoptim.{cls.__name__}`.",

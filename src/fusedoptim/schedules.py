@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from bisect import bisect_right
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
     "Schedule",
@@ -57,16 +57,16 @@ __all__ = [
 # Argument validation (shared with fusedoptim.lr_scheduler)
 # --------------------------------------------------------------------------
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     # bool is an int subclass, but True as a step count is always a mistake.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value) -> bool:
+def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_int(name: str, value, minimum: int = 0) -> int:
+def _check_int(name: str, value: int, minimum: int = 0) -> int:
     if not _is_int(value) or value < minimum:
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(
             minimum, f"an integer >= {minimum}")
@@ -74,8 +74,8 @@ def _check_int(name: str, value, minimum: int = 0) -> int:
     return int(value)
 
 
-def _check_real(name: str, value, low=None, high=None, *, low_open=False,
-                high_open=False) -> float:
+def _check_real(name: str, value: float, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False) -> float:
     """Check a finite real in an interval; ``None`` bounds are unbounded."""
     ok = _is_real(value) and math.isfinite(value)
     if ok and low is not None:
@@ -96,14 +96,14 @@ def _check_real(name: str, value, low=None, high=None, *, low_open=False,
     return float(value)
 
 
-def _check_choice(name: str, value, choices) -> str:
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         accepted = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
     return value
 
 
-def _check_milestones(name: str, values, *, strict: bool) -> list[int]:
+def _check_milestones(name: str, values: Iterable[int], *, strict: bool) -> list[int]:
     """Non-negative integer step indices, increasing (``strict``) or non-decreasing."""
     try:
         values = list(values)
@@ -122,7 +122,7 @@ def _check_milestones(name: str, values, *, strict: bool) -> list[int]:
     return [int(v) for v in values]
 
 
-def _check_step(step, name: str = "step") -> None:
+def _check_step(step: float, name: str = "step") -> None:
     # ``not step >= 0`` also rejects NaN.
     if not _is_real(step) or not step >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {step!r}")
@@ -140,12 +140,12 @@ class Schedule:
     the arguments it was built with.
     """
 
-    def __init__(self, name: str, kernel: Callable, **params):
+    def __init__(self, name: str, kernel: Callable[..., float], **params: Any) -> None:
         self._name = name
         self._kernel = kernel  # module-level function, so the object pickles
         self._params = params
 
-    def __call__(self, step) -> float:
+    def __call__(self, step: float) -> float:
         _check_step(step)
         return float(self._kernel(step, **self._params))
 
@@ -160,77 +160,86 @@ class Schedule:
 # built on them reproduce torch's floats exactly.
 # --------------------------------------------------------------------------
 
-def _constant(step, value):
+def _constant(step: float, value: float) -> float:
     return value
 
 
-def _step_decay(step, init_value, step_size, gamma):
-    return init_value * gamma ** (step // step_size)
+def _step_decay(step: float, init_value: float, step_size: int, gamma: float) -> float:
+    # gamma > 0: a real power (typeshed types float ** float as Any)
+    value: float = init_value * gamma ** (step // step_size)
+    return value
 
 
-def _multistep_decay(step, init_value, milestones, gamma):
+def _multistep_decay(step: float, init_value: float, milestones: Sequence[int],
+                     gamma: float) -> float:
     return init_value * gamma ** bisect_right(milestones, step)
 
 
-def _exponential_decay(step, init_value, gamma, transition_steps, staircase):
+def _exponential_decay(step: float, init_value: float, gamma: float, transition_steps: int,
+                       staircase: bool) -> float:
     exponent = step / transition_steps
     if staircase:
         exponent = math.floor(exponent)
-    return init_value * gamma ** exponent
+    value: float = init_value * gamma ** exponent      # gamma > 0: a real power
+    return value
 
 
-def _cosine(step, decay_steps, init_value, end_value):
+def _cosine(step: float, decay_steps: float, init_value: float, end_value: float) -> float:
     """Cosine annealing, *not* clamped: past decay_steps it rises again, as torch's
     CosineAnnealingLR does.  The public cosine_decay clamps."""
     return end_value + (init_value - end_value) * (
         1 + math.cos(math.pi * step / decay_steps)) / 2
 
 
-def _cosine_decay(step, init_value, decay_steps, end_value):
+def _cosine_decay(step: float, init_value: float, decay_steps: int, end_value: float) -> float:
     return _cosine(min(step, decay_steps), decay_steps, init_value, end_value)
 
 
-def _linear(step, steps, init_value, end_value):
+def _linear(step: float, steps: int, init_value: float, end_value: float) -> float:
     if step >= steps:  # hold exactly end_value (also for a zero-length ramp)
         return end_value
     return init_value + (end_value - init_value) * min(step, steps) / steps
 
 
-def _linear_decay(step, init_value, decay_steps, end_value):
+def _linear_decay(step: float, init_value: float, decay_steps: int, end_value: float) -> float:
     return _linear(step, decay_steps, init_value, end_value)
 
 
-def _polynomial_decay(step, init_value, decay_steps, end_value, power):
+def _polynomial_decay(step: float, init_value: float, decay_steps: int, end_value: float,
+                      power: float) -> float:
     frac = 1.0 - min(step, decay_steps) / decay_steps
-    return (init_value - end_value) * frac ** power + end_value
+    value: float = (init_value - end_value) * frac ** power + end_value     # frac >= 0
+    return value
 
 
-def _inverse_sqrt(step, init_value, timescale):
+def _inverse_sqrt(step: float, init_value: float, timescale: float) -> float:
     return init_value / math.sqrt(1.0 + step / timescale)
 
 
-def _inverse_time_decay(step, init_value, decay_rate):
+def _inverse_time_decay(step: float, init_value: float, decay_rate: float) -> float:
     epoch = step + 1  # the notes count epochs from 1
     return init_value * (1 + decay_rate) / (1 + decay_rate * epoch)
 
 
-def _piecewise_constant(step, boundaries, values):
+def _piecewise_constant(step: float, boundaries: Sequence[int],
+                        values: Sequence[float]) -> float:
     return values[bisect_right(boundaries, step)]
 
 
-def _linear_warmup(step, peak_value, warmup_steps, init_value):
+def _linear_warmup(step: float, peak_value: float, warmup_steps: int,
+                   init_value: float) -> float:
     return _linear(step, warmup_steps, init_value, peak_value)
 
 
-def _warmup_cosine_decay(step, peak_value, warmup_steps, total_steps, init_value,
-                         end_value):
+def _warmup_cosine_decay(step: float, peak_value: float, warmup_steps: int, total_steps: int,
+                         init_value: float, end_value: float) -> float:
     if step < warmup_steps:
         return _linear(step, warmup_steps, init_value, peak_value)
     return _cosine_decay(step - warmup_steps, peak_value, total_steps - warmup_steps,
                          end_value)
 
 
-def _sgdr_position(step, T_0, T_mult):
+def _sgdr_position(step: float, T_0: int, T_mult: int) -> tuple[float, int]:
     """Return (T_cur, T_i): steps into the current SGDR cycle and its length.
 
     Walks the cycles with exact arithmetic; torch's closed form via math.log
@@ -245,29 +254,31 @@ def _sgdr_position(step, T_0, T_mult):
     return T_cur, T_i
 
 
-def _cosine_warm_restarts(step, init_value, T_0, T_mult, end_value):
+def _cosine_warm_restarts(step: float, init_value: float, T_0: int, T_mult: int,
+                          end_value: float) -> float:
     T_cur, T_i = _sgdr_position(step, T_0, T_mult)
     return _cosine(T_cur, T_i, init_value, end_value)
 
 
-def _anneal_cos(start, end, pct):
+def _anneal_cos(start: float, end: float, pct: float) -> float:
     cos_out = math.cos(math.pi * pct) + 1
     return end + (start - end) / 2.0 * cos_out
 
 
-def _anneal_linear(start, end, pct):
+def _anneal_linear(start: float, end: float, pct: float) -> float:
     return (end - start) * pct + start
 
 
 _ANNEAL = {"cos": _anneal_cos, "linear": _anneal_linear}
 
 
-def _one_cycle(step, total_steps, pct_start, anneal_strategy, three_phase,
-               start, peak, end):
+def _one_cycle(step: float, total_steps: int, pct_start: float, anneal_strategy: str,
+               three_phase: bool, start: float, peak: float, end: float) -> float:
     """1cycle with torch's phase boundaries, unclamped (torch allows one step
     past total_steps - 1).  Momentum uses it with (start, peak, end) =
     (max_momentum, base_momentum, max_momentum)."""
     up_end = float(pct_start * total_steps) - 1
+    phases: tuple[tuple[float, float, float], ...]
     if three_phase:
         phases = ((up_end, start, peak),
                   (float(2 * pct_start * total_steps) - 2, peak, start),
@@ -287,16 +298,18 @@ def _one_cycle(step, total_steps, pct_start, anneal_strategy, three_phase,
     raise AssertionError("unreachable: the last phase always matches")
 
 
-def _one_cycle_clamped(step, max_value, total_steps, pct_start, anneal_strategy,
-                       div_factor, final_div_factor, three_phase):
+def _one_cycle_clamped(step: float, max_value: float, total_steps: int, pct_start: float,
+                       anneal_strategy: str, div_factor: float, final_div_factor: float,
+                       three_phase: bool) -> float:
     initial = max_value / div_factor
     return _one_cycle(min(step, total_steps - 1), total_steps, pct_start,
                       anneal_strategy, three_phase, initial, max_value,
                       initial / final_div_factor)
 
 
-def _cyclic(step, base_value, max_value, step_size_up, step_size_down, mode, gamma,
-            scale_fn, scale_mode):
+def _cyclic(step: float, base_value: float, max_value: float, step_size_up: float,
+            step_size_down: float, mode: str, gamma: float,
+            scale_fn: Callable[[float], float] | None, scale_mode: str) -> float:
     total_size = step_size_up + step_size_down
     step_ratio = step_size_up / total_size
     cycle = math.floor(1 + step / total_size)
@@ -317,7 +330,8 @@ def _cyclic(step, base_value, max_value, step_size_up, step_size_down, mode, gam
     return base_value + height * scale
 
 
-def _join(step, schedules, boundaries):
+def _join(step: float, schedules: Sequence[Callable[[float], float]],
+          boundaries: Sequence[int]) -> float:
     i = bisect_right(boundaries, step)
     return schedules[i](step - boundaries[i - 1] if i else step)
 
@@ -504,7 +518,8 @@ def cosine_warm_restarts(init_value: float, T_0: int, T_mult: int = 1,
                     end_value=_check_real("end_value", end_value))
 
 
-def _check_one_cycle(total_steps, pct_start, anneal_strategy, three_phase):
+def _check_one_cycle(total_steps: int, pct_start: float, anneal_strategy: str,
+                     three_phase: bool) -> tuple[int, float]:
     total_steps = _check_int("total_steps", total_steps, 1)
     pct_start = _check_real("pct_start", pct_start, 0, 1)
     if three_phase and pct_start > 0.5:

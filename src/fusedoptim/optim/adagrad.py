@@ -1,20 +1,34 @@
 """Adagrad: one kernel ("adagrad")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_adagrad's result: (lr, lr_decay, weight_decay, eps, maximize)
+    AdagradStepHyper = tuple[float, float, float, float, bool]
+    #: the class's: check_adagrad's plus initial_accumulator_value
+    AdagradHyper = tuple[float, float, float, float, bool, float]
 
 # Canonical hyperparameter tuple: the order adagrad_scalars and check_adagrad use.
 _FIELDS = ("lr", "lr_decay", "weight_decay", "eps", "maximize")
 
 
-def check_adagrad(lr, lr_decay, weight_decay, eps, maximize):
+def check_adagrad(lr: object, lr_decay: object, weight_decay: object, eps: object,
+                  maximize: object) -> AdagradStepHyper:
     """Validate Adagrad's step hyperparameters; return them canonical."""
     return (v.finite_nonneg(lr, "lr"), v.finite_nonneg(lr_decay, "lr_decay"),
             v.finite_nonneg(weight_decay, "weight_decay"), v.positive(eps, "eps"),
             v.flag(maximize, "maximize"))
 
 
-def adagrad_scalars(step, lr, lr_decay, weight_decay, eps, maximize):
+def adagrad_scalars(step: int, lr: float, lr_decay: float, weight_decay: float, eps: float,
+                    maximize: bool) -> tuple[float, ...]:
     """The kernel's scalars for one step count (order: _kernels.SCALARS['adagrad'])."""
     clr = lr / (1.0 + (step - 1) * lr_decay)
     return (-1.0 if maximize else 1.0, weight_decay, clr, eps,
@@ -52,23 +66,25 @@ class Adagrad(Optimizer):
     _hyper_keys = ("lr", "lr_decay", "weight_decay", "eps", "maximize",
                    "initial_accumulator_value")
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, *, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> AdagradHyper:
         *step_args, initial = key
         return check_adagrad(*step_args) + (
             v.finite_nonneg(initial, "initial_accumulator_value"),)
 
-    def _initial_state(self, name, hyper):
+    def _initial_state(self, name: str, hyper: AdagradHyper) -> float:
         return hyper[5]             # the accumulator starts at initial_accumulator_value
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: AdagradHyper) -> tuple[float, ...]:
         return adagrad_scalars(step, *hyper[:5])
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: AdagradHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper[:5]))

@@ -1,17 +1,28 @@
 """Adam, AdamW, AMSGrad and the notes' Adam without bias correction: one kernel ("adam")."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_adam's result: (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+    #: decoupled_weight_decay, bias_correction)
+    AdamHyper = tuple[float, float, float, float, float, bool, bool, bool, bool]
 
 # Canonical hyperparameter tuple: the order adam_scalars and check_adam use.
 _FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize",
            "decoupled_weight_decay", "bias_correction")
 
 
-def check_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-               decoupled_weight_decay, bias_correction):
+def check_adam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+               amsgrad: object, maximize: object, decoupled_weight_decay: object,
+               bias_correction: object) -> AdamHyper:
     """Validate Adam hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
             v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
@@ -21,8 +32,9 @@ def check_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
             v.flag(bias_correction, "bias_correction"))
 
 
-def adam_scalars(step, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                 decoupled_weight_decay, bias_correction):
+def adam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
+                 weight_decay: float, amsgrad: bool, maximize: bool,
+                 decoupled_weight_decay: bool, bias_correction: bool) -> tuple[float, ...]:
     """The kernel's scalars for one step count (order: _kernels.SCALARS['adam'])."""
     if bias_correction:
         step_size = lr / (1.0 - beta1 ** step)
@@ -73,27 +85,29 @@ class Adam(Optimizer):
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
                    "decoupled_weight_decay", "bias_correction")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 bias_correction=True, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False, bias_correction: bool = True,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       bias_correction=bias_correction),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> AdamHyper:
         lr, betas, eps, wd, amsgrad, maximize, decoupled, bias_correction = key
         b1, b2 = v.pair(betas, "betas")
         return check_adam(lr, b1, b2, eps, wd, amsgrad, maximize, decoupled, bias_correction)
 
-    def _slots_in_use(self, hyper):
+    def _slots_in_use(self, hyper: AdamHyper) -> tuple[str, ...]:
         return self._slots if hyper[5] else self._slots[:2]
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: AdamHyper) -> tuple[float, ...]:
         return adam_scalars(step, *hyper)
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: AdamHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))
 
 
@@ -106,8 +120,10 @@ class AdamW(Adam):
     ``weight_decay=1e-2``.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, bias_correction=True, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 bias_correction: bool = True, skip_nonfinite: bool = False) -> None:
         Optimizer.__init__(self, params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction),

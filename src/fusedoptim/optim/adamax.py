@@ -1,20 +1,32 @@
 """Adamax: Adam with an exponentially weighted infinity norm (kernel "adamax")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_adamax's result: (lr, beta1, beta2, eps, weight_decay, maximize)
+    AdamaxHyper = tuple[float, float, float, float, float, bool]
 
 # Canonical hyperparameter tuple: the order adamax_scalars and check_adamax use.
 _FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "maximize")
 
 
-def check_adamax(lr, beta1, beta2, eps, weight_decay, maximize):
+def check_adamax(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+                 maximize: object) -> AdamaxHyper:
     """Validate Adamax hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
             v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
             v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
 
 
-def adamax_scalars(step, lr, beta1, beta2, eps, weight_decay, maximize):
+def adamax_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
+                   weight_decay: float, maximize: bool) -> tuple[float, ...]:
     """The kernel's scalars for one step count (order: _kernels.SCALARS['adamax'])."""
     step_size = lr / (1.0 - beta1 ** step)
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, weight_decay, eps,
@@ -52,19 +64,21 @@ class Adamax(Optimizer):
     _slots = ("exp_avg", "exp_inf")
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> AdamaxHyper:
         lr, betas, eps, wd, maximize = key
         b1, b2 = v.pair(betas, "betas")
         return check_adamax(lr, b1, b2, eps, wd, maximize)
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: AdamaxHyper) -> tuple[float, ...]:
         return adamax_scalars(step, *hyper)
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: AdamaxHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

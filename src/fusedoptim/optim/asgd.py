@@ -1,20 +1,33 @@
 """ASGD: averaged stochastic gradient descent (kernel "asgd")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_asgd's result: (lr, lambd, alpha, t0, weight_decay, maximize)
+    ASGDHyper = tuple[float, float, float, float, float, bool]
 
 # Canonical hyperparameter tuple: the order asgd_scalars and check_asgd use.
 _FIELDS = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
 
 
-def check_asgd(lr, lambd, alpha, t0, weight_decay, maximize):
+def check_asgd(lr: object, lambd: object, alpha: object, t0: object, weight_decay: object,
+               maximize: object) -> ASGDHyper:
     """Validate ASGD hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.finite_nonneg(lambd, "lambd"),
             v.finite_nonneg(alpha, "alpha"), v.finite_nonneg(t0, "t0"),
             v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
 
 
-def asgd_scalars(step, mu, eta, lr, lambd, alpha, t0, weight_decay, maximize):
+def asgd_scalars(step: int, mu: float, eta: float, lr: float, lambd: float, alpha: float,
+                 t0: float, weight_decay: float,
+                 maximize: bool) -> tuple[tuple[float, ...], tuple[float, float]]:
     """(kernel scalars, (next mu, next eta)) for one step count and the tensor's current mu
     and eta (left by its previous step), all in double."""
     mode = (1 if weight_decay != 0.0 else 0) | (2 if mu != 1.0 else 0)
@@ -63,20 +76,23 @@ class ASGD(Optimizer):
     _scalar_state = ("mu", "eta")   # the order of torch's functional asgd(..., mus, etas, ...)
     _hyper_keys = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
 
-    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
-                 maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-2, lambd: float = 1e-4,
+                 alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0.0, *,
+                 maximize: bool = False, skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> ASGDHyper:
         return check_asgd(*key)
 
-    def _initial_state(self, name, hyper):
+    def _initial_state(self, name: str, hyper: ASGDHyper) -> float:
         return {"eta": hyper[0], "mu": 1.0}.get(name, 0.0)
 
-    def _scalars_with_state(self, step, scalar_state, hyper):
-        return asgd_scalars(step, *scalar_state, *hyper)
+    def _scalars_with_state(self, step: int, scalar_state: tuple[float, float], hyper: ASGDHyper
+                            ) -> tuple[tuple[float, ...], tuple[float, float]]:
+        # mypy maps a second *-unpacked fixed-length tuple onto the wrong parameters
+        return asgd_scalars(step, *scalar_state, *hyper)  # type: ignore[arg-type]
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: ASGDHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

@@ -1,12 +1,24 @@
 """LAMB: layer-wise adaptive moments for large batches (kernels "lamb_moments" + "lamb")."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, NDArray
+
+    from .._typing import ParamsArg
+
+    #: check_lamb's result: (lr, beta1, beta2, eps, weight_decay, clamp_value,
+    #: bias_correction, maximize)
+    LAMBHyper = tuple[float, float, float, float, float, float, bool, bool]
 
 # Canonical hyperparameter tuple: the order lamb_scalars, check_lamb and lamb_run use.
 _FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "clamp_value", "bias_correction",
@@ -16,7 +28,8 @@ _APPLY = _kernels.KERNEL_IDS["lamb"]
 _STEP_COLUMN = _kernels.SCALARS["lamb"].index("step")
 
 
-def check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction, maximize):
+def check_lamb(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+               clamp_value: object, bias_correction: object, maximize: object) -> LAMBHyper:
     """Validate LAMB hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
             v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
@@ -25,8 +38,9 @@ def check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction
             v.flag(bias_correction, "bias_correction"), v.flag(maximize, "maximize"))
 
 
-def lamb_scalars(step, lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction,
-                 maximize):
+def lamb_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
+                 weight_decay: float, clamp_value: float, bias_correction: bool,
+                 maximize: bool) -> tuple[float, ...]:
     """The kernels' scalars for one step count (order: _kernels.SCALARS['lamb']). The
     per-tensor "step" (lr times the trust ratio) is filled in by lamb_run between passes."""
     if bias_correction:
@@ -39,7 +53,8 @@ def lamb_scalars(step, lr, beta1, beta2, eps, weight_decay, clamp_value, bias_co
             1.0 if weight_decay != 0.0 else 0.0)
 
 
-def lamb_trust_ratio(param_norm, update_norm, clamp_value):
+def lamb_trust_ratio(param_norm: ArrayLike, update_norm: ArrayLike,
+                     clamp_value: float) -> NDArray[np.float64]:
     """phi(||p||) / ||u|| per tensor, in double (NumPy arrays or floats), with
     phi(z) = min(z, clamp_value); 1 where either norm is 0 (or NaN), as in the common
     implementations: a zero-initialised tensor would otherwise never move."""
@@ -50,7 +65,7 @@ def lamb_trust_ratio(param_norm, update_norm, clamp_value):
     return np.where(ok, phi / np.where(ok, update_norm, 1.0), 1.0)
 
 
-def lamb_run(plan, lr, clamp_value):
+def lamb_run(plan: _kernels.Plan, lr: float, clamp_value: float) -> None:
     """Both passes over a bound plan whose other scalars are set: moments and norms, trust
     ratios in double, then the update."""
     per_tensor, _ = plan.reduce(_MOMENTS)
@@ -109,24 +124,26 @@ class LAMB(Optimizer):
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "clamp_value", "bias_correction",
                    "maximize")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
-                 clamp_value=10.0, *, bias_correction=True, maximize=False,
-                 skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, clamp_value: float = 10.0, *,
+                 bias_correction: bool = True, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       clamp_value=clamp_value, bias_correction=bias_correction,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> LAMBHyper:
         lr, betas, eps, wd, clamp_value, bias_correction, maximize = key
         b1, b2 = v.pair(betas, "betas")
         return check_lamb(lr, b1, b2, eps, wd, clamp_value, bias_correction, maximize)
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: LAMBHyper) -> tuple[float, ...]:
         return lamb_scalars(step, *hyper)
 
-    def _run(self, plan, hyper):
+    def _run(self, plan: _kernels.Plan, hyper: LAMBHyper) -> None:
         lamb_run(plan, hyper[0], hyper[5])
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: LAMBHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

@@ -1,10 +1,23 @@
 """LARS: layer-wise adaptive rate scaling for SGD (kernels "lars_norms" + "lars")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, NDArray
+
+    from .._typing import ParamsArg
+
+    #: check_lars's result: (lr, momentum, weight_decay, trust_coefficient, eps, nesterov,
+    #: maximize)
+    LARSHyper = tuple[float, float, float, float, float, bool, bool]
 
 # Canonical hyperparameter tuple: the order lars_scalars, check_lars and lars_run use.
 _FIELDS = ("lr", "momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "maximize")
@@ -13,7 +26,8 @@ _APPLY = _kernels.KERNEL_IDS["lars"]
 _RATIO_COLUMN = _kernels.SCALARS["lars"].index("trust_ratio")
 
 
-def check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize):
+def check_lars(lr: object, momentum: object, weight_decay: object, trust_coefficient: object,
+               eps: object, nesterov: object, maximize: object) -> LARSHyper:
     """Validate LARS hyperparameters; return them canonical (floats and bools)."""
     lr = v.finite_nonneg(lr, "lr")
     mu = v.finite_nonneg(momentum, "momentum")
@@ -26,7 +40,9 @@ def check_lars(lr, momentum, weight_decay, trust_coefficient, eps, nesterov, max
     return (lr, mu, wd, tc, eps, nesterov, v.flag(maximize, "maximize"))
 
 
-def lars_scalars(step, lr, momentum, weight_decay, trust_coefficient, eps, nesterov, maximize):
+def lars_scalars(step: int, lr: float, momentum: float, weight_decay: float,
+                 trust_coefficient: float, eps: float, nesterov: bool,
+                 maximize: bool) -> tuple[float, ...]:
     """The kernels' scalars (order: _kernels.SCALARS['lars']); independent of the step. The
     per-tensor "trust_ratio" is filled in by lars_run between the passes."""
     mode = 1 if weight_decay != 0.0 else 0
@@ -35,7 +51,8 @@ def lars_scalars(step, lr, momentum, weight_decay, trust_coefficient, eps, neste
     return (-1.0 if maximize else 1.0, weight_decay, momentum, lr, 1.0, float(mode))
 
 
-def lars_trust_ratio(param_norm, grad_norm, weight_decay, trust_coefficient, eps):
+def lars_trust_ratio(param_norm: ArrayLike, grad_norm: ArrayLike, weight_decay: float,
+                     trust_coefficient: float, eps: float) -> NDArray[np.float64]:
     """trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps) per tensor, in double;
     1 where either norm is 0 (or NaN), as in the common implementations."""
     param_norm = np.asarray(param_norm, dtype=np.float64)
@@ -45,7 +62,8 @@ def lars_trust_ratio(param_norm, grad_norm, weight_decay, trust_coefficient, eps
     return np.where(ok, trust_coefficient * param_norm / denom, 1.0)
 
 
-def lars_run(plan, weight_decay, trust_coefficient, eps):
+def lars_run(plan: _kernels.Plan, weight_decay: float, trust_coefficient: float,
+             eps: float) -> None:
     """Both passes over a bound plan whose other scalars are set: norms, trust ratios in
     double, then the update."""
     per_tensor, _ = plan.reduce(_NORMS)
@@ -104,24 +122,26 @@ class LARS(Optimizer):
     _flat_plans = False
     _hyper_keys = _FIELDS
 
-    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001,
-                 eps=1e-8, nesterov=False, *, maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1.0, momentum: float = 0.9,
+                 weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8,
+                 nesterov: bool = False, *, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, eps=eps,
                                       nesterov=nesterov, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> LARSHyper:
         return check_lars(*key)
 
-    def _slots_in_use(self, hyper):
+    def _slots_in_use(self, hyper: LARSHyper) -> tuple[str, ...]:
         return self._slots if hyper[1] != 0.0 else ()
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: LARSHyper) -> tuple[float, ...]:
         return lars_scalars(step, *hyper)
 
-    def _run(self, plan, hyper):
+    def _run(self, plan: _kernels.Plan, hyper: LARSHyper) -> None:
         lars_run(plan, hyper[2], hyper[3], hyper[4])
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: LARSHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

@@ -1,15 +1,27 @@
 """NAdam: Adam with Nesterov momentum and a momentum-decay schedule (kernel "nadam")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_nadam's result: (lr, beta1, beta2, eps, weight_decay, momentum_decay,
+    #: decoupled_weight_decay, maximize)
+    NAdamHyper = tuple[float, float, float, float, float, float, bool, bool]
 
 # Canonical hyperparameter tuple: the order nadam_scalars and check_nadam use.
 _FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay",
            "decoupled_weight_decay", "maximize")
 
 
-def check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay,
-                maximize):
+def check_nadam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+                momentum_decay: object, decoupled_weight_decay: object,
+                maximize: object) -> NAdamHyper:
     """Validate NAdam hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
             v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
@@ -19,8 +31,10 @@ def check_nadam(lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_w
             v.flag(maximize, "maximize"))
 
 
-def nadam_scalars(step, mu_product, lr, beta1, beta2, eps, weight_decay, momentum_decay,
-                  decoupled_weight_decay, maximize):
+def nadam_scalars(step: int, mu_product: float, lr: float, beta1: float, beta2: float,
+                  eps: float, weight_decay: float, momentum_decay: float,
+                  decoupled_weight_decay: bool,
+                  maximize: bool) -> tuple[tuple[float, ...], tuple[float]]:
     """(kernel scalars, (next mu_product,)) for one step count and the tensor's mu_product
     (the product of mu_1 .. mu_{step-1}), all in double."""
     inv_bias_correction2 = 1.0 / (1.0 - beta2 ** step)
@@ -81,25 +95,29 @@ class NAdam(Optimizer):
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
                    "decoupled_weight_decay", "maximize")
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
-                 skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> NAdamHyper:
         lr, betas, eps, wd, momentum_decay, decoupled, maximize = key
         b1, b2 = v.pair(betas, "betas")
         return check_nadam(lr, b1, b2, eps, wd, momentum_decay, decoupled, maximize)
 
-    def _initial_state(self, name, hyper):
+    def _initial_state(self, name: str, hyper: NAdamHyper) -> float:
         return 1.0 if name == "mu_product" else 0.0
 
-    def _scalars_with_state(self, step, scalar_state, hyper):
-        return nadam_scalars(step, *scalar_state, *hyper)
+    def _scalars_with_state(self, step: int, scalar_state: tuple[float], hyper: NAdamHyper
+                            ) -> tuple[tuple[float, ...], tuple[float]]:
+        # mypy maps a second *-unpacked fixed-length tuple onto the wrong parameters
+        return nadam_scalars(step, *scalar_state, *hyper)  # type: ignore[arg-type]
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: NAdamHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

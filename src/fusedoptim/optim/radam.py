@@ -1,16 +1,27 @@
 """RAdam: Adam with a rectified adaptive learning rate (kernel "radam")."""
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING, Any
 
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_radam's result: (lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
+    #: maximize)
+    RAdamHyper = tuple[float, float, float, float, float, bool, bool]
 
 # Canonical hyperparameter tuple: the order radam_scalars and check_radam use.
 _FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
            "maximize")
 
 
-def check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize):
+def check_radam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+                decoupled_weight_decay: object, maximize: object) -> RAdamHyper:
     """Validate RAdam hyperparameters; return them canonical (floats and bools)."""
     return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
             v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
@@ -19,7 +30,9 @@ def check_radam(lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, max
             v.flag(maximize, "maximize"))
 
 
-def radam_scalars(step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize):
+def radam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
+                  weight_decay: float, decoupled_weight_decay: bool,
+                  maximize: bool) -> tuple[float, ...]:
     """The kernel's scalars for one step count (order: _kernels.SCALARS['radam']). The
     rho_t > 5 test picks the rectified or the plain momentum update for this step."""
     bias_correction1 = 1.0 - beta1 ** step
@@ -78,20 +91,22 @@ class RAdam(Optimizer):
     _slots = ("exp_avg", "exp_avg_sq")
     _hyper_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
+                 maximize: bool = False, skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> RAdamHyper:
         lr, betas, eps, wd, decoupled, maximize = key
         b1, b2 = v.pair(betas, "betas")
         return check_radam(lr, b1, b2, eps, wd, decoupled, maximize)
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: RAdamHyper) -> tuple[float, ...]:
         return radam_scalars(step, *hyper)
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: RAdamHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

@@ -1,15 +1,27 @@
 """RMSprop (plain, centered, momentum) and the notes' bias-corrected RMSProp: one kernel."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_rmsprop's result: (lr, alpha, eps, weight_decay, momentum, centered, maximize,
+    #: bias_correction)
+    RMSpropHyper = tuple[float, float, float, float, float, bool, bool, bool]
 
 # Canonical hyperparameter tuple: the order rmsprop_scalars and check_rmsprop use.
 _FIELDS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize",
            "bias_correction")
 
 
-def check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize,
-                  bias_correction):
+def check_rmsprop(lr: object, alpha: object, eps: object, weight_decay: object,
+                  momentum: object, centered: object, maximize: object,
+                  bias_correction: object) -> RMSpropHyper:
     """Validate RMSprop hyperparameters; return them canonical (floats and bools)."""
     hyper = (v.finite_nonneg(lr, "lr"), v.unit_interval(alpha, "alpha"),
              v.positive(eps, "eps"), v.finite_nonneg(weight_decay, "weight_decay"),
@@ -23,8 +35,9 @@ def check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize,
     return hyper
 
 
-def rmsprop_scalars(step, lr, alpha, eps, weight_decay, momentum, centered, maximize,
-                    bias_correction):
+def rmsprop_scalars(step: int, lr: float, alpha: float, eps: float, weight_decay: float,
+                    momentum: float, centered: bool, maximize: bool,
+                    bias_correction: bool) -> tuple[float, ...]:
     """The kernel's scalars for one step count (order: _kernels.SCALARS['rmsprop'])."""
     mode = 1 if weight_decay != 0.0 else 0
     if centered:
@@ -81,23 +94,25 @@ class RMSprop(Optimizer):
     _slots = ("square_avg", "grad_avg", "momentum_buffer")
     _hyper_keys = _FIELDS
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False, bias_correction=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False, *, maximize: bool = False,
+                 bias_correction: bool = False, skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       bias_correction=bias_correction),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> RMSpropHyper:
         return check_rmsprop(*key)
 
-    def _slots_in_use(self, hyper):
+    def _slots_in_use(self, hyper: RMSpropHyper) -> tuple[str, ...]:
         centered, momentum = hyper[5], hyper[4]
         return tuple(s for s, used in zip(self._slots, (True, centered, momentum > 0.0))
                      if used)
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: RMSpropHyper) -> tuple[float, ...]:
         return rmsprop_scalars(step, *hyper)
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: RMSpropHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))

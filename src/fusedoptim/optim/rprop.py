@@ -1,14 +1,27 @@
 """Rprop: resilient backpropagation, per-element step sizes (kernel "rprop")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_rprop's result: (etaminus, etaplus, step_size_min, step_size_max, maximize)
+    RpropStepHyper = tuple[float, float, float, float, bool]
+    #: the class's: lr (the initial step size), then check_rprop's
+    RpropHyper = tuple[float, float, float, float, float, bool]
 
 # The functional call's hyperparameters (torch's functional rprop takes no lr: the step
 # sizes it starts from are state).
 _FIELDS = ("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize")
 
 
-def check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize):
+def check_rprop(etaminus: object, etaplus: object, step_size_min: object,
+                step_size_max: object, maximize: object) -> RpropStepHyper:
     """Validate Rprop's step hyperparameters; return them canonical (floats and bools)."""
     etaminus = v.open_unit_interval(etaminus, "etas[0]")
     etaplus = v.finite_above(etaplus, "etas[1]", 1.0)
@@ -16,7 +29,8 @@ def check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize):
     return etaminus, etaplus, lo, hi, v.flag(maximize, "maximize")
 
 
-def rprop_scalars(step, etaminus, etaplus, step_size_min, step_size_max, maximize):
+def rprop_scalars(step: int, etaminus: float, etaplus: float, step_size_min: float,
+                  step_size_max: float, maximize: bool) -> tuple[float, ...]:
     """The kernel's scalars (order: _kernels.SCALARS['rprop']); independent of the step."""
     return (-1.0 if maximize else 1.0, etaminus, etaplus, step_size_min, step_size_max)
 
@@ -56,23 +70,25 @@ class Rprop(Optimizer):
     _slots = ("prev", "step_size")
     _hyper_keys = ("lr", "etas", "step_sizes", "maximize")
 
-    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *,
-                 maximize=False, skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-2,
+                 etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> RpropHyper:
         lr, etas, step_sizes, maximize = key
         etaminus, etaplus = v.pair(etas, "etas")
         lo, hi = v.pair(step_sizes, "step_sizes")
         return (v.finite_nonneg(lr, "lr"),) + check_rprop(etaminus, etaplus, lo, hi, maximize)
 
-    def _initial_state(self, name, hyper):
+    def _initial_state(self, name: str, hyper: RpropHyper) -> float:
         return hyper[0] if name == "step_size" else 0.0
 
-    def _scalars(self, step, hyper):
+    def _scalars(self, step: int, hyper: RpropHyper) -> tuple[float, ...]:
         return rprop_scalars(step, *hyper[1:])
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: RpropHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper[1:]))

@@ -1,7 +1,18 @@
 """SGD: plain, heavy-ball momentum (torch's form or the notes' EMA form), Nesterov: one kernel."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .. import _validation as v
 from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from .._typing import ParamsArg
+
+    #: check_sgd's result: (lr, momentum, dampening, weight_decay, nesterov, maximize,
+    #: momentum_style)
+    SGDHyper = tuple[float, float, float, float, bool, bool, str]
 
 # Canonical hyperparameter tuple: the order sgd_scalars and check_sgd use.
 _FIELDS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
@@ -9,7 +20,8 @@ _FIELDS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"
 MOMENTUM_STYLES = ("torch", "ema")
 
 
-def check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize, momentum_style):
+def check_sgd(lr: object, momentum: object, dampening: object, weight_decay: object,
+              nesterov: object, maximize: object, momentum_style: object) -> SGDHyper:
     """Validate SGD hyperparameters; return them canonical (floats, bools, the style)."""
     style = v.choice(momentum_style, "momentum_style", MOMENTUM_STYLES)
     lr = v.finite_nonneg(lr, "lr")
@@ -32,8 +44,9 @@ def check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize, momentu
     return (lr, mu, damp, wd, nesterov, maximize, style)
 
 
-def sgd_scalars(step, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                momentum_style, fresh=False):
+def sgd_scalars(step: int, lr: float, momentum: float, dampening: float, weight_decay: float,
+                nesterov: bool, maximize: bool, momentum_style: str,
+                fresh: bool = False) -> tuple[float, ...]:
     """The kernel's scalars (order: _kernels.SCALARS['sgd']). `fresh` marks the first update
     of a new momentum buffer, which torch's form starts at the gradient itself."""
     mode = 1 if weight_decay != 0.0 else 0
@@ -118,21 +131,23 @@ class SGD(Optimizer):
     _hyper_keys = _FIELDS
     _fresh_state_scalars = True     # torch starts a new momentum buffer at the gradient
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False, momentum_style="torch", skip_nonfinite=False):
+    def __init__(self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, momentum_style: str = "torch",
+                 skip_nonfinite: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, momentum_style=momentum_style),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key):
+    def _check_hyper(self, key: tuple[Any, ...]) -> SGDHyper:
         return check_sgd(*key)
 
-    def _slots_in_use(self, hyper):
+    def _slots_in_use(self, hyper: SGDHyper) -> tuple[str, ...]:
         return self._slots if hyper[1] != 0.0 else ()
 
-    def _scalars(self, step, hyper, fresh=False):
+    def _scalars(self, step: int, hyper: SGDHyper, fresh: bool = False) -> tuple[float, ...]:
         return sgd_scalars(step, *hyper, fresh=fresh)
 
-    def _functional_kwargs(self, hyper):
+    def _functional_kwargs(self, hyper: SGDHyper) -> dict[str, Any]:
         return dict(zip(_FIELDS, hyper))
