@@ -1,13 +1,19 @@
 """Thread control and build information."""
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from . import _kernels
+
+if TYPE_CHECKING:
+    from ._typing import BuildConfig
 
 get_num_threads = _kernels.get_num_threads
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the number of OpenMP threads every fused call uses.
 
     The default is the number of CPUs this process may use, or OMP_NUM_THREADS when set.
@@ -19,7 +25,7 @@ def set_num_threads(n):
     _kernels.set_num_threads(n)
 
 
-def build_config():
+def build_config() -> BuildConfig:
     """How the kernels were compiled, as a dict."""
     try:
         from . import _build_config as bc
@@ -41,7 +47,7 @@ def build_config():
     }
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print the version, compiler flags, OpenMP status and thread count."""
     cfg = build_config()
     out = file or sys.stdout

@@ -8,16 +8,19 @@ Set FUSEDOPTIM_ISA=baseline|avx2|avx512 to force a level (for tests and comparis
 one the CPU cannot run is an ImportError that says what is missing, never SIGILL.
 """
 
+from __future__ import annotations
+
 import importlib
 import importlib.util
 import os
+from collections.abc import Mapping, Sequence
 
 # Best first. "native" (FUSEDOPTIM_NATIVE=1 builds) targets the build machine itself.
 LEVELS = ("native", "avx512", "avx2", "baseline")
 
 # The CPU features each level's flags let the compiler use (setup.py's ISA_LEVELS): -mavx2
 # implies AVX; the avx512 level is built with -mavx512f/vl/bw/dq and -mavx2.
-REQUIRES = {
+REQUIRES: dict[str, tuple[str, ...]] = {
     "native": (),
     "avx512": ("AVX", "AVX2", "AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ"),
     "avx2": ("AVX", "AVX2"),
@@ -29,33 +32,37 @@ class UnsupportedISAError(ImportError):
     """FUSEDOPTIM_ISA names a level that this CPU, or this build, cannot run."""
 
 
-def cpu_features():
+def cpu_features() -> dict[str, bool]:
     """The CPU features this CPU and its OS support, by NumPy's names (see fusedoptim._cpu)."""
     # import_module, not `from . import`: a missing module is then ModuleNotFoundError,
     # which fusedoptim/__init__.py turns into "the kernels are not built".
-    return importlib.import_module("fusedoptim._cpu").cpu_features()
+    features: dict[str, bool] = importlib.import_module("fusedoptim._cpu").cpu_features()
+    return features
 
 
-def built_levels():
+def built_levels() -> list[str]:
     """The levels compiled into this installation, best first."""
     return [level for level in LEVELS
             if importlib.util.find_spec(f"fusedoptim._kernels_{level}") is not None]
 
 
-def missing_features(level, features=None):
+def missing_features(level: str,
+                     features: Mapping[str, bool] | None = None) -> list[str]:
     """The features `level` needs that this CPU (or `features`) lacks, in REQUIRES order."""
     features = cpu_features() if features is None else features
     return [f for f in REQUIRES[level] if not features.get(f, False)]
 
 
-def supported_levels(features=None, built=None):
+def supported_levels(features: Mapping[str, bool] | None = None,
+                     built: Sequence[str] | None = None) -> list[str]:
     """The built levels this CPU (or `features`) can run, best first."""
     features = cpu_features() if features is None else features
     built = built_levels() if built is None else built
     return [level for level in LEVELS if level in built and not missing_features(level, features)]
 
 
-def select_level(forced, features=None, built=None):
+def select_level(forced: str, features: Mapping[str, bool] | None = None,
+                 built: Sequence[str] | None = None) -> str:
     """The level to load: `forced` (a FUSEDOPTIM_ISA value, or "" for none) when this CPU and
     build can run it, else the best supported one. Raises UnsupportedISAError otherwise."""
     features = cpu_features() if features is None else features

@@ -94,6 +94,7 @@ class BuildConfig(TypedDict):
     openmp: bool
     isa: str
     isa_levels: list[str]
+    isa_runnable: list[str]
     num_threads: int
     chunk_elements: int
     kernels: list[str]
