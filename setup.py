@@ -1,10 +1,13 @@
 """Build the Cython extensions.
 
-cython_kernels/_kernels.pyx (the driver and every chunk kernel) is compiled once per
+cython_kernels/_kernels.pyx (every chunk and reduce kernel) is compiled once per
 instruction-set level and becomes fusedoptim._kernels_<level>: "baseline" (the platform's
 default target, x86-64/SSE2 on x86-64) everywhere, plus "avx2" and "avx512" on x86-64 when the
-compiler accepts them. Every other .pyx (today _cpu.pyx, the CPU feature probe) is compiled
-once, with no ISA flags, so it imports on any CPU. fusedoptim/_kernels.py asks the probe and
+compiler accepts them. What does not depend on the ISA level lives in
+cython_kernels/fusedoptim/ and is compiled once, with no ISA flags, so it imports on any CPU:
+the parallel driver and kernel registry (_driver), the buffer checks (_checks) and the CPU
+feature probe (_cpu). Their .pxd files sit in that folder under their package path, which is
+where Cython looks for `from fusedoptim._driver cimport ...`. fusedoptim/_kernels.py asks the probe and
 loads the best level the CPU runs. Because every level is compiled with -ffp-contract=off and
 uses only correctly rounded operations, all levels give bitwise identical results (tested).
 
@@ -59,8 +62,9 @@ ISA_LEVELS = [
                          "-mprefer-vector-width=512"],
                 "msvc": ["/arch:AVX512"]}),
 ]
-# Modules compiled once per level; every other cython_kernels/*.pyx is compiled once, plainly.
-PER_LEVEL_MODULES = {"_kernels"}
+# cython_kernels/*.pyx are compiled once per level; cython_kernels/fusedoptim/*.pyx once.
+PER_LEVEL_DIR = "cython_kernels"
+ONCE_DIR = os.path.join("cython_kernels", "fusedoptim")
 # Cython's utility code (memoryviews, type imports, ...: ~30K of each module's ~70K lines of
 # C) goes into one shared module compiled once, instead of into every level.
 SHARED_UTILITY = "fusedoptim._cyutility"
@@ -163,10 +167,10 @@ class BuildExt(build_ext):
                 continue
             if level:
                 built.append(level)
-                ext.extra_compile_args = compile_flags + isa_flags
-                ext.extra_link_args = link_flags + ext.extra_link_args
-            else:                             # the probe: no OpenMP, no ISA flags
-                ext.extra_compile_args = list(BASE_FLAGS[family])
+            # Modules compiled once (driver, checks, probe, Cython's utility code) get no ISA
+            # flags: they must import on any CPU of the platform.
+            ext.extra_compile_args = compile_flags + isa_flags
+            ext.extra_link_args = link_flags + ext.extra_link_args
         self._write_build_config(compile_flags, bool(openmp), built)
         super().build_extensions()
 
@@ -192,10 +196,15 @@ def _levels():
     return ISA_LEVELS if _is_x86_64() else ISA_LEVELS[:1]
 
 
+def _per_level_names():
+    return {os.path.splitext(os.path.basename(p))[0]
+            for p in glob.glob(os.path.join(PER_LEVEL_DIR, "*.pyx"))}
+
+
 def _isa_level(module_name):
     """"avx2" for fusedoptim._kernels_avx2; None for a module compiled once."""
     base, _, level = module_name.rsplit(".", 1)[-1].rpartition("_")
-    return level if base in PER_LEVEL_MODULES else None
+    return level if base in _per_level_names() else None
 
 
 def _extension(name, source):
@@ -214,14 +223,12 @@ def extensions():
     exts = []
     gen_dir = os.path.join("build", "isa_sources")
     os.makedirs(gen_dir, exist_ok=True)
-    for pyx in sorted(glob.glob(os.path.join("cython_kernels", "*.pyx"))):
-        name = os.path.splitext(os.path.basename(pyx))[0]
-        if name not in PER_LEVEL_MODULES:
-            exts.append(_extension(f"fusedoptim.{name}", pyx))
-            continue
+    for pyx in sorted(glob.glob(os.path.join(ONCE_DIR, "*.pyx"))):
+        exts.append(_extension(f"fusedoptim.{os.path.splitext(os.path.basename(pyx))[0]}", pyx))
+    for name in sorted(_per_level_names()):
         for level, _ in _levels():
             wrapper = os.path.join(gen_dir, f"{name}_{level}.pyx")
-            text = f'include "{os.path.basename(pyx)}"\n'
+            text = f'include "{name}.pyx"\n'
             if not os.path.exists(wrapper) or open(wrapper).read() != text:
                 with open(wrapper, "w") as f:
                     f.write(text)
@@ -235,7 +242,8 @@ def _cython_inputs_fingerprint():
     Cython and NumPy versions."""
     h = hashlib.sha256(f"{Cython.__version__} {np.__version__}\n".encode())
     for pattern in ("*.pyx", "*.pxi", "*.pxd", "*.h"):
-        for path in sorted(glob.glob(os.path.join("cython_kernels", pattern))):
+        for path in sorted(glob.glob(os.path.join("cython_kernels", "**", pattern),
+                                     recursive=True)):
             with open(path, "rb") as f:
                 h.update(path.encode() + b"\0" + f.read())
     with open(__file__, "rb") as f:

@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""fusedoptim's compiled hot path: the shared parallel driver and every chunk kernel.
+"""fusedoptim's chunk and reduce kernels, compiled once per ISA level.
 
-One extension module: the driver (driver.pxi) is compiled once, and each optimizer family adds
-a .pxi with its chunk kernels and a _register() call. A new optimizer adds a kernel, not a loop.
+Importing the module registers every kernel with the one parallel driver (fusedoptim._driver,
+compiled once: cython_kernels/fusedoptim/). Each optimizer family adds a .pxi with its kernels
+and a _register() call. A new optimizer adds a kernel, not a loop.
 """
 
-include "driver.pxi"
+include "register.pxi"
 include "roofline.pxi"
 include "elementwise.pxi"
 include "adam.pxi"

@@ -35,3 +35,6 @@ cdef void thread_id_f64(char** b, Py_ssize_t s, Py_ssize_t n, const double* hp) 
 
 # The leading underscore keeps it out of show_config()'s list of optimizer kernels.
 _register("_thread_id", thread_id_f32, thread_id_f64, ())
+# The same kernel registered for float32 only: the tests ask a float64 plan for it, to see the
+# registry refuse a combination nobody registered.
+register_chunk("_thread_id_f32_only", ST_F32, ST_F32, ST_F32, thread_id_f32, ())

@@ -95,6 +95,11 @@ def select_level(forced: str, features: Mapping[str, bool] | None = None,
 
 
 ISA = select_level(os.environ.get("FUSEDOPTIM_ISA", "").strip().lower())
+# The driver and the checks are compiled once; importing the level's kernel module registers
+# its kernels with the driver. This module is the one face of all three.
+_driver = importlib.import_module("fusedoptim._driver")
+_checks = importlib.import_module("fusedoptim._checks")
 _module = importlib.import_module(f"fusedoptim._kernels_{ISA}")
-globals().update({k: v for k, v in vars(_module).items() if not k.startswith("__")})
+for _part in (_checks, _driver, _module):
+    globals().update({k: v for k, v in vars(_part).items() if not k.startswith("__")})
 MODULE = _module.__name__

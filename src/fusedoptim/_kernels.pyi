@@ -50,6 +50,12 @@ def select_level(forced: str, features: Mapping[str, bool] | None = None,
 #: elements per work unit (driver.pxi's CHUNK)
 CHUNK_ELEMENTS: int
 DEF_CHUNK: int
+#: storage names by storage number: the registry's key space ("float32", "float64")
+STORAGE_NAMES: tuple[str, ...]
+
+def registered_variants(name: str) -> list[tuple[str, str, str]]:
+    """The (param, grad, state) storages a kernel is registered for."""
+
 #: chunk kernel name -> id for Plan.run
 KERNEL_IDS: dict[str, int]
 #: reduce kernel name -> id for Plan.reduce and Plan.arm_gate

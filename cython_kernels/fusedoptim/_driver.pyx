@@ -1,4 +1,7 @@
+# cython: language_level=3
 # The one parallel driver. Every optimizer step and every utility pass goes through here.
+# Compiled once, with no ISA flags: it only moves pointers and calls the kernels, which the
+# kernel module of the loaded ISA level registers (see the registry below).
 #
 # A param group is described by a Plan, built once and reused every step:
 #   ptrs[t, b]     raw address of buffer b of tensor t (b=0 param, b=1 grad, b>=2 state)
@@ -16,16 +19,16 @@
 #   reduce kernels read a segment (and may update it) and write partial results, in double, to
 #     their own row of a per-segment table. After the pass the rows are folded in segment order,
 #     which is tensor order, into per-tensor results and then a total, so a norm is bitwise the
-#     same for any thread count: no thread ever adds into a shared accumulator.
 
-from libc.stdint cimport uintptr_t, int64_t, uint64_t
+from libc.stdint cimport uintptr_t, int64_t
 from libc.string cimport memcmp
-from cpython.ref cimport PyObject
 
 cimport cython
 
 cimport numpy as cnp
 import numpy as np
+
+from fusedoptim._checks cimport check_like
 
 cnp.import_array()
 
@@ -95,18 +98,6 @@ cdef extern from *:
     int fo_flag_get(int* f) noexcept nogil
     void fo_flag_raise(int* f) noexcept nogil
 
-# A chunk kernel updates elements [start, start+n) of one tensor. bufs holds the tensor's buffer
-# addresses (cast to the kernel's dtype inside), hp its scalars. No allocation, no Python, no checks.
-ctypedef void (*chunk_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n,
-                              const double* hp) noexcept nogil
-
-# A reduce kernel reads elements [start, start+n) of one tensor (and may update them, as LAMB's
-# first pass does) and writes its partial results for that segment to out[0 .. nout), in double.
-# It returns nonzero to ask the driver to skip the units not yet started (all_finite's early
-# stop); that is only sound for results whose answer is then already known.
-ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const double* hp,
-                              double* out) noexcept nogil
-
 # 16K elements: 64 KiB of float32 per buffer, so a unit's buffers stay in L2 while it runs.
 DEF_CHUNK = 16384
 cdef Py_ssize_t CHUNK = DEF_CHUNK
@@ -115,32 +106,13 @@ cdef Py_ssize_t SERIAL_MAX = 32768
 
 CHUNK_ELEMENTS = DEF_CHUNK
 
+
 # ---------------------------------------------------------------------------------------------
-# Kernel registry: each family file registers its float32/float64 kernels under a name.
+# Kernel registry, keyed by (kernel, param storage, grad storage, state storage). The kernel
+# module of the loaded ISA level registers its variants when it is imported; only registered
+# combinations exist, and asking a Plan for any other is an error, never a silent no-op.
 cdef enum:
     MAX_KERNELS = 64
-cdef chunk_kernel _kernels_f32[MAX_KERNELS]
-cdef chunk_kernel _kernels_f64[MAX_KERNELS]
-cdef int _n_kernels = 0
-KERNEL_IDS = {}
-SCALARS = {}     # kernel name -> names of its per-tensor scalars, in hp column order
-
-
-cdef int _register(str name, chunk_kernel f32, chunk_kernel f64, tuple scalars) except -1:
-    global _n_kernels
-    if _n_kernels >= MAX_KERNELS:
-        raise RuntimeError("fusedoptim: raise MAX_KERNELS in driver.pxi")
-    _kernels_f32[_n_kernels] = f32
-    _kernels_f64[_n_kernels] = f64
-    KERNEL_IDS[name] = _n_kernels
-    SCALARS[name] = scalars
-    _n_kernels += 1
-    return 0
-
-
-# Reduce kernels have their own registry: the id spaces differ, so a reduce id can never be
-# handed to Plan.run or a chunk id to Plan.reduce.
-cdef enum:
     MAX_REDUCE_KERNELS = 32
     MAX_OUTPUTS = 4
 cdef enum:
@@ -151,38 +123,122 @@ cdef enum:
 cdef enum:
     COMBINE_SUM = 0
     COMBINE_MAX = 1     # NaN-propagating max
-cdef reduce_kernel _rkernels_f32[MAX_REDUCE_KERNELS]
-cdef reduce_kernel _rkernels_f64[MAX_REDUCE_KERNELS]
+
+STORAGE_NAMES = ("float32", "float64")      # by storage number (_driver.pxd)
+
+cdef chunk_kernel _chunk_table[MAX_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
+cdef int _n_kernels = 0
+KERNEL_IDS = {}
+SCALARS = {}     # kernel name -> names of its per-tensor scalars, in hp column order
+
+# Reduce kernels have their own registry: the id spaces differ, so a reduce id can never be
+# handed to Plan.run or a chunk id to Plan.reduce.
+cdef reduce_kernel _reduce_table[MAX_REDUCE_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
 cdef int _rnout[MAX_REDUCE_KERNELS]
 cdef int _rcombine[MAX_REDUCE_KERNELS][MAX_OUTPUTS]
 cdef int _n_rkernels = 0
 REDUCE_IDS = {}
 REDUCE_OUTPUTS = {}   # reduce kernel name -> ((output name, "sum" or "max"), ...)
+_NAMES = {}           # (chunk or reduce, id) -> name, for messages
 
 
-cdef int _register_reduce(str name, reduce_kernel f32, reduce_kernel f64, tuple scalars,
-                          tuple outputs) except -1:
-    global _n_rkernels
-    cdef int k
-    if _n_rkernels >= MAX_REDUCE_KERNELS or len(outputs) > MAX_OUTPUTS or not outputs:
-        raise RuntimeError("fusedoptim: raise MAX_REDUCE_KERNELS/MAX_OUTPUTS in driver.pxi")
-    for k in range(len(outputs)):
-        if outputs[k][1] not in ("sum", "max"):
-            raise RuntimeError(f"fusedoptim: output {outputs[k]!r} of {name} must combine "
-                               f"by 'sum' or 'max'")
-        _rcombine[_n_rkernels][k] = COMBINE_SUM if outputs[k][1] == "sum" else COMBINE_MAX
-    _rkernels_f32[_n_rkernels] = f32
-    _rkernels_f64[_n_rkernels] = f64
-    _rnout[_n_rkernels] = len(outputs)
-    REDUCE_IDS[name] = _n_rkernels
-    REDUCE_OUTPUTS[name] = outputs
-    SCALARS[name] = scalars
-    _n_rkernels += 1
+cdef int _check_storages(str name, int param, int grad, int state) except -1:
+    if not (0 <= param < N_STORAGES and 0 <= grad < N_STORAGES and 0 <= state < N_STORAGES):
+        raise ValueError(f"fusedoptim: kernel {name!r} registered for unknown storages "
+                         f"({param}, {grad}, {state})")
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Threads
+cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel kern,
+                        tuple scalars) except -1:
+    global _n_kernels
+    _check_storages(name, param, grad, state)
+    kid = KERNEL_IDS.get(name)
+    if kid is None:
+        if _n_kernels >= MAX_KERNELS:
+            raise RuntimeError("fusedoptim: raise MAX_KERNELS in _driver.pyx")
+        kid = KERNEL_IDS[name] = _n_kernels
+        SCALARS[name] = scalars
+        _NAMES["chunk", kid] = name
+        _n_kernels += 1
+    elif SCALARS[name] != scalars:
+        raise RuntimeError(f"fusedoptim: kernel {name!r} registered with scalars {scalars}, "
+                           f"before with {SCALARS[name]}")
+    if _chunk_table[kid][param][grad][state] != NULL:
+        raise RuntimeError(f"fusedoptim: kernel {name!r} registered twice for "
+                           f"{_storage_text(param, grad, state)} (two ISA levels' kernel "
+                           f"modules imported into one process?)")
+    _chunk_table[kid][param][grad][state] = kern
+    return 0
+
+
+cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel kern,
+                         tuple scalars, tuple outputs) except -1:
+    global _n_rkernels
+    cdef int k
+    _check_storages(name, param, grad, state)
+    rid = REDUCE_IDS.get(name)
+    if rid is None:
+        if _n_rkernels >= MAX_REDUCE_KERNELS or len(outputs) > MAX_OUTPUTS or not outputs:
+            raise RuntimeError("fusedoptim: raise MAX_REDUCE_KERNELS/MAX_OUTPUTS in _driver.pyx")
+        for k in range(len(outputs)):
+            if outputs[k][1] not in ("sum", "max"):
+                raise RuntimeError(f"fusedoptim: output {outputs[k]!r} of {name} must combine "
+                                   f"by 'sum' or 'max'")
+            _rcombine[_n_rkernels][k] = COMBINE_SUM if outputs[k][1] == "sum" else COMBINE_MAX
+        rid = REDUCE_IDS[name] = _n_rkernels
+        _rnout[rid] = len(outputs)
+        REDUCE_OUTPUTS[name] = outputs
+        SCALARS[name] = scalars
+        _NAMES["reduce", rid] = name
+        _n_rkernels += 1
+    elif SCALARS[name] != scalars or REDUCE_OUTPUTS[name] != outputs:
+        raise RuntimeError(f"fusedoptim: reduce kernel {name!r} registered twice with "
+                           f"different scalars or outputs")
+    if _reduce_table[rid][param][grad][state] != NULL:
+        raise RuntimeError(f"fusedoptim: reduce kernel {name!r} registered twice for "
+                           f"{_storage_text(param, grad, state)} (two ISA levels' kernel "
+                           f"modules imported into one process?)")
+    _reduce_table[rid][param][grad][state] = kern
+    return 0
+
+
+cdef str _storage_text(int param, int grad, int state):
+    return (f"params {STORAGE_NAMES[param]}, grads {STORAGE_NAMES[grad]}, state "
+            f"{STORAGE_NAMES[state]}")
+
+
+cdef int _storage_of(int typenum) except -1:
+    if typenum == cnp.NPY_FLOAT32:
+        return ST_F32
+    if typenum == cnp.NPY_FLOAT64:
+        return ST_F64
+    raise TypeError(f"no kernel storage for dtype number {typenum}")
+
+
+def registered_variants(str name):
+    """The (param, grad, state) storage names a kernel (chunk or reduce) is registered for."""
+    cdef int p, g, s
+    found = []
+    kid = KERNEL_IDS.get(name)
+    rid = REDUCE_IDS.get(name)
+    if kid is None and rid is None:
+        raise KeyError(f"no kernel named {name!r}")
+    for p in range(N_STORAGES):
+        for g in range(N_STORAGES):
+            for s in range(N_STORAGES):
+                if ((kid is not None and _chunk_table[<int>kid][p][g][s] != NULL)
+                        or (rid is not None and _reduce_table[<int>rid][p][g][s] != NULL)):
+                    found.append((STORAGE_NAMES[p], STORAGE_NAMES[g], STORAGE_NAMES[s]))
+    return found
+
+
+cdef str _unregistered(str kind, int kid, int param, int grad, int state):
+    name = _NAMES[kind, kid]
+    have = "; ".join(", ".join(v) for v in registered_variants(name)) or "none"
+    return (f"kernel {name!r} has no variant for {_storage_text(param, grad, state)} "
+            f"(registered: {have})")
+
 
 def set_num_threads(int n):
     """Set the OpenMP thread count used by every fused call (like torch.set_num_threads).
@@ -277,142 +333,6 @@ cdef void _drive(const Job* j, const Job* gate, Py_ssize_t nunits, Py_ssize_t to
 
 
 # ---------------------------------------------------------------------------------------------
-# Buffer checks shared by the optimizer classes and the functional API
-
-cdef inline bint _ranges_overlap(cnp.ndarray a, cnp.ndarray b):
-    cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
-    cdef uintptr_t b0 = <uintptr_t>cnp.PyArray_DATA(b)
-    cdef uintptr_t a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
-    cdef uintptr_t b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
-    return a0 < b1 and b0 < a1
-
-
-cdef int _check_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
-    """Raise unless obj can stand beside param in a kernel: ndarray, same dtype and shape,
-    C-contiguous, aligned, writeable when the kernel writes it, not overlapping param."""
-    cdef cnp.ndarray a
-    cdef int k
-    if not cnp.PyArray_Check(obj):
-        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
-                        f"convert it with np.asarray(x, dtype=np.{param.dtype})")
-    a = <cnp.ndarray>obj
-    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(param):
-        raise TypeError(f"{label} has dtype {a.dtype} but its param has dtype {param.dtype}; "
-                        f"pass it as {param.dtype}, e.g. x.astype(np.{param.dtype})")
-    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
-        raise TypeError(f"{label} has non-native byte order ({a.dtype.str}); convert it with "
-                        f"x.astype(x.dtype.newbyteorder('='))")
-    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(param):
-        raise ValueError(f"{label} has shape {obj.shape} but its param has shape {(<object>param).shape}; "
-                         f"pass an array of shape {(<object>param).shape}")
-    for k in range(cnp.PyArray_NDIM(a)):
-        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(param, k):
-            raise ValueError(f"{label} has shape {obj.shape} but its param has shape "
-                             f"{(<object>param).shape}; pass an array of shape {(<object>param).shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{label} is not a C-contiguous aligned array; "
-                         f"pass np.ascontiguousarray(x)")
-    if writeable and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{label} is read-only; the step writes it in place, "
-                         f"pass a writeable array")
-    if a is param or (cnp.PyArray_NBYTES(a) > 0 and _ranges_overlap(a, param)):
-        raise ValueError(f"{label} shares memory with its param; pass a separate array")
-    return 0
-
-
-cdef int _check_array(object obj, str name, object key, bint writeable) except -1:
-    """Raise unless obj is a float32/float64, C-contiguous, aligned ndarray (and writeable when
-    `writeable`). The label, `name` or `name[key]`, is only formatted on error: the gradient
-    utilities check every array of a model on every call."""
-    cdef cnp.ndarray a
-    if not cnp.PyArray_Check(obj):
-        raise TypeError(f"{_label(name, key)} must be a numpy.ndarray, got "
-                        f"{type(obj).__name__}; convert it with np.asarray(x, dtype=np.float32)")
-    a = <cnp.ndarray>obj
-    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
-        raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32 "
-                        f"and float64, convert it with x.astype(np.float32)")
-    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
-        raise TypeError(f"{_label(name, key)} has non-native byte order ({a.dtype.str}); "
-                        f"convert it with x.astype(x.dtype.newbyteorder('='))")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
-        if writeable:
-            raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; it is "
-                             f"updated in place, so pass a C-contiguous array "
-                             f"(np.ascontiguousarray makes a copy that you must then keep "
-                             f"using)")
-        raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; pass "
-                         f"np.ascontiguousarray(x)")
-    if writeable and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{_label(name, key)} is read-only; it is updated in place, pass a "
-                         f"writeable array")
-    return 0
-
-
-cdef str _label(str name, object key):
-    return name if key is None else f"{name}[{key!r}]"
-
-
-def check_param(object obj, str label):
-    """Validate one parameter array; returns it. Used when an optimizer is built."""
-    _check_array(obj, label, None, True)
-    return obj
-
-
-def check_arrays(list arrays, str name, list keys=None, bint writeable=True):
-    """Validate every array (labelled ``name[i]``, or ``name[keys[i]]``), skipping None
-    entries, and, when they are written, that no two share memory. Returns (the arrays
-    without the Nones, how many of them are float64)."""
-    cdef Py_ssize_t k, n = len(arrays), n64 = 0
-    cdef list kept = []
-    cdef object a
-    for k in range(n):
-        a = arrays[k]
-        if a is None:
-            continue
-        _check_array(a, name, k if keys is None else keys[k], writeable)
-        n64 += cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT64
-        kept.append(a)
-    if writeable and len(kept) > 1:
-        clash = find_overlap(kept)
-        if clash is not None:
-            # Back to the caller's positions for the message.
-            where = [k for k in range(n) if arrays[k] is not None]
-            i, j = where[clash[0]], where[clash[1]]
-            raise ValueError(f"{_label(name, i if keys is None else keys[i])} and "
-                             f"{_label(name, j if keys is None else keys[j])} share memory (the "
-                             f"same array given twice, or overlapping views); they are updated "
-                             f"in place, so give each its own buffer")
-    return kept, n64
-
-
-def find_overlap(list arrays):
-    """Return (i, j) for the first two arrays whose memory overlaps, else None. O(n log n)."""
-    cdef Py_ssize_t n = len(arrays), k, m = 0, i, owner = -1
-    starts_a = np.empty(n, dtype=np.uint64)
-    index_a = np.empty(n, dtype=np.intp)
-    cdef uint64_t[::1] starts = starts_a
-    cdef Py_ssize_t[::1] index = index_a
-    for k in range(n):
-        if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[k]) > 0:
-            starts[m] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[k])
-            index[m] = k
-            m += 1
-    # A stable sort by start address: ties keep index order.
-    cdef Py_ssize_t[::1] order = np.argsort(starts_a[:m], kind="stable").astype(np.intp)
-    cdef uint64_t end = 0, s
-    for k in range(m):
-        s = starts[order[k]]
-        i = index[order[k]]
-        if owner >= 0 and s < end:
-            return (owner, i) if owner < i else (i, owner)
-        if s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]) > end:
-            end = s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
-            owner = i
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 
 cdef tuple _cut_units(list params):
     """Work units: cut the virtual concatenation of all tensors every CHUNK elements.
@@ -450,7 +370,6 @@ cdef tuple _cut_units(list params):
         ub[nu] = ns
     return seg_t[:ns], seg_start[:ns], seg_len[:ns], unit_begin[:nu + 1], pos
 
-
 @cython.final
 cdef class Plan:
     """Pointer, scalar and work-unit tables for one group of tensors of one dtype.
@@ -470,6 +389,7 @@ cdef class Plan:
     cdef list _grads                # keeps the bound grads alive until the next bind
     cdef readonly Py_ssize_t ntensors, nbufs, nscalars, total, nunits
     cdef readonly int typenum
+    cdef int st_param, st_grad, st_state   # the registry key of the kernels this plan runs
     cdef readonly object hp_array, steps_array, active_array
     cdef uintptr_t[:, ::1] ptrs
     cdef double[:, ::1] hp
@@ -511,6 +431,9 @@ cdef class Plan:
         self.nbufs = 2 + nstate
         self.nscalars = nscalars
         self.typenum = cnp.PyArray_TYPE(<cnp.ndarray>params[0]) if params else cnp.NPY_FLOAT32
+        # Grads and state share the params' storage today (bind and the state checks
+        # enforce it); mixed storages get their own registry rows.
+        self.st_param = self.st_grad = self.st_state = _storage_of(self.typenum)
         self.ptrs = np.zeros((self.ntensors, self.nbufs), dtype=np.uintp)
         self.hp_array = np.zeros((self.ntensors, max(nscalars, 1)), dtype=np.float64)
         self.hp = self.hp_array
@@ -624,7 +547,7 @@ cdef class Plan:
             if g is None:
                 continue
             p = <cnp.ndarray>self.params[t]
-            _check_like(g, p, self.labels[t], False)
+            check_like(g, p, self.labels[t], False)
             if cnp.PyArray_NBYTES(<cnp.ndarray>g) == 0:
                 continue
             lo = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
@@ -690,6 +613,7 @@ cdef class Plan:
         every later pass write nothing until disarm_gate(). See gate_tripped."""
         if reduce_id < 0 or reduce_id >= _n_rkernels:
             raise ValueError(f"unknown reduce kernel id {reduce_id}")
+        self._reduce_kernel(reduce_id)          # refuse an unregistered variant now
         self._gate_kernel = reduce_id
         self._gate_state = GATE_ARMED
 
@@ -717,8 +641,7 @@ cdef class Plan:
             self._gate_partials = np.zeros(max(nseg, 1), dtype=np.float64)
         gpart = self._gate_partials
         self._job(&g, 1)
-        g.rkern = _rkernels_f64[self._gate_kernel] if self.typenum == cnp.NPY_FLOAT64 else \
-            _rkernels_f32[self._gate_kernel]
+        g.rkern = self._reduce_kernel(self._gate_kernel)
         g.partials = &gpart[0]
         g.nout = 1
         g.stop = &stop
@@ -842,14 +765,25 @@ cdef class Plan:
         cdef Job j
         if kernel_id < 0 or kernel_id >= _n_kernels:
             raise ValueError(f"unknown kernel id {kernel_id}")
+        cdef chunk_kernel kern = _chunk_table[kernel_id][self.st_param][self.st_grad][self.st_state]
+        if kern == NULL:
+            raise TypeError(_unregistered("chunk", kernel_id, self.st_param, self.st_grad,
+                                          self.st_state))
         if num_threads <= 0:
             num_threads = fo_max_threads()
         if self.total == 0:
             return
         self._job(&j, 0)
-        j.kern = _kernels_f64[kernel_id] if self.typenum == cnp.NPY_FLOAT64 else \
-            _kernels_f32[kernel_id]
+        j.kern = kern
         self._drive_gated(&j, num_threads)
+
+    cdef reduce_kernel _reduce_kernel(self, int reduce_id) except NULL:
+        cdef reduce_kernel kern = \
+            _reduce_table[reduce_id][self.st_param][self.st_grad][self.st_state]
+        if kern == NULL:
+            raise TypeError(_unregistered("reduce", reduce_id, self.st_param, self.st_grad,
+                                          self.st_state))
+        return kern
 
     def reduce(self, int reduce_id, Py_ssize_t column=0, bint stop_early=False,
                int num_threads=0):
@@ -869,6 +803,7 @@ cdef class Plan:
         cdef double a, b
         if reduce_id < 0 or reduce_id >= _n_rkernels:
             raise ValueError(f"unknown reduce kernel id {reduce_id}")
+        cdef reduce_kernel kern = self._reduce_kernel(reduce_id)
         if column < 0 or column >= self.nbufs:
             raise ValueError(f"column {column} out of range ({self.nbufs} buffer columns)")
         if num_threads <= 0:
@@ -885,8 +820,7 @@ cdef class Plan:
         cdef const int* comb = &_rcombine[reduce_id][0]
         if self.total > 0:
             self._job(&j, column)
-            j.rkern = _rkernels_f64[reduce_id] if self.typenum == cnp.NPY_FLOAT64 else \
-                _rkernels_f32[reduce_id]
+            j.rkern = kern
             j.partials = &part[0]
             j.nout = nout
             j.stop = &stop if stop_early else NULL
@@ -910,95 +844,3 @@ cdef inline double _combine(int op, double a, double b) noexcept nogil:
         return a + b
     return a if (a > b or a != a) else b     # max; a NaN on either side wins
 
-
-def check_buffer(object obj, object param, str label, bint writeable=True):
-    """Validate an optimizer-state array against its param (functional API); returns it."""
-    _check_like(obj, <cnp.ndarray?>param, label, writeable)
-    return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# Buffers laid end to end (the flat parameter arena)
-
-cdef PyObject* _owner(cnp.ndarray a):
-    # The object that owns a's memory. NumPy points a view of a view at the owner, so this
-    # is at most a hop or two.
-    cdef PyObject* o = <PyObject*>a
-    cdef PyObject* b = cnp.PyArray_BASE(a)
-    while b != NULL:
-        o = b
-        if not cnp.PyArray_Check(<object>b):
-            break
-        b = cnp.PyArray_BASE(<cnp.ndarray>b)
-    return o
-
-
-def tile_view(list arrays, list like=None):
-    """A 1-D array over the memory of `arrays` when they tile one buffer: all C-contiguous
-    ndarrays of one dtype, each starting where the previous one ends (empty arrays aside),
-    all views of the same owner. Otherwise None. With `like`, each array must also have the
-    dtype and shape of like[k] (the params), so a flat grad lines up with the flat param.
-    The result keeps the owner alive and is writeable only when every array is.
-
-    C-level checks only: a step can afford this on a thousand grads.
-    """
-    cdef Py_ssize_t k, n = len(arrays), total = 0
-    cdef int typenum = -1, d
-    cdef bint writeable = True
-    cdef char* start = NULL
-    cdef char* end = NULL
-    cdef PyObject* owner = NULL
-    cdef object o
-    cdef cnp.ndarray a, p
-    cdef cnp.npy_intp dims[1]
-    if n == 0 or (like is not None and len(like) != n):
-        return None
-    for k in range(n):
-        o = arrays[k]
-        if not cnp.PyArray_Check(o):
-            return None
-        a = <cnp.ndarray>o
-        if like is not None:
-            p = <cnp.ndarray?>like[k]
-            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p)
-                    or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(p)):
-                return None
-            for d in range(cnp.PyArray_NDIM(a)):
-                if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(p, d):
-                    return None
-        if typenum < 0:
-            typenum = cnp.PyArray_TYPE(a)
-        elif cnp.PyArray_TYPE(a) != typenum:
-            return None
-        if (not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)
-                or not cnp.PyArray_ISNOTSWAPPED(a)):
-            return None
-        if cnp.PyArray_SIZE(a) == 0:
-            continue
-        if start == NULL:
-            start = <char*>cnp.PyArray_DATA(a)
-            owner = _owner(a)
-        elif <char*>cnp.PyArray_DATA(a) != end or _owner(a) != owner:
-            return None
-        end = <char*>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)
-        total += cnp.PyArray_SIZE(a)
-        writeable = writeable and cnp.PyArray_ISWRITEABLE(a)
-    if start == NULL:
-        return np.empty(0, dtype=(<object>arrays[0]).dtype)
-    dims[0] = total
-    view = cnp.PyArray_SimpleNewFromData(1, dims, typenum, start)
-    cnp.set_array_base(view, <object>owner)
-    if not writeable:
-        cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
-    return view
-
-
-def same_items(object live, tuple pinned):
-    """True when `live` is a list holding exactly the objects of `pinned`, in order."""
-    cdef Py_ssize_t k
-    if type(live) is not list or len(<list>live) != len(pinned):
-        return False
-    for k in range(len(pinned)):
-        if (<list>live)[k] is not pinned[k]:
-            return False
-    return True

@@ -1,0 +1,244 @@
+# cython: language_level=3
+"""Buffer checks and the flat-arena helpers: compiled once, with no ISA flags.
+
+Shared by the optimizer classes, the functional API and the gradient utilities. The driver
+(fusedoptim._driver) cimports check_like to validate grads in Plan.bind.
+"""
+
+from libc.stdint cimport uintptr_t, uint64_t
+from cpython.ref cimport PyObject
+
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+# ---------------------------------------------------------------------------------------------
+# Buffer checks shared by the optimizer classes and the functional API
+
+cdef inline bint _ranges_overlap(cnp.ndarray a, cnp.ndarray b):
+    cdef uintptr_t a0 = <uintptr_t>cnp.PyArray_DATA(a)
+    cdef uintptr_t b0 = <uintptr_t>cnp.PyArray_DATA(b)
+    cdef uintptr_t a1 = a0 + <uintptr_t>cnp.PyArray_NBYTES(a)
+    cdef uintptr_t b1 = b0 + <uintptr_t>cnp.PyArray_NBYTES(b)
+    return a0 < b1 and b0 < a1
+
+
+cdef int check_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
+    """Raise unless obj can stand beside param in a kernel: ndarray, same dtype and shape,
+    C-contiguous, aligned, writeable when the kernel writes it, not overlapping param."""
+    cdef cnp.ndarray a
+    cdef int k
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
+                        f"convert it with np.asarray(x, dtype=np.{param.dtype})")
+    a = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(param):
+        raise TypeError(f"{label} has dtype {a.dtype} but its param has dtype {param.dtype}; "
+                        f"pass it as {param.dtype}, e.g. x.astype(np.{param.dtype})")
+    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
+        raise TypeError(f"{label} has non-native byte order ({a.dtype.str}); convert it with "
+                        f"x.astype(x.dtype.newbyteorder('='))")
+    if cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(param):
+        raise ValueError(f"{label} has shape {obj.shape} but its param has shape {(<object>param).shape}; "
+                         f"pass an array of shape {(<object>param).shape}")
+    for k in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(param, k):
+            raise ValueError(f"{label} has shape {obj.shape} but its param has shape "
+                             f"{(<object>param).shape}; pass an array of shape {(<object>param).shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{label} is not a C-contiguous aligned array; "
+                         f"pass np.ascontiguousarray(x)")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{label} is read-only; the step writes it in place, "
+                         f"pass a writeable array")
+    if a is param or (cnp.PyArray_NBYTES(a) > 0 and _ranges_overlap(a, param)):
+        raise ValueError(f"{label} shares memory with its param; pass a separate array")
+    return 0
+
+
+cdef int _check_array(object obj, str name, object key, bint writeable) except -1:
+    """Raise unless obj is a float32/float64, C-contiguous, aligned ndarray (and writeable when
+    `writeable`). The label, `name` or `name[key]`, is only formatted on error: the gradient
+    utilities check every array of a model on every call."""
+    cdef cnp.ndarray a
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{_label(name, key)} must be a numpy.ndarray, got "
+                        f"{type(obj).__name__}; convert it with np.asarray(x, dtype=np.float32)")
+    a = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
+        raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32 "
+                        f"and float64, convert it with x.astype(np.float32)")
+    if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
+        raise TypeError(f"{_label(name, key)} has non-native byte order ({a.dtype.str}); "
+                        f"convert it with x.astype(x.dtype.newbyteorder('='))")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+        if writeable:
+            raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; it is "
+                             f"updated in place, so pass a C-contiguous array "
+                             f"(np.ascontiguousarray makes a copy that you must then keep "
+                             f"using)")
+        raise ValueError(f"{_label(name, key)} is not a C-contiguous aligned array; pass "
+                         f"np.ascontiguousarray(x)")
+    if writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{_label(name, key)} is read-only; it is updated in place, pass a "
+                         f"writeable array")
+    return 0
+
+
+cdef str _label(str name, object key):
+    return name if key is None else f"{name}[{key!r}]"
+
+
+def check_param(object obj, str label):
+    """Validate one parameter array; returns it. Used when an optimizer is built."""
+    _check_array(obj, label, None, True)
+    return obj
+
+
+def check_arrays(list arrays, str name, list keys=None, bint writeable=True):
+    """Validate every array (labelled ``name[i]``, or ``name[keys[i]]``), skipping None
+    entries, and, when they are written, that no two share memory. Returns (the arrays
+    without the Nones, how many of them are float64)."""
+    cdef Py_ssize_t k, n = len(arrays), n64 = 0
+    cdef list kept = []
+    cdef object a
+    for k in range(n):
+        a = arrays[k]
+        if a is None:
+            continue
+        _check_array(a, name, k if keys is None else keys[k], writeable)
+        n64 += cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT64
+        kept.append(a)
+    if writeable and len(kept) > 1:
+        clash = find_overlap(kept)
+        if clash is not None:
+            # Back to the caller's positions for the message.
+            where = [k for k in range(n) if arrays[k] is not None]
+            i, j = where[clash[0]], where[clash[1]]
+            raise ValueError(f"{_label(name, i if keys is None else keys[i])} and "
+                             f"{_label(name, j if keys is None else keys[j])} share memory (the "
+                             f"same array given twice, or overlapping views); they are updated "
+                             f"in place, so give each its own buffer")
+    return kept, n64
+
+
+def find_overlap(list arrays):
+    """Return (i, j) for the first two arrays whose memory overlaps, else None. O(n log n)."""
+    cdef Py_ssize_t n = len(arrays), k, m = 0, i, owner = -1
+    starts_a = np.empty(n, dtype=np.uint64)
+    index_a = np.empty(n, dtype=np.intp)
+    cdef uint64_t[::1] starts = starts_a
+    cdef Py_ssize_t[::1] index = index_a
+    for k in range(n):
+        if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[k]) > 0:
+            starts[m] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[k])
+            index[m] = k
+            m += 1
+    # A stable sort by start address: ties keep index order.
+    cdef Py_ssize_t[::1] order = np.argsort(starts_a[:m], kind="stable").astype(np.intp)
+    cdef uint64_t end = 0, s
+    for k in range(m):
+        s = starts[order[k]]
+        i = index[order[k]]
+        if owner >= 0 and s < end:
+            return (owner, i) if owner < i else (i, owner)
+        if s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]) > end:
+            end = s + <uint64_t>cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+            owner = i
+    return None
+
+
+def check_buffer(object obj, object param, str label, bint writeable=True):
+    """Validate an optimizer-state array against its param (functional API); returns it."""
+    check_like(obj, <cnp.ndarray?>param, label, writeable)
+    return obj
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers laid end to end (the flat parameter arena)
+
+cdef PyObject* _owner(cnp.ndarray a):
+    # The object that owns a's memory. NumPy points a view of a view at the owner, so this
+    # is at most a hop or two.
+    cdef PyObject* o = <PyObject*>a
+    cdef PyObject* b = cnp.PyArray_BASE(a)
+    while b != NULL:
+        o = b
+        if not cnp.PyArray_Check(<object>b):
+            break
+        b = cnp.PyArray_BASE(<cnp.ndarray>b)
+    return o
+
+
+def tile_view(list arrays, list like=None):
+    """A 1-D array over the memory of `arrays` when they tile one buffer: all C-contiguous
+    ndarrays of one dtype, each starting where the previous one ends (empty arrays aside),
+    all views of the same owner. Otherwise None. With `like`, each array must also have the
+    dtype and shape of like[k] (the params), so a flat grad lines up with the flat param.
+    The result keeps the owner alive and is writeable only when every array is.
+
+    C-level checks only: a step can afford this on a thousand grads.
+    """
+    cdef Py_ssize_t k, n = len(arrays), total = 0
+    cdef int typenum = -1, d
+    cdef bint writeable = True
+    cdef char* start = NULL
+    cdef char* end = NULL
+    cdef PyObject* owner = NULL
+    cdef object o
+    cdef cnp.ndarray a, p
+    cdef cnp.npy_intp dims[1]
+    if n == 0 or (like is not None and len(like) != n):
+        return None
+    for k in range(n):
+        o = arrays[k]
+        if not cnp.PyArray_Check(o):
+            return None
+        a = <cnp.ndarray>o
+        if like is not None:
+            p = <cnp.ndarray?>like[k]
+            if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p)
+                    or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(p)):
+                return None
+            for d in range(cnp.PyArray_NDIM(a)):
+                if cnp.PyArray_DIM(a, d) != cnp.PyArray_DIM(p, d):
+                    return None
+        if typenum < 0:
+            typenum = cnp.PyArray_TYPE(a)
+        elif cnp.PyArray_TYPE(a) != typenum:
+            return None
+        if (not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        if cnp.PyArray_SIZE(a) == 0:
+            continue
+        if start == NULL:
+            start = <char*>cnp.PyArray_DATA(a)
+            owner = _owner(a)
+        elif <char*>cnp.PyArray_DATA(a) != end or _owner(a) != owner:
+            return None
+        end = <char*>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)
+        total += cnp.PyArray_SIZE(a)
+        writeable = writeable and cnp.PyArray_ISWRITEABLE(a)
+    if start == NULL:
+        return np.empty(0, dtype=(<object>arrays[0]).dtype)
+    dims[0] = total
+    view = cnp.PyArray_SimpleNewFromData(1, dims, typenum, start)
+    cnp.set_array_base(view, <object>owner)
+    if not writeable:
+        cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+    return view
+
+
+def same_items(object live, tuple pinned):
+    """True when `live` is a list holding exactly the objects of `pinned`, in order."""
+    cdef Py_ssize_t k
+    if type(live) is not list or len(<list>live) != len(pinned):
+        return False
+    for k in range(len(pinned)):
+        if (<list>live)[k] is not pinned[k]:
+            return False
+    return True
+
