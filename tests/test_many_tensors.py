@@ -31,19 +31,71 @@ def test_one_big_tensor_and_500_tiny_ones_split_evenly():
     plan, who = _threads_per_element(params, 2)
     units = plan.unit_sizes()
     total = sum(p.size for p in params)
-    # The unit table: fixed CHUNK-element units over the tensors laid end to end, whatever
-    # their sizes (the tiny ones share units with the big one's tail and with each other).
-    assert units.sum() == total
-    assert (units[:-1] == CHUNK).all() and 0 < units[-1] <= CHUNK
-    assert plan.nunits == -(-total // CHUNK)
+    # The unit table: CHUNK-position units over the tensors laid end to end, whatever their
+    # sizes (the tiny ones share units with the big one's tail and with each other); a tensor
+    # that crosses a unit boundary starts on a BLOCK boundary (_expected_line below).
+    line, padding = _expected_line([p.size for p in params])
+    assert units.sum() == total and line == total + padding
+    assert (units <= CHUNK).all() and (units > 0).all()
+    assert plan.nunits == -(-line // CHUNK)
     # What the driver did with it: every element ran, and every thread got an equal share
-    # to within one unit (schedule(static) over equal units).
+    # to within one unit plus the padding (schedule(static) over equal units).
     assert (who >= 0).all()
     if fo._kernels.openmp_enabled():
         for nt in (2, 3):
             _, who = _threads_per_element(params, nt)
             counts = np.bincount(who.astype(np.int64), minlength=nt)
-            assert len(counts) == nt and (abs(counts - total / nt) <= CHUNK).all(), counts
+            assert len(counts) == nt
+            assert (abs(counts - total / nt) <= CHUNK + padding).all(), (counts, padding)
+
+
+BLOCK = _kernels.BLOCK_ELEMENTS
+
+
+def _expected_line(sizes):
+    """The unit table's rule, restated: (length of the padded line, total padding)."""
+    pos = padding = 0
+    for n in sizes:
+        if n and pos % BLOCK and pos % CHUNK + n > CHUNK:
+            padding += BLOCK - pos % BLOCK
+            pos += BLOCK - pos % BLOCK
+        pos += n
+    return pos, padding
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_block_of_any_tensor_spans_two_units(seed):
+    """Block-aligned units: every cut inside a tensor is at a multiple of BLOCK, every unit
+    covers at most CHUNK positions of the padded line, and the table follows the rule."""
+    rng = np.random.default_rng(seed)
+    kinds = [rng.integers(0, 3, size=60), rng.integers(1, 300, size=60),
+             rng.integers(1, 3 * CHUNK, size=60)]
+    sizes = [int(k) for k in np.where(rng.random(60) < 0.5, kinds[1],
+                                      np.where(rng.random(60) < 0.5, kinds[0], kinds[2]))]
+    params = [np.zeros(n, np.float32) for n in sizes]
+    plan = _kernels.Plan(params, [None] * len(params), 0, 0, [str(i) for i in range(60)])
+    seg_t, seg_start, seg_len, unit_begin = plan.segments()
+    assert (seg_start % BLOCK == 0).all()
+    # Each tensor's segments cover it exactly, front to back.
+    for t, n in enumerate(sizes):
+        mine = seg_t == t
+        assert seg_len[mine].sum() == n
+        assert (seg_start[mine] == np.concatenate([[0], np.cumsum(seg_len[mine])[:-1]])).all()
+    # Each unit's segments lie in one CHUNK of the padded line.
+    starts, pos = [], 0
+    for n in sizes:
+        if n and pos % BLOCK and pos % CHUNK + n > CHUNK:
+            pos += BLOCK - pos % BLOCK
+        starts.append(pos)
+        pos += n
+    line_lo = np.array(starts)[seg_t] + seg_start
+    line_hi = line_lo + seg_len - 1
+    for u in range(len(unit_begin) - 1):
+        s = slice(unit_begin[u], unit_begin[u + 1])
+        assert unit_begin[u + 1] > unit_begin[u]
+        assert (line_lo[s] // CHUNK == line_lo[s][0] // CHUNK).all()
+        assert (line_hi[s] // CHUNK == line_lo[s][0] // CHUNK).all()
+    assert plan.nunits == -(-_expected_line(sizes)[0] // CHUNK)
 
 
 def _grads(rng, params):

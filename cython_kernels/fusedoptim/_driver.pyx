@@ -105,6 +105,12 @@ cdef Py_ssize_t CHUNK = DEF_CHUNK
 cdef Py_ssize_t SERIAL_MAX = 32768
 
 CHUNK_ELEMENTS = DEF_CHUNK
+# A tensor that spans a unit boundary starts on a 256-element boundary of the unit table (CHUNK
+# is a multiple), so its segments start at multiples of BLOCK: a quantization block (int8/int4
+# state keeps one absmax per 256 elements) never spans two units, hence never two threads.
+DEF_BLOCK = 256
+cdef Py_ssize_t BLOCK = DEF_BLOCK
+BLOCK_ELEMENTS = DEF_BLOCK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,24 +341,39 @@ cdef void _drive(const Job* j, const Job* gate, Py_ssize_t nunits, Py_ssize_t to
 # ---------------------------------------------------------------------------------------------
 
 cdef tuple _cut_units(list params):
-    """Work units: cut the virtual concatenation of all tensors every CHUNK elements.
+    """Work units: lay the tensors end to end and cut that line every CHUNK positions. A
+    tensor that would be cut starts on a BLOCK boundary (the gap before it is padding that no
+    kernel sees), so every cut inside a tensor falls on one of its block boundaries.
 
     Returns (seg_t, seg_start, seg_len, unit_begin, total elements): segment s is elements
-    [seg_start[s], seg_start[s] + seg_len[s]) of tensor seg_t[s]; unit u is segments
-    [unit_begin[u], unit_begin[u + 1]). Plain C loops into preallocated arrays: the gradient
-    utilities build a plan on every call, for any number of tensors."""
-    cdef Py_ssize_t nt = len(params), t, n, b, cut, pos = 0, total = 0, ns = 0, nu = 0
+    [seg_start[s], seg_start[s] + seg_len[s]) of tensor seg_t[s], and seg_start[s] is a
+    multiple of BLOCK; unit u is segments [unit_begin[u], unit_begin[u + 1]). Plain C loops
+    into preallocated arrays: the gradient utilities build a plan on every call, for any
+    number of tensors."""
+    cdef Py_ssize_t nt = len(params), t, n, b, cut, pos = 0, total = 0, line = 0
+    cdef Py_ssize_t ns = 0, nu = 0
     for t in range(nt):
-        total += cnp.PyArray_SIZE(<cnp.ndarray>params[t])
-    # A segment ends at a tensor's end or a unit boundary: at most nt + total / CHUNK of them.
-    seg_t = np.empty(nt + total // CHUNK + 1, dtype=np.intp)
+        n = cnp.PyArray_SIZE(<cnp.ndarray>params[t])
+        total += n
+        line += n + BLOCK - 1          # an upper bound on the padded line's length
+    # A segment ends at a tensor's end or a unit boundary: at most nt + line / CHUNK of them.
+    seg_t = np.empty(nt + line // CHUNK + 1, dtype=np.intp)
     seg_start = np.empty_like(seg_t)
     seg_len = np.empty_like(seg_t)
-    unit_begin = np.empty(total // CHUNK + 2, dtype=np.intp)
+    unit_begin = np.empty(line // CHUNK + 2, dtype=np.intp)
     cdef Py_ssize_t[::1] st = seg_t, ss = seg_start, sl = seg_len, ub = unit_begin
     ub[0] = 0
     for t in range(nt):
         n = cnp.PyArray_SIZE(<cnp.ndarray>params[t])
+        if n == 0:
+            continue
+        # A tensor that fits in what is left of the unit is never cut: no padding, so many
+        # small tensors still pack densely. One that will be cut starts on a BLOCK boundary.
+        if pos % BLOCK and pos % CHUNK + n > CHUNK:
+            pos += BLOCK - pos % BLOCK
+            if pos % CHUNK == 0 and ub[nu] != ns:      # the padding ended a unit
+                nu += 1
+                ub[nu] = ns
         b = 0
         while b < n:
             cut = min(n - b, CHUNK - pos % CHUNK)
@@ -368,7 +389,7 @@ cdef tuple _cut_units(list params):
     if ub[nu] != ns:
         nu += 1
         ub[nu] = ns
-    return seg_t[:ns], seg_start[:ns], seg_len[:ns], unit_begin[:nu + 1], pos
+    return seg_t[:ns], seg_start[:ns], seg_len[:ns], unit_begin[:nu + 1], total
 
 @cython.final
 cdef class Plan:
@@ -731,6 +752,12 @@ cdef class Plan:
                     self.hp[t, j] = buf[j]
                 for j in range(self.nsstate):
                     self.sstate[t, j] = nxt[j]
+
+    def segments(self):
+        """The unit table as arrays (copies): (tensor, start, length) per segment, and each
+        unit's first segment (plus the end)."""
+        return (np.array(self.seg_t), np.array(self.seg_start), np.array(self.seg_len),
+                np.array(self.unit_begin))
 
     def unit_sizes(self):
         """Elements in each work unit, in order: the driver hands whole units to threads."""

@@ -50,6 +50,9 @@ def select_level(forced: str, features: Mapping[str, bool] | None = None,
 #: elements per work unit (driver.pxi's CHUNK)
 CHUNK_ELEMENTS: int
 DEF_CHUNK: int
+#: the quantization block: a tensor cut into units is cut at multiples of it
+BLOCK_ELEMENTS: int
+DEF_BLOCK: int
 #: storage names by storage number: the registry's key space ("float32", "float64")
 STORAGE_NAMES: tuple[str, ...]
 
@@ -163,6 +166,8 @@ class Plan:
         """The distinct keys (step, s_0, s_1, ...) of the active tensors."""
     def set_group(self, k: int, row: tuple[float, ...],
                   new_state: tuple[float, ...] = ()) -> None: ...
+    def segments(self) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp],
+                                NDArray[np.intp]]: ...
     def unit_sizes(self) -> NDArray[np.intp]: ...
     def run(self, kernel_id: int, num_threads: int = 0) -> None: ...
     def reduce(self, reduce_id: int, column: int = 0, stop_early: bool = False,
