@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Time `pip install .` of two commits, alternated (A, B, A, B, ...): each from a clean clone of
-# this repository into a fresh venv, with pip's cache as it is (warm after the first round).
-#   benchmarks/build_time.sh OLD_REV NEW_REV [ROUNDS]
-# Prints one line per build; then a second install of NEW_REV's clone, unchanged.
+# Time `pip install .` of several commits, alternated (A, B, C, A, B, C, ...): each from a clean
+# clone of this repository into a fresh venv, with pip's cache as it is (warm after the first
+# round).
+#   ROUNDS=2 benchmarks/build_time.sh REV [REV ...]
+# Prints one line per build; then a second install of the last REV's clone, unchanged.
 set -euo pipefail
-old=$1 new=$2 rounds=${3:-2}
+rounds=${ROUNDS:-2}
+revs=("$@")
+new=${revs[-1]}
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -18,7 +21,7 @@ time_install() {   # time_install <clone dir> <venv dir>
 }
 
 for round in $(seq "$rounds"); do
-    for rev in "$old" "$new"; do
+    for rev in "${revs[@]}"; do
         rm -rf "$work/clone" "$work/venv"
         git clone -q "$repo" "$work/clone" && git -C "$work/clone" checkout -q "$rev"
         python3 -m venv "$work/venv"
