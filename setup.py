@@ -65,6 +65,9 @@ ISA_LEVELS = [
 # cython_kernels/*.pyx are compiled once per level; cython_kernels/fusedoptim/*.pyx once.
 PER_LEVEL_DIR = "cython_kernels"
 ONCE_DIR = os.path.join("cython_kernels", "fusedoptim")
+# The kernel families (cython_kernels/*.pxi.tp) are expanded here by cython_kernels/kernelgen.py
+# (Tempita, shipped with Cython) before Cython runs; the expanded .pxi are never committed.
+GENERATED_DIR = os.path.join("build", "generated")
 # Cython's utility code (memoryviews, type imports, ...: ~30K of each module's ~70K lines of
 # C) goes into one shared module compiled once, instead of into every level.
 SHARED_UTILITY = "fusedoptim._cyutility"
@@ -207,6 +210,17 @@ def _isa_level(module_name):
     return level if base in _per_level_names() else None
 
 
+def _generate_kernel_glue():
+    """Expand every family template (body + scalars + storage whitelist -> glue) into
+    build/generated/, where _kernels.pyx's `include "<family>.pxi"` finds it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "fusedoptim_kernelgen", os.path.join(PER_LEVEL_DIR, "kernelgen.py"))
+    kernelgen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernelgen)
+    return kernelgen.expand(glob.glob(os.path.join(PER_LEVEL_DIR, "*.pxi.tp")), GENERATED_DIR)
+
+
 def _extension(name, source):
     return Extension(
         name,
@@ -221,6 +235,7 @@ def extensions():
     a generated one-line .pyx (in build/, never committed) that includes the real source, so
     the module gets its own name and init function."""
     exts = []
+    _generate_kernel_glue()
     gen_dir = os.path.join("build", "isa_sources")
     os.makedirs(gen_dir, exist_ok=True)
     for pyx in sorted(glob.glob(os.path.join(ONCE_DIR, "*.pyx"))):
@@ -241,7 +256,7 @@ def _cython_inputs_fingerprint():
     """A hash of everything the generated C depends on: our Cython sources, this file, and the
     Cython and NumPy versions."""
     h = hashlib.sha256(f"{Cython.__version__} {np.__version__}\n".encode())
-    for pattern in ("*.pyx", "*.pxi", "*.pxd", "*.h"):
+    for pattern in ("*.pyx", "*.pxi", "*.pxd", "*.h", "*.tp", "*.py"):
         for path in sorted(glob.glob(os.path.join("cython_kernels", "**", pattern),
                                      recursive=True)):
             with open(path, "rb") as f:
@@ -276,7 +291,7 @@ def _cythonize_unless_unchanged(exts):
         return exts
     exts = cythonize(
         exts,
-        include_path=["cython_kernels"],
+        include_path=["cython_kernels", GENERATED_DIR],
         build_dir=os.path.join("build", "cython"),
         force=True,         # the inputs changed (maybe only a flag here): new C, so a new build
         nthreads=_build_jobs(),

@@ -25,3 +25,6 @@ cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel k
                         tuple scalars) except -1
 cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel kern,
                          tuple scalars, tuple outputs) except -1
+# The modes a kernel's body implements: hp column `column` of every active tensor must hold one
+# of them, or Plan.run/reduce refuse before anything is written. Kernels without modes skip it.
+cdef int register_modes(str name, bint reduce, int column, tuple modes) except -1

@@ -20,7 +20,7 @@
 #     their own row of a per-segment table. After the pass the rows are folded in segment order,
 #     which is tensor order, into per-tensor results and then a total, so a norm is bitwise the
 
-from libc.stdint cimport uintptr_t, int64_t
+from libc.stdint cimport uintptr_t, int64_t, uint64_t
 from libc.string cimport memcmp
 
 cimport cython
@@ -147,6 +147,15 @@ REDUCE_IDS = {}
 REDUCE_OUTPUTS = {}   # reduce kernel name -> ((output name, "sum" or "max"), ...)
 _NAMES = {}           # (chunk or reduce, id) -> name, for messages
 
+# Modes: a kernel whose body branches on a "mode" scalar registers the modes it implements.
+# A bit mask per kernel (modes are 0 .. 63; 0 = no modes registered, nothing checked) and the
+# hp column that holds the mode.
+MODES = {}            # kernel name -> its allowed modes
+cdef uint64_t _chunk_modes[MAX_KERNELS]
+cdef int _chunk_mode_col[MAX_KERNELS]
+cdef uint64_t _reduce_modes[MAX_REDUCE_KERNELS]
+cdef int _reduce_mode_col[MAX_REDUCE_KERNELS]
+
 
 cdef int _check_storages(str name, int param, int grad, int state) except -1:
     if not (0 <= param < N_STORAGES and 0 <= grad < N_STORAGES and 0 <= state < N_STORAGES):
@@ -206,6 +215,31 @@ cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel
                            f"{_storage_text(param, grad, state)} (two ISA levels' kernel "
                            f"modules imported into one process?)")
     _reduce_table[rid][param][grad][state] = kern
+    return 0
+
+
+cdef int register_modes(str name, bint reduce, int column, tuple modes) except -1:
+    cdef uint64_t mask = 0
+    cdef int m
+    kid = (REDUCE_IDS if reduce else KERNEL_IDS).get(name)
+    if kid is None:
+        raise RuntimeError(f"fusedoptim: modes for {name!r} registered before the kernel")
+    if not modes or not (0 <= column < len(SCALARS[name])):
+        raise RuntimeError(f"fusedoptim: bad modes {modes!r} or mode column {column} for {name!r}")
+    for m in modes:
+        if not 0 <= m < 64:
+            raise RuntimeError(f"fusedoptim: mode {m} of {name!r} is not in 0 .. 63")
+        mask |= (<uint64_t>1) << m
+    if MODES.get(name, modes) != modes:
+        raise RuntimeError(f"fusedoptim: {name!r} registered with modes {modes}, before with "
+                           f"{MODES[name]}")
+    MODES[name] = modes
+    if reduce:
+        _reduce_modes[<int>kid] = mask
+        _reduce_mode_col[<int>kid] = column
+    else:
+        _chunk_modes[<int>kid] = mask
+        _chunk_mode_col[<int>kid] = column
     return 0
 
 
@@ -654,6 +688,9 @@ cdef class Plan:
         cdef double[::1] gpart
         if self._gate_state == GATE_TRIPPED:
             return 0
+        if self._gate_state == GATE_ARMED:
+            self._check_modes("reduce", self._gate_kernel, _reduce_modes[self._gate_kernel],
+                              _reduce_mode_col[self._gate_kernel])
         if self._gate_state != GATE_ARMED:
             with nogil:
                 _drive(j, NULL, self.nunits, self.total, num_threads)
@@ -787,6 +824,26 @@ cdef class Plan:
         j.stop = NULL
         j.raise_to = NULL
 
+    cdef int _check_modes(self, str kind, int kid, uint64_t mask, int col) except -1:
+        """Refuse to run a kernel on an active tensor whose hp mode column holds a mode the
+        kernel does not implement. About a nanosecond per tensor; nothing is written first."""
+        cdef Py_ssize_t t
+        cdef double m
+        if mask == 0:
+            return 0
+        if col >= self.nscalars:
+            raise ValueError(f"fusedoptim: kernel {_NAMES[kind, kid]!r} reads its mode from "
+                             f"scalar {col}, but this plan has {self.nscalars} scalars")
+        for t in range(self.ntensors):
+            if self.active[t]:
+                m = self.hp[t, col]
+                if not (0.0 <= m < 64.0 and m == <double>(<int>m)
+                        and (mask >> (<int>m)) & 1):
+                    name = _NAMES[kind, kid]
+                    raise ValueError(f"fusedoptim: kernel {name!r} has no mode {m!r} (tensor "
+                                     f"{t}); its modes are {MODES[name]}")
+        return 0
+
     def run(self, int kernel_id, int num_threads=0):
         """Run a registered kernel over every active tensor, without the GIL."""
         cdef Job j
@@ -796,6 +853,7 @@ cdef class Plan:
         if kern == NULL:
             raise TypeError(_unregistered("chunk", kernel_id, self.st_param, self.st_grad,
                                           self.st_state))
+        self._check_modes("chunk", kernel_id, _chunk_modes[kernel_id], _chunk_mode_col[kernel_id])
         if num_threads <= 0:
             num_threads = fo_max_threads()
         if self.total == 0:
@@ -831,6 +889,8 @@ cdef class Plan:
         if reduce_id < 0 or reduce_id >= _n_rkernels:
             raise ValueError(f"unknown reduce kernel id {reduce_id}")
         cdef reduce_kernel kern = self._reduce_kernel(reduce_id)
+        self._check_modes("reduce", reduce_id, _reduce_modes[reduce_id],
+                          _reduce_mode_col[reduce_id])
         if column < 0 or column >= self.nbufs:
             raise ValueError(f"column {column} out of range ({self.nbufs} buffer columns)")
         if num_threads <= 0:

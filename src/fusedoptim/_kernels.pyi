@@ -1,9 +1,9 @@
 """Types of fusedoptim._kernels: the loader's own names plus every name it copies from the
 compiled module fusedoptim._kernels_<isa> (cython_kernels/_kernels.pyx and its .pxi files).
 
-Keep in step with the def/cdef-class signatures in cython_kernels/driver.pxi and the
-registries the .pxi files fill. Cython's ``list`` arguments also accept None; None is
-declared below only where the Python layer passes it. ``bint`` arguments take any truth
+Keep in step with the def/cdef-class signatures in cython_kernels/fusedoptim/_driver.pyx and
+the registries the family templates (cython_kernels/*.pxi.tp) fill. Cython's ``list``
+arguments also accept None; None is declared below only where the Python layer passes it. ``bint`` arguments take any truth
 value; they are declared bool.
 """
 
@@ -67,6 +67,9 @@ REDUCE_IDS: dict[str, int]
 SCALARS: dict[str, tuple[str, ...]]
 #: reduce kernel name -> ((output name, how partial results combine), ...)
 REDUCE_OUTPUTS: dict[str, tuple[tuple[str, Literal["sum", "max"]], ...]]
+#: kernel name -> the modes its body implements (the hp "mode" column); Plan.run/reduce refuse
+#: any other value on an active tensor. Kernels that do not branch on a mode are absent.
+MODES: dict[str, tuple[int, ...]]
 
 # Each family's scalar names (the tuples registered in SCALARS).
 ADADELTA_SCALARS: tuple[str, ...]
@@ -82,6 +85,10 @@ RADAM_SCALARS: tuple[str, ...]
 RMSPROP_SCALARS: tuple[str, ...]
 RPROP_SCALARS: tuple[str, ...]
 SGD_SCALARS: tuple[str, ...]
+# The gradient utilities' scalars (sumpow's p, scale's coef, clamp's lo and hi).
+SUMPOW_SCALARS: tuple[str, ...]
+SCALE_SCALARS: tuple[str, ...]
+CLAMP_SCALARS: tuple[str, ...]
 
 # -- threads ------------------------------------------------------------------------------------
 
