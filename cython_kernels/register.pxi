@@ -14,8 +14,6 @@ cdef extern from "codecs.h":
     void fo_f32_store(float* p, Py_ssize_t i, float x) noexcept nogil
     double fo_f64_load(const double* p, Py_ssize_t i) noexcept nogil
     void fo_f64_store(double* p, Py_ssize_t i, double x) noexcept nogil
-    float fo_bf16_load(const unsigned short* p, Py_ssize_t i) noexcept nogil
-    void fo_bf16_store(unsigned short* p, Py_ssize_t i, float x) noexcept nogil
 
 
 cdef int _check_scalars_struct(str family, size_t size, Py_ssize_t count) except -1:
