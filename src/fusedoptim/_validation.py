@@ -21,6 +21,11 @@ def _real(value: object, name: str) -> float:
     return float(value)
 
 
+def real(value: object, name: str) -> float:
+    """Any real number, as a float (a field whose range another field decides)."""
+    return _real(value, name)
+
+
 def finite_nonneg(value: object, name: str) -> float:
     """lr, weight_decay, momentum and friends: a finite float >= 0."""
     v = _real(value, name)
