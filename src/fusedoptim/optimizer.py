@@ -1,10 +1,9 @@
 """The Optimizer base class: param groups, lazy state, state_dict, and the fused step.
 
-A subclass is declarative. It names its chunk kernel, its state slots, how to validate a
-group's hyperparameters into a tuple, and how to turn that tuple and a step count into the
-kernel's scalars. Optional: initial values other than zero (Rprop's step sizes start at lr),
-per-tensor scalar state kept in double (NAdam's mu_product, ASGD's eta and mu), and a distinct
-first update of new state (torch's SGD starts its momentum buffer at the gradient).
+A subclass is declarative: it binds an :class:`~fusedoptim._spec.OptSpec` (``spec = ...``),
+which names its chunk kernel, its state slots (their initial values; per-tensor scalar state
+kept in double, like NAdam's mu_product; a distinct first update of new state, like torch's
+SGD momentum buffer), its hyperparameters with their validators, and its scalars function.
 Everything else (structure checks, buffer checks, lazy state, step counts, scalar state,
 checkpoints, the one GIL-free call per group) lives here, once.
 """
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
+from ._spec import OptSpec, register
 from .flat import FlatParams, GroupLayout
 
 if TYPE_CHECKING:
@@ -33,20 +33,29 @@ _NONFINITE = _kernels.REDUCE_IDS["nonfinite"]
 
 
 class _GroupCache:
-    """What a group needs per step, rebuilt only when its param set or state changes."""
+    """What a group needs per step, rebuilt only when its hyperparameters, param set or
+    state change."""
 
-    __slots__ = ("plan", "slots_in_use", "key", "hyper")
+    __slots__ = ("plan", "slots_in_use", "key", "hyper", "args", "wanted")
 
     plan: _kernels.Plan | None
     slots_in_use: tuple[str, ...] | None
     key: object
-    hyper: Hyper | None
+    hyper: Hyper
+    args: tuple[Any, ...]
+    wanted: tuple[str, ...]
 
     def __init__(self) -> None:
         self.plan = None
-        self.slots_in_use = None
-        self.key = None      # the raw hyperparameter values last validated
-        self.hyper = None    # their validated, canonical form
+        self.slots_in_use = None    # the slots the plan and state were built for
+        self.key = None             # the raw hyperparameter values last validated
+        self.hyper = ()             # their validated, canonical form (the spec's NamedTuple)
+        self.args = ()              # the scalars function's hyperparameter arguments
+        self.wanted = ()            # the slots that configuration uses
+
+
+def _one_key(key: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    return lambda group: (group[key],)
 
 
 class Optimizer:
@@ -92,57 +101,19 @@ class Optimizer:
     False only when ``skip_nonfinite`` skipped it.
     """
 
+    #: the optimizer's declaration (kernel, state, hyperparameters, scalars); every subclass
+    #: binds one, which also registers it (functional entry, reference twin)
+    spec: ClassVar[OptSpec[Any]]
+
+    # From the spec (set when a subclass binds one):
     #: name of the registered chunk kernel
-    _kernel: ClassVar[str] = None  # type: ignore[assignment]  # every subclass names one
+    _kernel: ClassVar[str]
     #: state buffer names, in the kernel's buffer order (columns 2, 3, ...)
     _slots: ClassVar[tuple[str, ...]] = ()
-    #: group keys whose values form the hyperparameter tuple, in order
+    #: group keys whose values form the hyperparameters, in order
     _hyper_keys: ClassVar[tuple[str, ...]] = ()
     #: names of per-tensor scalar state (Python floats in ``state``; doubles in the plan)
     _scalar_state: ClassVar[tuple[str, ...]] = ()
-
-    # -- subclass hooks ---------------------------------------------------------------------
-    def _check_hyper(self, key: tuple[Any, ...]) -> Hyper:
-        """Validate the raw values (ordered as _hyper_keys); return the canonical tuple."""
-        raise NotImplementedError
-
-    def _slots_in_use(self, hyper: Hyper) -> tuple[str, ...]:
-        """The state slots this configuration uses (default: all)."""
-        return self._slots
-
-    def _scalars(self, step: int, hyper: Hyper) -> tuple[float, ...]:
-        """Kernel scalars for one step count, computed in double precision."""
-        raise NotImplementedError
-
-    def _scalars_with_state(self, step: int, scalar_state: tuple[Any, ...],
-                            hyper: Hyper) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """For optimizers with _scalar_state: (kernel scalars, next scalar state) for one
-        step count and one tuple of current scalar state values, in double precision.
-        (``scalar_state`` holds one float per _scalar_state name; each class narrows it to
-        its own fixed-length tuple.)"""
-        raise NotImplementedError
-
-    def _initial_state(self, name: str, hyper: Hyper) -> float:
-        """The value a state buffer is filled with, or a scalar state starts at, when a
-        param first steps (default 0)."""
-        return 0.0
-
-    #: True when a tensor's first update after one of its buffers was created is not the
-    #: general update applied to the _initial_state fill: torch's SGD starts its momentum
-    #: buffer at the gradient itself. Then (1) _scalars is also called as
-    #: ``_scalars(step, hyper, fresh=True)`` for those tensors, so the kernel can take its
-    #: "first update" path; (2) the reference twin is handed None for the new buffers and
-    #: creates them, as torch's functional API does; (3) the functional API does the same for
-    #: the lists named in _fused_step's `create`. For classes that use _scalars (not
-    #: _scalars_with_state).
-    _fresh_state_scalars: ClassVar[bool] = False
-
-    def _functional_kwargs(self, hyper: Hyper) -> dict[str, Any]:
-        """Keyword arguments of the matching functional/reference call."""
-        raise NotImplementedError
-
-    #: the NumPy reference function with the functional signature (used by reference mode)
-    _reference_fn: ClassVar[Callable[..., None] | None] = None
 
     #: whether a group whose params tile one buffer may step as one flat tensor (the NumPy
     #: reference twins step per param, so they set this False)
@@ -152,9 +123,25 @@ class Optimizer:
     #: run inside the first one (the NumPy reference twins step in NumPy: they set this False)
     _check_in_pass: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is None:
+            return                  # e.g. AdamW's twin: the spec of the class it extends
+        if not isinstance(spec, OptSpec):
+            raise TypeError(f"{cls.__name__}.spec must be an OptSpec, got {spec!r}")
+        register(spec, cls)
+        cls._kernel = spec.kernel
+        cls._slots = spec.slot_names
+        cls._hyper_keys = spec.group_keys
+        cls._scalar_state = spec.scalar_names
+
     # -- construction -----------------------------------------------------------------------
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *,
                  skip_nonfinite: bool = False) -> None:
+        if getattr(type(self), "spec", None) is None:
+            raise TypeError(f"{type(self).__name__} has no spec: Optimizer is a base class, "
+                            f"and each optimizer binds an OptSpec (spec = ...)")
         # grad_scale is folded into the kernel's scalar 0, which every kernel applies to the
         # raw grad and to nothing else: refuse a kernel laid out otherwise.
         names = _kernels.SCALARS[self._kernel]
@@ -164,7 +151,13 @@ class Optimizer:
         self.skip_nonfinite = _v.flag(skip_nonfinite, "skip_nonfinite")
         self.skipped_steps = 0
         self.defaults = dict(defaults)
-        self._hyper_get = operator.itemgetter(*self._hyper_keys)
+        keys = self._hyper_keys
+        # the raw values of a group's hyperparameters, in C (one key: a 1-tuple all the same)
+        self._hyper_get: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+        if len(keys) > 1:
+            self._hyper_get = operator.itemgetter(*keys)
+        else:
+            self._hyper_get = _one_key(keys[0])
         self._kernel_id = _kernels.KERNEL_IDS[self._kernel]
         self.param_groups: list[ParamGroup] = []
         self._names: list[str | None] = []    # flat list of names (None for unnamed params)
@@ -268,7 +261,9 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
-        self._layouts.append(GroupLayout(arrays, flat_param, arena, self._flat_plans))
+        # (unless the step needs each tensor's own norms: LAMB, LARS)
+        flat_ok = self._flat_plans and not self.spec.per_tensor
+        self._layouts.append(GroupLayout(arrays, flat_param, arena, flat_ok))
         self._pinned.append(tuple(arrays))
         first = self._layouts[0]
         self._arena_grads = (first.arena.grads if len(self._layouts) == 1
@@ -280,10 +275,14 @@ class Optimizer:
         return f"{what}[{name!r}]" if name is not None else f"{what}[{index}]"
 
     def _validate_group(self, group: Mapping[str, Any], cache: _GroupCache) -> Hyper:
+        """The group's hyperparameters, validated by the spec when their values changed."""
         key = self._hyper_get(group)
-        if key != cache.key or cache.hyper is None:
-            cache.hyper = self._check_hyper(key)
+        if key != cache.key:        # (a new cache's key is None: never a group's)
+            spec = self.spec
+            hyper = cache.hyper = spec.check_group(key)
             cache.key = key
+            cache.args = spec.args(hyper)
+            cache.wanted = spec.slots_in_use(hyper)
         return cache.hyper
 
     # -- per-step ---------------------------------------------------------------------------
@@ -364,8 +363,7 @@ class Optimizer:
             state = [None if st is None else [st.get(s) for s in self._slots] for st in entries]
             steps = [0 if st is None else st["step"] for st in entries]
             if cache.slots_in_use is None:
-                assert cache.hyper is not None      # validated when the group was added
-                cache.slots_in_use = self._slots_in_use(cache.hyper)
+                cache.slots_in_use = cache.wanted      # validated when the group was added
             required = [self._slots.index(s) for s in cache.slots_in_use]
             names = self._scalar_state
             scalar_state: list[list[float]] | None = None
@@ -463,12 +461,13 @@ class Optimizer:
                       ) -> tuple[_kernels.Plan, dict[int, tuple[str, ...]]]:
         """Create state for params stepping for the first time (or a slot they lack, e.g.
         amsgrad switched on, or one missing from a checkpoint), filled with its initial value
-        (_initial_state, zero by default), then rebuild the group's plan. Returns the plan
+        (the spec's ``init``, zero by default), then rebuild the group's plan. Returns the plan
         and {tensor index in the group: names of the buffers created}."""
         self._sync_steps(gi)
         slots = cache.slots_in_use
         hyper = cache.hyper
-        assert slots is not None and hyper is not None     # step() set them
+        assert slots is not None                # step() set them
+        initial = self.spec.initial
         layout = self._layouts[gi]
         one = layout.use_flat                       # grads is [flat grad]: every param steps
         fresh = {}
@@ -479,11 +478,11 @@ class Optimizer:
             if st is None:
                 st = self._state[i] = {"step": 0}
                 for k in self._scalar_state:
-                    st[k] = float(self._initial_state(k, hyper))
+                    st[k] = initial(k, hyper)
             new = tuple(s for s in slots if s not in st)
             for s in new:
                 st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
-                st[s].fill(self._initial_state(s, hyper))
+                st[s].fill(initial(s, hyper))
             if new:
                 fresh[t] = new
         if one and fresh:
@@ -512,15 +511,14 @@ class Optimizer:
         fresh: dict[int, tuple[str, ...]] | None
         for gi in range(len(groups)):
             cache = caches[gi]
-            hyper = self._validate_group(groups[gi], cache)
+            self._validate_group(groups[gi], cache)
             layout = self._layouts[gi]
             if layout.flat_param is not None:
                 per_group[gi] = self._route_flat(gi, cache, layout, per_group[gi])
             plan = self._plan(gi, cache)
             missing = plan.bind(per_group[gi])
-            slots = self._slots_in_use(hyper)
-            if slots != cache.slots_in_use:
-                cache.slots_in_use = slots
+            if cache.wanted != cache.slots_in_use:
+                cache.slots_in_use = cache.wanted
                 missing = 1
             pending.append(missing)
         gated = -1
@@ -534,16 +532,16 @@ class Optimizer:
             plan, fresh = cache.plan, None
             if pending[gi]:
                 plan, fresh = self._ensure_state(gi, cache, per_group[gi])
-            assert plan is not None and cache.hyper is not None    # bound by the loop above
+            assert plan is not None         # bound by the loop above
             if gi != gated:
-                self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+                self._apply(gi, plan, cache, per_group[gi], fresh, inv_scale)
                 continue
             # The first group to write checks its own grads inside its own pass (see
             # _gated_group); the others were checked above, so a veto here leaves every
             # buffer untouched and only the step counts and scalar state to put back.
             plan.arm_gate(_NONFINITE)
             try:
-                self._apply(gi, plan, cache.hyper, per_group[gi], fresh, inv_scale)
+                self._apply(gi, plan, cache, per_group[gi], fresh, inv_scale)
             finally:
                 outcome = plan.disarm_gate()
             if outcome == "tripped":
@@ -596,38 +594,43 @@ class Optimizer:
                                  f"[{1 / float(info.max):.3g}, {1 / float(info.tiny):.3g}]")
         return inv
 
-    def _apply(self, gi: int, plan: _kernels.Plan, hyper: Hyper, grads: list[FloatArray | None],
+    def _apply(self, gi: int, plan: _kernels.Plan, cache: _GroupCache,
+               grads: list[FloatArray | None],
                fresh: dict[int, tuple[str, ...]] | None = None,
                inv_scale: float | None = None) -> None:
+        spec = self.spec
+        scalars = spec.scalars
+        args = cache.args
         step = plan.advance()
-        if step != 0 and self._scalar_state:
+        if step != 0 and spec.scalar_state:
             # One hp row and next scalar state per distinct (step, scalar state); usually one.
             for k, (s, *current) in enumerate(plan.group_active()):
-                row, new_state = self._scalars_with_state(s, tuple(current), hyper)
+                row, new_state = scalars(s, *current, *args)
                 plan.set_group(k, row, tuple(new_state))
         elif step > 0:
-            plan.set_scalars(self._scalars(step, hyper))
+            plan.set_scalars(scalars(step, *args))
         elif step == -1:
             for s in plan.distinct_active_steps():
-                plan.set_scalars(self._scalars(s, hyper), s)
+                plan.set_scalars(scalars(s, *args), s)
         else:
             return  # no param of this group has a grad
-        if fresh and self._fresh_state_scalars:
+        if fresh and spec.fresh:
             for t in fresh:
                 s = int(plan.steps_array[t])
-                # Only classes with _fresh_state_scalars get here, and their _scalars take
-                # fresh= (SGD); the base hook's signature has no such argument.
-                plan.set_scalars(
-                    self._scalars(s, hyper, fresh=True), s, t)  # type: ignore[call-arg]
+                plan.set_scalars(scalars(s, *args, fresh=True), s, t)
         if inv_scale is not None:
             # Every active row was just rewritten, so this scales each sign exactly once.
             plan.hp_array[:, 0] *= inv_scale
-        self._run(plan, hyper)
+        self._run(plan, cache.hyper)
 
     def _run(self, plan: _kernels.Plan, hyper: Hyper) -> None:
-        """Run the step's kernel(s) over the bound plan, its scalars set. Optimizers that
-        need per-tensor reductions first (LAMB, LARS) override this."""
-        plan.run(self._kernel_id)
+        """Run the step's kernel(s) over the bound plan, its scalars set: the spec's ``run``
+        (LAMB, LARS: a reduction pass, then the update), else one pass of its kernel."""
+        run = self.spec.run
+        if run is None:
+            plan.run(self._kernel_id)
+        else:
+            run(plan, hyper)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the grad buffer of every FlatParams the optimizer was built from (a loop that
