@@ -17,12 +17,13 @@ array for every param that has a grad (entries of params without one are not rea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _spec, optim
+from ._backend import ReferenceBackend
 from .optim.adam import check_adam
 from .optim.adamax import check_adamax
 from .optim.asgd import check_asgd
@@ -42,16 +43,10 @@ from .grad_utils import CLIP_EPS, _norm_type
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from . import _kernels
-    from ._typing import ArraysArg, BufferList, FloatArray, ParamState, StepList
-    # The mixin's base for the type checker; at run time it is a plain mixin (object).
-    from .optimizer import Optimizer as _OptimizerBase
-    from .optimizer import _GroupCache
+    from ._typing import ArraysArg, BufferList, FloatArray, StepList
 
     #: one array per param (every param that steps has one)
     Arrays = Sequence[FloatArray]
-else:
-    _OptimizerBase = object
 
 
 def _signed_decayed(p: FloatArray, g: FloatArray, lr: float, weight_decay: float,
@@ -455,64 +450,11 @@ def clip_grad_value_(grads: ArraysArg, clip_value: float) -> None:
         g[...] = np.minimum(np.maximum(g, -clip_value), clip_value)
 
 
-# -- classes ------------------------------------------------------------------------------------
-
-class _ReferenceStep(_OptimizerBase):
-    """Mixin: step a fused optimizer class through its NumPy reference function instead."""
-
-    _reference_fn: ClassVar[Callable[..., None] | None] = None
-    # one tensor at a time, even when the params tile one buffer
-    _flat_plans: ClassVar[bool] = False
-    # the step runs in NumPy: skip_nonfinite checks before it
-    _check_in_pass: ClassVar[bool] = False
-
-    def _apply(self, gi: int, plan: _kernels.Plan, cache: _GroupCache,
-               grads: list[FloatArray | None],
-               fresh: dict[int, tuple[str, ...]] | None = None,
-               inv_scale: float | None = None) -> None:
-        active = [t for t, g in enumerate(grads) if g is not None]
-        if not active:
-            return
-        if inv_scale is not None:
-            # The fused kernels fold 1/grad_scale into the grad's multiplier: (1/s in the
-            # dtype) * g, negated under maximize. Negation is exact, so unscaling here first
-            # and letting the function negate gives the same bits.
-            grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
-        start = self._group_slices[gi].start
-        params = self.param_groups[gi]["params"]
-        # Every param that steps has state by now (Optimizer._ensure_state).
-        states = cast("list[ParamState]", [self._state[start + t] for t in active])
-        # For a fresh slot the function gets None for a buffer created this step and
-        # creates it itself, as torch's functional API does.
-        spec = self.spec
-        new = (fresh or {}) if spec.fresh else {}
-        buffers = [[None if slot in new.get(t, ()) else st.get(slot)
-                    for t, st in zip(active, states)] for slot in self._slots]
-        # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
-        scalars = [[float(plan.sstate_array[t, j]) for t in active]
-                   for j in range(len(self._scalar_state))]
-        steps = [int(plan.steps_array[t]) for t in active]
-        fn = type(self)._reference_fn
-        assert fn is not None                       # every twin class sets it
-        # A variant (AdamW) steps through its base's function with every kernel field, so
-        # the twin follows the group's values as the fused step does.
-        base = spec.base if spec.base is not None else spec
-        fn([params[t] for t in active], [grads[t] for t in active],
-           *buffers, *scalars, steps, **base.functional_kwargs(cache.hyper))
-        for t, s in zip(active, steps):
-            plan.steps_array[t] = s
-        for j, values in enumerate(scalars):
-            for t, x in zip(active, values):
-                plan.sstate_array[t, j] = x
-        for slot, lst in zip(self._slots, buffers):
-            for t, st, buf in zip(active, states, lst):
-                if slot in new.get(t, ()):
-                    st[slot][...] = buf     # keep the array the plan points at
-
+# -- the twins of the optimizer classes ---------------------------------------------------------
 
 def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
     """The NumPy reference twin of `spec`'s class: the class itself, stepped by the
-    _ReferenceStep mixin through the reference function of the spec (of its base, for a
+    ReferenceBackend through the reference function of the spec (of its base, for a
     variant)."""
     cls = spec.cls
     assert cls is not None                  # registered specs are bound
@@ -522,9 +464,9 @@ def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
         raise ImportError(f"fusedoptim.reference has no function {name!r} for "
                           f"{cls.__name__} (spec {spec.name!r}): every optimizer needs its "
                           f"NumPy reference function, with the functional signature")
-    return type(cls.__name__, (_ReferenceStep, cls), {
+    return type(cls.__name__, (cls,), {
         "__doc__": f"NumPy reference twin of :class:`fusedoptim.{cls.__name__}`.",
-        "__module__": __name__, "_reference_fn": staticmethod(fn)})
+        "__module__": __name__, "_backend": ReferenceBackend(fn)})
 
 
 def __getattr__(name: str) -> Any:
