@@ -9,7 +9,7 @@ NumPy function in ``fusedoptim/reference.py``. The spec says, once:
 * ``hyper``: a NamedTuple of the hyperparameters. Its fields, in order, are the scalars
   function's arguments and the functional entry's keyword arguments. Each is annotated
   ``Annotated[type, validator]``, where ``validator(value, label)`` returns the canonical value
-  or raises (see :mod:`fusedoptim._validation`); a field's default is its functional default
+  or raises (see ``fusedoptim._validation``); a field's default is its functional default
   (no default: a required keyword). ``pairs`` groups two fields under one class argument
   (``betas`` -> ``beta1``, ``beta2``, checked as ``betas[0]``, ``betas[1]``); ``class_only``
   names trailing fields the class has but the functional call does not (they only set

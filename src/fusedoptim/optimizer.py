@@ -7,11 +7,11 @@ here, once, split by concern:
 
 * this module: construction, ``add_param_group``, the step loop, ``zero_grad``, and the
   public ``state`` / ``state_dict`` / ``load_state_dict``;
-* :mod:`fusedoptim._layout`: params and grads structure, each group's state memory, the
+* ``fusedoptim._layout``: params and grads structure, each group's state memory, the
   flat path for groups whose params tile one buffer;
-* :mod:`fusedoptim._state`: lazy state, the plan tables that mirror it, checkpoints;
-* :mod:`fusedoptim._gate`: ``skip_nonfinite`` and ``grad_scale``;
-* :mod:`fusedoptim._backend`: what runs a group's step (the fused kernels, or the NumPy
+* ``fusedoptim._state``: lazy state, the plan tables that mirror it, checkpoints;
+* ``fusedoptim._gate``: ``skip_nonfinite`` and ``grad_scale``;
+* ``fusedoptim._backend``: what runs a group's step (the fused kernels, or the NumPy
   reference for the twins in :mod:`fusedoptim.reference`).
 """
 
