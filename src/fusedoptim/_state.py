@@ -152,7 +152,7 @@ def state_dict(opt: Optimizer) -> OptimizerStateDict:
 def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
     """Check everything in `state_dict`, then replace the optimizer's hyperparameters and
     state at once (see Optimizer.load_state_dict)."""
-    from .optimizer import _GroupCache
+    from .optimizer import _GroupCache     # (optimizer.py imports this module)
     if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
         raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
                         "returned by Optimizer.state_dict()")

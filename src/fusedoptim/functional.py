@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _kernels, _spec, optim
+from . import _kernels, _spec
 from . import _validation as v
+from . import optim  # noqa: F401  imported for its side effect: every spec is registered
 
 if TYPE_CHECKING:
     from ._spec import OptSpec
     from ._typing import BufferList, FloatArray, Hyper, StepList
-
-assert optim        # imported for its side effect: every optimizer's spec is registered
 
 
 def _fused_step(spec: OptSpec[Any], hyper: Hyper, params: Sequence[FloatArray],

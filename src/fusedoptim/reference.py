@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _spec, optim
+from . import _spec
+from . import optim  # noqa: F401  imported for its side effect: every spec is registered
 from ._backend import ReferenceBackend
 from .optim.adam import check_adam
 from .optim.adamax import check_adamax
@@ -474,7 +475,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-assert optim        # imported for its side effect: every optimizer's spec is registered
 for _s in _spec.registered():
-    globals()[_s.cls.__name__ if _s.cls is not None else _s.name] = _twin(_s)
-del _s
+    _t = _twin(_s)
+    globals()[_t.__name__] = _t
+del _s, _t

@@ -29,3 +29,4 @@ for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
         globals()[_name] = _cls
         __all__.append(_name)
+del _name, _cls
