@@ -35,17 +35,20 @@ def static_entries():
     finally:
         del sys.modules[name]
     package = griffe.GriffeLoader(search_paths=[str(ROOT / "src")]).load("fusedoptim")
-    return module.entries(package)
+    return module.entries(package), module.classes(package)
 
 
-def test_the_docs_see_every_entry(static_entries):
+def test_the_docs_see_every_entry_and_class(static_entries):
+    static_entries, static_classes = static_entries
     assert set(static_entries) == {s.name for s in _spec.registered()}
+    assert set(static_classes) == {s.cls.__name__ for s in _spec.registered()}
     # in the order of fusedoptim.optim.__all__, as the optimizers are documented
     order = [c.spec.name for c in (getattr(fo.optim, n) for n in fo.optim.__all__)]
     assert list(static_entries) == [n for n in order if n in static_entries]
 
 
 def test_the_docs_see_each_entry_as_it_is(static_entries):
+    static_entries, _ = static_entries
     for name, entry in static_entries.items():
         runtime = getattr(fo.functional, name)
         params = list(inspect.signature(runtime).parameters.values())

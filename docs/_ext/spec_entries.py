@@ -1,4 +1,4 @@
-"""Griffe extension: document fusedoptim.functional's entries, which are made at import.
+"""Griffe extension: document what fusedoptim makes at import from its optimizer specs.
 
 ``fusedoptim.functional`` generates one function per optimizer spec when it is imported
 (see ``fusedoptim._spec``). The docs are built by static analysis, which never imports the
@@ -14,6 +14,10 @@ hyperparameters it names. The rules are those of ``fusedoptim.functional._entry_
   default the field's), less ``class_only`` and a variant's ``fixed`` ones, with a variant's
   ``defaults``;
 * the docstring: the spec's ``doc``.
+
+Likewise, every class bound to a spec is exported by fusedoptim.optim and fusedoptim at run
+time; one that is not imported there by name (a new optimizer, before its import line is
+added for type checkers) is added here as an alias, so ``fusedoptim.<Class>`` resolves.
 
 tests/test_docs_ext.py checks that what this finds matches the entries at run time, so the two
 cannot drift apart unnoticed. Register it before rst_markup, which then rewrites the roles in
@@ -110,6 +114,14 @@ def _order(package: griffe.Module, found: dict[str, Entry],
     return {n: found[n] for n in names if n in found}
 
 
+def classes(package: griffe.Module) -> dict[str, griffe.Class]:
+    """Every class in fusedoptim/optim/*.py that binds a spec (``spec = ...``), by name: what
+    fusedoptim.optim exports at run time."""
+    return {cls.name: cls for module in package.members["optim"].modules.values()
+            for cls in module.classes.values()
+            if not cls.is_alias and "spec" in cls.members}     # (not the imported Optimizer)
+
+
 def entries(package: griffe.Module) -> dict[str, Entry]:
     """Every functional entry that fusedoptim/optim/*.py declares, by name."""
     found: dict[str, Entry] = {}
@@ -164,12 +176,18 @@ def entries(package: griffe.Module) -> dict[str, Entry]:
 
 
 class SpecEntries(griffe.Extension):
-    """Add each spec's functional entry to fusedoptim.functional (see the module)."""
+    """Add each spec's functional entry to fusedoptim.functional, and each optimizer class
+    that fusedoptim.optim does not import by name to fusedoptim.optim and fusedoptim (see
+    the module)."""
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any
                    ) -> None:
         if pkg.path != "fusedoptim":
             return
+        for name, cls in classes(pkg).items():
+            for module in (pkg.members["optim"], pkg):
+                if name not in module.members:
+                    module.set_member(name, griffe.Alias(name, cls, parent=module))
         functional = pkg.members["functional"]
         # after the module's own members, in the optimizers' order (members_order: source)
         last = max((m.endlineno or 0 for m in functional.members.values()
