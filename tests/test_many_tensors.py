@@ -208,7 +208,7 @@ def test_python_work_per_step_does_not_grow_with_the_tensor_count(cls, layout):
 def test_a_groups_state_lives_in_one_buffer_placed_like_its_params(rng):
     """One allocation per state slot for the whole group, views in param order, each view
     at its param's address modulo 4096 bytes (64 for params under 64 KiB): the placement
-    the kernel was measured fastest with (see fusedoptim.flat.GroupLayout)."""
+    the kernel was measured fastest with (see fusedoptim._layout.GroupLayout)."""
     params = [rng.standard_normal(n).astype(np.float32) for n in (10, 3, 40_000, 1, 0, 7)]
     opt = fo.Adam(params)
     opt.step(_grads(rng, params))

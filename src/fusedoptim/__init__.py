@@ -19,11 +19,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only in an un
     ) from None
 
 from ._config import get_num_threads, set_num_threads, show_config
-from . import functional, lr_scheduler, reference, schedules
-from .optim import Adam, AdamW
-from .optim import Adamax, NAdam, RAdam, Lion, Rprop, ASGD
-from .optim import SGD, Adagrad, RMSprop, Adadelta
-from .optim import LAMB, LARS
+from . import functional, lr_scheduler, optim, reference, schedules
+from .optim import *  # noqa: F401,F403  every optimizer class (fusedoptim.optim finds them)
 from .flat import FlatParams
 from .optimizer import Optimizer
 from .grad_utils import all_finite, clip_grad_norm_, clip_grad_value_, global_norm
@@ -33,3 +30,5 @@ __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD",
            "lr_scheduler", "reference", "schedules", "get_num_threads", "set_num_threads",
            "show_config", "__version__", "clip_grad_norm_", "clip_grad_value_", "global_norm",
            "all_finite"]
+# Optimizers that fusedoptim.optim found beyond the ones named above (see its docstring).
+__all__ += [_name for _name in optim.__all__ if _name not in __all__]

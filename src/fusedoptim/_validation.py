@@ -21,6 +21,11 @@ def _real(value: object, name: str) -> float:
     return float(value)
 
 
+def real(value: object, name: str) -> float:
+    """Any real number, as a float (a field whose range another field decides)."""
+    return _real(value, name)
+
+
 def finite_nonneg(value: object, name: str) -> float:
     """lr, weight_decay, momentum and friends: a finite float >= 0."""
     v = _real(value, name)
@@ -134,3 +139,8 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def label(what: str, index: int, name: str | None) -> str:
+    """How messages name a param or grad: ``params['W']``, or ``params[3]`` when unnamed."""
+    return f"{what}[{name!r}]" if name is not None else f"{what}[{index}]"

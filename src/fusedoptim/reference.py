@@ -3,9 +3,12 @@
 One formula per line, in the param's dtype, in the same order of operations as the fused
 kernel (so float32 results agree to the last bit on a default build). Never on the fast path.
 
-Each function has the signature of its twin in :mod:`fusedoptim.functional`. Each class has
-the API of its twin in :mod:`fusedoptim` (same validation, state and checkpoints) but steps
-through the function here, one tensor at a time.
+Each function has the signature of its twin in :mod:`fusedoptim.functional`. Each optimizer
+class has a twin here of the same name (``fo.reference.Adam``, ...) with the API of its fused
+class (same validation, state and checkpoints) that steps through the function here, one
+tensor at a time. The twins are made when this module is imported, one per registered
+optimizer spec, each paired with the function named after its spec (a spec made with
+``OptSpec.variant``, like AdamW's, steps through its base's function).
 
 Types: the reference does not validate, so each state list is typed as what it reads: an
 array for every param that has a grad (entries of params without one are not read).
@@ -14,12 +17,14 @@ array for every param that has a grad (entries of params without one are not rea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import optim
+from . import _spec
+from . import optim  # noqa: F401  imported for its side effect: every spec is registered
+from ._backend import ReferenceBackend
 from .optim.adam import check_adam
 from .optim.adamax import check_adamax
 from .optim.asgd import check_asgd
@@ -39,16 +44,10 @@ from .grad_utils import CLIP_EPS, _norm_type
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from . import _kernels
-    from ._typing import ArraysArg, BufferList, FloatArray, Hyper, ParamState, StepList
-    # The mixin's base for the type checker; at run time it is a plain mixin (object).
-    from .optimizer import Optimizer as _OptimizerBase
+    from ._typing import ArraysArg, BufferList, FloatArray, StepList
 
     #: one array per param (every param that steps has one)
     Arrays = Sequence[FloatArray]
-    _O = TypeVar("_O", bound=_OptimizerBase)
-else:
-    _OptimizerBase = object
 
 
 def _signed_decayed(p: FloatArray, g: FloatArray, lr: float, weight_decay: float,
@@ -201,7 +200,8 @@ def lion(params: Arrays, grads: BufferList, exp_avgs: Arrays, state_steps: StepL
 def rprop(params: Arrays, grads: BufferList, prevs: Arrays, step_sizes: Arrays,
           state_steps: StepList, *, step_size_min: float, step_size_max: float,
           etaminus: float, etaplus: float, maximize: bool = False) -> None:
-    check_rprop(etaminus, etaplus, step_size_min, step_size_max, maximize)
+    check_rprop(step_size_min=step_size_min, step_size_max=step_size_max,
+                etaminus=etaminus, etaplus=etaplus, maximize=maximize)
     for i, p in enumerate(params):
         g = grads[i]
         if g is None:
@@ -451,82 +451,31 @@ def clip_grad_value_(grads: ArraysArg, clip_value: float) -> None:
         g[...] = np.minimum(np.maximum(g, -clip_value), clip_value)
 
 
-# -- classes ------------------------------------------------------------------------------------
+# -- the twins of the optimizer classes ---------------------------------------------------------
 
-class _ReferenceStep(_OptimizerBase):
-    """Mixin: step a fused optimizer class through its NumPy reference function instead."""
-
-    _reference_fn: ClassVar[Callable[..., None] | None] = None
-    # one tensor at a time, even when the params tile one buffer
-    _flat_plans: ClassVar[bool] = False
-    # the step runs in NumPy: skip_nonfinite checks before it
-    _check_in_pass: ClassVar[bool] = False
-
-    def _apply(self, gi: int, plan: _kernels.Plan, hyper: Hyper, grads: list[FloatArray | None],
-               fresh: dict[int, tuple[str, ...]] | None = None,
-               inv_scale: float | None = None) -> None:
-        active = [t for t, g in enumerate(grads) if g is not None]
-        if not active:
-            return
-        if inv_scale is not None:
-            # The fused kernels fold 1/grad_scale into the grad's multiplier: (1/s in the
-            # dtype) * g, negated under maximize. Negation is exact, so unscaling here first
-            # and letting the function negate gives the same bits.
-            grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
-        start = self._group_slices[gi].start
-        params = self.param_groups[gi]["params"]
-        # Every param that steps has state by now (Optimizer._ensure_state).
-        states = cast("list[ParamState]", [self._state[start + t] for t in active])
-        # With _fresh_state_scalars the function gets None for a buffer created this step and
-        # creates it itself, as torch's functional API does.
-        new = (fresh or {}) if self._fresh_state_scalars else {}
-        buffers = [[None if slot in new.get(t, ()) else st.get(slot)
-                    for t, st in zip(active, states)] for slot in self._slots]
-        # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
-        scalars = [[float(plan.sstate_array[t, j]) for t in active]
-                   for j in range(len(self._scalar_state))]
-        steps = [int(plan.steps_array[t]) for t in active]
-        fn = type(self)._reference_fn
-        assert fn is not None                       # every twin class sets it
-        fn([params[t] for t in active], [grads[t] for t in active],
-           *buffers, *scalars, steps, **self._functional_kwargs(hyper))
-        for t, s in zip(active, steps):
-            plan.steps_array[t] = s
-        for j, values in enumerate(scalars):
-            for t, x in zip(active, values):
-                plan.sstate_array[t, j] = x
-        for slot, lst in zip(self._slots, buffers):
-            for t, st, buf in zip(active, states, lst):
-                if slot in new.get(t, ()):
-                    st[slot][...] = buf     # keep the array the plan points at
+def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
+    """The NumPy reference twin of `spec`'s class: the class itself, stepped by the
+    ReferenceBackend through the reference function of the spec (of its base, for a
+    variant)."""
+    cls = spec.cls
+    assert cls is not None                  # registered specs are bound
+    name = (spec.base or spec).name
+    fn = globals().get(name)
+    if not callable(fn):
+        raise ImportError(f"fusedoptim.reference has no function {name!r} for "
+                          f"{cls.__name__} (spec {spec.name!r}): every optimizer needs its "
+                          f"NumPy reference function, with the functional signature")
+    return type(cls.__name__, (cls,), {
+        "__doc__": f"NumPy reference twin of :class:`fusedoptim.{cls.__name__}`.",
+        "__module__": __name__, "_backend": ReferenceBackend(fn)})
 
 
-class Adam(_ReferenceStep, optim.Adam):
-    __doc__ = "NumPy reference twin of :class:`fusedoptim.Adam`."
-    _reference_fn = staticmethod(adam)
+def __getattr__(name: str) -> Any:
+    """The twins are made below, at import; this declares them to type checkers (as Any)."""
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class AdamW(_ReferenceStep, optim.AdamW):
-    __doc__ = "NumPy reference twin of :class:`fusedoptim.AdamW`."
-    _reference_fn = staticmethod(adam)
-
-
-def _twin(cls: type[_O], fn: Callable[..., None]) -> type[_O]:
-    """The NumPy reference twin of a fused optimizer class."""
-    return type(cls.__name__, (_ReferenceStep, cls),
-                {"__doc__": f"NumPy reference twin of :class:`fusedoptim.{cls.__name__}`.",
-                 "_reference_fn": staticmethod(fn), "__module__": __name__})
-
-
-Adamax = _twin(optim.Adamax, adamax)
-NAdam = _twin(optim.NAdam, nadam)
-RAdam = _twin(optim.RAdam, radam)
-Lion = _twin(optim.Lion, lion)
-Rprop = _twin(optim.Rprop, rprop)
-ASGD = _twin(optim.ASGD, asgd)
-SGD = _twin(optim.SGD, sgd)
-Adagrad = _twin(optim.Adagrad, adagrad)
-RMSprop = _twin(optim.RMSprop, rmsprop)
-Adadelta = _twin(optim.Adadelta, adadelta)
-LAMB = _twin(optim.LAMB, lamb)
-LARS = _twin(optim.LARS, lars)
+for _s in _spec.registered():
+    _t = _twin(_s)
+    globals()[_t.__name__] = _t
+del _s, _t

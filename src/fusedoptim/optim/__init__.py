@@ -1,18 +1,32 @@
-"""Optimizer classes with torch.optim's names, arguments and defaults."""
+"""Optimizer classes with torch.optim's names, arguments and defaults.
 
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
-from .asgd import ASGD
-from .lamb import LAMB
-from .lars import LARS
-from .lion import Lion
-from .nadam import NAdam
-from .radam import RAdam
-from .rmsprop import RMSprop
-from .rprop import Rprop
-from .sgd import SGD
+Each module here holds one optimizer family: its spec(s) (:class:`fusedoptim._spec.OptSpec`),
+its scalars function and its class(es). Every module of this package is imported, and every
+class bound to a spec is exported from here and from :mod:`fusedoptim`: a new module needs no
+edit here. The imports below name the classes for static type checkers and the docs, which
+cannot see what is found at run time.
+"""
+
+from .adadelta import Adadelta as Adadelta
+from .adagrad import Adagrad as Adagrad
+from .adam import Adam as Adam, AdamW as AdamW
+from .adamax import Adamax as Adamax
+from .asgd import ASGD as ASGD
+from .lamb import LAMB as LAMB
+from .lars import LARS as LARS
+from .lion import Lion as Lion
+from .nadam import NAdam as NAdam
+from .radam import RAdam as RAdam
+from .rmsprop import RMSprop as RMSprop
+from .rprop import Rprop as Rprop
+from .sgd import SGD as SGD
+from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS"]
+
+for _name, _cls in _discover(__name__, __path__).items():
+    if _name not in __all__:
+        globals()[_name] = _cls
+        __all__.append(_name)
+del _name, _cls

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_adadelta's result: (lr, rho, eps, weight_decay, maximize)
-    AdadeltaHyper = tuple[float, float, float, float, bool]
 
-# Canonical hyperparameter tuple: the order adadelta_scalars and check_adadelta use.
-_FIELDS = ("lr", "rho", "eps", "weight_decay", "maximize")
+class AdadeltaHyper(NamedTuple):
+    """Adadelta's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_adadelta(lr: object, rho: object, eps: object, weight_decay: object,
-                   maximize: object) -> AdadeltaHyper:
-    """Validate Adadelta hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_closed(rho, "rho"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    rho: Annotated[float, v.unit_closed]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    maximize: Annotated[bool, v.flag] = False
 
 
 def adadelta_scalars(step: int, lr: float, rho: float, eps: float, weight_decay: float,
@@ -29,6 +27,15 @@ def adadelta_scalars(step: int, lr: float, rho: float, eps: float, weight_decay:
     """The kernel's scalars (order: _kernels.SCALARS['adadelta']); step does not enter."""
     return (-1.0 if maximize else 1.0, weight_decay, rho, 1.0 - rho, eps, lr,
             1.0 if weight_decay != 0.0 else 0.0)
+
+
+ADADELTA_SPEC = OptSpec(
+    "adadelta", AdadeltaHyper, adadelta_scalars,
+    state=(Slot("square_avg", "square_avgs"), Slot("acc_delta", "acc_deltas")),
+    doc="Fused Adadelta step over lists (see :class:`fusedoptim.Adadelta` for the rule).")
+
+#: Validate Adadelta hyperparameters (AdadeltaHyper's fields, in order); return them canonical.
+check_adadelta = ADADELTA_SPEC.check
 
 
 class Adadelta(Optimizer):
@@ -59,9 +66,8 @@ class Adadelta(Optimizer):
     State per param: ``square_avg`` (v), ``acc_delta`` (u) and ``step``.
     """
 
-    _kernel = "adadelta"
-    _slots = ("square_avg", "acc_delta")
-    _hyper_keys = _FIELDS
+
+    spec = ADADELTA_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0.0, *, maximize: bool = False,
@@ -69,12 +75,3 @@ class Adadelta(Optimizer):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> AdadeltaHyper:
-        return check_adadelta(*key)
-
-    def _scalars(self, step: int, hyper: AdadeltaHyper) -> tuple[float, ...]:
-        return adadelta_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: AdadeltaHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_adagrad's result: (lr, lr_decay, weight_decay, eps, maximize)
-    AdagradStepHyper = tuple[float, float, float, float, bool]
-    #: the class's: check_adagrad's plus initial_accumulator_value
-    AdagradHyper = tuple[float, float, float, float, bool, float]
 
-# Canonical hyperparameter tuple: the order adagrad_scalars and check_adagrad use.
-_FIELDS = ("lr", "lr_decay", "weight_decay", "eps", "maximize")
+class AdagradHyper(NamedTuple):
+    """Adagrad's hyperparameters, validated: the functional call's (with its defaults), then
+    the class's initial_accumulator_value (the functional call's state_sums start there)."""
 
-
-def check_adagrad(lr: object, lr_decay: object, weight_decay: object, eps: object,
-                  maximize: object) -> AdagradStepHyper:
-    """Validate Adagrad's step hyperparameters; return them canonical."""
-    return (v.finite_nonneg(lr, "lr"), v.finite_nonneg(lr_decay, "lr_decay"),
-            v.finite_nonneg(weight_decay, "weight_decay"), v.positive(eps, "eps"),
-            v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    lr_decay: Annotated[float, v.finite_nonneg] = 0.0
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    eps: Annotated[float, v.positive] = 1e-10
+    maximize: Annotated[bool, v.flag] = False
+    initial_accumulator_value: Annotated[float, v.finite_nonneg] = 0.0
 
 
 def adagrad_scalars(step: int, lr: float, lr_decay: float, weight_decay: float, eps: float,
@@ -33,6 +30,19 @@ def adagrad_scalars(step: int, lr: float, lr_decay: float, weight_decay: float, 
     clr = lr / (1.0 + (step - 1) * lr_decay)
     return (-1.0 if maximize else 1.0, weight_decay, clr, eps,
             1.0 if weight_decay != 0.0 else 0.0)
+
+
+ADAGRAD_SPEC = OptSpec(
+    "adagrad", AdagradHyper, adagrad_scalars, class_only=("initial_accumulator_value",),
+    # the accumulator starts at initial_accumulator_value
+    state=(Slot("sum", "state_sums", init="initial_accumulator_value"),),
+    doc="""Fused Adagrad step over lists (see :class:`fusedoptim.Adagrad` for the rule).
+
+    ``state_sums`` start at initial_accumulator_value (e.g. ``np.full_like(p, 0.1)``).""")
+
+#: Validate Adagrad's step hyperparameters (AdagradHyper's fields but the last, in order);
+#: return them canonical.
+check_adagrad = ADAGRAD_SPEC.check
 
 
 class Adagrad(Optimizer):
@@ -61,10 +71,8 @@ class Adagrad(Optimizer):
     State per param: ``sum`` (s) and ``step``.
     """
 
-    _kernel = "adagrad"
-    _slots = ("sum",)
-    _hyper_keys = ("lr", "lr_decay", "weight_decay", "eps", "maximize",
-                   "initial_accumulator_value")
+
+    spec = ADAGRAD_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
@@ -74,17 +82,3 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> AdagradHyper:
-        *step_args, initial = key
-        return check_adagrad(*step_args) + (
-            v.finite_nonneg(initial, "initial_accumulator_value"),)
-
-    def _initial_state(self, name: str, hyper: AdagradHyper) -> float:
-        return hyper[5]             # the accumulator starts at initial_accumulator_value
-
-    def _scalars(self, step: int, hyper: AdagradHyper) -> tuple[float, ...]:
-        return adagrad_scalars(step, *hyper[:5])
-
-    def _functional_kwargs(self, hyper: AdagradHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper[:5]))

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_adam's result: (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-    #: decoupled_weight_decay, bias_correction)
-    AdamHyper = tuple[float, float, float, float, float, bool, bool, bool, bool]
 
-# Canonical hyperparameter tuple: the order adam_scalars and check_adam use.
-_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize",
-           "decoupled_weight_decay", "bias_correction")
+class AdamHyper(NamedTuple):
+    """Adam's hyperparameters, validated: the scalars' and the functional call's arguments,
+    with the functional defaults (lr, beta1, beta2 and eps are required there)."""
 
-
-def check_adam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
-               amsgrad: object, maximize: object, decoupled_weight_decay: object,
-               bias_correction: object) -> AdamHyper:
-    """Validate Adam hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(amsgrad, "amsgrad"),
-            v.flag(maximize, "maximize"),
-            v.flag(decoupled_weight_decay, "decoupled_weight_decay"),
-            v.flag(bias_correction, "bias_correction"))
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    amsgrad: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
+    decoupled_weight_decay: Annotated[bool, v.flag] = False
+    bias_correction: Annotated[bool, v.flag] = True
 
 
 def adam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
@@ -49,6 +45,22 @@ def adam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
         mode |= 4
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
             1.0 - lr * weight_decay, eps, step_size, inv_bias_correction2_sqrt, float(mode))
+
+
+ADAM_SPEC = OptSpec(
+    "adam", AdamHyper, adam_scalars, pairs={"betas": ("beta1", "beta2")},
+    state=(Slot("exp_avg", "exp_avgs"), Slot("exp_avg_sq", "exp_avg_sqs"),
+           Slot("max_exp_avg_sq", "max_exp_avg_sqs", used="amsgrad", check_unused=True)),
+    doc="""Fused Adam/AdamW step over lists (see :class:`fusedoptim.Adam` for the rule).
+
+    ``max_exp_avg_sqs`` may be None unless ``amsgrad``.""")
+
+ADAMW_SPEC = ADAM_SPEC.variant(
+    "adamw", fixed={"decoupled_weight_decay": True}, defaults={"weight_decay": 1e-2},
+    doc=""":func:`adam` with decoupled weight decay (AdamW).""")
+
+#: Validate Adam hyperparameters (AdamHyper's fields, in order); return them canonical.
+check_adam = ADAM_SPEC.check
 
 
 class Adam(Optimizer):
@@ -80,10 +92,7 @@ class Adam(Optimizer):
             finite (see :class:`fusedoptim.Optimizer`).
     """
 
-    _kernel = "adam"
-    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-                   "decoupled_weight_decay", "bias_correction")
+    spec = ADAM_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -96,20 +105,6 @@ class Adam(Optimizer):
                                       bias_correction=bias_correction),
                          skip_nonfinite=skip_nonfinite)
 
-    def _check_hyper(self, key: tuple[Any, ...]) -> AdamHyper:
-        lr, betas, eps, wd, amsgrad, maximize, decoupled, bias_correction = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_adam(lr, b1, b2, eps, wd, amsgrad, maximize, decoupled, bias_correction)
-
-    def _slots_in_use(self, hyper: AdamHyper) -> tuple[str, ...]:
-        return self._slots if hyper[5] else self._slots[:2]
-
-    def _scalars(self, step: int, hyper: AdamHyper) -> tuple[float, ...]:
-        return adam_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: AdamHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))
-
 
 class AdamW(Adam):
     r"""AdamW (Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization").
@@ -119,6 +114,8 @@ class AdamW(Adam):
     adaptive denominator. Same arguments as :class:`Adam`, with torch.optim.AdamW's default
     ``weight_decay=1e-2``.
     """
+
+    spec = ADAMW_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_adamax's result: (lr, beta1, beta2, eps, weight_decay, maximize)
-    AdamaxHyper = tuple[float, float, float, float, float, bool]
 
-# Canonical hyperparameter tuple: the order adamax_scalars and check_adamax use.
-_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "maximize")
+class AdamaxHyper(NamedTuple):
+    """Adamax's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_adamax(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
-                 maximize: object) -> AdamaxHyper:
-    """Validate Adamax hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    maximize: Annotated[bool, v.flag] = False
 
 
 def adamax_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
@@ -31,6 +29,15 @@ def adamax_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
     step_size = lr / (1.0 - beta1 ** step)
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, weight_decay, eps,
             step_size, 1.0 if weight_decay != 0.0 else 0.0)
+
+
+ADAMAX_SPEC = OptSpec(
+    "adamax", AdamaxHyper, adamax_scalars, pairs={"betas": ("beta1", "beta2")},
+    state=(Slot("exp_avg", "exp_avgs"), Slot("exp_inf", "exp_infs")),
+    doc="Fused Adamax step over lists (see :class:`fusedoptim.Adamax` for the rule).")
+
+#: Validate Adamax hyperparameters (AdamaxHyper's fields, in order); return them canonical.
+check_adamax = ADAMAX_SPEC.check
 
 
 class Adamax(Optimizer):
@@ -60,9 +67,8 @@ class Adamax(Optimizer):
     State per param: ``step``, ``exp_avg`` (m), ``exp_inf`` (u).
     """
 
-    _kernel = "adamax"
-    _slots = ("exp_avg", "exp_inf")
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "maximize")
+
+    spec = ADAMAX_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -71,14 +77,3 @@ class Adamax(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> AdamaxHyper:
-        lr, betas, eps, wd, maximize = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_adamax(lr, b1, b2, eps, wd, maximize)
-
-    def _scalars(self, step: int, hyper: AdamaxHyper) -> tuple[float, ...]:
-        return adamax_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: AdamaxHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, ScalarSlot, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_asgd's result: (lr, lambd, alpha, t0, weight_decay, maximize)
-    ASGDHyper = tuple[float, float, float, float, float, bool]
 
-# Canonical hyperparameter tuple: the order asgd_scalars and check_asgd use.
-_FIELDS = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
+class ASGDHyper(NamedTuple):
+    """ASGD's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_asgd(lr: object, lambd: object, alpha: object, t0: object, weight_decay: object,
-               maximize: object) -> ASGDHyper:
-    """Validate ASGD hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.finite_nonneg(lambd, "lambd"),
-            v.finite_nonneg(alpha, "alpha"), v.finite_nonneg(t0, "t0"),
-            v.finite_nonneg(weight_decay, "weight_decay"), v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    lambd: Annotated[float, v.finite_nonneg]
+    alpha: Annotated[float, v.finite_nonneg]
+    t0: Annotated[float, v.finite_nonneg]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    maximize: Annotated[bool, v.flag] = False
 
 
 def asgd_scalars(step: int, mu: float, eta: float, lr: float, lambd: float, alpha: float,
@@ -35,6 +33,19 @@ def asgd_scalars(step: int, mu: float, eta: float, lr: float, lambd: float, alph
     new_eta = lr / ((1.0 + lambd * lr * step) ** alpha)
     new_mu = 1.0 / max(1.0, step - t0)
     return row, (new_mu, new_eta)
+
+
+ASGD_SPEC = OptSpec(
+    "asgd", ASGDHyper, asgd_scalars, state=(Slot("ax", "axs"),),
+    # the order of torch's functional asgd(..., mus, etas, ...)
+    scalar_state=(ScalarSlot("mu", "mus", init=1.0), ScalarSlot("eta", "etas", init="lr")),
+    doc="""Fused ASGD step over lists (see :class:`fusedoptim.ASGD` for the rule).
+
+    ``mus`` and ``etas`` are lists of floats (1.0 and lr before a param's first step),
+    updated in place for every param that has a grad, like ``state_steps``.""")
+
+#: Validate ASGD hyperparameters (ASGDHyper's fields, in order); return them canonical.
+check_asgd = ASGD_SPEC.check
 
 
 class ASGD(Optimizer):
@@ -71,10 +82,8 @@ class ASGD(Optimizer):
     State per param: ``step``, ``eta``, ``mu``, ``ax``.
     """
 
-    _kernel = "asgd"
-    _slots = ("ax",)
-    _scalar_state = ("mu", "eta")   # the order of torch's functional asgd(..., mus, etas, ...)
-    _hyper_keys = ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize")
+
+    spec = ASGD_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-2, lambd: float = 1e-4,
                  alpha: float = 0.75, t0: float = 1e6, weight_decay: float = 0.0, *,
@@ -82,17 +91,3 @@ class ASGD(Optimizer):
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> ASGDHyper:
-        return check_asgd(*key)
-
-    def _initial_state(self, name: str, hyper: ASGDHyper) -> float:
-        return {"eta": hyper[0], "mu": 1.0}.get(name, 0.0)
-
-    def _scalars_with_state(self, step: int, scalar_state: tuple[float, float], hyper: ASGDHyper
-                            ) -> tuple[tuple[float, ...], tuple[float, float]]:
-        # mypy maps a second *-unpacked fixed-length tuple onto the wrong parameters
-        return asgd_scalars(step, *scalar_state, *hyper)  # type: ignore[arg-type]
-
-    def _functional_kwargs(self, hyper: ASGDHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
@@ -16,26 +18,22 @@ if TYPE_CHECKING:
 
     from .._typing import ParamsArg
 
-    #: check_lamb's result: (lr, beta1, beta2, eps, weight_decay, clamp_value,
-    #: bias_correction, maximize)
-    LAMBHyper = tuple[float, float, float, float, float, float, bool, bool]
-
-# Canonical hyperparameter tuple: the order lamb_scalars, check_lamb and lamb_run use.
-_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "clamp_value", "bias_correction",
-           "maximize")
 _MOMENTS = _kernels.REDUCE_IDS["lamb_moments"]
 _APPLY = _kernels.KERNEL_IDS["lamb"]
 _STEP_COLUMN = _kernels.SCALARS["lamb"].index("step")
 
 
-def check_lamb(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
-               clamp_value: object, bias_correction: object, maximize: object) -> LAMBHyper:
-    """Validate LAMB hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"),
-            v.positive_or_inf(clamp_value, "clamp_value", " (inf: no clamp)"),
-            v.flag(bias_correction, "bias_correction"), v.flag(maximize, "maximize"))
+class LAMBHyper(NamedTuple):
+    """LAMB's hyperparameters, validated (the functional call's, with its defaults)."""
+
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    clamp_value: Annotated[float, partial(v.positive_or_inf, note=" (inf: no clamp)")] = 10.0
+    bias_correction: Annotated[bool, v.flag] = True
+    maximize: Annotated[bool, v.flag] = False
 
 
 def lamb_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
@@ -72,6 +70,23 @@ def lamb_run(plan: _kernels.Plan, lr: float, clamp_value: float) -> None:
     ratio = lamb_trust_ratio(np.sqrt(per_tensor[:, 0]), np.sqrt(per_tensor[:, 1]), clamp_value)
     plan.hp_array[:, _STEP_COLUMN] = lr * ratio
     plan.run(_APPLY)
+
+
+def _lamb_step(plan: _kernels.Plan, hyper: LAMBHyper) -> None:
+    lamb_run(plan, hyper.lr, hyper.clamp_value)
+
+
+LAMB_SPEC = OptSpec(
+    "lamb", LAMBHyper, lamb_scalars, pairs={"betas": ("beta1", "beta2")}, run=_lamb_step,
+    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
+    # must not step as one flat tensor, whose norms would be the whole group's.
+    per_tensor=True,
+    state=(Slot("exp_avg", "exp_avgs"), Slot("exp_avg_sq", "exp_avg_sqs")),
+    doc="""Fused LAMB step over lists (see :class:`fusedoptim.LAMB` for the rule): two passes,
+    the trust ratio of each param computed from its own norms.""")
+
+#: Validate LAMB hyperparameters (LAMBHyper's fields, in order); return them canonical.
+check_lamb = LAMB_SPEC.check
 
 
 class LAMB(Optimizer):
@@ -116,13 +131,8 @@ class LAMB(Optimizer):
     State per param: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
     """
 
-    _kernel = "lamb"
-    _slots = ("exp_avg", "exp_avg_sq")
-    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
-    # must not step as one flat tensor, whose norms would be the whole group's.
-    _flat_plans = False
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "clamp_value", "bias_correction",
-                   "maximize")
+
+    spec = LAMB_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
@@ -133,17 +143,3 @@ class LAMB(Optimizer):
                                       clamp_value=clamp_value, bias_correction=bias_correction,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> LAMBHyper:
-        lr, betas, eps, wd, clamp_value, bias_correction, maximize = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_lamb(lr, b1, b2, eps, wd, clamp_value, bias_correction, maximize)
-
-    def _scalars(self, step: int, hyper: LAMBHyper) -> tuple[float, ...]:
-        return lamb_scalars(step, *hyper)
-
-    def _run(self, plan: _kernels.Plan, hyper: LAMBHyper) -> None:
-        lamb_run(plan, hyper[0], hyper[5])
-
-    def _functional_kwargs(self, hyper: LAMBHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
@@ -15,29 +16,27 @@ if TYPE_CHECKING:
 
     from .._typing import ParamsArg
 
-    #: check_lars's result: (lr, momentum, weight_decay, trust_coefficient, eps, nesterov,
-    #: maximize)
-    LARSHyper = tuple[float, float, float, float, float, bool, bool]
-
-# Canonical hyperparameter tuple: the order lars_scalars, check_lars and lars_run use.
-_FIELDS = ("lr", "momentum", "weight_decay", "trust_coefficient", "eps", "nesterov", "maximize")
 _NORMS = _kernels.REDUCE_IDS["lars_norms"]
 _APPLY = _kernels.KERNEL_IDS["lars"]
 _RATIO_COLUMN = _kernels.SCALARS["lars"].index("trust_ratio")
 
 
-def check_lars(lr: object, momentum: object, weight_decay: object, trust_coefficient: object,
-               eps: object, nesterov: object, maximize: object) -> LARSHyper:
-    """Validate LARS hyperparameters; return them canonical (floats and bools)."""
-    lr = v.finite_nonneg(lr, "lr")
-    mu = v.finite_nonneg(momentum, "momentum")
-    wd = v.finite_nonneg(weight_decay, "weight_decay")
-    tc = v.positive(trust_coefficient, "trust_coefficient")
-    eps = v.finite_nonneg(eps, "eps")
-    nesterov = v.flag(nesterov, "nesterov")
-    if nesterov and mu <= 0.0:
-        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
-    return (lr, mu, wd, tc, eps, nesterov, v.flag(maximize, "maximize"))
+class LARSHyper(NamedTuple):
+    """LARS's hyperparameters, validated (the functional call's, with its defaults)."""
+
+    lr: Annotated[float, v.finite_nonneg]
+    momentum: Annotated[float, v.finite_nonneg] = 0.9
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    trust_coefficient: Annotated[float, v.positive] = 0.001
+    eps: Annotated[float, v.finite_nonneg] = 1e-8
+    nesterov: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
+
+
+def _lars_relations(hyper: LARSHyper, raw: LARSHyper) -> LARSHyper:
+    if hyper.nesterov and hyper.momentum <= 0.0:
+        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={raw.momentum!r}")
+    return hyper
 
 
 def lars_scalars(step: int, lr: float, momentum: float, weight_decay: float,
@@ -71,6 +70,26 @@ def lars_run(plan: _kernels.Plan, weight_decay: float, trust_coefficient: float,
                              weight_decay, trust_coefficient, eps)
     plan.hp_array[:, _RATIO_COLUMN] = ratio
     plan.run(_APPLY)
+
+
+def _lars_step(plan: _kernels.Plan, hyper: LARSHyper) -> None:
+    lars_run(plan, hyper.weight_decay, hyper.trust_coefficient, hyper.eps)
+
+
+LARS_SPEC = OptSpec(
+    "lars", LARSHyper, lars_scalars, relate=_lars_relations, run=_lars_step,
+    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
+    # must not step as one flat tensor, whose norms would be the whole group's.
+    per_tensor=True, optional_steps=True,
+    state=(Slot("momentum_buffer", "momentum_buffer_list", used="momentum"),),
+    doc="""Fused LARS step over lists (see :class:`fusedoptim.LARS` for the rule).
+
+    When momentum != 0, ``momentum_buffer_list`` holds a buffer per param, started at zero
+    (``np.zeros_like(param)``); it is not used when momentum == 0. The update does not depend
+    on step counts: ``state_steps`` is optional, and its entries are incremented when given.""")
+
+#: Validate LARS hyperparameters (LARSHyper's fields, in order); return them canonical.
+check_lars = LARS_SPEC.check
 
 
 class LARS(Optimizer):
@@ -115,12 +134,8 @@ class LARS(Optimizer):
     State per param: ``step`` and ``momentum_buffer`` (only when momentum != 0).
     """
 
-    _kernel = "lars"
-    _slots = ("momentum_buffer",)
-    # A trust ratio belongs to each tensor: a group whose params tile one buffer (FlatParams)
-    # must not step as one flat tensor, whose norms would be the whole group's.
-    _flat_plans = False
-    _hyper_keys = _FIELDS
+
+    spec = LARS_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1.0, momentum: float = 0.9,
                  weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8,
@@ -130,18 +145,3 @@ class LARS(Optimizer):
                                       trust_coefficient=trust_coefficient, eps=eps,
                                       nesterov=nesterov, maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> LARSHyper:
-        return check_lars(*key)
-
-    def _slots_in_use(self, hyper: LARSHyper) -> tuple[str, ...]:
-        return self._slots if hyper[1] != 0.0 else ()
-
-    def _scalars(self, step: int, hyper: LARSHyper) -> tuple[float, ...]:
-        return lars_scalars(step, *hyper)
-
-    def _run(self, plan: _kernels.Plan, hyper: LARSHyper) -> None:
-        lars_run(plan, hyper[2], hyper[3], hyper[4])
-
-    def _functional_kwargs(self, hyper: LARSHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_lion's result: (lr, beta1, beta2, weight_decay, maximize)
-    LionHyper = tuple[float, float, float, float, bool]
 
-# Canonical hyperparameter tuple: the order lion_scalars and check_lion use.
-_FIELDS = ("lr", "beta1", "beta2", "weight_decay", "maximize")
+class LionHyper(NamedTuple):
+    """Lion's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_lion(lr: object, beta1: object, beta2: object, weight_decay: object,
-               maximize: object) -> LionHyper:
-    """Validate Lion hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.finite_nonneg(weight_decay, "weight_decay"),
-            v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    maximize: Annotated[bool, v.flag] = False
 
 
 def lion_scalars(step: int, lr: float, beta1: float, beta2: float, weight_decay: float,
@@ -30,6 +27,15 @@ def lion_scalars(step: int, lr: float, beta1: float, beta2: float, weight_decay:
     """The kernel's scalars (order: _kernels.SCALARS['lion']); independent of the step."""
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr,
             1.0 - lr * weight_decay, 1.0 if weight_decay != 0.0 else 0.0)
+
+
+LION_SPEC = OptSpec(
+    "lion", LionHyper, lion_scalars, pairs={"betas": ("beta1", "beta2")},
+    state=(Slot("exp_avg", "exp_avgs"),),
+    doc="Fused Lion step over lists (see :class:`fusedoptim.Lion` for the rule).")
+
+#: Validate Lion hyperparameters (LionHyper's fields, in order); return them canonical.
+check_lion = LION_SPEC.check
 
 
 class Lion(Optimizer):
@@ -59,9 +65,8 @@ class Lion(Optimizer):
     State per param: ``step``, ``exp_avg`` (m).
     """
 
-    _kernel = "lion"
-    _slots = ("exp_avg",)
-    _hyper_keys = ("lr", "betas", "weight_decay", "maximize")
+
+    spec = LION_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
@@ -69,14 +74,3 @@ class Lion(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> LionHyper:
-        lr, betas, wd, maximize = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_lion(lr, b1, b2, wd, maximize)
-
-    def _scalars(self, step: int, hyper: LionHyper) -> tuple[float, ...]:
-        return lion_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: LionHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, ScalarSlot, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_nadam's result: (lr, beta1, beta2, eps, weight_decay, momentum_decay,
-    #: decoupled_weight_decay, maximize)
-    NAdamHyper = tuple[float, float, float, float, float, float, bool, bool]
 
-# Canonical hyperparameter tuple: the order nadam_scalars and check_nadam use.
-_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay",
-           "decoupled_weight_decay", "maximize")
+class NAdamHyper(NamedTuple):
+    """NAdam's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_nadam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
-                momentum_decay: object, decoupled_weight_decay: object,
-                maximize: object) -> NAdamHyper:
-    """Validate NAdam hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"),
-            v.finite_nonneg(momentum_decay, "momentum_decay"),
-            v.flag(decoupled_weight_decay, "decoupled_weight_decay"),
-            v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    momentum_decay: Annotated[float, v.finite_nonneg] = 4e-3
+    decoupled_weight_decay: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
 
 
 def nadam_scalars(step: int, mu_product: float, lr: float, beta1: float, beta2: float,
@@ -51,6 +45,19 @@ def nadam_scalars(step: int, mu_product: float, lr: float, beta1: float, beta2: 
            1.0 - lr * weight_decay, eps, inv_bias_correction2, grad_coef, avg_coef,
            float(mode))
     return row, (mu_product,)
+
+
+NADAM_SPEC = OptSpec(
+    "nadam", NAdamHyper, nadam_scalars, pairs={"betas": ("beta1", "beta2")},
+    state=(Slot("exp_avg", "exp_avgs"), Slot("exp_avg_sq", "exp_avg_sqs")),
+    scalar_state=(ScalarSlot("mu_product", "mu_products", init=1.0),),
+    doc="""Fused NAdam step over lists (see :class:`fusedoptim.NAdam` for the rule).
+
+    ``mu_products`` is a list of floats (1.0 before a param's first step), updated in place
+    for every param that has a grad, like ``state_steps``.""")
+
+#: Validate NAdam hyperparameters (NAdamHyper's fields, in order); return them canonical.
+check_nadam = NADAM_SPEC.check
 
 
 class NAdam(Optimizer):
@@ -89,11 +96,8 @@ class NAdam(Optimizer):
     State per param: ``step``, ``mu_product`` (starts at 1.0), ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _kernel = "nadam"
-    _slots = ("exp_avg", "exp_avg_sq")
-    _scalar_state = ("mu_product",)
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
-                   "decoupled_weight_decay", "maximize")
+
+    spec = NADAM_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -105,19 +109,3 @@ class NAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> NAdamHyper:
-        lr, betas, eps, wd, momentum_decay, decoupled, maximize = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_nadam(lr, b1, b2, eps, wd, momentum_decay, decoupled, maximize)
-
-    def _initial_state(self, name: str, hyper: NAdamHyper) -> float:
-        return 1.0 if name == "mu_product" else 0.0
-
-    def _scalars_with_state(self, step: int, scalar_state: tuple[float], hyper: NAdamHyper
-                            ) -> tuple[tuple[float, ...], tuple[float]]:
-        # mypy maps a second *-unpacked fixed-length tuple onto the wrong parameters
-        return nadam_scalars(step, *scalar_state, *hyper)  # type: ignore[arg-type]
-
-    def _functional_kwargs(self, hyper: NAdamHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_radam's result: (lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay,
-    #: maximize)
-    RAdamHyper = tuple[float, float, float, float, float, bool, bool]
 
-# Canonical hyperparameter tuple: the order radam_scalars and check_radam use.
-_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay",
-           "maximize")
+class RAdamHyper(NamedTuple):
+    """RAdam's hyperparameters, validated (the functional call's, with its defaults)."""
 
-
-def check_radam(lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
-                decoupled_weight_decay: object, maximize: object) -> RAdamHyper:
-    """Validate RAdam hyperparameters; return them canonical (floats and bools)."""
-    return (v.finite_nonneg(lr, "lr"), v.unit_interval(beta1, "betas[0]"),
-            v.unit_interval(beta2, "betas[1]"), v.positive(eps, "eps"),
-            v.finite_nonneg(weight_decay, "weight_decay"),
-            v.flag(decoupled_weight_decay, "decoupled_weight_decay"),
-            v.flag(maximize, "maximize"))
+    lr: Annotated[float, v.finite_nonneg]
+    beta1: Annotated[float, v.unit_interval]
+    beta2: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    decoupled_weight_decay: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
 
 
 def radam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
@@ -51,6 +46,15 @@ def radam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
         step_size = lr / bias_correction1
     return (-1.0 if maximize else 1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay,
             1.0 - lr * weight_decay, eps, step_size, float(mode))
+
+
+RADAM_SPEC = OptSpec(
+    "radam", RAdamHyper, radam_scalars, pairs={"betas": ("beta1", "beta2")},
+    state=(Slot("exp_avg", "exp_avgs"), Slot("exp_avg_sq", "exp_avg_sqs")),
+    doc="Fused RAdam step over lists (see :class:`fusedoptim.RAdam` for the rule).")
+
+#: Validate RAdam hyperparameters (RAdamHyper's fields, in order); return them canonical.
+check_radam = RADAM_SPEC.check
 
 
 class RAdam(Optimizer):
@@ -87,9 +91,8 @@ class RAdam(Optimizer):
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _kernel = "radam"
-    _slots = ("exp_avg", "exp_avg_sq")
-    _hyper_keys = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
+
+    spec = RADAM_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -99,14 +102,3 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> RAdamHyper:
-        lr, betas, eps, wd, decoupled, maximize = key
-        b1, b2 = v.pair(betas, "betas")
-        return check_radam(lr, b1, b2, eps, wd, decoupled, maximize)
-
-    def _scalars(self, step: int, hyper: RAdamHyper) -> tuple[float, ...]:
-        return radam_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: RAdamHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_rmsprop's result: (lr, alpha, eps, weight_decay, momentum, centered, maximize,
-    #: bias_correction)
-    RMSpropHyper = tuple[float, float, float, float, float, bool, bool, bool]
 
-# Canonical hyperparameter tuple: the order rmsprop_scalars and check_rmsprop use.
-_FIELDS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize",
-           "bias_correction")
+class RMSpropHyper(NamedTuple):
+    """RMSprop's hyperparameters, validated (the functional call's, with its defaults)."""
+
+    lr: Annotated[float, v.finite_nonneg]
+    alpha: Annotated[float, v.unit_interval]
+    eps: Annotated[float, v.positive]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    momentum: Annotated[float, v.finite_nonneg] = 0.0
+    centered: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
+    bias_correction: Annotated[bool, v.flag] = False
 
 
-def check_rmsprop(lr: object, alpha: object, eps: object, weight_decay: object,
-                  momentum: object, centered: object, maximize: object,
-                  bias_correction: object) -> RMSpropHyper:
-    """Validate RMSprop hyperparameters; return them canonical (floats and bools)."""
-    hyper = (v.finite_nonneg(lr, "lr"), v.unit_interval(alpha, "alpha"),
-             v.positive(eps, "eps"), v.finite_nonneg(weight_decay, "weight_decay"),
-             v.finite_nonneg(momentum, "momentum"), v.flag(centered, "centered"),
-             v.flag(maximize, "maximize"), v.flag(bias_correction, "bias_correction"))
-    if hyper[5] and hyper[7]:
+def _rmsprop_relations(hyper: RMSpropHyper, raw: RMSpropHyper) -> RMSpropHyper:
+    if hyper.centered and hyper.bias_correction:
         raise ValueError(f"bias_correction=True is the notes' (uncentered) RMSProp and cannot "
-                         f"be combined with centered={centered!r}: the bias-corrected variance "
-                         f"of the first gradient is 0, so the first step would be lr*g/eps; "
-                         f"use one or the other")
+                         f"be combined with centered={raw.centered!r}: the bias-corrected "
+                         f"variance of the first gradient is 0, so the first step would be "
+                         f"lr*g/eps; use one or the other")
     return hyper
 
 
@@ -50,6 +49,19 @@ def rmsprop_scalars(step: int, lr: float, alpha: float, eps: float, weight_decay
         bc = 1.0 - alpha ** step
     return (-1.0 if maximize else 1.0, weight_decay, alpha, 1.0 - alpha, eps, lr, momentum,
             bc, float(mode))
+
+
+RMSPROP_SPEC = OptSpec(
+    "rmsprop", RMSpropHyper, rmsprop_scalars, relate=_rmsprop_relations,
+    state=(Slot("square_avg", "square_avgs"), Slot("grad_avg", "grad_avgs", used="centered"),
+           Slot("momentum_buffer", "momentum_buffer_list", used="momentum")),
+    doc="""Fused RMSprop step over lists (see :class:`fusedoptim.RMSprop` for the rule).
+
+    ``grad_avgs`` is used only when centered, ``momentum_buffer_list`` only when
+    momentum > 0; either may be None otherwise.""")
+
+#: Validate RMSprop hyperparameters (RMSpropHyper's fields, in order); return them canonical.
+check_rmsprop = RMSPROP_SPEC.check
 
 
 class RMSprop(Optimizer):
@@ -90,9 +102,8 @@ class RMSprop(Optimizer):
     (b, momentum > 0 only) and ``step``.
     """
 
-    _kernel = "rmsprop"
-    _slots = ("square_avg", "grad_avg", "momentum_buffer")
-    _hyper_keys = _FIELDS
+
+    spec = RMSPROP_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
@@ -102,17 +113,3 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       bias_correction=bias_correction),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> RMSpropHyper:
-        return check_rmsprop(*key)
-
-    def _slots_in_use(self, hyper: RMSpropHyper) -> tuple[str, ...]:
-        centered, momentum = hyper[5], hyper[4]
-        return tuple(s for s, used in zip(self._slots, (True, centered, momentum > 0.0))
-                     if used)
-
-    def _scalars(self, step: int, hyper: RMSpropHyper) -> tuple[float, ...]:
-        return rmsprop_scalars(step, *hyper)
-
-    def _functional_kwargs(self, hyper: RMSpropHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

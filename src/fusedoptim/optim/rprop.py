@@ -2,42 +2,60 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_rprop's result: (etaminus, etaplus, step_size_min, step_size_max, maximize)
-    RpropStepHyper = tuple[float, float, float, float, bool]
-    #: the class's: lr (the initial step size), then check_rprop's
-    RpropHyper = tuple[float, float, float, float, float, bool]
 
-# The functional call's hyperparameters (torch's functional rprop takes no lr: the step
-# sizes it starts from are state).
-_FIELDS = ("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize")
+class RpropHyper(NamedTuple):
+    """Rprop's hyperparameters, validated: the functional call's (torch's functional rprop
+    takes no lr: the step sizes it starts from are state), then the class's initial step
+    size ``lr``."""
 
-
-def check_rprop(etaminus: object, etaplus: object, step_size_min: object,
-                step_size_max: object, maximize: object) -> RpropStepHyper:
-    """Validate Rprop's step hyperparameters; return them canonical (floats and bools)."""
-    etaminus = v.open_unit_interval(etaminus, "etas[0]")
-    etaplus = v.finite_above(etaplus, "etas[1]", 1.0)
-    lo, hi = v.ordered_pair((step_size_min, step_size_max), "step_sizes")
-    return etaminus, etaplus, lo, hi, v.flag(maximize, "maximize")
+    step_size_min: Annotated[float, v.finite_nonneg]
+    step_size_max: Annotated[float, v.finite_nonneg]
+    etaminus: Annotated[float, v.open_unit_interval]
+    etaplus: Annotated[float, partial(v.finite_above, bound=1.0)]
+    maximize: Annotated[bool, v.flag] = False
+    lr: Annotated[float, v.finite_nonneg] = 1e-2
 
 
-def rprop_scalars(step: int, etaminus: float, etaplus: float, step_size_min: float,
-                  step_size_max: float, maximize: bool) -> tuple[float, ...]:
+def _ordered_step_sizes(hyper: RpropHyper, raw: RpropHyper) -> RpropHyper:
+    if hyper.step_size_min > hyper.step_size_max:
+        raise ValueError(f"step_sizes must be (min, max) with min <= max, got "
+                         f"{(raw.step_size_min, raw.step_size_max)!r}")
+    return hyper
+
+
+def rprop_scalars(step: int, step_size_min: float, step_size_max: float, etaminus: float,
+                  etaplus: float, maximize: bool) -> tuple[float, ...]:
     """The kernel's scalars (order: _kernels.SCALARS['rprop']); independent of the step."""
     return (-1.0 if maximize else 1.0, etaminus, etaplus, step_size_min, step_size_max)
 
 
+RPROP_SPEC = OptSpec(
+    "rprop", RpropHyper, rprop_scalars, class_only=("lr",), relate=_ordered_step_sizes,
+    pairs={"step_sizes": ("step_size_min", "step_size_max"), "etas": ("etaminus", "etaplus")},
+    state=(Slot("prev", "prevs"),
+           Slot("step_size", "step_sizes", init="lr", hint="np.full_like(param, lr)")),
+    doc="""Fused Rprop step over lists (see :class:`fusedoptim.Rprop` for the rule).
+
+    As in torch, ``step_sizes`` are state: start them at the initial step size,
+    ``np.full_like(param, lr)``; ``prevs`` start at zero.""")
+
+#: Validate Rprop's step hyperparameters (RpropHyper's fields, in order); return them canonical.
+check_rprop = RPROP_SPEC.check
+
+
 class Rprop(Optimizer):
     r"""Rprop (Riedmiller & Braun, 1993, "A Direct Adaptive Method for Faster
-    Backpropagation Learning: The RPROP Algorithm").
+    Backpropagation Learning: The RPROP_SPEC Algorithm").
 
     Each element has its own step size s, started at lr. With g the gradient (negated when
     ``maximize``) and g_prev the previous step's (zero at first)::
@@ -66,9 +84,8 @@ class Rprop(Optimizer):
     State per param: ``step``, ``prev`` (g_prev), ``step_size`` (s).
     """
 
-    _kernel = "rprop"
-    _slots = ("prev", "step_size")
-    _hyper_keys = ("lr", "etas", "step_sizes", "maximize")
+
+    spec = RPROP_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-2,
                  etas: tuple[float, float] = (0.5, 1.2),
@@ -77,18 +94,3 @@ class Rprop(Optimizer):
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
                                       maximize=maximize),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> RpropHyper:
-        lr, etas, step_sizes, maximize = key
-        etaminus, etaplus = v.pair(etas, "etas")
-        lo, hi = v.pair(step_sizes, "step_sizes")
-        return (v.finite_nonneg(lr, "lr"),) + check_rprop(etaminus, etaplus, lo, hi, maximize)
-
-    def _initial_state(self, name: str, hyper: RpropHyper) -> float:
-        return hyper[0] if name == "step_size" else 0.0
-
-    def _scalars(self, step: int, hyper: RpropHyper) -> tuple[float, ...]:
-        return rprop_scalars(step, *hyper[1:])
-
-    def _functional_kwargs(self, hyper: RpropHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper[1:]))

@@ -2,46 +2,47 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from .. import _validation as v
+from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
     from .._typing import ParamsArg
 
-    #: check_sgd's result: (lr, momentum, dampening, weight_decay, nesterov, maximize,
-    #: momentum_style)
-    SGDHyper = tuple[float, float, float, float, bool, bool, str]
-
-# Canonical hyperparameter tuple: the order sgd_scalars and check_sgd use.
-_FIELDS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize",
-           "momentum_style")
 MOMENTUM_STYLES = ("torch", "ema")
 
 
-def check_sgd(lr: object, momentum: object, dampening: object, weight_decay: object,
-              nesterov: object, maximize: object, momentum_style: object) -> SGDHyper:
-    """Validate SGD hyperparameters; return them canonical (floats, bools, the style)."""
-    style = v.choice(momentum_style, "momentum_style", MOMENTUM_STYLES)
-    lr = v.finite_nonneg(lr, "lr")
-    if style == "ema":
-        mu = v.unit_interval(momentum, "momentum")   # an EMA weight: beta in [0, 1)
+class SGDHyper(NamedTuple):
+    """SGD's hyperparameters, validated (the functional call's, with its defaults).
+    momentum's range depends on momentum_style: it is checked in _sgd_relations."""
+
+    lr: Annotated[float, v.finite_nonneg]
+    momentum: Annotated[float, v.real] = 0.0
+    dampening: Annotated[float, v.unit_closed] = 0.0
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.0
+    nesterov: Annotated[bool, v.flag] = False
+    maximize: Annotated[bool, v.flag] = False
+    momentum_style: Annotated[str, partial(v.choice, options=MOMENTUM_STYLES)] = "torch"
+
+
+def _sgd_relations(hyper: SGDHyper, raw: SGDHyper) -> SGDHyper:
+    if hyper.momentum_style == "ema":
+        v.unit_interval(raw.momentum, "momentum")    # an EMA weight: beta in [0, 1)
     else:
-        mu = v.finite_nonneg(momentum, "momentum")   # torch accepts any momentum >= 0
-    damp = v.unit_closed(dampening, "dampening")
-    wd = v.finite_nonneg(weight_decay, "weight_decay")
-    nesterov = v.flag(nesterov, "nesterov")
-    maximize = v.flag(maximize, "maximize")
-    if style == "ema" and damp != 0.0:
+        v.finite_nonneg(raw.momentum, "momentum")    # torch accepts any momentum >= 0
+    if hyper.momentum_style == "ema" and hyper.dampening != 0.0:
         raise ValueError(f"dampening must be 0 with momentum_style='ema' (the EMA form "
                          f"already weights the gradient by 1 - momentum), got "
-                         f"dampening={dampening!r}")
-    if nesterov and mu <= 0.0:
-        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
-    if nesterov and damp != 0.0:
-        raise ValueError(f"nesterov=True requires dampening=0, got dampening={dampening!r}")
-    return (lr, mu, damp, wd, nesterov, maximize, style)
+                         f"dampening={raw.dampening!r}")
+    if hyper.nesterov and hyper.momentum <= 0.0:
+        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={raw.momentum!r}")
+    if hyper.nesterov and hyper.dampening != 0.0:
+        raise ValueError(f"nesterov=True requires dampening=0, got "
+                         f"dampening={raw.dampening!r}")
+    return hyper
 
 
 def sgd_scalars(step: int, lr: float, momentum: float, dampening: float, weight_decay: float,
@@ -62,6 +63,22 @@ def sgd_scalars(step: int, lr: float, momentum: float, dampening: float, weight_
         grad_weight, nesterov_grad_weight = 1.0 - dampening, 1.0
     return (-1.0 if maximize else 1.0, lr, weight_decay, momentum, grad_weight,
             nesterov_grad_weight, float(mode))
+
+
+SGD_SPEC = OptSpec(
+    "sgd", SGDHyper, sgd_scalars, relate=_sgd_relations, optional_steps=True,
+    # torch starts a new momentum buffer at the gradient (fresh)
+    state=(Slot("momentum_buffer", "momentum_buffer_list", used="momentum", fresh=True),),
+    doc="""Fused SGD step over lists (see :class:`fusedoptim.SGD` for the rule).
+
+    As in torch.optim.sgd, when momentum != 0 ``momentum_buffer_list`` holds an array or None
+    per param, and a None entry of a param with a grad is created here (torch's form starts it
+    at the gradient, the "ema" form at 0) and stored in the list. It is not used when
+    momentum == 0. SGD does not use step counts: ``state_steps`` is optional, and its entries
+    are incremented when given.""")
+
+#: Validate SGD hyperparameters (SGDHyper's fields, in order); return them canonical.
+check_sgd = SGD_SPEC.check
 
 
 class SGD(Optimizer):
@@ -126,10 +143,8 @@ class SGD(Optimizer):
     State per param: ``momentum_buffer`` (only when momentum != 0) and ``step``.
     """
 
-    _kernel = "sgd"
-    _slots = ("momentum_buffer",)
-    _hyper_keys = _FIELDS
-    _fresh_state_scalars = True     # torch starts a new momentum buffer at the gradient
+
+    spec = SGD_SPEC
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
@@ -139,15 +154,3 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, momentum_style=momentum_style),
                          skip_nonfinite=skip_nonfinite)
-
-    def _check_hyper(self, key: tuple[Any, ...]) -> SGDHyper:
-        return check_sgd(*key)
-
-    def _slots_in_use(self, hyper: SGDHyper) -> tuple[str, ...]:
-        return self._slots if hyper[1] != 0.0 else ()
-
-    def _scalars(self, step: int, hyper: SGDHyper, fresh: bool = False) -> tuple[float, ...]:
-        return sgd_scalars(step, *hyper, fresh=fresh)
-
-    def _functional_kwargs(self, hyper: SGDHyper) -> dict[str, Any]:
-        return dict(zip(_FIELDS, hyper))

@@ -1,0 +1,133 @@
+"""Backends: what runs one param group's step once the step loop has everything ready.
+
+The step loop (:meth:`fusedoptim.Optimizer.step`) validates, binds the grads into the
+group's plan, creates missing state, then hands the group to ``opt._backend.apply``:
+
+* :class:`FusedBackend` (every optimizer class): fills the plan's scalars from the spec's
+  scalars function (once per distinct step count) and runs the kernel(s) through
+  ``opt._run``, in one GIL-free call.
+* :class:`ReferenceBackend` (the twins in :mod:`fusedoptim.reference`): steps the same
+  params and state through the optimizer's NumPy reference function, one tensor at a time.
+
+A backend also says what the step loop may assume about it: ``flat_plans`` (a group whose
+params tile one buffer may step as one flat tensor) and ``gate_in_pass`` (the
+``skip_nonfinite`` check may run inside the group's first kernel pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, cast
+
+if TYPE_CHECKING:
+    from . import _kernels
+    from ._typing import FloatArray, ParamState
+    from .optimizer import Optimizer, _GroupCache
+
+
+class Backend:
+    """Runs a group's step: ``apply(opt, gi, plan, cache, grads, fresh, inv_scale)``.
+
+    ``plan`` is group `gi`'s plan with the grads bound; ``cache`` holds the validated
+    hyperparameters (``cache.hyper``, and ``cache.args``, the scalars function's);
+    ``fresh`` maps a tensor of the plan to the state buffers created for it this step;
+    ``inv_scale`` is 1/grad_scale or None. The step counts advance here."""
+
+    #: a group whose params tile one buffer may step as one flat tensor
+    flat_plans: ClassVar[bool] = True
+    #: every step runs through the plan's passes, so skip_nonfinite may check in the first
+    gate_in_pass: ClassVar[bool] = True
+
+    def apply(self, opt: Optimizer, gi: int, plan: _kernels.Plan, cache: _GroupCache,
+              grads: list[FloatArray | None], fresh: dict[int, tuple[str, ...]] | None,
+              inv_scale: float | None) -> None:
+        raise NotImplementedError
+
+
+class FusedBackend(Backend):
+    """The compiled kernels: scalars per distinct step count, then ``opt._run(plan, hyper)``."""
+
+    def apply(self, opt: Optimizer, gi: int, plan: _kernels.Plan, cache: _GroupCache,
+              grads: list[FloatArray | None], fresh: dict[int, tuple[str, ...]] | None,
+              inv_scale: float | None) -> None:
+        spec = opt.spec
+        scalars = spec.scalars
+        args = cache.args
+        step = plan.advance()
+        if step != 0 and spec.scalar_state:
+            # One hp row and next scalar state per distinct (step, scalar state); usually one.
+            for k, (s, *current) in enumerate(plan.group_active()):
+                row, new_state = scalars(s, *current, *args)
+                plan.set_group(k, row, tuple(new_state))
+        elif step > 0:
+            plan.set_scalars(scalars(step, *args))
+        elif step == -1:
+            for s in plan.distinct_active_steps():
+                plan.set_scalars(scalars(s, *args), s)
+        else:
+            return  # no param of this group has a grad
+        if fresh and spec.fresh:
+            for t in fresh:
+                s = int(plan.steps_array[t])
+                plan.set_scalars(scalars(s, *args, fresh=True), s, t)
+        if inv_scale is not None:
+            # Every active row was just rewritten, so this scales each sign exactly once.
+            plan.hp_array[:, 0] *= inv_scale
+        opt._run(plan, cache.hyper)
+
+
+class ReferenceBackend(Backend):
+    """The NumPy reference function `fn` (the functional signature), one tensor at a time,
+    on the optimizer's own params and state: the tests' oracle for the fused step."""
+
+    # one tensor at a time, even when the params tile one buffer
+    flat_plans = False
+    # the step runs in NumPy: skip_nonfinite checks before it
+    gate_in_pass = False
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def apply(self, opt: Optimizer, gi: int, plan: _kernels.Plan, cache: _GroupCache,
+              grads: list[FloatArray | None], fresh: dict[int, tuple[str, ...]] | None,
+              inv_scale: float | None) -> None:
+        active = [t for t, g in enumerate(grads) if g is not None]
+        if not active:
+            return
+        if inv_scale is not None:
+            # The fused kernels fold 1/grad_scale into the grad's multiplier: (1/s in the
+            # dtype) * g, negated under maximize. Negation is exact, so unscaling here first
+            # and letting the function negate gives the same bits.
+            grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
+        spec = opt.spec
+        start = opt._group_slices[gi].start
+        params = opt.param_groups[gi]["params"]
+        # Every param that steps has state by now (ensure_state).
+        states = cast("list[ParamState]", [opt._state[start + t] for t in active])
+        # For a fresh slot the function gets None for a buffer created this step and
+        # creates it itself, as torch's functional API does.
+        new = (fresh or {}) if spec.fresh else {}
+        buffers = [[None if slot in new.get(t, ()) else st.get(slot)
+                    for t, st in zip(active, states)] for slot in opt._slots]
+        # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
+        scalars = [[float(plan.sstate_array[t, j]) for t in active]
+                   for j in range(len(opt._scalar_state))]
+        steps = [int(plan.steps_array[t]) for t in active]
+        # A variant (AdamW) steps through its base's function with every kernel field, so
+        # the twin follows the group's values as the fused step does.
+        base = spec.base if spec.base is not None else spec
+        self.fn([params[t] for t in active], [grads[t] for t in active],
+                *buffers, *scalars, steps, **base.functional_kwargs(cache.hyper))
+        for t, s in zip(active, steps):
+            plan.steps_array[t] = s
+        for j, values in enumerate(scalars):
+            for t, x in zip(active, values):
+                plan.sstate_array[t, j] = x
+        for slot, lst in zip(opt._slots, buffers):
+            for t, st, buf in zip(active, states, lst):
+                if slot in new.get(t, ()):
+                    st[slot][...] = buf     # keep the array the plan points at
+
+
+#: the backend of every optimizer class
+FUSED = FusedBackend()

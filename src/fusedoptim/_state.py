@@ -1,0 +1,230 @@
+"""State: each param's optimizer state, the plan tables that mirror it, and checkpoints.
+
+``opt._state[i]`` is param i's state dict (None before its first step): its buffers (views
+of the group's buffers, see :class:`fusedoptim._layout.GroupLayout`), its ``step`` and its
+scalar state. While a plan runs, the step counts and scalar state live in the plan (C-level
+arrays, advanced by the kernel driver); :func:`sync_steps` copies them back into the dicts
+before anything reads or rebuilds them. State is created lazily, at a param's first step,
+and only on a step that is not skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _kernels
+from . import _validation as _v
+from ._validation import label
+
+if TYPE_CHECKING:
+    from ._layout import GroupLayout
+    from ._typing import FloatArray, OptimizerStateDict, ParamGroup, ParamState
+    from .optimizer import Optimizer, _GroupCache
+
+
+def sync_steps(opt: Optimizer, gi: int) -> None:
+    """Copy group `gi`'s plan step counts and scalar state into the state dicts (before a
+    rebuild or a save)."""
+    plan = opt._caches[gi].plan
+    if plan is None:
+        return
+    names = opt._scalar_state
+    one = opt._layouts[gi].use_flat            # the flat plan's one row is every param's
+    for t, i in enumerate(opt._group_slices[gi]):
+        st = opt._state[i]
+        if st is not None:
+            r = 0 if one else t
+            st["step"] = int(plan.steps_array[r])
+            for j, k in enumerate(names):
+                st[k] = float(plan.sstate_array[r, j])
+
+
+def build_plan(opt: Optimizer, gi: int, cache: _GroupCache) -> _kernels.Plan:
+    """Group `gi`'s plan: pointer tables over its params and state, its step counts and
+    scalar state (kept in cache.plan until state is created or replaced)."""
+    sl = opt._group_slices[gi]
+    layout = opt._layouts[gi]
+    slots = opt._slots
+    adopt_state(opt, gi, layout)
+    entries = [opt._state[i] for i in sl]
+    params = opt.param_groups[gi]["params"]
+    labels = [label("grads", i, opt._names[i]) for i in sl]
+    if layout.use_flat:
+        # One tensor. The params are in lockstep (checked by route_flat), so the first
+        # one's entry, pointed at the group's buffers, stands for them all.
+        first = entries[0]
+        entries = [None if first is None else
+                   {**first, **{s: layout.buffers[s] for s in slots if s in first}}]
+        params = [layout.flat_param]
+        labels = [f"grads of param group {gi} (bound as one flat buffer)"]
+    state = [None if st is None else [st.get(s) for s in slots] for st in entries]
+    steps = [0 if st is None else st["step"] for st in entries]
+    if cache.slots_in_use is None:
+        cache.slots_in_use = cache.wanted      # validated when the group was added
+    required = [slots.index(s) for s in cache.slots_in_use]
+    names = opt._scalar_state
+    scalar_state: list[list[float]] | None = None
+    if names:
+        scalar_state = [[0.0] * len(names) if st is None else [st[k] for k in names]
+                        for st in entries]
+    cache.plan = _kernels.Plan(params, state, len(slots), len(_kernels.SCALARS[opt._kernel]),
+                               labels, steps, scalar_state, required)
+    return cache.plan
+
+
+def adopt_state(opt: Optimizer, gi: int, layout: GroupLayout) -> None:
+    """Copy every state buffer that is not yet a view of the group's buffers (one loaded
+    by load_state_dict) into its place there. O(n) Python, only when a plan is built."""
+    for t, i in enumerate(opt._group_slices[gi]):
+        st = opt._state[i]
+        if st is None:
+            continue
+        for s in opt._slots:
+            buf = st.get(s)
+            if buf is not None:
+                view = layout.slot_views(s)[t]
+                if buf is not view:
+                    view[...] = buf
+                    st[s] = view
+
+
+def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatArray | None]
+                 ) -> tuple[_kernels.Plan, dict[int, tuple[str, ...]]]:
+    """Create state for params stepping for the first time (or a slot they lack, e.g.
+    amsgrad switched on, or one missing from a checkpoint), filled with its initial value
+    (the spec's ``init``, zero by default), then rebuild the group's plan. Returns the plan
+    and {tensor index in the group: names of the buffers created}."""
+    sync_steps(opt, gi)
+    slots = cache.slots_in_use
+    hyper = cache.hyper
+    assert slots is not None                # step() set them
+    initial = opt.spec.initial
+    layout = opt._layouts[gi]
+    one = layout.use_flat                       # grads is [flat grad]: every param steps
+    fresh = {}
+    for t, i in enumerate(opt._group_slices[gi]):
+        if not one and grads[t] is None:
+            continue
+        st = opt._state[i]
+        if st is None:
+            st = opt._state[i] = {"step": 0}
+            for k in opt._scalar_state:
+                st[k] = initial(k, hyper)
+        new = tuple(s for s in slots if s not in st)
+        for s in new:
+            st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
+            st[s].fill(initial(s, hyper))
+        if new:
+            fresh[t] = new
+    if one and fresh:
+        fresh = {0: fresh[0]}   # in lockstep, every param got the same new buffers
+    plan = build_plan(opt, gi, cache)
+    plan.bind(grads)
+    return plan, fresh
+
+
+# -- what the user sees -------------------------------------------------------------------------
+
+def state_view(opt: Optimizer) -> dict[int, ParamState]:
+    """``opt.state``: flat param index -> its state dict, for the params that have stepped."""
+    for gi in range(len(opt.param_groups)):
+        sync_steps(opt, gi)
+    return {i: st for i, st in enumerate(opt._state) if st is not None}
+
+
+def state_dict(opt: Optimizer) -> OptimizerStateDict:
+    state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+             for i, st in state_view(opt).items()}
+    groups = []
+    for gi, g in enumerate(opt.param_groups):
+        entry = {k: v for k, v in g.items() if k != "params"}
+        sl = opt._group_slices[gi]
+        entry["params"] = list(sl)
+        if any(opt._names[i] is not None for i in sl):
+            entry["param_names"] = [opt._names[i] for i in sl]
+        groups.append(entry)
+    return {"state": state, "param_groups": groups}
+
+
+def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
+    """Check everything in `state_dict`, then replace the optimizer's hyperparameters and
+    state at once (see Optimizer.load_state_dict)."""
+    from .optimizer import _GroupCache     # (optimizer.py imports this module)
+    if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
+        raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
+                        "returned by Optimizer.state_dict()")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} param groups, this "
+                         f"optimizer has {len(opt.param_groups)}")
+    new_groups: list[ParamGroup] = []
+    new_state: list[ParamState | None] = [None] * len(opt._state)
+    for gi, (sg, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        sl = opt._group_slices[gi]
+        if list(sg.get("params", [])) != list(sl):
+            raise ValueError(f"state_dict param_groups[{gi}]['params'] is "
+                             f"{sg.get('params')!r}, expected {list(sl)}: the checkpoint "
+                             f"was saved from a different param layout")
+        merged = dict(g)
+        merged.update({k: v for k, v in sg.items() if k not in ("params", "param_names")})
+        opt._validate_group(merged, _GroupCache())
+        new_groups.append(merged)
+    slots = set(opt._slots)
+    scalar_names = opt._scalar_state
+    for i, st in state_dict["state"].items():
+        if not isinstance(i, int) or not 0 <= i < len(opt._state):
+            raise ValueError(f"state_dict['state'] has key {i!r}; expected param indices "
+                             f"0..{len(opt._state) - 1}")
+        gi = next(k for k, sl in enumerate(opt._group_slices) if i in sl)
+        p = opt.param_groups[gi]["params"][i - opt._group_slices[gi].start]
+        new_state[i] = _load_entry(opt, i, st, p, slots, scalar_names)
+    # Checked: now replace everything at once.
+    for g, merged in zip(opt.param_groups, new_groups):
+        g.update({k: v for k, v in merged.items() if k != "params"})
+    opt._state = new_state
+    opt._caches = [_GroupCache() for _ in opt.param_groups]
+    for layout in opt._layouts:
+        layout.reset_state()
+    for g, c in zip(opt.param_groups, opt._caches):
+        opt._validate_group(g, c)
+
+
+def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
+                slots: set[str], scalar_names: tuple[str, ...]) -> ParamState:
+    """Param i's checked state from a checkpoint's entry `st` (buffers copied)."""
+    step = st.get("step", 0)
+    if isinstance(step, np.ndarray) and step.size == 1:
+        step = step.item()
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state_dict['state'][{i}]['step'] must be an integer >= 0, "
+                         f"got {step!r}")
+    entry: ParamState = {"step": int(step)}
+    for k, v in st.items():
+        if k == "step":
+            continue
+        if k in scalar_names:
+            entry[k] = _v.scalar_state(v, f"state_dict['state'][{i}][{k!r}]")
+            continue
+        if k not in slots:
+            raise ValueError(f"state_dict['state'][{i}] has unknown buffer {k!r}; "
+                             f"{type(opt).__name__} keeps "
+                             f"{sorted(slots | set(scalar_names))}")
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"state_dict['state'][{i}][{k!r}] must be an ndarray, "
+                            f"got {type(v).__name__}")
+        if v.shape != p.shape or v.dtype != p.dtype:
+            raise ValueError(f"state_dict['state'][{i}][{k!r}] has shape {v.shape} "
+                             f"and dtype {v.dtype}; its param has shape {p.shape} "
+                             f"and dtype {p.dtype}")
+        entry[k] = np.array(v, dtype=p.dtype, order="C", copy=True)
+    absent = [k for k in scalar_names if k not in entry]
+    if absent:
+        raise ValueError(f"state_dict['state'][{i}] lacks {absent}; "
+                         f"{type(opt).__name__} keeps {list(scalar_names)} for every "
+                         f"param that has stepped")
+    return entry
