@@ -247,6 +247,28 @@ CASES += [
 ]
 
 
+# -- SignSGD / Signum (no torch class) -------------------------------------------------------
+
+def _signsgd_sample(rng):
+    momentum = _maybe(rng, rng.uniform(0.5, 0.99))
+    dampening = 0.0 if momentum == 0 else float(rng.choice([0.0, momentum,
+                                                             rng.uniform(0.0, 1.0)]))
+    return dict(lr=_loguniform(rng, -4, -1), momentum=momentum, dampening=dampening,
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)), maximize=_flag(rng))
+
+
+_SIGNSGD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(momentum=-0.1), "momentum"), (dict(momentum=1.0), "momentum"),
+    (dict(momentum=_NAN), "momentum"),
+    (dict(dampening=1.5), "dampening"), (dict(dampening=-0.1), "dampening"),
+]
+
+CASES += [
+    Case("SignSGD", fo.SignSGD, fo.reference.SignSGD, _signsgd_sample, None,
+         bad=_SIGNSGD_BAD),
+]
+
+
 # -- LAMB, LARS ---------------------------------------------------------------------------------
 
 def _lamb_sample(rng):

@@ -10,11 +10,12 @@ from fusedoptim import _kernels
 
 # State buffers each moded kernel reads (buffers 2 ..).
 NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, "sgd": 1,
-          "adagrad": 1, "rmsprop": 3, "adadelta": 2, "lamb": 2, "lars": 1, "lamb_moments": 2}
+          "adagrad": 1, "rmsprop": 3, "adadelta": 2, "lamb": 2, "lars": 1, "lamb_moments": 2,
+          "signsgd": 1}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():
-    assert set(_kernels.MODES) == set(NSTATE)
+    assert set(_kernels.MODES) == set(NSTATE), "give a new moded kernel its NSTATE entry"
     for name, modes in _kernels.MODES.items():
         assert "mode" in _kernels.SCALARS[name]
         assert modes and all(0 <= m < 64 for m in modes)
@@ -31,7 +32,8 @@ def test_one_scalars_declaration_gives_the_tuple_every_user_registers():
              "LION": ["lion"], "RPROP": ["rprop"], "ASGD": ["asgd"], "SGD": ["sgd"],
              "ADAGRAD": ["adagrad"], "RMSPROP": ["rmsprop"], "ADADELTA": ["adadelta"],
              "LAMB": ["lamb", "lamb_moments"], "LARS": ["lars", "lars_norms"],
-             "SUMPOW": ["sumpow"], "SCALE": ["scale"], "CLAMP": ["clamp"]}
+             "SUMPOW": ["sumpow"], "SCALE": ["scale"], "CLAMP": ["clamp"],
+             "SIGNSGD": ["signsgd"]}
     for family, kernels in users.items():
         names = getattr(_kernels, family + "_SCALARS")
         assert names[0] == "sign" or family in ("SUMPOW", "SCALE", "CLAMP")

@@ -86,6 +86,7 @@ BENCH_CASES = [
     BenchCase("NAdam", "NAdam", dict(lr=2e-3), 3, "NAdam", dict(lr=2e-3)),
     BenchCase("RAdam", "RAdam", dict(lr=1e-3), 3, "RAdam", dict(lr=1e-3)),
     BenchCase("Lion", "Lion", dict(lr=1e-4, weight_decay=0.1), 2),
+    BenchCase("SignSGD(mom)", "SignSGD", dict(lr=1e-4, momentum=0.9, dampening=0.9), 2),
     BenchCase("Rprop", "Rprop", dict(lr=1e-2), 3, "Rprop", dict(lr=1e-2)),
     # t0=0: the averaging branch (ax read and written) from the third step on.
     BenchCase("ASGD", "ASGD", dict(lr=1e-2, t0=0.0), 2, "ASGD", dict(lr=1e-2, t0=0.0)),

@@ -36,6 +36,7 @@ from .optim.adadelta import check_adadelta
 from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
+from .optim.signsgd import check_signsgd
 from .optim.lamb import check_lamb
 from .optim.lars import check_lars
 from . import _validation as _v
@@ -274,6 +275,30 @@ def sgd(params: Arrays, grads: BufferList,
             v[...] = momentum * v + (1.0 - momentum) * g
             d = (1.0 - momentum) * g + momentum * v if nesterov else v
         p[...] = p - lr * d
+
+
+def signsgd(params: Arrays, grads: BufferList,
+            # an array, or None (created here), per param; NDArray[Any] as list is invariant
+            momentum_buffer_list: list[NDArray[Any]] | list[NDArray[Any] | None] | None,
+            state_steps: StepList, *, lr: float, momentum: float = 0.0,
+            dampening: float = 0.0, weight_decay: float = 0.0,
+            maximize: bool = False) -> None:
+    check_signsgd(lr, momentum, dampening, weight_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        state_steps[i] += 1
+        g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
+        if momentum != 0:
+            assert momentum_buffer_list is not None     # momentum needs them
+            buf = momentum_buffer_list[i]
+            if buf is None:
+                buf = momentum_buffer_list[i] = np.array(g, dtype=p.dtype)   # starts at g
+            else:
+                buf[...] = momentum * buf + (1.0 - dampening) * g
+            g = buf
+        p[...] = p - lr * np.sign(g)
 
 
 def adagrad(params: Arrays, grads: BufferList, state_sums: Arrays, state_steps: StepList, *,

@@ -20,10 +20,11 @@ from .radam import RAdam as RAdam
 from .rmsprop import RMSprop as RMSprop
 from .rprop import Rprop as Rprop
 from .sgd import SGD as SGD
+from .signsgd import SignSGD as SignSGD
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "LAMB", "LARS"]
+           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
