@@ -9,8 +9,11 @@ __version__ = "0.1.0"
 try:
     from . import _kernels
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only in an unbuilt source tree
-    # Any other ImportError (FUSEDOPTIM_ISA naming a level this CPU cannot run) says
-    # what is wrong itself and propagates unchanged.
+    # Only a missing compiled module of ours means "not built". Any other ImportError
+    # (numpy missing, FUSEDOPTIM_ISA naming a level this CPU cannot run) says what is wrong
+    # itself and propagates unchanged.
+    if not (exc.name or "").startswith("fusedoptim."):
+        raise
     raise ImportError(
         "fusedoptim's compiled kernels (fusedoptim._kernels) are not built. Install the "
         "package with `pip install .` (or build in place with `python setup.py build_ext "
