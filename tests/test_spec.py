@@ -351,3 +351,25 @@ def test_validator_partials_and_pairs_label_the_messages():
     with pytest.raises(ValueError, match=r"step_sizes must be \(min, max\) with min <= max, "
                                          r"got \(1, 0.5\)"):
         spec.check_group(([1, 0.5], (0.5, 1.2), False, 0.01))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_ids)
+def test_the_functional_entries_fast_check_is_check(spec, rng):
+    """check_kernel_fields (positional, what the generated entries call) gives exactly
+    check()'s result, and refuses what check() refuses with the same message."""
+    case = CASE_OF[spec.cls]
+    for _ in range(5):
+        opt = spec.cls([np.zeros(3, np.float32)], **case.sample(rng))
+        hyper = spec.check_group([opt.param_groups[0][k] for k in spec.group_keys])
+        values = tuple(hyper)[:len(spec.kernel_fields)]
+        fast = spec.check_kernel_fields(values)
+        # class-only fields (Adagrad's initial_accumulator_value, Rprop's lr) take their
+        # defaults in both: the functional entries do not have them
+        assert fast == spec.check(*values) and tuple(fast)[:len(values)] == values
+    values = list(tuple(hyper)[:len(spec.kernel_fields)])
+    values[0] = "bad"                   # no validator takes a string for a first field
+    with pytest.raises((TypeError, ValueError)) as fast:
+        spec.check_kernel_fields(tuple(values))
+    with pytest.raises((TypeError, ValueError)) as slow:
+        spec.check(*values)
+    assert str(fast.value) == str(slow.value) and type(fast.value) is type(slow.value)

