@@ -243,6 +243,20 @@ def asgd(params: Arrays, grads: BufferList, axs: Arrays, mus: list[float], etas:
         mus[i] = 1.0 / max(1.0, t - t0)
 
 
+def _torch_momentum(buffers: list[NDArray[Any]] | list[NDArray[Any] | None], i: int,
+                    p: FloatArray, g: FloatArray, momentum: float,
+                    dampening: float) -> FloatArray:
+    """torch's momentum buffer for param i: it starts at g (a new array stored in the list),
+    then b = momentum * b + (1 - dampening) * g in place. Returns it."""
+    buf = buffers[i]
+    if buf is None:
+        new: FloatArray = np.array(g, dtype=p.dtype)
+        buffers[i] = new
+        return new
+    buf[...] = momentum * buf + (1.0 - dampening) * g
+    return buf
+
+
 def sgd(params: Arrays, grads: BufferList,
         # an array, or None (created here), per param; NDArray[Any] as list is invariant
         momentum_buffer_list: list[NDArray[Any]] | list[NDArray[Any] | None] | None,
@@ -260,11 +274,7 @@ def sgd(params: Arrays, grads: BufferList,
         d = g
         if momentum != 0 and momentum_style == "torch":
             assert momentum_buffer_list is not None     # momentum needs them
-            buf = momentum_buffer_list[i]
-            if buf is None:
-                buf = momentum_buffer_list[i] = np.array(g, dtype=p.dtype)   # starts at g
-            else:
-                buf[...] = momentum * buf + (1.0 - dampening) * g
+            buf = _torch_momentum(momentum_buffer_list, i, p, g, momentum, dampening)
             d = g + momentum * buf if nesterov else buf
         if momentum != 0 and momentum_style == "ema":
             assert momentum_buffer_list is not None     # momentum needs them
@@ -292,12 +302,7 @@ def signsgd(params: Arrays, grads: BufferList,
         g, _ = _signed_decayed(p, g, lr, weight_decay, False, maximize)
         if momentum != 0:
             assert momentum_buffer_list is not None     # momentum needs them
-            buf = momentum_buffer_list[i]
-            if buf is None:
-                buf = momentum_buffer_list[i] = np.array(g, dtype=p.dtype)   # starts at g
-            else:
-                buf[...] = momentum * buf + (1.0 - dampening) * g
-            g = buf
+            g = _torch_momentum(momentum_buffer_list, i, p, g, momentum, dampening)
         p[...] = p - lr * np.sign(g)
 
 
