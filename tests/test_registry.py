@@ -54,3 +54,20 @@ def test_unknown_names_and_ids():
         plan.run(10_000)
     with pytest.raises(ValueError, match="unknown reduce kernel id"):
         plan.reduce(10_000)
+
+
+def test_a_second_isa_levels_kernels_cannot_register_over_the_first():
+    """Only one level's kernel module may fill the registry; a second one is refused loudly
+    (in a fresh interpreter: this process keeps its registry)."""
+    import subprocess
+    import sys
+    others = [lv for lv in _kernels.supported_levels() if lv != _kernels.ISA]
+    if not others:
+        pytest.skip(f"this CPU and build run only {_kernels.ISA}: no second level to import")
+    code = (f"import fusedoptim\n"
+            f"try:\n    import fusedoptim._kernels_{others[0]}\n"
+            f"except RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "registered twice for params float32, grads float32, state float32" in out.stdout

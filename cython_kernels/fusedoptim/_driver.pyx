@@ -180,9 +180,7 @@ cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel k
         raise RuntimeError(f"fusedoptim: kernel {name!r} registered with scalars {scalars}, "
                            f"before with {SCALARS[name]}")
     if _chunk_table[kid][param][grad][state] != NULL:
-        raise RuntimeError(f"fusedoptim: kernel {name!r} registered twice for "
-                           f"{_storage_text(param, grad, state)} (two ISA levels' kernel "
-                           f"modules imported into one process?)")
+        raise _registered_twice("kernel", name, param, grad, state)
     _chunk_table[kid][param][grad][state] = kern
     return 0
 
@@ -211,9 +209,7 @@ cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel
         raise RuntimeError(f"fusedoptim: reduce kernel {name!r} registered twice with "
                            f"different scalars or outputs")
     if _reduce_table[rid][param][grad][state] != NULL:
-        raise RuntimeError(f"fusedoptim: reduce kernel {name!r} registered twice for "
-                           f"{_storage_text(param, grad, state)} (two ISA levels' kernel "
-                           f"modules imported into one process?)")
+        raise _registered_twice("reduce kernel", name, param, grad, state)
     _reduce_table[rid][param][grad][state] = kern
     return 0
 
@@ -241,6 +237,12 @@ cdef int register_modes(str name, bint reduce, int column, tuple modes) except -
         _chunk_modes[<int>kid] = mask
         _chunk_mode_col[<int>kid] = column
     return 0
+
+
+cdef object _registered_twice(str kind, str name, int param, int grad, int state):
+    return RuntimeError(f"fusedoptim: {kind} {name!r} registered twice for "
+                        f"{_storage_text(param, grad, state)} (two ISA levels' kernel modules "
+                        f"imported into one process?)")
 
 
 cdef str _storage_text(int param, int grad, int state):
