@@ -57,8 +57,10 @@ BASE_FLAGS = {"unix": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-con
 # loads them only when the CPU has every feature the level's flags allow the compiler to use.
 ISA_LEVELS = [
     ("baseline", {"unix": [], "msvc": []}),
-    ("avx2", {"unix": ["-mavx2"], "msvc": ["/arch:AVX2"]}),
+    # -mf16c: float16 params, grads and state convert with vcvtph2ps/vcvtps2ph (codecs.h).
+    ("avx2", {"unix": ["-mavx2", "-mf16c"], "msvc": ["/arch:AVX2"]}),
     ("avx512", {"unix": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2",
+                         "-mf16c",
                          "-mprefer-vector-width=512"],
                 "msvc": ["/arch:AVX512"]}),
 ]

@@ -35,22 +35,50 @@ import os
 
 from Cython.Tempita import Template
 
-# -- storages and their codecs (codecs.h) --------------------------------------------------------
-# storage -> (driver storage id, C element type, compute type, identity codec?)
-# An identity storage is handed to the body as a plain pointer: the compiler sees p[i].
-# A non-identity storage (bf16, f16, int8/int4 blocks: issue 11) needs the tile path: decode a
-# block into a compute-type array on the stack (fo_<st>_decode), run the same body on it,
-# encode it back (fo_<st>_encode). Blocks never span two work units (_driver._cut_units).
+# -- storages and their codecs (codecs.h, quant.h) ----------------------------------------------
+# storage -> (driver storage id, C element type, how the glue reaches it)
+#   direct   the body gets a plain pointer into the buffer (float32, float64)
+#   half     decoded into a float tile per FO_TILE elements, encoded back (bfloat16, float16)
+#   master   (param only) a half-precision param with a float32 master copy in column
+#            MASTER_COL: the body updates the master in place; the glue then writes the
+#            rounded param from it
 STORAGES = {
-    "f32": ("ST_F32", "float", "float", True),
-    "f64": ("ST_F64", "double", "double", True),
+    "f32": ("ST_F32", "float", "direct"),
+    "f64": ("ST_F64", "double", "direct"),
+    "bf16": ("ST_BF16", "uint16_t", "half"),
+    "f16": ("ST_F16", "uint16_t", "half"),
+    "bf16m": ("ST_BF16M", "uint16_t", "master"),
+    "f16m": ("ST_F16M", "uint16_t", "master"),
 }
+# The codec of each half storage (a master storage rounds its master to the same one).
+HALF_CODEC = {"bf16": "bf16", "f16": "f16", "bf16m": "bf16", "f16m": "f16"}
+# Extra buffer columns, after a kernel's own (at most MAX_BUFFERS of them): the float32
+# master param (master storages). The driver's plan lays its columns out the same way.
+MAX_BUFFERS = 6
+MASTER_COL = 6
 
 # -- THE WHITELIST: which (param, grad, state) storage combinations each kernel is built and
 # registered for. Register only what the Python layer can request, and test every row.
-DEFAULT_VARIANTS = (("f32", "f32", "f32"), ("f64", "f64", "f64"))
+#   float   float32 and float64, nothing mixed
+#   grad    the gradient utilities: also bfloat16 and float16 arrays (a gate or a clip over
+#           half-precision grads reads them as they are)
+#   opt     an optimizer step (issue 11): float32 params with float32/bfloat16/float16 grads,
+#           half params (bfloat16, float16) with grads of their own dtype, half params with
+#           float32 master weights and any of the three grads; state float32 or bfloat16
+#           (or the half params' own dtype)
+FLOAT_ROWS = (("f32", "f32", "f32"), ("f64", "f64", "f64"))
+ROW_SETS = {
+    "float": FLOAT_ROWS,
+    "grad": FLOAT_ROWS + (("bf16", "bf16", "bf16"), ("f16", "f16", "f16")),
+    "opt": FLOAT_ROWS + tuple(
+        [("f32", g, st) for g in ("f32", "bf16", "f16") for st in ("f32", "bf16")
+         if (g, st) != ("f32", "f32")]
+        + [(p, p, st) for p in ("bf16", "f16") for st in (p, "f32")]
+        + [(p, g, st) for p in ("bf16m", "f16m") for g in ("f32", "bf16", "f16")
+           for st in ("f32", "bf16")]),
+}
 VARIANTS = {
-    # kernel name -> its rows, where they differ from DEFAULT_VARIANTS
+    # kernel name -> its rows, where they differ from its row set
     "_thread_id_f32_only": (("f32", "f32", "f32"),),
 }
 
@@ -96,15 +124,16 @@ class Generator:
         return "\n".join(lines)
 
     # -- {{chunk(...)}} / {{reduce(...)}} --------------------------------------------------------
-    def chunk(self, name, body, buffers, scalars=None, flags="", modes=None):
-        return self._kernel("chunk", name, body, buffers, scalars, flags, modes, None)
+    def chunk(self, name, body, buffers, scalars=None, flags="", modes=None, rows="float"):
+        return self._kernel("chunk", name, body, buffers, scalars, flags, modes, None, rows)
 
-    def reduce(self, name, body, buffers, scalars=None, flags="", modes=None, outputs=()):
+    def reduce(self, name, body, buffers, scalars=None, flags="", modes=None, outputs=(),
+               rows="float"):
         if not outputs:
             raise GenError(f"reduce kernel {name!r} needs outputs")
-        return self._kernel("reduce", name, body, buffers, scalars, flags, modes, outputs)
+        return self._kernel("reduce", name, body, buffers, scalars, flags, modes, outputs, rows)
 
-    def _kernel(self, kind, name, body, buffers, scalars, flags, modes, outputs):
+    def _kernel(self, kind, name, body, buffers, scalars, flags, modes, outputs, rows):
         if name in self.kernels:
             raise GenError(f"kernel {name!r} declared twice")
         self.kernels.add(name)
@@ -112,11 +141,15 @@ class Generator:
         for r in roles:
             if r not in ROLES + ("-",):
                 raise GenError(f"{name}: buffer role {r!r} is not one of {ROLES} or '-'")
+        if len(roles) > MAX_BUFFERS:
+            raise GenError(f"{name}: more than {MAX_BUFFERS} buffers")
         used = [(i, r) for i, r in enumerate(roles) if r != "-"]
         flags = flags.split()
         names = self.scalar_sets.get(scalars) if scalars else None
         if scalars and names is None:
             raise GenError(f"{name}: scalars {scalars!r} not declared (declare them first)")
+        if rows not in ROW_SETS:
+            raise GenError(f"{name}: rows={rows!r} is not one of {sorted(ROW_SETS)}")
         is_reduce = kind == "reduce"
         ret = "int" if is_reduce else "void"
         out = []
@@ -128,6 +161,12 @@ class Generator:
         if is_reduce:
             call_args.append("out")
         call = f"{body}({', '.join(call_args)}"
+        sig = [f"{'const ' if r == 'grad' else ''}floating* b{i}" for i, r in used]
+        sig += ["Py_ssize_t n"]
+        if names is not None:
+            sig.append(f"const {scalars}_scalars* s")
+        if is_reduce:
+            sig.append("double* out")
 
         if modes is not None:
             # The mode ladder, over the compute type: one literal flag combination per mode, so
@@ -142,10 +181,6 @@ class Generator:
                     raise GenError(f"{name}: mode {m!r} is not a combination of flags {flags}")
             if used[0][1] != "param" and not is_reduce:
                 raise GenError(f"{name}: a moded chunk kernel's first buffer must be the param")
-            sig = [f"{'const ' if r == 'grad' else ''}floating* b{i}" for i, r in used]
-            sig += ["Py_ssize_t n", f"const {scalars}_scalars* s"]
-            if is_reduce:
-                sig.append("double* out")
             disp = f"_{name.lstrip('_')}_modes"
             out.append(f"cdef inline {ret} {disp}({', '.join(sig)}) noexcept nogil:")
             out.append(f"    # Generated from modes={modes}, flags={tuple(flags)} (mode bit k sets "
@@ -156,8 +191,6 @@ class Generator:
                 out.append(f"    {'if' if k == 0 else 'elif'} mode == {m}:")
                 fl = f", {_bools(bits)}" if flags else ""
                 out.append(f"        {'return ' if is_reduce else ''}{call}{fl})")
-                if not is_reduce:
-                    pass
             out.append("    else:")
             out.append("        # Unreachable through Plan.run/reduce, which refuse a mode not "
                        "registered below.")
@@ -171,44 +204,30 @@ class Generator:
         elif flags:
             raise GenError(f"{name}: flags without modes")
         call += ")"
+        head = call.split("(", 1)[0]
 
-        # One entry point per whitelisted storage row.
-        rows = VARIANTS.get(name, DEFAULT_VARIANTS)
-        regs = []
-        for row in rows:
+        row_list = VARIANTS.get(name, ROW_SETS[rows])
+        for row in row_list:
             if len(row) != 3 or any(st not in STORAGES for st in row):
                 raise GenError(f"{name}: variant {row!r} names an unknown storage")
-            storage_of = dict(zip(ROLES, row))
-            computes = {STORAGES[st][2] for st in row}
-            compute = "double" if "double" in computes else "float"
-            for i, r in used:
-                st = storage_of[r]
-                if not STORAGES[st][3] or STORAGES[st][1] != compute:
-                    raise GenError(f"{name}: variant {row!r} needs the tile path (decode into "
-                                   f"{compute} tiles, run the body, encode back): not "
-                                   f"generated yet (issue 11)")
+        tiled = [row for row in row_list if not self._direct(row, used)]
+        if tiled:
+            # The float body behind every tiled row, compiled once (not inlined into each
+            # row's glue): a row adds only its decode/encode loops.
+            tsig = [x.replace("floating", "float") for x in sig]
+            out.append(f"cdef {ret} {head}_tile({', '.join(tsig)}) noexcept nogil:")
+            out.append(f"    {'return ' if is_reduce else ''}{call}")
+            out.append("")
+            out.append("")
+
+        regs = []
+        for row in row_list:
             entry = f"{name}__{'_'.join(row)}"
-            ptrs = []
-            for i, r in used:
-                ctype = STORAGES[storage_of[r]][1]
-                q = "const " if r == "grad" else ""
-                ptrs.append(f"(<{q}{ctype}*>b[{i}]) + start")
-            args = ptrs + ["n"]
-            if names is not None:
-                args.append(f"<const {scalars}_scalars*>hp")
-            if is_reduce:
-                args.append("out")
-            head = call.split("(", 1)[0]
-            if is_reduce:
-                out.append(f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
-                           f"const double* hp, double* out) noexcept nogil:")
-                out.append(f"    return {head}({', '.join(args)})")
+            if row in tiled:
+                out += self._tiled_entry(entry, head + "_tile", row, used, names, scalars,
+                                         is_reduce, outputs)
             else:
-                out.append(f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
-                           f"const double* hp) noexcept nogil:")
-                out.append(f"    {head}({', '.join(args)})")
-            out.append("")
-            out.append("")
+                out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce)
             ids = ", ".join(STORAGES[st][0] for st in row)
             stup = f"{scalars.upper()}_SCALARS" if names is not None else "()"
             if is_reduce:
@@ -223,6 +242,105 @@ class Generator:
                         f"{modes!r})")
         out += regs
         return "\n".join(out)
+
+    @staticmethod
+    def _direct(row, used):
+        """Every used buffer is a plain float32 pointer, or every one a float64 pointer."""
+        storage_of = dict(zip(ROLES, row))
+        kinds = {storage_of[r] for _, r in used}
+        return kinds <= {"f32"} or kinds <= {"f64"}
+
+    @staticmethod
+    def _direct_entry(entry, head, row, used, names, scalars, is_reduce):
+        storage_of = dict(zip(ROLES, row))
+        ptrs = []
+        for i, r in used:
+            ctype = STORAGES[storage_of[r]][1]
+            q = "const " if r == "grad" else ""
+            ptrs.append(f"(<{q}{ctype}*>b[{i}]) + start")
+        args = ptrs + ["n"]
+        if names is not None:
+            args.append(f"<const {scalars}_scalars*>hp")
+        if is_reduce:
+            args.append("out")
+            return [f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                    f"const double* hp, double* out) noexcept nogil:",
+                    f"    return {head}({', '.join(args)})", "", ""]
+        return [f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                f"const double* hp) noexcept nogil:",
+                f"    {head}({', '.join(args)})", "", ""]
+
+    @staticmethod
+    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs):
+        """Glue for a row with a non-float32 buffer: per tile of at most FO_TILE elements,
+        decode every such buffer into a float array on the stack, run the float body on the
+        tile, encode back what the body writes. A master storage's body param is the float32
+        master (column MASTER_COL), updated in place; the rounded param is written from it.
+        A state buffer may be absent (NULL, e.g. AMSGrad's max when amsgrad is off): the body
+        never reads it then, and the glue skips it too."""
+        storage_of = dict(zip(ROLES, row))
+        lines = []
+        if is_reduce:
+            lines.append(f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                         f"const double* hp, double* out) noexcept nogil:")
+        else:
+            lines.append(f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                         f"const double* hp) noexcept nogil:")
+        decl, dec, enc, args = [], [], [], []
+        for i, r in used:
+            st = storage_of[r]
+            kind = STORAGES[st][2]
+            if kind == "direct":
+                if st != "f32":
+                    raise GenError(f"{entry}: a tiled row computes in float; {st} cannot join")
+                q = "const " if r == "grad" else ""
+                args.append(f"(<{q}float*>b[{i}]) + at")
+                continue
+            if kind == "master":
+                if r != "param":
+                    raise GenError(f"{entry}: {st} is a param storage")
+                args.append(f"(<float*>b[{MASTER_COL}]) + at")
+                enc.append(f"fo_{HALF_CODEC[st]}_encode((<float*>b[{MASTER_COL}]) + at, "
+                           f"(<uint16_t*>b[{i}]) + at, m)")
+                continue
+            decl.append(f"cdef float t{i}[FO_TILE]")
+            args.append(f"t{i}")
+            guard = f"if b[{i}] != NULL: " if r == "state" else ""
+            dec.append(f"{guard}fo_{HALF_CODEC[st]}_decode((<const uint16_t*>b[{i}]) + at, "
+                       f"t{i}, m)")
+            if r != "grad":
+                enc.append(f"{guard}fo_{HALF_CODEC[st]}_encode(t{i}, "
+                           f"(<uint16_t*>b[{i}]) + at, m)")
+        call_args = args + ["m"]
+        if names is not None:
+            call_args.append(f"<const {scalars}_scalars*>hp")
+        lines += [f"    {d}" for d in decl]
+        lines.append("    cdef Py_ssize_t off = 0, m, at")
+        if is_reduce:
+            nout = len(outputs)
+            lines.append(f"    cdef double part[{nout}]")
+            lines.append("    cdef int k, stop = 0")
+            lines.append("    cdef bint first = True")
+        lines.append("    while off < n:")
+        lines.append("        m = n - off if n - off < FO_TILE else FO_TILE")
+        lines.append("        at = start + off")
+        lines += [f"        {d}" for d in dec]
+        if is_reduce:
+            # Each tile's partials, folded in tile order: sums add, maxima keep a NaN.
+            call_args.append("part")
+            lines.append(f"        stop |= {tile_fn}({', '.join(call_args)})")
+            for k, (_, how) in enumerate(outputs):
+                op = "_fo_fold_sum" if how == "sum" else "_fo_fold_max"
+                lines.append(f"        out[{k}] = part[{k}] if first else "
+                             f"{op}(out[{k}], part[{k}])")
+            lines.append("        first = False")
+        else:
+            lines.append(f"        {tile_fn}({', '.join(call_args)})")
+        lines += [f"        {e}" for e in enc]
+        lines.append("        off += m")
+        if is_reduce:
+            lines.append("    return stop")
+        return lines + ["", ""]
 
     def check(self):
         unknown = set(VARIANTS) - self.kernels

@@ -5,15 +5,28 @@
 
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
-                                 register_modes, ST_F32, ST_F64)
+                                 register_modes, ST_F32, ST_F64, ST_BF16, ST_F16,
+                                 ST_BF16M, ST_F16M)
+from libc.stdint cimport uint16_t
 from cython cimport floating
 
-# The storage codecs (load/store per storage; the identity for float32 and float64).
+# The storage codecs: the tiled glue kernelgen.py generates converts half-precision buffers to
+# and from float tiles of FO_TILE elements with these.
 cdef extern from "codecs.h":
-    float fo_f32_load(const float* p, Py_ssize_t i) noexcept nogil
-    void fo_f32_store(float* p, Py_ssize_t i, float x) noexcept nogil
-    double fo_f64_load(const double* p, Py_ssize_t i) noexcept nogil
-    void fo_f64_store(double* p, Py_ssize_t i, double x) noexcept nogil
+    enum: FO_TILE
+    void fo_bf16_decode(const uint16_t* src, float* dst, Py_ssize_t n) noexcept nogil
+    void fo_bf16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
+    void fo_f16_decode(const uint16_t* src, float* dst, Py_ssize_t n) noexcept nogil
+    void fo_f16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
+
+
+# How the tiled glue folds a reduce kernel's per-tile partials (as the driver folds segments).
+cdef inline double _fo_fold_sum(double a, double b) noexcept nogil:
+    return a + b
+
+
+cdef inline double _fo_fold_max(double a, double b) noexcept nogil:
+    return a if (a > b or a != a) else b
 
 
 cdef int _check_scalars_struct(str family, size_t size, Py_ssize_t count) except -1:

@@ -132,7 +132,7 @@ def test_sse2_only_cpu_loads_baseline_and_refuses_avx2():
     assert out.stdout.strip() == "baseline"
     out = _python(_WITH_FAKE_PROBE.format(features=SSE2_ONLY), isa="avx2")
     assert out.returncode == 1
-    assert "lacks AVX, AVX2" in out.stderr and "can run: baseline." in out.stderr
+    assert "lacks AVX, F16C, AVX2" in out.stderr and "can run: baseline." in out.stderr
 
 
 def test_os_without_avx512_state_counts_as_no_avx512():
@@ -151,7 +151,7 @@ def test_select_level_names_the_level_the_missing_features_and_the_alternatives(
     with pytest.raises(_kernels.UnsupportedISAError) as err:
         _kernels.select_level("avx2", SSE2_ONLY, built)
     msg = str(err.value)
-    assert "FUSEDOPTIM_ISA='avx2'" in msg and "lacks AVX, AVX2" in msg
+    assert "FUSEDOPTIM_ISA='avx2'" in msg and "lacks AVX, F16C, AVX2" in msg
     assert "Levels this CPU can run: baseline." in msg
     assert isinstance(err.value, ImportError)
 

@@ -12,11 +12,43 @@ def _plan(dtype, n=100):
     return _kernels.Plan([p], [None], 0, 0, ["p"]), p
 
 
+FLOAT_ROWS = {("float32", "float32", "float32"), ("float64", "float64", "float64")}
+# Issue 11: what the Python layer can request of an optimizer kernel. float32 params take
+# float32, bfloat16 or float16 grads; half params without master weights take grads of their
+# own dtype; half params with float32 master weights take any of the three; state is float32
+# or bfloat16 (or, without master weights, the params' own half dtype).
+HALVES = ("bfloat16", "float16")
+GRADS = ("float32",) + HALVES
+OPTIMIZER_ROWS = FLOAT_ROWS | {
+    ("float32", g, s) for g in GRADS for s in ("float32", "bfloat16")} | {
+    (h, h, s) for h in HALVES for s in (h, "float32")} | {
+    (h + "+master", g, s) for h in HALVES for g in GRADS for s in ("float32", "bfloat16")}
+# The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
+GRAD_UTILITY_ROWS = FLOAT_ROWS | {(h, h, h) for h in HALVES}
+GRAD_UTILITIES = {"sumsq", "sumabs", "sumpow", "maxabs", "nonfinite", "scale", "clamp"}
+OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "lamb_moments",
+                     "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
+                     "signsgd"}
+
+
 @pytest.mark.parametrize("name", sorted(set(_kernels.KERNEL_IDS) - {"_thread_id_f32_only"})
                          + sorted(_kernels.REDUCE_IDS))
-def test_every_kernel_registers_exactly_the_float32_and_float64_rows(name):
-    assert _kernels.registered_variants(name) == [("float32", "float32", "float32"),
-                                                  ("float64", "float64", "float64")]
+def test_every_kernel_registers_exactly_its_rows(name):
+    rows = _kernels.registered_variants(name)
+    assert len(rows) == len(set(rows))
+    if name in OPTIMIZER_KERNELS:
+        assert set(rows) == OPTIMIZER_ROWS
+    elif name in GRAD_UTILITIES:
+        assert set(rows) == GRAD_UTILITY_ROWS
+    else:                                   # the roofline and probe kernels
+        assert set(rows) == FLOAT_ROWS
+
+
+def test_every_optimizer_kernel_is_listed_here():
+    """A new optimizer kernel must say which rows it registers (add it above)."""
+    from fusedoptim._spec import registered
+    kernels = {spec.kernel for spec in registered()}
+    assert kernels <= OPTIMIZER_KERNELS
 
 
 def test_an_unregistered_combination_is_refused_before_anything_runs():

@@ -27,15 +27,24 @@ cdef inline bint _ranges_overlap(cnp.ndarray a, cnp.ndarray b):
 cdef int check_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
     """Raise unless obj can stand beside param in a kernel: ndarray, same dtype and shape,
     C-contiguous, aligned, writeable when the kernel writes it, not overlapping param."""
-    cdef cnp.ndarray a
-    cdef int k
     if not cnp.PyArray_Check(obj):
         raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
                         f"convert it with np.asarray(x, dtype=np.{param.dtype})")
+    if cnp.PyArray_TYPE(<cnp.ndarray>obj) != cnp.PyArray_TYPE(param):
+        raise TypeError(f"{label} has dtype {obj.dtype} but its param has dtype "
+                        f"{param.dtype}; pass it as {param.dtype}, e.g. "
+                        f"x.astype(np.{param.dtype})")
+    return check_shaped_like(obj, param, label, writeable)
+
+
+cdef int check_shaped_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
+    """check_like without the dtype: for a buffer whose dtype the caller has checked (a grad
+    of lower precision than its param)."""
+    cdef cnp.ndarray a
+    cdef int k
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}")
     a = <cnp.ndarray>obj
-    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(param):
-        raise TypeError(f"{label} has dtype {a.dtype} but its param has dtype {param.dtype}; "
-                        f"pass it as {param.dtype}, e.g. x.astype(np.{param.dtype})")
     if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
         raise TypeError(f"{label} has non-native byte order ({a.dtype.str}); convert it with "
                         f"x.astype(x.dtype.newbyteorder('='))")

@@ -14,12 +14,23 @@ ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const
                               double* out) noexcept nogil
 
 # How a buffer's elements are stored. A kernel variant is registered for one (param, grad,
-# state) combination; Plan.run/reduce refuse a combination nobody registered. Storages to
-# come (bfloat16, float16, int8/int4 blocks) take the next numbers.
+# state) combination; Plan.run/reduce refuse a combination nobody registered.
+#   ST_BF16M / ST_F16M: a half-precision param with a float32 master copy in column
+#   MASTER_COL; the kernel updates the master and writes the rounded param (param storage only).
 cdef enum:
     ST_F32 = 0
     ST_F64 = 1
-    N_STORAGES = 2
+    ST_BF16 = 2
+    ST_F16 = 3
+    ST_BF16M = 4
+    ST_F16M = 5
+    N_STORAGES = 6
+
+# A kernel has at most MAX_BUFFERS buffer columns of its own; the master param, when the param
+# storage has one, is column MASTER_COL of the plan (kernelgen.py generates the same numbers).
+cdef enum:
+    MAX_BUFFERS = 6
+    MASTER_COL = 6
 
 cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel kern,
                         tuple scalars) except -1

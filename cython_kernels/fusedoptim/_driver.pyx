@@ -28,7 +28,7 @@ cimport cython
 cimport numpy as cnp
 import numpy as np
 
-from fusedoptim._checks cimport check_like
+from fusedoptim._checks cimport check_like, check_shaped_like
 
 cnp.import_array()
 
@@ -130,7 +130,9 @@ cdef enum:
     COMBINE_SUM = 0
     COMBINE_MAX = 1     # NaN-propagating max
 
-STORAGE_NAMES = ("float32", "float64")      # by storage number (_driver.pxd)
+# by storage number (_driver.pxd)
+STORAGE_NAMES = ("float32", "float64", "bfloat16", "float16", "bfloat16+master",
+                 "float16+master")
 
 cdef chunk_kernel _chunk_table[MAX_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
 cdef int _n_kernels = 0
@@ -250,12 +252,32 @@ cdef str _storage_text(int param, int grad, int state):
             f"{STORAGE_NAMES[state]}")
 
 
+# ml_dtypes' bfloat16 is a user-defined NumPy dtype: its type number is only known at run
+# time (fusedoptim._kernels registers it at import).
+cdef int _bfloat16_typenum = -1
+
+
+def register_bfloat16(int typenum):
+    """Tell the driver the type number of ml_dtypes.bfloat16 in this process."""
+    global _bfloat16_typenum
+    _bfloat16_typenum = typenum
+
+
 cdef int _storage_of(int typenum) except -1:
     if typenum == cnp.NPY_FLOAT32:
         return ST_F32
     if typenum == cnp.NPY_FLOAT64:
         return ST_F64
+    if typenum == cnp.NPY_FLOAT16:
+        return ST_F16
+    if typenum == _bfloat16_typenum and typenum >= 0:
+        return ST_BF16
     raise TypeError(f"no kernel storage for dtype number {typenum}")
+
+
+def storage_of(dtype):
+    """The storage number of arrays of `dtype` (float32, float64, float16, bfloat16)."""
+    return _storage_of(np.dtype(dtype).num)
 
 
 def registered_variants(str name):
@@ -447,6 +469,8 @@ cdef class Plan:
     cdef readonly Py_ssize_t ntensors, nbufs, nscalars, total, nunits
     cdef readonly int typenum
     cdef int st_param, st_grad, st_state   # the registry key of the kernels this plan runs
+    cdef tuple _grad_dtypes         # the dtypes bind() accepts for grads (all of one per bind)
+    cdef readonly object grad_dtype # the dtype of the grads bound last (None before)
     cdef readonly object hp_array, steps_array, active_array
     cdef uintptr_t[:, ::1] ptrs
     cdef double[:, ::1] hp
@@ -476,7 +500,10 @@ cdef class Plan:
     cdef double[:, ::1] _sstate_before
 
     def __init__(self, list params, list state, Py_ssize_t nstate, Py_ssize_t nscalars,
-                 list labels, steps=None, scalar_state=None, required=None):
+                 list labels, steps=None, scalar_state=None, required=None, storages=None,
+                 grad_dtypes=None):
+        """`storages`: (param, state) storage numbers; default: both the params' dtype's.
+        `grad_dtypes`: the grad dtypes bind() accepts; default: the params' dtype."""
         cdef Py_ssize_t t, b
         cdef bint ok
         cdef cnp.ndarray p
@@ -488,9 +515,20 @@ cdef class Plan:
         self.nbufs = 2 + nstate
         self.nscalars = nscalars
         self.typenum = cnp.PyArray_TYPE(<cnp.ndarray>params[0]) if params else cnp.NPY_FLOAT32
-        # Grads and state share the params' storage today (bind and the state checks
-        # enforce it); mixed storages get their own registry rows.
-        self.st_param = self.st_grad = self.st_state = _storage_of(self.typenum)
+        if storages is None:
+            self.st_param = self.st_state = _storage_of(self.typenum)
+        else:
+            self.st_param, self.st_state = storages
+            if not (0 <= self.st_param < N_STORAGES and 0 <= self.st_state < N_STORAGES):
+                raise ValueError(f"unknown storages {storages!r}")
+            if self.st_param in (ST_BF16M, ST_F16M) and self.nbufs <= MASTER_COL:
+                raise ValueError(f"a master-weight plan needs buffer column {MASTER_COL} "
+                                 f"(nstate >= {MASTER_COL - 1}), got nstate={nstate}")
+        self._grad_dtypes = (((<object>params[0]).dtype if params else np.dtype(np.float32),)
+                             if grad_dtypes is None else tuple(grad_dtypes))
+        # Until the first bind, the grads are taken to be of the first accepted dtype.
+        self.st_grad = _storage_of(self._grad_dtypes[0].num)
+        self.grad_dtype = None
         self.ptrs = np.zeros((self.ntensors, self.nbufs), dtype=np.uintp)
         self.hp_array = np.zeros((self.ntensors, max(nscalars, 1)), dtype=np.float64)
         self.hp = self.hp_array
@@ -599,12 +637,19 @@ cdef class Plan:
         cdef cnp.ndarray p
         if len(grads) != self.ntensors:
             raise ValueError(f"expected {self.ntensors} grads, got {len(grads)}")
+        cdef object gdtype = None
         for t in range(self.ntensors):
             g = grads[t]
             if g is None:
                 continue
             p = <cnp.ndarray>self.params[t]
-            check_like(g, p, self.labels[t], False)
+            if len(self._grad_dtypes) == 1:
+                check_like(g, p, self.labels[t], False)
+            else:
+                self._check_grad_dtype(g, p, t, gdtype)
+                check_shaped_like(g, p, self.labels[t], False)
+            if gdtype is None:
+                gdtype = g.dtype
             if cnp.PyArray_NBYTES(<cnp.ndarray>g) == 0:
                 continue
             lo = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
@@ -623,6 +668,9 @@ cdef class Plan:
                 raise ValueError(f"{self.labels[t]} shares memory with the {what} updated "
                                  f"for {self.labels[owner]}; pass a separate array")
         # All grads are valid: only now touch the tables.
+        if gdtype is not None:
+            self.grad_dtype = gdtype
+            self.st_grad = _storage_of(gdtype.num)
         self.nactive = 0
         for t in range(self.ntensors):
             g = grads[t]
@@ -637,6 +685,27 @@ cdef class Plan:
                     missing += 1
         self._grads = grads
         return missing
+
+    cdef int _check_grad_dtype(self, object g, cnp.ndarray p, Py_ssize_t t,
+                               object first) except -1:
+        if not cnp.PyArray_Check(g):
+            raise TypeError(f"{self.labels[t]} must be a numpy.ndarray, got "
+                            f"{type(g).__name__}; convert it with np.asarray(x, "
+                            f"dtype={p.dtype})")
+        dt = g.dtype
+        names = ", ".join(str(d) for d in self._grad_dtypes)
+        if dt not in self._grad_dtypes:
+            higher = dt.kind == "f" and dt.itemsize > p.dtype.itemsize
+            why = (" (a grad of higher precision than its param is refused: the step would "
+                   "round it silently)" if higher else "")
+            raise TypeError(f"{self.labels[t]} has dtype {dt}, but grads for these {p.dtype} "
+                            f"params must be {names}{why}; convert it, e.g. "
+                            f"g.astype({self._grad_dtypes[0]})")
+        if first is not None and dt != first:
+            raise TypeError(f"{self.labels[t]} has dtype {dt}, but the grads before it in "
+                            f"this step are {first}; give all of a group's grads one dtype "
+                            f"per step (any of {names})")
+        return 0
 
     def advance(self):
         """Count one more step for every active tensor. Returns the step they all share,
@@ -670,7 +739,7 @@ cdef class Plan:
         every later pass write nothing until disarm_gate(). See gate_tripped."""
         if reduce_id < 0 or reduce_id >= _n_rkernels:
             raise ValueError(f"unknown reduce kernel id {reduce_id}")
-        self._reduce_kernel(reduce_id)          # refuse an unregistered variant now
+        self._reduce_kernel(reduce_id, 1)       # refuse an unregistered variant now
         self._gate_kernel = reduce_id
         self._gate_state = GATE_ARMED
 
@@ -701,7 +770,7 @@ cdef class Plan:
             self._gate_partials = np.zeros(max(nseg, 1), dtype=np.float64)
         gpart = self._gate_partials
         self._job(&g, 1)
-        g.rkern = self._reduce_kernel(self._gate_kernel)
+        g.rkern = self._reduce_kernel(self._gate_kernel, 1)
         g.partials = &gpart[0]
         g.nout = 1
         g.stop = &stop
@@ -864,12 +933,14 @@ cdef class Plan:
         j.kern = kern
         self._drive_gated(&j, num_threads)
 
-    cdef reduce_kernel _reduce_kernel(self, int reduce_id) except NULL:
-        cdef reduce_kernel kern = \
-            _reduce_table[reduce_id][self.st_param][self.st_grad][self.st_state]
+    cdef reduce_kernel _reduce_kernel(self, int reduce_id, Py_ssize_t column=0) except NULL:
+        # Over the grad column alone (the gate, the gradient utilities' views), the grads'
+        # storage is every role's; otherwise the plan's (param, grad, state) key.
+        cdef int sp = self.st_grad if column == 1 else self.st_param
+        cdef int ss = self.st_grad if column == 1 else self.st_state
+        cdef reduce_kernel kern = _reduce_table[reduce_id][sp][self.st_grad][ss]
         if kern == NULL:
-            raise TypeError(_unregistered("reduce", reduce_id, self.st_param, self.st_grad,
-                                          self.st_state))
+            raise TypeError(_unregistered("reduce", reduce_id, sp, self.st_grad, ss))
         return kern
 
     def reduce(self, int reduce_id, Py_ssize_t column=0, bint stop_early=False,
@@ -890,7 +961,7 @@ cdef class Plan:
         cdef double a, b
         if reduce_id < 0 or reduce_id >= _n_rkernels:
             raise ValueError(f"unknown reduce kernel id {reduce_id}")
-        cdef reduce_kernel kern = self._reduce_kernel(reduce_id)
+        cdef reduce_kernel kern = self._reduce_kernel(reduce_id, column)
         self._check_modes("reduce", reduce_id, _reduce_modes[reduce_id],
                           _reduce_mode_col[reduce_id])
         if column < 0 or column >= self.nbufs:

@@ -13,17 +13,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+
+import ml_dtypes
+import numpy as np
 from collections.abc import Mapping, Sequence
 
 # Best first. "native" (FUSEDOPTIM_NATIVE=1 builds) targets the build machine itself.
 LEVELS = ("native", "avx512", "avx2", "baseline")
 
 # The CPU features each level's flags let the compiler use (setup.py's ISA_LEVELS): -mavx2
-# implies AVX; the avx512 level is built with -mavx512f/vl/bw/dq and -mavx2.
+# implies AVX; the avx512 level is built with -mavx512f/vl/bw/dq, -mavx2 and -mf16c.
 REQUIRES: dict[str, tuple[str, ...]] = {
     "native": (),
-    "avx512": ("AVX", "AVX2", "AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ"),
-    "avx2": ("AVX", "AVX2"),
+    "avx512": ("AVX", "F16C", "AVX2", "AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ"),
+    "avx2": ("AVX", "F16C", "AVX2"),
     "baseline": (),
 }
 
@@ -100,6 +103,8 @@ ISA = select_level(os.environ.get("FUSEDOPTIM_ISA", "").strip().lower())
 _driver = importlib.import_module("fusedoptim._driver")
 _checks = importlib.import_module("fusedoptim._checks")
 _module = importlib.import_module(f"fusedoptim._kernels_{ISA}")
+# bfloat16 arrays are ml_dtypes' (a user-defined NumPy dtype): tell the driver its number.
+_driver.register_bfloat16(np.dtype(ml_dtypes.bfloat16).num)
 for _part in (_checks, _driver, _module):
     globals().update({k: v for k, v in vars(_part).items() if not k.startswith("__")})
 MODULE = _module.__name__
