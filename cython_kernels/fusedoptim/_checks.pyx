@@ -75,9 +75,10 @@ cdef int _check_array(object obj, str name, object key, bint writeable) except -
         raise TypeError(f"{_label(name, key)} must be a numpy.ndarray, got "
                         f"{type(obj).__name__}; convert it with np.asarray(x, dtype=np.float32)")
     a = <cnp.ndarray>obj
-    if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64:
-        raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32 "
-                        f"and float64, convert it with x.astype(np.float32)")
+    if not is_float_type(cnp.PyArray_TYPE(a)):
+        raise TypeError(f"{_label(name, key)} has dtype {a.dtype}; fusedoptim supports float32, "
+                        f"float64, float16 and bfloat16 (ml_dtypes.bfloat16), convert it with "
+                        f"x.astype(np.float32)")
     if not cnp.PyArray_ISNOTSWAPPED(a):     # same type number, foreign byte order: garbage
         raise TypeError(f"{_label(name, key)} has non-native byte order ({a.dtype.str}); "
                         f"convert it with x.astype(x.dtype.newbyteorder('='))")
@@ -93,6 +94,22 @@ cdef int _check_array(object obj, str name, object key, bint writeable) except -
         raise ValueError(f"{_label(name, key)} is read-only; it is updated in place, pass a "
                          f"writeable array")
     return 0
+
+
+# ml_dtypes' bfloat16 is a user-defined NumPy dtype: its type number is only known at run
+# time (fusedoptim._kernels registers it at import).
+cdef int _bfloat16_typenum = -1
+
+
+def register_bfloat16(int typenum):
+    """Tell the checks the type number of ml_dtypes.bfloat16 in this process."""
+    global _bfloat16_typenum
+    _bfloat16_typenum = typenum
+
+
+cdef bint is_float_type(int typenum) noexcept:
+    return (typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64
+            or typenum == cnp.NPY_FLOAT16 or (typenum == _bfloat16_typenum and typenum >= 0))
 
 
 cdef str _label(str name, object key):

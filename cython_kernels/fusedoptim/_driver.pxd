@@ -28,7 +28,7 @@ cdef enum:
 
 # A kernel has at most MAX_BUFFERS buffer columns of its own; the master param, when the param
 # storage has one, is column MASTER_COL of the plan (kernelgen.py generates the same numbers).
-cdef enum:
+cpdef enum:
     MAX_BUFFERS = 6
     MASTER_COL = 6
 

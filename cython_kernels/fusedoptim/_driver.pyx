@@ -470,6 +470,9 @@ cdef class Plan:
     cdef readonly int typenum
     cdef int st_param, st_grad, st_state   # the registry key of the kernels this plan runs
     cdef tuple _grad_dtypes         # the dtypes bind() accepts for grads (all of one per bind)
+    cdef int _grad_types[8]         # their type numbers
+    cdef int _n_grad_types
+    cdef int _grad_type_bound       # the type number of grad_dtype (-1 before any bind)
     cdef readonly object grad_dtype # the dtype of the grads bound last (None before)
     cdef readonly object hp_array, steps_array, active_array
     cdef uintptr_t[:, ::1] ptrs
@@ -526,9 +529,15 @@ cdef class Plan:
                                  f"(nstate >= {MASTER_COL - 1}), got nstate={nstate}")
         self._grad_dtypes = (((<object>params[0]).dtype if params else np.dtype(np.float32),)
                              if grad_dtypes is None else tuple(grad_dtypes))
+        if not 0 < len(self._grad_dtypes) <= 8:
+            raise ValueError(f"grad_dtypes must name 1 to 8 dtypes, got {grad_dtypes!r}")
+        self._n_grad_types = len(self._grad_dtypes)
+        for t in range(self._n_grad_types):
+            self._grad_types[t] = np.dtype(self._grad_dtypes[t]).num
         # Until the first bind, the grads are taken to be of the first accepted dtype.
         self.st_grad = _storage_of(self._grad_dtypes[0].num)
         self.grad_dtype = None
+        self._grad_type_bound = -1
         self.ptrs = np.zeros((self.ntensors, self.nbufs), dtype=np.uintp)
         self.hp_array = np.zeros((self.ntensors, max(nscalars, 1)), dtype=np.float64)
         self.hp = self.hp_array
@@ -637,19 +646,21 @@ cdef class Plan:
         cdef cnp.ndarray p
         if len(grads) != self.ntensors:
             raise ValueError(f"expected {self.ntensors} grads, got {len(grads)}")
-        cdef object gdtype = None
+        cdef int gtype = -1
+        cdef Py_ssize_t gfirst = -1
         for t in range(self.ntensors):
             g = grads[t]
             if g is None:
                 continue
             p = <cnp.ndarray>self.params[t]
-            if len(self._grad_dtypes) == 1:
+            if self._n_grad_types == 1:
                 check_like(g, p, self.labels[t], False)
             else:
-                self._check_grad_dtype(g, p, t, gdtype)
+                self._check_grad_dtype(g, p, t, gtype)
                 check_shaped_like(g, p, self.labels[t], False)
-            if gdtype is None:
-                gdtype = g.dtype
+            if gfirst == -1:
+                gfirst = t
+                gtype = cnp.PyArray_TYPE(<cnp.ndarray>g)
             if cnp.PyArray_NBYTES(<cnp.ndarray>g) == 0:
                 continue
             lo = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>g)
@@ -668,9 +679,10 @@ cdef class Plan:
                 raise ValueError(f"{self.labels[t]} shares memory with the {what} updated "
                                  f"for {self.labels[owner]}; pass a separate array")
         # All grads are valid: only now touch the tables.
-        if gdtype is not None:
-            self.grad_dtype = gdtype
-            self.st_grad = _storage_of(gdtype.num)
+        if gfirst != -1 and gtype != self._grad_type_bound:
+            self._grad_type_bound = gtype
+            self.grad_dtype = grads[gfirst].dtype
+            self.st_grad = _storage_of(gtype)
         self.nactive = 0
         for t in range(self.ntensors):
             g = grads[t]
@@ -687,25 +699,41 @@ cdef class Plan:
         return missing
 
     cdef int _check_grad_dtype(self, object g, cnp.ndarray p, Py_ssize_t t,
-                               object first) except -1:
+                               int first) except -1:
+        """Raise unless grad g has one of the accepted dtypes, and `first`'s (the type number
+        of the grads before it, or -1). C comparisons only: bind runs it per tensor."""
+        cdef int k, typenum
         if not cnp.PyArray_Check(g):
             raise TypeError(f"{self.labels[t]} must be a numpy.ndarray, got "
                             f"{type(g).__name__}; convert it with np.asarray(x, "
                             f"dtype={p.dtype})")
-        dt = g.dtype
-        names = ", ".join(str(d) for d in self._grad_dtypes)
-        if dt not in self._grad_dtypes:
-            higher = dt.kind == "f" and dt.itemsize > p.dtype.itemsize
-            why = (" (a grad of higher precision than its param is refused: the step would "
-                   "round it silently)" if higher else "")
-            raise TypeError(f"{self.labels[t]} has dtype {dt}, but grads for these {p.dtype} "
-                            f"params must be {names}{why}; convert it, e.g. "
-                            f"g.astype({self._grad_dtypes[0]})")
-        if first is not None and dt != first:
-            raise TypeError(f"{self.labels[t]} has dtype {dt}, but the grads before it in "
-                            f"this step are {first}; give all of a group's grads one dtype "
-                            f"per step (any of {names})")
+        typenum = cnp.PyArray_TYPE(<cnp.ndarray>g)
+        for k in range(self._n_grad_types):
+            if typenum == self._grad_types[k]:
+                break
+        else:
+            self._bad_grad_dtype(g, p, t)
+        if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>g):
+            self._bad_grad_dtype(g, p, t)
+        if first != -1 and typenum != first:
+            raise TypeError(f"{self.labels[t]} has dtype {g.dtype}, but the grads before it "
+                            f"in this step have another; give all of a group's grads one "
+                            f"dtype per step (any of "
+                            f"{', '.join(map(str, self._grad_dtypes))})")
         return 0
+
+    cdef int _bad_grad_dtype(self, object g, cnp.ndarray p, Py_ssize_t t) except -1:
+        dt = g.dtype
+        if not dt.isnative:
+            raise TypeError(f"{self.labels[t]} has non-native byte order ({dt.str}); convert "
+                            f"it with x.astype(x.dtype.newbyteorder('='))")
+        names = ", ".join(map(str, self._grad_dtypes))
+        higher = dt.kind == "f" and dt.itemsize > p.dtype.itemsize
+        why = (" (a grad of higher precision than its param is refused: the step would "
+               "round it silently)" if higher else "")
+        raise TypeError(f"{self.labels[t]} has dtype {dt}, but grads for these {p.dtype} "
+                        f"params must be {names}{why}; convert it, e.g. "
+                        f"g.astype({self._grad_dtypes[0]})")
 
     def advance(self):
         """Count one more step for every active tensor. Returns the step they all share,

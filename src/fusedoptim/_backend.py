@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, cast
 
+from ._precision import MASTER, compute_dtype
+
 if TYPE_CHECKING:
     from . import _kernels
     from ._typing import FloatArray, ParamState
@@ -94,20 +96,37 @@ class ReferenceBackend(Backend):
         active = [t for t, g in enumerate(grads) if g is not None]
         if not active:
             return
+        prec = opt._layouts[gi].precision
+        # The function runs in the kernels' compute dtype (float32 for half precision):
+        # half grads are read as float32 (exact), as the kernel's glue reads them.
+        compute = compute_dtype(prec.param_dtype)
+        grads = [g if g is None or g.dtype == compute else g.astype(compute)
+                 for g in grads]
         if inv_scale is not None:
             # The fused kernels fold 1/grad_scale into the grad's multiplier: (1/s in the
-            # dtype) * g, negated under maximize. Negation is exact, so unscaling here first
-            # and letting the function negate gives the same bits.
+            # compute dtype) * g, negated under maximize. Negation is exact, so unscaling
+            # here first and letting the function negate gives the same bits.
             grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
         spec = opt.spec
         start = opt._group_slices[gi].start
         params = opt.param_groups[gi]["params"]
         # Every param that steps has state by now (ensure_state).
         states = cast("list[ParamState]", [opt._state[start + t] for t in active])
+        # The params the function updates: the float32 master copies under master weights,
+        # float32 copies of half params otherwise (rounded back below), else the params.
+        if prec.master:
+            work = [st[MASTER] for st in states]
+        elif params[0].dtype != compute:
+            work = [params[t].astype(compute) for t in active]
+        else:
+            work = [params[t] for t in active]
         # For a fresh slot the function gets None for a buffer created this step and
         # creates it itself, as torch's functional API does.
         new = (fresh or {}) if spec.fresh else {}
-        buffers = [[None if slot in new.get(t, ()) else st.get(slot)
+        convert = prec.state_dtype != compute
+        buffers = [[None if slot in new.get(t, ()) else
+                    (st.get(slot) if not convert or st.get(slot) is None
+                     else st[slot].astype(compute))
                     for t, st in zip(active, states)] for slot in opt._slots]
         # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
         scalars = [[float(plan.sstate_array[t, j]) for t in active]
@@ -116,7 +135,7 @@ class ReferenceBackend(Backend):
         # A variant (AdamW) steps through its base's function with every kernel field, so
         # the twin follows the group's values as the fused step does.
         base = spec.base if spec.base is not None else spec
-        self.fn([params[t] for t in active], [grads[t] for t in active],
+        self.fn(work, [grads[t] for t in active],
                 *buffers, *scalars, steps, **base.functional_kwargs(cache.hyper))
         for t, s in zip(active, steps):
             plan.steps_array[t] = s
@@ -125,8 +144,13 @@ class ReferenceBackend(Backend):
                 plan.sstate_array[t, j] = x
         for slot, lst in zip(opt._slots, buffers):
             for t, st, buf in zip(active, states, lst):
-                if slot in new.get(t, ()):
-                    st[slot][...] = buf     # keep the array the plan points at
+                if buf is not None and buf is not st.get(slot):
+                    # created by the function, or a compute-dtype copy: write it back,
+                    # rounded to nearest even into the state dtype, in the same array
+                    st[slot][...] = buf
+        if work[0] is not params[active[0]]:
+            for t, w in zip(active, work):
+                params[t][...] = w          # rounded to nearest even, as the kernel does
 
 
 #: the backend of every optimizer class

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
+from ._precision import compute_dtype
 
 if TYPE_CHECKING:
     from ._typing import FloatArray, ParamGroup
@@ -81,10 +82,11 @@ def inv_grad_scale(grad_scale: object, param_groups: Sequence[ParamGroup]) -> fl
     s = _v.positive(s, "grad_scale")
     inv = 1.0 / s
     for g in param_groups:
-        info = np.finfo(g["params"][0].dtype)
+        # The kernels compute in float64 for float64 params, else in float32.
+        info = np.finfo(compute_dtype(g["params"][0].dtype))
         if not float(info.tiny) <= inv <= float(info.max):
             raise ValueError(f"grad_scale={grad_scale!r} is out of range for "
-                             f"{info.dtype} params: 1/grad_scale must be a normal "
+                             f"{g['params'][0].dtype} params: 1/grad_scale must be a normal "
                              f"{info.dtype} number, i.e. grad_scale in "
                              f"[{1 / float(info.max):.3g}, {1 / float(info.tiny):.3g}]")
     return inv

@@ -105,6 +105,7 @@ _checks = importlib.import_module("fusedoptim._checks")
 _module = importlib.import_module(f"fusedoptim._kernels_{ISA}")
 # bfloat16 arrays are ml_dtypes' (a user-defined NumPy dtype): tell the driver its number.
 _driver.register_bfloat16(np.dtype(ml_dtypes.bfloat16).num)
+_checks.register_bfloat16(np.dtype(ml_dtypes.bfloat16).num)
 for _part in (_checks, _driver, _module):
     globals().update({k: v for k, v in vars(_part).items() if not k.startswith("__")})
 MODULE = _module.__name__

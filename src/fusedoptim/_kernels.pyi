@@ -53,8 +53,17 @@ DEF_CHUNK: int
 #: the quantization block: a tensor cut into units is cut at multiples of it
 BLOCK_ELEMENTS: int
 DEF_BLOCK: int
-#: storage names by storage number: the registry's key space ("float32", "float64")
+#: storage names by storage number: the registry's key space ("float32", "float64",
+#: "bfloat16", "float16", "bfloat16+master", "float16+master")
 STORAGE_NAMES: tuple[str, ...]
+#: a kernel's own buffer columns are at most MAX_BUFFERS; the master param is column MASTER_COL
+MAX_BUFFERS: int
+MASTER_COL: int
+
+def register_bfloat16(typenum: int) -> None:
+    """Tell the driver (and the checks) ml_dtypes.bfloat16's type number in this process."""
+def storage_of(dtype: Any) -> int:
+    """The storage number of arrays of `dtype`."""
 
 def registered_variants(name: str) -> list[tuple[str, str, str]]:
     """The (param, grad, state) storages a kernel is registered for."""
@@ -160,7 +169,12 @@ class Plan:
                  labels: list[str] | None,
                  steps: Sequence[int] | NDArray[np.integer[Any]] | None = None,
                  scalar_state: Sequence[Sequence[float]] | None = None,
-                 required: Iterable[int] | None = None) -> None: ...
+                 required: Iterable[int] | None = None,
+                 storages: tuple[int, int] | None = None,
+                 grad_dtypes: Sequence[np.dtype[Any]] | None = None) -> None: ...
+    @property
+    def grad_dtype(self) -> np.dtype[Any] | None:
+        """The dtype of the grads bound last (None before the first bind)."""
     def _index_written(self, state: _StateTable, nstate: int) -> None: ...
     def bind(self, grads: list[_FloatArray | None]) -> int: ...
     def advance(self) -> int: ...

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _kernels
 from ._validation import label
+from ._precision import MASTER, GroupPrecision
 from ._state import sync_steps
 from .flat import ALIGNMENT, PAGE, FlatParams, aligned_bytes
 
@@ -100,7 +101,7 @@ def check_new_params(opt: Optimizer, names: list[str | None], arrays: list[Float
     dtypes = {a.dtype for a in arrays}
     if len(dtypes) > 1:
         raise TypeError(f"params of one group have mixed dtypes {sorted(map(str, dtypes))}; "
-                        f"put float32 and float64 params in separate param groups")
+                        f"put params of each dtype in a param group of their own")
     named = [n for n in all_names if n is not None]
     if len(set(named)) != len(named):
         raise ValueError("param names must be unique across groups")
@@ -140,7 +141,8 @@ class GroupLayout:
     """
 
     __slots__ = ("params", "flat_param", "shapes", "offsets", "nbytes", "dtype", "arena",
-                 "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep")
+                 "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep",
+                 "precision", "slots", "plan_slots", "_layouts")
 
     params: list[FloatArray]
     flat_param: FloatArray | None
@@ -157,27 +159,53 @@ class GroupLayout:
     views: dict[str, list[FloatArray]]
     use_flat: bool
     lockstep: bool | None
+    precision: GroupPrecision
+    #: the group's state buffers: the optimizer's slots, then the master copy if kept
+    slots: tuple[str, ...]
+    #: the plan's state columns (2, 3, ...): the optimizer's slots, then, under master
+    #: weights, empty columns up to the driver's MASTER_COL and the master copy there
+    plan_slots: tuple[str | None, ...]
+    _layouts: dict[int, tuple[list[int], int]]
 
     def __init__(self, params: Sequence[FloatArray], flat_param: FloatArray | None,
-                 arena: FlatParams | None, enabled: bool) -> None:
+                 arena: FlatParams | None, enabled: bool, precision: GroupPrecision,
+                 opt_slots: tuple[str, ...]) -> None:
         self.params = list(params)
         self.flat_param = flat_param
         self.shapes = [p.shape for p in params]
         self.dtype = params[0].dtype
-        # Byte offsets in a page-aligned buffer, each matching its param's address (above).
-        # Params that tile one buffer are one stream: the run matches as a whole, unpadded.
-        self.offsets, at = [], 0
-        for p in params:
-            if p.nbytes:
-                big = (flat_param if flat_param is not None else p).nbytes >= 16 * PAGE
-                at += (p.ctypes.data - at) % (PAGE if big else ALIGNMENT)
-            self.offsets.append(at)
-            at += p.nbytes
-        self.nbytes = at
+        self.precision = precision
+        self.slots = opt_slots + ((MASTER,) if precision.master else ())
+        self.plan_slots = opt_slots
+        if precision.master:
+            pad = _kernels.MASTER_COL - 2 - len(opt_slots)
+            assert pad >= 0, "more state slots than the driver's columns before the master"
+            self.plan_slots = opt_slots + (None,) * pad + (MASTER,)
+        self._layouts = {}
+        self.offsets, self.nbytes = self._layout(self.dtype.itemsize)
         self.arena = arena
         self.grad_views = None if arena is None else list(arena._grad_views)
         self.enabled = enabled and flat_param is not None   # False: always per param
         self.reset_state()
+
+    def _layout(self, itemsize: int) -> tuple[list[int], int]:
+        """Byte offsets of each param's view in a page-aligned buffer of elements of
+        `itemsize` bytes, each matching its param's address (above), and the buffer's size.
+        Params that tile one buffer are one stream: the run matches as a whole, unpadded."""
+        found = self._layouts.get(itemsize)
+        if found is None:
+            offsets, at = [], 0
+            flat_bytes = (None if self.flat_param is None
+                          else self.flat_param.size * itemsize)
+            for p in self.params:
+                nbytes = p.size * itemsize
+                if nbytes:
+                    big = (flat_bytes if flat_bytes is not None else nbytes) >= 16 * PAGE
+                    at += (p.ctypes.data - at) % (PAGE if big else ALIGNMENT)
+                offsets.append(at)
+                at += nbytes
+            found = self._layouts[itemsize] = (offsets, at)
+        return found
 
     def reset_state(self) -> None:
         """Forget the state buffers (after load_state_dict: a user's reference to an old
@@ -188,16 +216,20 @@ class GroupLayout:
         self.lockstep = None        # every param at the same step/state: True, False, None=unknown
 
     def slot_views(self, slot: str) -> list[FloatArray]:
-        """The per-param views of the group's buffer for `slot`, allocated on first use."""
+        """The per-param views of the group's buffer for `slot` (of the slot's dtype: the
+        state dtype, float32 for the master copy), allocated on first use."""
         views = self.views.get(slot)
         if views is None:
-            raw = aligned_bytes(self.nbytes, PAGE)
+            dtype = self.precision.slot_dtype(slot)
+            offsets, nbytes = self._layout(dtype.itemsize)
+            raw = aligned_bytes(nbytes, PAGE)
             views = self.views[slot] = [
-                raw[o:o + int(np.prod(s, dtype=np.int64)) * self.dtype.itemsize]
-                .view(self.dtype).reshape(s) for o, s in zip(self.offsets, self.shapes)]
+                raw[o:o + int(np.prod(s, dtype=np.int64)) * dtype.itemsize]
+                .view(dtype).reshape(s) for o, s in zip(offsets, self.shapes)]
             if self.flat_param is not None:     # no padding: one run from the first view
-                start = next((o for o, p in zip(self.offsets, self.params) if p.nbytes), 0)
-                self.buffers[slot] = raw[start:start + self.flat_param.nbytes].view(self.dtype)
+                start = next((o for o, p in zip(offsets, self.params) if p.nbytes), 0)
+                self.buffers[slot] = raw[start:start + self.flat_param.size
+                                         * dtype.itemsize].view(dtype)
             else:
                 self.buffers[slot] = raw
         return views

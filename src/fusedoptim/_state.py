@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
+from ._precision import MASTER
 from ._validation import label
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ def build_plan(opt: Optimizer, gi: int, cache: _GroupCache) -> _kernels.Plan:
     scalar state (kept in cache.plan until state is created or replaced)."""
     sl = opt._group_slices[gi]
     layout = opt._layouts[gi]
-    slots = opt._slots
     adopt_state(opt, gi, layout)
     entries = [opt._state[i] for i in sl]
     params = opt.param_groups[gi]["params"]
@@ -57,22 +57,33 @@ def build_plan(opt: Optimizer, gi: int, cache: _GroupCache) -> _kernels.Plan:
         # one's entry, pointed at the group's buffers, stands for them all.
         first = entries[0]
         entries = [None if first is None else
-                   {**first, **{s: layout.buffers[s] for s in slots if s in first}}]
+                   {**first, **{s: layout.buffers[s] for s in layout.slots if s in first}}]
         params = [layout.flat_param]
         labels = [f"grads of param group {gi} (bound as one flat buffer)"]
-    state = [None if st is None else [st.get(s) for s in slots] for st in entries]
+    columns = layout.plan_slots
+    state = [None if st is None else [None if s is None else st.get(s) for s in columns]
+             for st in entries]
     steps = [0 if st is None else st["step"] for st in entries]
     if cache.slots_in_use is None:
         cache.slots_in_use = cache.wanted      # validated when the group was added
-    required = [slots.index(s) for s in cache.slots_in_use]
+    required = [columns.index(s) for s in _slots_needed(layout, cache)]
     names = opt._scalar_state
     scalar_state: list[list[float]] | None = None
     if names:
         scalar_state = [[0.0] * len(names) if st is None else [st[k] for k in names]
                         for st in entries]
-    cache.plan = _kernels.Plan(params, state, len(slots), len(_kernels.SCALARS[opt._kernel]),
-                               labels, steps, scalar_state, required)
+    prec = layout.precision
+    cache.plan = _kernels.Plan(params, state, len(columns), len(_kernels.SCALARS[opt._kernel]),
+                               labels, steps, scalar_state, required,
+                               (prec.param_storage, prec.state_storage), prec.grad_dtypes)
     return cache.plan
+
+
+def _slots_needed(layout: GroupLayout, cache: _GroupCache) -> tuple[str, ...]:
+    """The state buffers a step of this configuration reads: the configuration's slots,
+    and the master copy when the group keeps one."""
+    assert cache.slots_in_use is not None
+    return cache.slots_in_use + ((MASTER,) if layout.precision.master else ())
 
 
 def adopt_state(opt: Optimizer, gi: int, layout: GroupLayout) -> None:
@@ -82,7 +93,7 @@ def adopt_state(opt: Optimizer, gi: int, layout: GroupLayout) -> None:
         st = opt._state[i]
         if st is None:
             continue
-        for s in opt._slots:
+        for s in layout.slots:
             buf = st.get(s)
             if buf is not None:
                 view = layout.slot_views(s)[t]
@@ -95,14 +106,16 @@ def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatA
                  ) -> tuple[_kernels.Plan, dict[int, tuple[str, ...]]]:
     """Create state for params stepping for the first time (or a slot they lack, e.g.
     amsgrad switched on, or one missing from a checkpoint), filled with its initial value
-    (the spec's ``init``, zero by default), then rebuild the group's plan. Returns the plan
-    and {tensor index in the group: names of the buffers created}."""
+    (the spec's ``init``, zero by default; the master copy: the param, exactly), then
+    rebuild the group's plan. Returns the plan and {tensor index in the group: names of the
+    buffers created}."""
     sync_steps(opt, gi)
-    slots = cache.slots_in_use
     hyper = cache.hyper
-    assert slots is not None                # step() set them
+    assert cache.slots_in_use is not None                # step() set them
     initial = opt.spec.initial
     layout = opt._layouts[gi]
+    slots = _slots_needed(layout, cache)
+    params = opt.param_groups[gi]["params"]
     one = layout.use_flat                       # grads is [flat grad]: every param steps
     fresh = {}
     for t, i in enumerate(opt._group_slices[gi]):
@@ -116,9 +129,12 @@ def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatA
         new = tuple(s for s in slots if s not in st)
         for s in new:
             st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
-            st[s].fill(initial(s, hyper))
+            if s == MASTER:
+                st[s][...] = params[t]          # float16/bfloat16 -> float32 is exact
+            else:
+                st[s].fill(initial(s, hyper))
         if new:
-            fresh[t] = new
+            fresh[t] = tuple(s for s in new if s != MASTER)
     if one and fresh:
         fresh = {0: fresh[0]}   # in lockstep, every param got the same new buffers
     plan = build_plan(opt, gi, cache)
@@ -172,7 +188,6 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
         merged.update({k: v for k, v in sg.items() if k not in ("params", "param_names")})
         opt._validate_group(merged, _GroupCache())
         new_groups.append(merged)
-    slots = set(opt._slots)
     scalar_names = opt._scalar_state
     for i, st in state_dict["state"].items():
         if not isinstance(i, int) or not 0 <= i < len(opt._state):
@@ -180,7 +195,7 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
                              f"0..{len(opt._state) - 1}")
         gi = next(k for k, sl in enumerate(opt._group_slices) if i in sl)
         p = opt.param_groups[gi]["params"][i - opt._group_slices[gi].start]
-        new_state[i] = _load_entry(opt, i, st, p, slots, scalar_names)
+        new_state[i] = _load_entry(opt, i, st, p, opt._layouts[gi], scalar_names)
     # Checked: now replace everything at once.
     for g, merged in zip(opt.param_groups, new_groups):
         g.update({k: v for k, v in merged.items() if k != "params"})
@@ -192,8 +207,16 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
         opt._validate_group(g, c)
 
 
+def _with(layout: GroupLayout) -> str:
+    prec = layout.precision
+    if prec.default:
+        return ""
+    return (f" (state_dtype {prec.state_dtype}, "
+            f"{'with' if prec.master else 'without'} master weights)")
+
+
 def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
-                slots: set[str], scalar_names: tuple[str, ...]) -> ParamState:
+                layout: GroupLayout, scalar_names: tuple[str, ...]) -> ParamState:
     """Param i's checked state from a checkpoint's entry `st` (buffers copied)."""
     step = st.get("step", 0)
     if isinstance(step, np.ndarray) and step.size == 1:
@@ -210,18 +233,25 @@ def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
         if k in scalar_names:
             entry[k] = _v.scalar_state(v, f"state_dict['state'][{i}][{k!r}]")
             continue
-        if k not in slots:
+        if k not in layout.slots:
             raise ValueError(f"state_dict['state'][{i}] has unknown buffer {k!r}; "
                              f"{type(opt).__name__} keeps "
-                             f"{sorted(slots | set(scalar_names))}")
+                             f"{sorted(set(layout.slots) | set(scalar_names))} for "
+                             f"{p.dtype} params{_with(layout)}")
         if not isinstance(v, np.ndarray):
             raise TypeError(f"state_dict['state'][{i}][{k!r}] must be an ndarray, "
                             f"got {type(v).__name__}")
-        if v.shape != p.shape or v.dtype != p.dtype:
+        want = layout.precision.slot_dtype(k)
+        if v.shape != p.shape or v.dtype != want:
             raise ValueError(f"state_dict['state'][{i}][{k!r}] has shape {v.shape} "
-                             f"and dtype {v.dtype}; its param has shape {p.shape} "
-                             f"and dtype {p.dtype}")
-        entry[k] = np.array(v, dtype=p.dtype, order="C", copy=True)
+                             f"and dtype {v.dtype}; it must have its param's shape "
+                             f"{p.shape} and dtype {want}{_with(layout)}")
+        entry[k] = np.array(v, dtype=want, order="C", copy=True)
+    if layout.precision.master and MASTER not in entry and len(entry) > 1:
+        raise ValueError(f"state_dict['state'][{i}] lacks {MASTER!r}: this optimizer keeps a "
+                         f"float32 master copy of each {p.dtype} param (master_weights); load "
+                         f"a checkpoint saved with master weights, or build the optimizer "
+                         f"with master_weights=False")
     absent = [k for k in scalar_names if k not in entry]
     if absent:
         raise ValueError(f"state_dict['state'][{i}] lacks {absent}; "

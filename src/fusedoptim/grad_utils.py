@@ -4,11 +4,13 @@ Each takes many arrays at once (a list or tuple, a dict whose values are used, o
 and makes one GIL-free pass over all of them per dtype on the optimizers' parallel driver:
 arrays of one dtype are laid end to end and cut into the same fixed work units. Norms are
 accumulated in double, and partial sums are combined in a fixed order, so every result is
-bitwise identical for any thread count. float32 and float64 arrays may be mixed; the float32
-arrays' partial result is then combined with the float64 arrays' one, in that order.
+bitwise identical for any thread count. float32, float64, bfloat16 and float16 arrays may be
+mixed; each dtype's partial result is then combined with the others' in that order.
+Half-precision arrays are read as they are (converted in registers, no copy); a clip writes
+them back rounded to nearest even.
 
 ``None`` entries are skipped, as torch skips parameters without a gradient. Every array is
-checked (ndarray, float32/float64, C-contiguous, aligned; writeable and not sharing memory with
+checked (ndarray, a float dtype above, C-contiguous, aligned; writeable and not sharing memory with
 another where the call writes) before anything is read or written.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as v
+from ._precision import BFLOAT16
 
 if TYPE_CHECKING:
     from ._typing import ArraysArg, FloatArray
@@ -33,6 +36,9 @@ _MAXABS = _kernels.REDUCE_IDS["maxabs"]
 _NONFINITE = _kernels.REDUCE_IDS["nonfinite"]
 _SCALE = _kernels.KERNEL_IDS["scale"]
 _CLAMP = _kernels.KERNEL_IDS["clamp"]
+
+#: the order in which arrays of mixed dtypes are reduced, one pass per dtype
+DTYPE_ORDER = (np.dtype(np.float32), np.dtype(np.float64), BFLOAT16, np.dtype(np.float16))
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing max_norm by it.
 CLIP_EPS = 1e-6
@@ -56,12 +62,13 @@ def _arrays(arrays: ArraysArg, name: str,
 
 
 def _plans(items: list[FloatArray], n64: int) -> list[_kernels.Plan]:
-    """One plan per dtype present (float32 first), every tensor active, two scalar columns."""
-    if n64 == 0 or n64 == len(items):
+    """One plan per dtype present, in the fixed order of DTYPE_ORDER (so a result combined
+    over dtypes does not depend on the arrays' order), every tensor active, two scalar
+    columns."""
+    if n64 == len(items) or all(a.dtype == items[0].dtype for a in items):
         groups = [items] if items else []
     else:
-        groups = [[a for a in items if a.dtype == np.float32],
-                  [a for a in items if a.dtype == np.float64]]
+        groups = [g for g in ([a for a in items if a.dtype == dt] for dt in DTYPE_ORDER) if g]
     plans = []
     for group in groups:
         plan = _kernels.Plan(group, [None] * len(group), 0, 2, None)

@@ -27,6 +27,7 @@ from ._backend import FUSED, Backend
 from ._gate import apply_gated, grads_finite, gated_group, inv_grad_scale
 from ._layout import GroupLayout, check_new_params, group_arrays, parse_params, route_flat, \
     split_grads
+from ._precision import check_options, resolve
 from ._spec import OptSpec, register
 from ._state import build_plan, ensure_state
 
@@ -135,7 +136,8 @@ class Optimizer:
 
     # -- construction -----------------------------------------------------------------------
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False, master_weights: bool | None = None,
+                 state_dtype: str | None = None) -> None:
         if getattr(type(self), "spec", None) is None:
             raise TypeError(f"{type(self).__name__} has no spec: Optimizer is a base class, "
                             f"and each optimizer binds an OptSpec (spec = ...)")
@@ -146,6 +148,9 @@ class Optimizer:
             raise TypeError(f"{type(self).__name__}: kernel {self._kernel!r} must take the "
                             f"grad's multiplier 'sign' as its scalar 0, got {names[:1]}")
         self.skip_nonfinite = _v.flag(skip_nonfinite, "skip_nonfinite")
+        #: the precision options (fusedoptim._precision); each group resolves them for its
+        #: params' dtype when it is added
+        self.master_weights, self.state_dtype = check_options(master_weights, state_dtype)
         self.skipped_steps = 0
         self.defaults = dict(defaults)
         keys = self._hyper_keys
@@ -184,6 +189,8 @@ class Optimizer:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in a param group; "
                              f"accepted: {sorted(self.defaults)}")
         check_new_params(self, names, arrays)
+        precision = resolve(type(self).__name__, self._kernel, arrays[0].dtype,
+                            self.master_weights, self.state_dtype)
         group = dict(self.defaults)
         group.update({k: v for k, v in group_in.items() if k != "params"})
         cache = _GroupCache()
@@ -200,7 +207,8 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
-        self._layouts.append(GroupLayout(arrays, flat_param, arena, flat_ok))
+        self._layouts.append(GroupLayout(arrays, flat_param, arena, flat_ok, precision,
+                                         self._slots))
         self._pinned.append(tuple(arrays))
         first = self._layouts[0]
         self._arena_grads = (first.arena.grads if len(self._layouts) == 1

@@ -10,6 +10,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from .._typing import ParamsArg
 
 
@@ -90,6 +93,8 @@ class Adam(Optimizer):
         bias_correction (bool): default True; False is the notes' variant (not in torch).
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
     """
 
     spec = ADAM_SPEC
@@ -98,12 +103,13 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False, bias_correction: bool = True,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       bias_correction=bias_correction),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)
 
 
 class AdamW(Adam):
@@ -120,8 +126,9 @@ class AdamW(Adam):
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 bias_correction: bool = True, skip_nonfinite: bool = False) -> None:
+                 bias_correction: bool = True, skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         Optimizer.__init__(self, params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=True, bias_correction=bias_correction),
-            skip_nonfinite=skip_nonfinite)
+            skip_nonfinite=skip_nonfinite, **precision)

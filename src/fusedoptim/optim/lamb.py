@@ -14,6 +14,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from numpy.typing import ArrayLike, NDArray
 
     from .._typing import ParamsArg
@@ -127,6 +130,8 @@ class LAMB(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
     """
@@ -138,8 +143,9 @@ class LAMB(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, clamp_value: float = 10.0, *,
                  bias_correction: bool = True, maximize: bool = False,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       clamp_value=clamp_value, bias_correction=bias_correction,
                                       maximize=maximize),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)

@@ -9,6 +9,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from .._typing import ParamsArg
 
 
@@ -61,6 +64,8 @@ class Lion(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg`` (m).
     """
@@ -70,7 +75,8 @@ class Lion(Optimizer):
 
     def __init__(self, params: ParamsArg, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, *,
-                 maximize: bool = False, skip_nonfinite: bool = False) -> None:
+                 maximize: bool = False, skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       maximize=maximize),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)

@@ -10,6 +10,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from .._typing import ParamsArg
 
 
@@ -87,6 +90,8 @@ class RAdam(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
@@ -97,8 +102,9 @@ class RAdam(Optimizer):
     def __init__(self, params: ParamsArg, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
-                 maximize: bool = False, skip_nonfinite: bool = False) -> None:
+                 maximize: bool = False, skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)

@@ -10,6 +10,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from .._typing import ParamsArg
 
 
@@ -80,6 +83,8 @@ class Rprop(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``prev`` (g_prev), ``step_size`` (s).
     """
@@ -90,7 +95,8 @@ class Rprop(Optimizer):
     def __init__(self, params: ParamsArg, lr: float = 1e-2,
                  etas: tuple[float, float] = (0.5, 1.2),
                  step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
                                       maximize=maximize),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)

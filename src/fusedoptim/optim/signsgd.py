@@ -10,6 +10,9 @@ from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .._precision import PrecisionOptions
     from .._typing import ParamsArg
 
 
@@ -83,6 +86,8 @@ class SignSGD(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
+        master_weights, state_dtype: low-precision params and state (see
+            :class:`fusedoptim.Optimizer`).
 
     State per param: ``momentum_buffer`` (only when momentum != 0) and ``step``.
     """
@@ -91,7 +96,8 @@ class SignSGD(Optimizer):
 
     def __init__(self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, *,
-                 maximize: bool = False, skip_nonfinite: bool = False) -> None:
+                 maximize: bool = False, skip_nonfinite: bool = False,
+                 **precision: Unpack[PrecisionOptions]) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, maximize=maximize),
-                         skip_nonfinite=skip_nonfinite)
+                         skip_nonfinite=skip_nonfinite, **precision)
