@@ -584,7 +584,8 @@ def dynamic_map(signed: bool, bits: int = 8) -> NDArray[np.float32]:
         return _dynamic_map_values(signed, 7, 8)
     if signed:
         return _dynamic_map_values(True, 3, 4)
-    return np.arange(1, 17, dtype=np.float32) / np.float32(16)
+    linear: NDArray[np.float32] = np.arange(1, 17, dtype=np.float32) / np.float32(16)
+    return linear
 
 
 def _nearest_code(y: NDArray[np.float32], code: NDArray[np.float32]) -> NDArray[np.uint8]:
@@ -614,9 +615,9 @@ def quantize_blockwise(x: NDArray[Any], code: NDArray[np.float32], block_size: i
     xf = np.ascontiguousarray(x).reshape(-1).astype(np.float32)
     n = xf.size
     nblocks = -(-n // block_size)
-    blocks = np.zeros(nblocks * block_size, np.float32)
-    blocks[:n] = xf
-    blocks = blocks.reshape(nblocks, block_size)           # zero padding leaves absmax alone
+    flat = np.zeros(nblocks * block_size, np.float32)
+    flat[:n] = xf
+    blocks = flat.reshape(nblocks, block_size)             # zero padding leaves absmax alone
     absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))   # NaN propagates
     absmax = np.where(np.isfinite(absmax), absmax, np.float32(np.nan)).astype(np.float32)
     tiny = np.finfo(np.float32).tiny
