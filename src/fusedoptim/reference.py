@@ -509,3 +509,147 @@ for _s in _spec.registered():
     _t = _twin(_s)
     globals()[_t.__name__] = _t
 del _s, _t
+
+
+# -- blockwise quantization (the references of fusedoptim.quant) -------------------------------
+#
+# The maps, the quantizer and the dequantizer, unvalidated (fusedoptim.quant validates). Each
+# float operation is one float32 operation, as the C codec (cython_kernels/quant.h) does it.
+
+def _fma32(a: Any, b: Any, c: Any) -> NDArray[np.float32]:
+    """float32 ``a*b + c`` rounded once, as a fused multiply-add does, for float32 inputs.
+
+    The product of two float32 values is exact in float64. The float64 sum is rounded to odd
+    (an inexact sum takes whichever of its two float64 neighbours has an odd last bit), and
+    rounding a round-to-odd float64 to float32 is then the correctly rounded result, since
+    float64 carries at least two more bits than float32 (53 >= 24 + 2)."""
+    a64 = np.asarray(a, np.float32).astype(np.float64)
+    b64 = np.asarray(b, np.float32).astype(np.float64)
+    c64 = np.asarray(c, np.float32).astype(np.float64)
+    p = a64 * b64                                   # exact
+    s = p + c64
+    bv = s - p                                      # Knuth's TwoSum: err is what s lost
+    err = (p - (s - bv)) + (c64 - bv)
+    away = np.nextafter(s, np.where(err > 0, np.inf, -np.inf))
+    odd = (s.view(np.uint64) & np.uint64(1)) == 1
+    r = np.where((err == 0) | odd, s, away)
+    return r.astype(np.float32)
+
+
+def _torch_linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)`` as torch's CPU kernel computes
+    it with FMA (its AVX2 and AVX-512 builds): step = (end - start) / (steps - 1) in float32;
+    element i of the first half is start + step*i, of the second half end - step*(steps-1-i),
+    each a fused multiply-add. (torch's DEFAULT build, with no FMA, rounds twice and gives
+    other last bits for steps >= 9; see fusedoptim.quant.dynamic_map.)"""
+    s, e = np.float32(start), np.float32(end)
+    step = (e - s) / np.float32(steps - 1)
+    i = np.arange(steps)
+    head = _fma32(step, i.astype(np.float32), s)
+    tail = _fma32(-step, (steps - 1 - i).astype(np.float32), e)
+    return np.where(i < steps // 2, head, tail).astype(np.float32)
+
+
+def _dynamic_map_values(signed: bool, max_exponent_bits: int, total_bits: int) -> NDArray[np.float32]:
+    """Dettmers' dynamic map (bitsandbytes' create_dynamic_map, without its zero padding).
+
+    Decade k = 0..max_exponent_bits-1 holds the midpoints of a float32 linspace(0.1, 1) with
+    2**(k + total_bits-1 - max_exponent_bits) + 1 points (twice as many midpoints when
+    unsigned, where the sign bit is spent on the fraction), each midpoint (a + b) / 2 in
+    float32, times float32(10**(k - max_exponent_bits + 1)) in float32 (and the negated
+    scale when signed). Then 0 and 1 are added and the values sorted."""
+    non_sign_bits = total_bits - 1
+    parts = []
+    for k in range(max_exponent_bits):
+        npoints = 2 ** (k + non_sign_bits - max_exponent_bits + (0 if signed else 1)) + 1
+        bounds = _torch_linspace_f32(0.1, 1.0, npoints)
+        means = (bounds[:-1] + bounds[1:]) / np.float32(2)
+        scale = 10.0 ** (k - max_exponent_bits + 1)
+        parts.append(np.float32(scale) * means)
+        if signed:
+            parts.append(np.float32(-scale) * means)
+    parts.append(np.array([0.0, 1.0], np.float32))
+    values = np.sort(np.concatenate(parts)).astype(np.float32)
+    assert values.size == 2 ** total_bits
+    return values
+
+
+def dynamic_map(signed: bool, bits: int = 8) -> NDArray[np.float32]:
+    """The code maps of fusedoptim.quant.dynamic_map (see there for what each is and why).
+
+    bits=8: the dynamic map of bitsandbytes (7 decades). bits=4, signed: the 4-bit dynamic map
+    (3 decades) of Li et al. 2023 (torchao's create_dynamic_map(True, 3, 4)). bits=4,
+    unsigned: the linear map without zero, k/16 for k = 1..16."""
+    if bits == 8:
+        return _dynamic_map_values(signed, 7, 8)
+    if signed:
+        return _dynamic_map_values(True, 3, 4)
+    linear: NDArray[np.float32] = np.arange(1, 17, dtype=np.float32) / np.float32(16)
+    return linear
+
+
+def _nearest_code(y: NDArray[np.float32], code: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """For each y: argmin_k |y - code[k]|, each difference in float32; ties to the lower k.
+    By brute force over the whole map, in chunks (this is the definition the C codec meets)."""
+    out = np.empty(y.size, np.uint8)
+    chunk = 4096
+    for s in range(0, y.size, chunk):
+        dist = np.abs(y[s:s + chunk, None] - code[None, :])     # float32
+        out[s:s + chunk] = np.argmin(dist, axis=1)              # first minimum: lower index
+    return out
+
+
+def quantize_blockwise(x: NDArray[Any], code: NDArray[np.float32], block_size: int = 256,
+                       bits: int = 8) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Blockwise quantization of x (flattened, read as float32) to the nearest codes of `code`.
+
+    Per block of `block_size` elements (the last may be short):
+      absmax = max |x|, in float32; NaN when the block holds a NaN or an Inf;
+               0 when it is below the smallest normal float32 (2**-126, flushed to zero)
+      valid  = absmax > 0                        (not 0, not NaN)
+      y      = clip(x * (1/absmax), -1, 1)       (float32 reciprocal, float32 product)
+      y      = 0 in a block that is not valid
+      c      = argmin_k |y - code[k]|            (float32 differences, ties to the lower k)
+    bits=4 packs element 2j in the high nibble and 2j+1 in the low nibble of byte j; an odd
+    count leaves the last low nibble 0. Returns (codes, absmax), both 1-D."""
+    xf = np.ascontiguousarray(x).reshape(-1).astype(np.float32)
+    n = xf.size
+    nblocks = -(-n // block_size)
+    flat = np.zeros(nblocks * block_size, np.float32)
+    flat[:n] = xf
+    blocks = flat.reshape(nblocks, block_size)             # zero padding leaves absmax alone
+    absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))   # NaN propagates
+    absmax = np.where(np.isfinite(absmax), absmax, np.float32(np.nan)).astype(np.float32)
+    tiny = np.finfo(np.float32).tiny
+    absmax = np.where(absmax < tiny, np.float32(0), absmax).astype(np.float32)  # NaN stays
+    valid = absmax > 0
+    inv = np.float32(1) / np.where(valid, absmax, np.float32(1))
+    with np.errstate(invalid="ignore", over="ignore"):      # non-finite blocks, zeroed below
+        y = np.clip(blocks * inv[:, None], np.float32(-1), np.float32(1))
+    y[~valid] = 0
+    c = _nearest_code(y.reshape(-1)[:n], np.asarray(code, np.float32))
+    if bits == 4:
+        if n % 2:
+            c = np.append(c, np.uint8(0))
+        c = ((c[0::2] << 4) | c[1::2]).astype(np.uint8)
+    return c, absmax
+
+
+def dequantize_blockwise(codes: NDArray[np.uint8], absmax: NDArray[np.float32],
+                         code: NDArray[np.float32], block_size: int = 256, bits: int = 8,
+                         n: int | None = None, dtype: Any = np.float32) -> NDArray[Any]:
+    """x = code[c] * absmax of its block, in float32, then cast to `dtype` (round to nearest
+    even). bits=4 reads the high nibble first; n (default: every code) drops a padding
+    nibble. Returns a 1-D array of n elements."""
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    if bits == 4:
+        idx = np.empty(2 * flat.size, np.uint8)
+        idx[0::2] = flat >> 4
+        idx[1::2] = flat & 15
+    else:
+        idx = flat
+    if n is None:
+        n = idx.size
+    scale = np.repeat(np.asarray(absmax, np.float32), block_size)[:n]
+    x = np.asarray(code, np.float32)[idx[:n]] * scale       # float32 product
+    return x.astype(dtype)
