@@ -49,13 +49,23 @@ STORAGES = {
     "f16": ("ST_F16", "uint16_t", "half"),
     "bf16m": ("ST_BF16M", "uint16_t", "master"),
     "f16m": ("ST_F16M", "uint16_t", "master"),
+    "q8": ("ST_Q8", "uint8_t", "q8"),
+    "q4": ("ST_Q4", "uint8_t", "q4"),
 }
 # The codec of each half storage (a master storage rounds its master to the same one).
 HALF_CODEC = {"bf16": "bf16", "f16": "f16", "bf16m": "bf16", "f16m": "f16"}
+#   q8, q4   (state only) blockwise quantized (quant.h): codes in the buffer, one float32
+#            absmax per block (256 elements for q8, 128 for q4) in column ABSMAX_COL + i for
+#            the kernel's buffer i. A tensor whose absmax column is NULL keeps float32 state
+#            (bitsandbytes' min_8bit_size: small tensors are not quantized): the glue then
+#            hands the body the float32 buffer itself. A "state" buffer is quantized with the
+#            signed dynamic map, a "state+" one (a non-negative moment) with the unsigned one.
 # Extra buffer columns, after a kernel's own (at most MAX_BUFFERS of them): the float32
-# master param (master storages). The driver's plan lays its columns out the same way.
+# master param (master storages), then the absmax columns. The driver's plan lays its
+# columns out the same way (_driver.pxd).
 MAX_BUFFERS = 6
 MASTER_COL = 6
+ABSMAX_COL = 7
 
 # -- THE WHITELIST: which (param, grad, state) storage combinations each kernel is built and
 # registered for. Register only what the Python layer can request, and test every row.
@@ -67,6 +77,12 @@ MASTER_COL = 6
 #           float32 master weights and any of the three grads; state float32 or bfloat16
 #           (or the half params' own dtype)
 FLOAT_ROWS = (("f32", "f32", "f32"), ("f64", "f64", "f64"))
+#   optq    opt, and quantized state (int8, int4) under float32 params (float32 or bfloat16
+#           grads), half params with their own grads, and half params with master weights
+#           (float32 grads or their own)
+QUANT_ROWS = tuple((p, g, q) for q in ("q8", "q4") for p, g in (
+    ("f32", "f32"), ("f32", "bf16"), ("bf16", "bf16"), ("f16", "f16"),
+    ("bf16m", "bf16"), ("bf16m", "f32"), ("f16m", "f16"), ("f16m", "f32")))
 ROW_SETS = {
     "float": FLOAT_ROWS,
     "grad": FLOAT_ROWS + (("bf16", "bf16", "bf16"), ("f16", "f16", "f16")),
@@ -77,12 +93,15 @@ ROW_SETS = {
         + [(p, g, st) for p in ("bf16m", "f16m") for g in ("f32", "bf16", "f16")
            for st in ("f32", "bf16")]),
 }
+ROW_SETS["optq"] = ROW_SETS["opt"] + QUANT_ROWS
 VARIANTS = {
     # kernel name -> its rows, where they differ from its row set
     "_thread_id_f32_only": (("f32", "f32", "f32"),),
 }
 
 ROLES = ("param", "grad", "state")
+# A buffer role as declared: a role, or "state+" (a state buffer that is never negative).
+DECLARED_ROLES = ROLES + ("state+", "-")
 _C_WORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double",
             "else", "enum", "extern", "float", "for", "goto", "if", "int", "long", "register",
             "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
@@ -137,10 +156,12 @@ class Generator:
         if name in self.kernels:
             raise GenError(f"kernel {name!r} declared twice")
         self.kernels.add(name)
-        roles = buffers.split()
-        for r in roles:
-            if r not in ROLES + ("-",):
-                raise GenError(f"{name}: buffer role {r!r} is not one of {ROLES} or '-'")
+        declared = buffers.split()
+        for r in declared:
+            if r not in DECLARED_ROLES:
+                raise GenError(f"{name}: buffer role {r!r} is not one of {DECLARED_ROLES}")
+        unsigned = {i for i, r in enumerate(declared) if r == "state+"}
+        roles = ["state" if r == "state+" else r for r in declared]
         if len(roles) > MAX_BUFFERS:
             raise GenError(f"{name}: more than {MAX_BUFFERS} buffers")
         used = [(i, r) for i, r in enumerate(roles) if r != "-"]
@@ -225,7 +246,7 @@ class Generator:
             entry = f"{name}__{'_'.join(row)}"
             if row in tiled:
                 out += self._tiled_entry(entry, head + "_tile", row, used, names, scalars,
-                                         is_reduce, outputs)
+                                         is_reduce, outputs, unsigned)
             else:
                 out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce)
             ids = ", ".join(STORAGES[st][0] for st in row)
@@ -240,6 +261,7 @@ class Generator:
         if modes is not None:
             regs.append(f"register_modes({name!r}, {is_reduce}, {names.index('mode')}, "
                         f"{modes!r})")
+        regs.append(f"KERNEL_ROLES[{name!r}] = {tuple(declared)!r}")
         out += regs
         return "\n".join(out)
 
@@ -271,7 +293,7 @@ class Generator:
                 f"    {head}({', '.join(args)})", "", ""]
 
     @staticmethod
-    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs):
+    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs, unsigned):
         """Glue for a row with a non-float32 buffer: per tile of at most FO_TILE elements,
         decode every such buffer into a float array on the stack, run the float body on the
         tile, encode back what the body writes. A master storage's body param is the float32
@@ -302,6 +324,19 @@ class Generator:
                 args.append(f"(<float*>b[{MASTER_COL}]) + at")
                 enc.append(f"fo_{HALF_CODEC[st]}_encode((<float*>b[{MASTER_COL}]) + at, "
                            f"(<uint16_t*>b[{i}]) + at, m)")
+                continue
+            if kind in ("q8", "q4"):
+                if r != "state":
+                    raise GenError(f"{entry}: {st} is a state storage")
+                qmap = f"&_fo_qmap_{'u' if i in unsigned else 's'}{kind[1]}"
+                # t{i} points at the float tile, or, for a tensor whose state is float32
+                # (no absmax column), straight into that state.
+                decl.append(f"cdef float s{i}[FO_TILE]")
+                decl.append(f"cdef float* t{i}")
+                args.append(f"t{i}")
+                absmax = f"b[{ABSMAX_COL + i}]"
+                dec.append(f"t{i} = _fo_{kind}_tile_in(b[{i}], {absmax}, at, m, {qmap}, s{i})")
+                enc.append(f"_fo_{kind}_tile_out(b[{i}], {absmax}, at, m, {qmap}, t{i})")
                 continue
             decl.append(f"cdef float t{i}[FO_TILE]")
             args.append(f"t{i}")

@@ -6,8 +6,8 @@
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
                                  register_modes, ST_F32, ST_F64, ST_BF16, ST_F16,
-                                 ST_BF16M, ST_F16M)
-from libc.stdint cimport uint16_t
+                                 ST_BF16M, ST_F16M, ST_Q8, ST_Q4)
+from libc.stdint cimport uint8_t, uint16_t
 from cython cimport floating
 
 # The storage codecs: the tiled glue kernelgen.py generates converts half-precision buffers to
@@ -18,6 +18,91 @@ cdef extern from "codecs.h":
     void fo_bf16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
     void fo_f16_decode(const uint16_t* src, float* dst, Py_ssize_t n) noexcept nogil
     void fo_f16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
+
+
+# The blockwise codec of int8/int4 state (quant.h), and the four maps it quantizes with: the
+# signed and unsigned 8-bit dynamic maps and the two 4-bit maps (fusedoptim.quant). set_qmaps
+# fills them from fusedoptim.quant.dynamic_map before any quantized state exists.
+cdef extern from "quant.h":
+    ctypedef struct fo_qmap:
+        int ncodes
+    int fo_qmap_init(fo_qmap* q, const float* code, int ncodes) noexcept nogil
+    void fo_q8_decode(const uint8_t* codes, float absmax, const fo_qmap* q, float* out,
+                      Py_ssize_t n) noexcept nogil
+    float fo_q8_encode(const float* x, Py_ssize_t n, const fo_qmap* q,
+                       uint8_t* codes) noexcept nogil
+    void fo_q4_decode(const uint8_t* codes, float absmax, const fo_qmap* q, float* out,
+                      Py_ssize_t n) noexcept nogil
+    float fo_q4_encode(const float* x, Py_ssize_t n, const fo_qmap* q,
+                       uint8_t* codes) noexcept nogil
+
+cdef fo_qmap _fo_qmap_s8, _fo_qmap_u8, _fo_qmap_s4, _fo_qmap_u4
+
+#: kernel name -> its buffer roles as declared ("param", "grad", "state", "state+" for a
+#: state buffer that is never negative: quantized with the unsigned map, "-" unused)
+KERNEL_ROLES = {}
+
+
+cdef int _init_qmap(fo_qmap* q, object codes, int n) except -1:
+    cdef const float[::1] c = codes
+    if c.shape[0] != n or fo_qmap_init(q, &c[0], n) != 0:
+        raise ValueError(f"fusedoptim: a quantization map of {n} codes was refused")
+    return 0
+
+
+def set_qmaps(signed8, unsigned8, signed4, unsigned4):
+    """Load the quantization maps (float32 arrays of 256, 256, 16, 16 sorted codes)."""
+    _init_qmap(&_fo_qmap_s8, signed8, 256)
+    _init_qmap(&_fo_qmap_u8, unsigned8, 256)
+    _init_qmap(&_fo_qmap_s4, signed4, 16)
+    _init_qmap(&_fo_qmap_u4, unsigned4, 16)
+
+
+def qmaps_loaded():
+    return _fo_qmap_s8.ncodes == 256 and _fo_qmap_u4.ncodes == 16
+
+
+# A quantized state tile. A tensor without an absmax buffer keeps float32 state: the body
+# works on that buffer in place. Otherwise decode the tile's block(s) into `tile` (at is a
+# multiple of the block: the driver cuts tensors at multiples of 256).
+cdef inline float* _fo_q8_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                                  const fo_qmap* q, float* tile) noexcept nogil:
+    if absmax == NULL:
+        return (<float*>codes) + at
+    fo_q8_decode(<const uint8_t*>codes + at, (<const float*>absmax)[at >> 8], q, tile, m)
+    return tile
+
+
+cdef inline void _fo_q8_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                                 const fo_qmap* q, const float* tile) noexcept nogil:
+    if absmax != NULL:
+        (<float*>absmax)[at >> 8] = fo_q8_encode(tile, m, q, <uint8_t*>codes + at)
+
+
+cdef inline float* _fo_q4_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                                  const fo_qmap* q, float* tile) noexcept nogil:
+    # 4-bit blocks are 128 elements: a tile holds up to two. Codes pack two to a byte.
+    cdef Py_ssize_t h = 0, k
+    if absmax == NULL:
+        return (<float*>codes) + at
+    while h < m:
+        k = m - h if m - h < 128 else 128
+        fo_q4_decode(<const uint8_t*>codes + ((at + h) >> 1),
+                     (<const float*>absmax)[(at + h) >> 7], q, tile + h, k)
+        h += 128
+    return tile
+
+
+cdef inline void _fo_q4_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                                 const fo_qmap* q, const float* tile) noexcept nogil:
+    cdef Py_ssize_t h = 0, k
+    if absmax == NULL:
+        return
+    while h < m:
+        k = m - h if m - h < 128 else 128
+        (<float*>absmax)[(at + h) >> 7] = fo_q4_encode(tile + h, k, q,
+                                                       <uint8_t*>codes + ((at + h) >> 1))
+        h += 128
 
 
 # How the tiled glue folds a reduce kernel's per-tile partials (as the driver folds segments).

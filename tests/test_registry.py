@@ -23,6 +23,15 @@ OPTIMIZER_ROWS = FLOAT_ROWS | {
     ("float32", g, s) for g in GRADS for s in ("float32", "bfloat16")} | {
     (h, h, s) for h in HALVES for s in (h, "float32")} | {
     (h + "+master", g, s) for h in HALVES for g in GRADS for s in ("float32", "bfloat16")}
+# int8/int4 state (blockwise) for the optimizers issue 11 names: float32 params with float32 or
+# bfloat16 grads, half params with their own grads, and with master weights (float32 grads or
+# their own).
+QUANTIZED_ROWS = {(p, g, q) for q in ("int8", "int4") for p, g in (
+    ("float32", "float32"), ("float32", "bfloat16"), ("bfloat16", "bfloat16"),
+    ("float16", "float16"), ("bfloat16+master", "bfloat16"), ("bfloat16+master", "float32"),
+    ("float16+master", "float16"), ("float16+master", "float32"))}
+QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nadam", "radam",
+                     "lars", "lars_norms"}
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
 GRAD_UTILITY_ROWS = FLOAT_ROWS | {(h, h, h) for h in HALVES}
 GRAD_UTILITIES = {"sumsq", "sumabs", "sumpow", "maxabs", "nonfinite", "scale", "clamp"}
@@ -36,7 +45,9 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
 def test_every_kernel_registers_exactly_its_rows(name):
     rows = _kernels.registered_variants(name)
     assert len(rows) == len(set(rows))
-    if name in OPTIMIZER_KERNELS:
+    if name in QUANTIZED_KERNELS:
+        assert set(rows) == OPTIMIZER_ROWS | QUANTIZED_ROWS
+    elif name in OPTIMIZER_KERNELS:
         assert set(rows) == OPTIMIZER_ROWS
     elif name in GRAD_UTILITIES:
         assert set(rows) == GRAD_UTILITY_ROWS

@@ -17,6 +17,7 @@ ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const
 # state) combination; Plan.run/reduce refuse a combination nobody registered.
 #   ST_BF16M / ST_F16M: a half-precision param with a float32 master copy in column
 #   MASTER_COL; the kernel updates the master and writes the rounded param (param storage only).
+#   ST_Q8 / ST_Q4: blockwise int8/int4 state (codes; absmax of buffer i in ABSMAX_COL + i).
 cdef enum:
     ST_F32 = 0
     ST_F64 = 1
@@ -24,13 +25,17 @@ cdef enum:
     ST_F16 = 3
     ST_BF16M = 4
     ST_F16M = 5
-    N_STORAGES = 6
+    ST_Q8 = 6
+    ST_Q4 = 7
+    N_STORAGES = 8
 
 # A kernel has at most MAX_BUFFERS buffer columns of its own; the master param, when the param
-# storage has one, is column MASTER_COL of the plan (kernelgen.py generates the same numbers).
+# storage has one, is column MASTER_COL of the plan, and the absmax of a quantized state buffer
+# i is column ABSMAX_COL + i (kernelgen.py generates the same numbers).
 cpdef enum:
     MAX_BUFFERS = 6
     MASTER_COL = 6
+    ABSMAX_COL = 7
 
 cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel kern,
                         tuple scalars) except -1

@@ -132,7 +132,7 @@ cdef enum:
 
 # by storage number (_driver.pxd)
 STORAGE_NAMES = ("float32", "float64", "bfloat16", "float16", "bfloat16+master",
-                 "float16+master")
+                 "float16+master", "int8", "int4")
 
 cdef chunk_kernel _chunk_table[MAX_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
 cdef int _n_kernels = 0

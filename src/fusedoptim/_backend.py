@@ -17,9 +17,9 @@ params tile one buffer may step as one flat tensor) and ``gate_in_pass`` (the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ._precision import MASTER, compute_dtype
+from ._precision import ABSMAX, MASTER, GroupPrecision, compute_dtype, qmap
 
 if TYPE_CHECKING:
     from . import _kernels
@@ -125,9 +125,8 @@ class ReferenceBackend(Backend):
         new = (fresh or {}) if spec.fresh else {}
         convert = prec.state_dtype != compute
         buffers = [[None if slot in new.get(t, ()) else
-                    (st.get(slot) if not convert or st.get(slot) is None
-                     else st[slot].astype(compute))
-                    for t, st in zip(active, states)] for slot in opt._slots]
+                    self._state_in(opt, prec, st, k, params[t], compute, convert)
+                    for t, st in zip(active, states)] for k, slot in enumerate(opt._slots)]
         # Per-tensor scalar state (e.g. mu_product) goes in as lists of floats, updated in place.
         scalars = [[float(plan.sstate_array[t, j]) for t in active]
                    for j in range(len(opt._scalar_state))]
@@ -142,15 +141,44 @@ class ReferenceBackend(Backend):
         for j, values in enumerate(scalars):
             for t, x in zip(active, values):
                 plan.sstate_array[t, j] = x
-        for slot, lst in zip(opt._slots, buffers):
+        for k, (slot, lst) in enumerate(zip(opt._slots, buffers)):
             for t, st, buf in zip(active, states, lst):
-                if buf is not None and buf is not st.get(slot):
+                if buf is not None and slot + ABSMAX in st:
+                    # quantized: requantize the updated moment, as the kernel's glue does
+                    assert prec.quant is not None
+                    from .reference import quantize_blockwise
+                    bits, block = prec.quant
+                    codes, absmax = quantize_blockwise(
+                        buf, qmap(opt._kernel, k, bits), block, bits)
+                    st[slot].reshape(-1)[...] = codes
+                    st[slot + ABSMAX][...] = absmax
+                elif buf is not None and buf is not st.get(slot):
                     # created by the function, or a compute-dtype copy: write it back,
                     # rounded to nearest even into the state dtype, in the same array
                     st[slot][...] = buf
         if work[0] is not params[active[0]]:
             for t, w in zip(active, work):
                 params[t][...] = w          # rounded to nearest even, as the kernel does
+
+
+    @staticmethod
+    def _state_in(opt: Optimizer, prec: GroupPrecision, st: ParamState, k: int,
+                  param: FloatArray, compute: Any, convert: bool) -> Any:
+        """Slot k's state as the function gets it: the buffer itself, or a compute-dtype
+        copy (half state, or quantized state dequantized)."""
+        slot = opt._slots[k]
+        buf = st.get(slot)
+        if buf is None:
+            return None
+        if slot + ABSMAX in st:
+            assert prec.quant is not None
+            from .reference import dequantize_blockwise
+            bits, block = prec.quant
+            return dequantize_blockwise(buf, st[slot + ABSMAX], qmap(opt._kernel, k, bits),
+                                        block, bits, n=param.size).reshape(param.shape)
+        if not convert or buf.dtype == compute:
+            return buf
+        return buf.astype(compute)
 
 
 #: the backend of every optimizer class

@@ -60,6 +60,14 @@ STORAGE_NAMES: tuple[str, ...]
 MAX_BUFFERS: int
 MASTER_COL: int
 
+ABSMAX_COL: int
+#: kernel name -> its buffer roles as declared ("param", "grad", "state", "state+", "-")
+KERNEL_ROLES: dict[str, tuple[str, ...]]
+
+def set_qmaps(signed8: NDArray[np.float32], unsigned8: NDArray[np.float32],
+              signed4: NDArray[np.float32], unsigned4: NDArray[np.float32]) -> None:
+    """Load the four quantization maps into the kernels (fusedoptim.quant.dynamic_map)."""
+def qmaps_loaded() -> bool: ...
 def register_bfloat16(typenum: int) -> None:
     """Tell the driver (and the checks) ml_dtypes.bfloat16's type number in this process."""
 def storage_of(dtype: Any) -> int:

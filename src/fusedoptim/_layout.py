@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _kernels
 from ._validation import label
-from ._precision import MASTER, GroupPrecision
+from ._precision import ABSMAX, FLOAT32, MASTER, GroupPrecision
 from ._state import sync_steps
 from .flat import ALIGNMENT, PAGE, FlatParams, aligned_bytes
 
@@ -175,12 +175,18 @@ class GroupLayout:
         self.shapes = [p.shape for p in params]
         self.dtype = params[0].dtype
         self.precision = precision
-        self.slots = opt_slots + ((MASTER,) if precision.master else ())
+        absmax = tuple(s + ABSMAX for s in opt_slots) if precision.quant else ()
+        self.slots = opt_slots + ((MASTER,) if precision.master else ()) + absmax
         self.plan_slots = opt_slots
-        if precision.master:
+        if precision.master or precision.quant:
+            # the driver's columns: MASTER_COL, then ABSMAX_COL + i for the kernel's buffer i
+            # (the optimizer's slot k is buffer 2 + k)
             pad = _kernels.MASTER_COL - 2 - len(opt_slots)
             assert pad >= 0, "more state slots than the driver's columns before the master"
-            self.plan_slots = opt_slots + (None,) * pad + (MASTER,)
+            self.plan_slots = (opt_slots + (None,) * pad
+                               + ((MASTER,) if precision.master else (None,)))
+            if precision.quant:
+                self.plan_slots += (None, None) + absmax
         self._layouts = {}
         self.offsets, self.nbytes = self._layout(self.dtype.itemsize)
         self.arena = arena
@@ -219,6 +225,8 @@ class GroupLayout:
         """The per-param views of the group's buffer for `slot` (of the slot's dtype: the
         state dtype, float32 for the master copy), allocated on first use."""
         views = self.views.get(slot)
+        if views is None and self.precision.quant and slot != MASTER:
+            views = self.views[slot] = self._quantized_views(slot)
         if views is None:
             dtype = self.precision.slot_dtype(slot)
             offsets, nbytes = self._layout(dtype.itemsize)
@@ -233,6 +241,34 @@ class GroupLayout:
             else:
                 self.buffers[slot] = raw
         return views
+
+
+    def _quantized_views(self, slot: str) -> list[FloatArray]:
+        """A quantized slot's views: per param, its codes (uint8: the param's shape for int8,
+        two codes per byte for int4), or float32 state of its shape for a param smaller than
+        min_quantized_size; an absmax slot's: one float32 per block, or an empty array where
+        the param keeps float32 state (the plan then passes no absmax: see kernelgen.py)."""
+        prec = self.precision
+        assert prec.quant is not None
+        bits, block = prec.quant
+        specs: list[tuple[np.dtype[Any], tuple[int, ...]]] = []
+        for p in self.params:
+            q = prec.quantized(p.size)
+            if slot.endswith(ABSMAX):
+                specs.append((FLOAT32, (-(-p.size // block) if q else 0,)))
+            elif not q:
+                specs.append((FLOAT32, p.shape))
+            else:
+                specs.append((np.dtype(np.uint8), p.shape if bits == 8 else ((p.size + 1) // 2,)))
+        offsets, at = [], 0
+        for dt, shape in specs:
+            at += -at % ALIGNMENT
+            offsets.append(at)
+            at += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        raw = aligned_bytes(at, PAGE)
+        self.buffers[slot] = raw
+        return [raw[o:o + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(dt)
+                .reshape(shape) for o, (dt, shape) in zip(offsets, specs)]
 
 
 # -- grads --------------------------------------------------------------------------------------

@@ -6,7 +6,22 @@ Every optimizer takes two constructor options, handled here once:
   optimizer keeps a float32 copy of each param in its state (``"master_param"``); each step
   updates that copy and writes the param rounded to nearest even, in the same pass.
 * ``state_dtype``: ``None`` (the params' dtype, or float32 under master weights),
-  ``"float32"`` or ``"bfloat16"``.
+  ``"float32"``, ``"bfloat16"``, ``"int8"`` or ``"int4"``.
+* ``min_quantized_size`` (default 4096, bitsandbytes' ``min_8bit_size``): under int8/int4
+  state, params with fewer elements keep float32 state.
+
+int8 state is blockwise dynamic quantization as in bitsandbytes (Dettmers et al. 2022): blocks
+of 256 elements, each with one float32 absmax; a moment that may be negative is quantized with
+the signed dynamic map, a non-negative one (a second moment, Adagrad's sum) with the unsigned
+one (fusedoptim.quant.dynamic_map). Each step decodes a block into registers, updates it, and
+encodes it back, in the one pass: no float32 copy of a moment ever exists in memory, and the
+param update uses the freshly updated moments, before they are requantized, as bitsandbytes
+does. int4 state (Li et al. 2023, "Memory Efficient Optimizers with 4-bit States") uses blocks
+of 128 and two codes per byte: the signed 4-bit dynamic map for signed moments, and for the
+non-negative ones the zero-free linear map k/16, k = 1..16. Their finding: a second moment
+that quantizes to zero makes the update m / (sqrt(0) + eps) blow up, which is what breaks
+naive 4-bit Adam; with no zero in the map every v decodes to at least absmax/16. A quantized
+slot keeps its codes under the slot's name and its absmaxes under ``<slot>_absmax``.
 
 What a group may do is read off the kernel registry, never restated: a combination is
 accepted when its kernel registered the (param, grad, state) storage row for it, and the
@@ -29,15 +44,21 @@ import numpy as np
 from . import _kernels
 
 if TYPE_CHECKING:
-    from numpy.typing import DTypeLike
+    from numpy.typing import DTypeLike, NDArray
 
 #: numpy dtype of ml_dtypes.bfloat16 (what JAX uses for bfloat16 in NumPy)
 BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 FLOAT16: np.dtype[Any] = np.dtype(np.float16)
 FLOAT32: np.dtype[Any] = np.dtype(np.float32)
 HALF_DTYPES = (BFLOAT16, FLOAT16)
-#: the state_dtype strings and the dtypes they name
-STATE_DTYPES: dict[str, np.dtype[Any]] = {"float32": FLOAT32, "bfloat16": BFLOAT16}
+#: the state_dtype strings and the dtypes they name (the quantized ones: their codes' dtype)
+STATE_DTYPES: dict[str, np.dtype[Any]] = {"float32": FLOAT32, "bfloat16": BFLOAT16,
+                                          "int8": np.dtype(np.uint8), "int4": np.dtype(np.uint8)}
+#: quantized state: state_dtype -> (bits, block size)
+QUANTIZED = {"int8": (8, 256), "int4": (4, 128)}
+#: bitsandbytes' min_8bit_size: smaller params keep float32 state under int8/int4
+MIN_QUANTIZED_SIZE = 4096
+ABSMAX = "_absmax"
 #: the state slot of the float32 master copy of a half-precision param
 MASTER = "master_param"
 
@@ -47,12 +68,18 @@ class PrecisionOptions(TypedDict, total=False):
 
     master_weights: bool | None
     state_dtype: str | None
+    min_quantized_size: int
 
 
-def check_options(master_weights: object = None, state_dtype: object = None
-                  ) -> tuple[bool | None, str | None]:
+def check_options(master_weights: object = None, state_dtype: object = None,
+                  min_quantized_size: object = MIN_QUANTIZED_SIZE
+                  ) -> tuple[bool | None, str | None, int]:
     """The constructor options, type-checked (what they allow depends on each group's dtype:
     :func:`resolve`)."""
+    if (isinstance(min_quantized_size, bool)
+            or not isinstance(min_quantized_size, (int, np.integer)) or min_quantized_size < 0):
+        raise ValueError(f"min_quantized_size must be an integer >= 0 (params with fewer "
+                         f"elements keep float32 state), got {min_quantized_size!r}")
     if master_weights is not None and not isinstance(master_weights, (bool, np.bool_)):
         raise TypeError(f"master_weights must be True, False or None (the default: True "
                         f"for float16/bfloat16 params), got {master_weights!r}")
@@ -61,7 +88,8 @@ def check_options(master_weights: object = None, state_dtype: object = None
             raise ValueError(f"state_dtype must be None (the params' dtype, float32 under "
                              f"master weights) or one of {sorted(STATE_DTYPES)}, got "
                              f"{state_dtype!r}")
-    return (None if master_weights is None else bool(master_weights)), state_dtype
+    return ((None if master_weights is None else bool(master_weights)), state_dtype,
+            int(min_quantized_size))
 
 
 def compute_dtype(dtype: DTypeLike) -> np.dtype[Any]:
@@ -86,18 +114,26 @@ class GroupPrecision:
     grad_dtypes: tuple[np.dtype[Any], ...]
     param_storage: int
     state_storage: int
+    #: int8/int4 state: (bits, block size), else None
+    quant: tuple[int, int] | None = None
+    min_quantized_size: int = MIN_QUANTIZED_SIZE
 
     @property
     def default(self) -> bool:
         """The float32/float64 case: everything in the params' dtype."""
-        return not self.master and self.state_dtype == self.param_dtype
+        return not self.master and self.state_dtype == self.param_dtype and not self.quant
 
     def slot_dtype(self, slot: str) -> np.dtype[Any]:
         return FLOAT32 if slot == MASTER else self.state_dtype
 
+    def quantized(self, size: int) -> bool:
+        """Whether a param of `size` elements keeps quantized state."""
+        return self.quant is not None and size >= self.min_quantized_size
+
 
 def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights: bool | None,
-            state_dtype: str | None) -> GroupPrecision:
+            state_dtype: str | None, min_quantized_size: int = MIN_QUANTIZED_SIZE
+            ) -> GroupPrecision:
     """A group's precision for params of `param_dtype`, or a ValueError naming what the
     optimizer `owner` accepts for such params."""
     half = param_dtype in HALF_DTYPES
@@ -110,8 +146,14 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
         sdt = FLOAT32 if master else param_dtype
     else:
         sdt = STATE_DTYPES[state_dtype]
-    pname, sname = storage_name(param_dtype, master), storage_name(sdt)
+    pname = storage_name(param_dtype, master)
+    quant = QUANTIZED.get(state_dtype or "")
+    sname = state_dtype if quant else storage_name(sdt)
     rows = _kernels.registered_variants(kernel)
+    if quant and not any(s == sname for _, _, s in rows):
+        raise ValueError(f"{owner}: state_dtype={state_dtype!r} is not supported by "
+                         f"{owner}; quantized state is supported by "
+                         f"{', '.join(quantized_optimizers())}")
     grads = [g for p, g, s in rows if p == pname and s == sname]
     if not grads:
         accepted = sorted({s for p, _, s in rows if p == pname})
@@ -123,6 +165,53 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
     own = str(param_dtype)
     grads.sort(key=lambda g: (g != own, g))
     gdt = tuple(BFLOAT16 if g == "bfloat16" else np.dtype(g) for g in grads)
+    if quant:
+        load_qmaps()
     return GroupPrecision(param_dtype, master, sdt, gdt,
                           _kernels.STORAGE_NAMES.index(pname),
-                          _kernels.STORAGE_NAMES.index(sname))
+                          _kernels.STORAGE_NAMES.index(sname), quant, min_quantized_size)
+
+
+def quantized_optimizers() -> list[str]:
+    """The optimizer classes whose kernel has int8 state rows."""
+    from ._spec import registered
+    return [spec.cls.__name__ for spec in registered() if spec.cls is not None
+            and spec.cls.__module__.startswith("fusedoptim.optim.")
+            and any(s == "int8" for _, _, s in _kernels.registered_variants(spec.kernel))]
+
+
+def qmap(kernel: str, slot_index: int, bits: int) -> NDArray[np.float32]:
+    """The map a kernel's state slot (its index among the optimizer's slots) is quantized
+    with: unsigned for a buffer declared non-negative ("state+"), else signed."""
+    from .quant import dynamic_map
+    return dynamic_map(_kernels.KERNEL_ROLES[kernel][2 + slot_index] != "state+", bits)
+
+
+def load_qmaps() -> None:
+    """Give the kernels their maps (once per process, before any quantized state exists)."""
+    if not _kernels.qmaps_loaded():
+        from .quant import dynamic_map
+        _kernels.set_qmaps(dynamic_map(True, 8), dynamic_map(False, 8), dynamic_map(True, 4),
+                           dynamic_map(False, 4))
+
+
+def fill_quantized(codes: NDArray[np.uint8], absmax: NDArray[np.float32], value: float,
+                   n: int, code: NDArray[np.float32], quant: tuple[int, int]) -> None:
+    """Set the quantized state of a param of n elements to a constant (its initial value),
+    exactly as the kernels would quantize that constant."""
+    bits, block = quant
+    if value == 0.0:
+        # Zero blocks: absmax 0 and the map's zero code (what 0 quantizes to: the code
+        # nearest 0, ties to the lower index) everywhere; 4-bit padding nibbles are 0.
+        zero = int(np.argmin(np.abs(code)))
+        if bits == 8:
+            codes.fill(zero)
+        else:
+            codes.fill(zero << 4 | zero)
+            if n % 2:
+                codes.reshape(-1)[-1] = zero << 4
+        absmax.fill(0.0)
+        return
+    from .quant import quantize_blockwise
+    quantize_blockwise(np.full(n, value, np.float32), code, block, bits=bits,
+                       out=(codes.reshape(-1), absmax))

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
-from ._precision import MASTER
+from ._precision import ABSMAX, MASTER, fill_quantized, qmap
 from ._validation import label
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatA
     assert cache.slots_in_use is not None                # step() set them
     initial = opt.spec.initial
     layout = opt._layouts[gi]
+    prec = layout.precision
     slots = _slots_needed(layout, cache)
     params = opt.param_groups[gi]["params"]
     one = layout.use_flat                       # grads is [flat grad]: every param steps
@@ -131,6 +132,12 @@ def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatA
             st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
             if s == MASTER:
                 st[s][...] = params[t]          # float16/bfloat16 -> float32 is exact
+            elif prec.quantized(params[t].size):
+                absmax = st[s + ABSMAX] = layout.slot_views(s + ABSMAX)[t]
+                assert prec.quant is not None
+                fill_quantized(st[s], absmax, initial(s, hyper), params[t].size,
+                               qmap(opt._kernel, opt._slots.index(s), prec.quant[0]),
+                               prec.quant)
             else:
                 st[s].fill(initial(s, hyper))
         if new:
