@@ -59,6 +59,8 @@ QUANTIZED = {"int8": (8, 256), "int4": (4, 128)}
 #: bitsandbytes' min_8bit_size: smaller params keep float32 state under int8/int4
 MIN_QUANTIZED_SIZE = 4096
 ABSMAX = "_absmax"
+#: state_dict() saves the map of a quantized slot under <slot>_qmap
+QMAP = "_qmap"
 #: the state slot of the float32 master copy of a half-precision param
 MASTER = "master_param"
 

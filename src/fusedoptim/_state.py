@@ -17,10 +17,12 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
-from ._precision import ABSMAX, MASTER, fill_quantized, qmap
+from ._precision import ABSMAX, FLOAT32, MASTER, QMAP, fill_quantized, qmap
 from ._validation import label
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from ._layout import GroupLayout
     from ._typing import FloatArray, OptimizerStateDict, ParamGroup, ParamState
     from .optimizer import Optimizer, _GroupCache
@@ -158,9 +160,24 @@ def state_view(opt: Optimizer) -> dict[int, ParamState]:
     return {i: st for i, st in enumerate(opt._state) if st is not None}
 
 
-def state_dict(opt: Optimizer) -> OptimizerStateDict:
-    state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-             for i, st in state_view(opt).items()}
+def state_dict(opt: Optimizer, dequantize: bool = False) -> OptimizerStateDict:
+    state = {}
+    for i, st in state_view(opt).items():
+        gi, p = _param_of(opt, i)
+        layout = opt._layouts[gi]
+        entry = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+        for k, slot in enumerate(opt._slots):
+            absmax = st.get(slot + ABSMAX)
+            if absmax is not None:
+                code = _slot_qmap(opt, layout, k)
+                if dequantize:
+                    entry[slot] = _dequantize(layout, st[slot], absmax, code, p)
+                    del entry[slot + ABSMAX]
+                else:
+                    entry[slot + QMAP] = code.copy()
+            elif dequantize and slot in entry and entry[slot].dtype != FLOAT32:
+                entry[slot] = entry[slot].astype(FLOAT32)
+        state[i] = entry
     groups = []
     for gi, g in enumerate(opt.param_groups):
         entry = {k: v for k, v in g.items() if k != "params"}
@@ -170,6 +187,26 @@ def state_dict(opt: Optimizer) -> OptimizerStateDict:
             entry["param_names"] = [opt._names[i] for i in sl]
         groups.append(entry)
     return {"state": state, "param_groups": groups}
+
+
+def _param_of(opt: Optimizer, i: int) -> tuple[int, FloatArray]:
+    gi = next(k for k, sl in enumerate(opt._group_slices) if i in sl)
+    return gi, opt.param_groups[gi]["params"][i - opt._group_slices[gi].start]
+
+
+def _slot_qmap(opt: Optimizer, layout: GroupLayout, k: int) -> NDArray[np.float32]:
+    assert layout.precision.quant is not None
+    return qmap(opt._kernel, k, layout.precision.quant[0])
+
+
+def _dequantize(layout: GroupLayout, codes: NDArray[Any], absmax: NDArray[Any],
+                code: NDArray[np.float32], p: FloatArray) -> NDArray[np.float32]:
+    from .quant import dequantize_blockwise
+    assert layout.precision.quant is not None
+    bits, block = layout.precision.quant
+    out: NDArray[np.float32] = dequantize_blockwise(
+        codes, absmax, code, block, bits=bits, n=p.size).reshape(p.shape)
+    return out
 
 
 def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
@@ -214,6 +251,91 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
         opt._validate_group(g, c)
 
 
+# bitsandbytes' 8-bit optimizer state names -> the optimizer's first two slots
+_BNB = (("state1", 0, ""), ("state2", 1, ""), ("absmax1", 0, ABSMAX), ("absmax2", 1, ABSMAX),
+        ("qmap1", 0, QMAP), ("qmap2", 1, QMAP))
+
+
+def _bitsandbytes_names(opt: Optimizer, i: int, st: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A state entry of bitsandbytes' 8-bit optimizers (state1/state2, absmax1/absmax2,
+    qmap1/qmap2, step; as NumPy arrays) under the optimizer's slot names: bitsandbytes'
+    state1 is the first moment (exp_avg, momentum_buffer), state2 the second."""
+    if "state1" not in st:
+        return st
+    out = {k: v for k, v in st.items() if k not in {name for name, _, _ in _BNB}}
+    for name, k, suffix in _BNB:
+        if name in st:
+            if k >= len(opt._slots):
+                raise ValueError(f"state_dict['state'][{i}] has bitsandbytes' {name!r}, but "
+                                 f"{type(opt).__name__} keeps only {list(opt._slots)}")
+            out[opt._slots[k] + suffix] = st[name]
+    return out
+
+
+def _checked_codes(opt: Optimizer, layout: GroupLayout, i: int, k: str, codes: NDArray[Any],
+                   absmax: Any, code: Any, p: FloatArray
+                   ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Slot k's quantized state from a checkpoint, checked, in this optimizer's map."""
+    prec = layout.precision
+    where = f"state_dict['state'][{i}]"
+    if prec.quant is None:
+        raise ValueError(f"{where} holds quantized {k!r} ({k + ABSMAX!r}), but this optimizer "
+                         f"keeps {prec.state_dtype} state; build it with the checkpoint's "
+                         f"state_dtype, or save with state_dict(dequantize=True)")
+    bits, block = prec.quant
+    n = p.size
+    ncodes = n if bits == 8 else (n + 1) // 2
+    nblocks = -(-n // block)
+    if (not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.size != ncodes):
+        raise ValueError(f"{where}[{k!r}] must be the uint8 codes of {ncodes} bytes "
+                         f"(int{bits} state of a {n}-element param), got "
+                         f"{getattr(codes, 'dtype', type(codes).__name__)} of size "
+                         f"{getattr(codes, 'size', '?')}")
+    if (not isinstance(absmax, np.ndarray) or absmax.dtype != np.float32
+            or absmax.size != nblocks):
+        raise ValueError(f"{where}[{k + ABSMAX!r}] must be float32 with one absmax per "
+                         f"{block}-element block ({nblocks}), got "
+                         f"{getattr(absmax, 'dtype', type(absmax).__name__)} of size "
+                         f"{getattr(absmax, 'size', '?')}")
+    ours = _slot_qmap(opt, layout, opt._slots.index(k))
+    c = np.array(codes, dtype=np.uint8, order="C").reshape(-1)
+    a = np.array(absmax, dtype=np.float32, order="C").reshape(-1)
+    if code is not None:
+        code = np.asarray(code)
+        if code.dtype != np.float32 or code.shape != ours.shape:
+            raise ValueError(f"{where}[{k + QMAP!r}] must be a float32 map of {ours.size} "
+                             f"codes, got {code.dtype} of shape {code.shape}")
+        if not np.array_equal(code.view(np.uint32), ours.view(np.uint32)):
+            # Another map (say, bitsandbytes' built by a torch without FMA): carry the
+            # values over, requantized to the nearest codes of ours.
+            from .quant import dequantize_blockwise, quantize_blockwise
+            x = dequantize_blockwise(c, a, code, block, bits=bits, n=n)
+            c, a = quantize_blockwise(x, ours, block, bits=bits)
+    if bits == 8 and not prec.quantized(n):
+        return c, a
+    return c.reshape(p.shape) if bits == 8 else c, a
+
+
+def _float_like(v: NDArray[Any], p: FloatArray, where: str, layout: GroupLayout
+                ) -> NDArray[np.float32]:
+    """A float state buffer of the param's shape, read as float32 (to be quantized)."""
+    if v.shape != p.shape or v.dtype.kind != "f":
+        raise ValueError(f"{where} has shape {v.shape} and dtype {v.dtype}; it must be a "
+                         f"float buffer of its param's shape {p.shape} (quantized here to "
+                         f"{layout.precision.state_dtype} codes), or codes with "
+                         f"their absmax")
+    return np.asarray(v, dtype=np.float32)
+
+
+def _quantize_float(layout: GroupLayout, v: NDArray[np.float32], code: NDArray[np.float32],
+                    p: FloatArray) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    from .quant import quantize_blockwise
+    assert layout.precision.quant is not None
+    bits, block = layout.precision.quant
+    c, a = quantize_blockwise(v, code, block, bits=bits)
+    return (c.reshape(p.shape) if bits == 8 else c), a
+
+
 def _with(layout: GroupLayout) -> str:
     prec = layout.precision
     if prec.default:
@@ -234,9 +356,11 @@ def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
         raise ValueError(f"state_dict['state'][{i}]['step'] must be an integer >= 0, "
                          f"got {step!r}")
     entry: ParamState = {"step": int(step)}
+    st = _bitsandbytes_names(opt, i, st)
+    prec = layout.precision
     for k, v in st.items():
-        if k == "step":
-            continue
+        if k == "step" or k.endswith(ABSMAX) or k.endswith(QMAP):
+            continue           # (read with their slot below)
         if k in scalar_names:
             entry[k] = _v.scalar_state(v, f"state_dict['state'][{i}][{k!r}]")
             continue
@@ -245,14 +369,33 @@ def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
                              f"{type(opt).__name__} keeps "
                              f"{sorted(set(layout.slots) | set(scalar_names))} for "
                              f"{p.dtype} params{_with(layout)}")
+        where = f"state_dict['state'][{i}][{k!r}]"
         if not isinstance(v, np.ndarray):
-            raise TypeError(f"state_dict['state'][{i}][{k!r}] must be an ndarray, "
-                            f"got {type(v).__name__}")
-        want = layout.precision.slot_dtype(k)
+            raise TypeError(f"{where} must be an ndarray, got {type(v).__name__}")
+        absmax = st.get(k + ABSMAX)
+        if absmax is not None:
+            # Quantized in the checkpoint: check codes, absmax and map, then keep the codes
+            # (our map) or requantize (another map), or dequantize for float state here.
+            v = _checked_codes(opt, layout, i, k, v, absmax, st.get(k + QMAP), p)
+        if k != MASTER and prec.quantized(p.size):
+            kq = opt._slots.index(k)
+            if isinstance(v, tuple):
+                entry[k], entry[k + ABSMAX] = v
+            else:
+                entry[k], entry[k + ABSMAX] = _quantize_float(
+                    layout, _float_like(v, p, where, layout), _slot_qmap(opt, layout, kq), p)
+            continue
+        if isinstance(v, tuple):                  # quantized checkpoint, float state here
+            v = _dequantize(layout, v[0], v[1], _slot_qmap(opt, layout,
+                                                          opt._slots.index(k)), p)
+            if prec.quant is not None:            # a small param: float32 state
+                entry[k] = v
+                continue
+            v = v.astype(prec.slot_dtype(k))
+        want = FLOAT32 if (k != MASTER and prec.quant is not None) else prec.slot_dtype(k)
         if v.shape != p.shape or v.dtype != want:
-            raise ValueError(f"state_dict['state'][{i}][{k!r}] has shape {v.shape} "
-                             f"and dtype {v.dtype}; it must have its param's shape "
-                             f"{p.shape} and dtype {want}{_with(layout)}")
+            raise ValueError(f"{where} has shape {v.shape} and dtype {v.dtype}; it must have "
+                             f"its param's shape {p.shape} and dtype {want}{_with(layout)}")
         entry[k] = np.array(v, dtype=want, order="C", copy=True)
     if layout.precision.master and MASTER not in entry and len(entry) > 1:
         raise ValueError(f"state_dict['state'][{i}] lacks {MASTER!r}: this optimizer keeps a "

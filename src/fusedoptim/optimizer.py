@@ -312,14 +312,25 @@ class Optimizer:
         scalar state (see the class doc)."""
         return _state.state_view(self)
 
-    def state_dict(self) -> OptimizerStateDict:
+    def state_dict(self, dequantize: bool = False) -> OptimizerStateDict:
         """Hyperparameters, step counts and copies of every state buffer, keyed by the flat
-        param index as in torch. Copies, so later steps do not change a saved checkpoint."""
-        return _state.state_dict(self)
+        param index as in torch. Copies, so later steps do not change a saved checkpoint.
+
+        int8/int4 state is saved as it is kept (codes, ``<slot>_absmax``) with the map it
+        was quantized with (``<slot>_qmap``), so it round-trips bitwise. With
+        ``dequantize=True`` every state buffer is float32 (quantized and bfloat16 state
+        decoded), which any float32 optimizer of the same class loads."""
+        return _state.state_dict(self, dequantize)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
-        buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched."""
+        buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched.
+
+        Under int8/int4 state, float state of the param's shape is quantized, and quantized
+        state saved with another map is requantized to this one's; bitsandbytes' 8-bit
+        optimizer state (``state1``/``state2``, ``absmax1``/``absmax2``, ``qmap1``/``qmap2``,
+        ``step``, as NumPy arrays) loads as the first and second slot. A quantized checkpoint
+        loads into float32 state dequantized."""
         _state.load_state_dict(self, state_dict)
 
     def __repr__(self) -> str:
