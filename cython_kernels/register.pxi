@@ -65,22 +65,22 @@ def qmaps_loaded():
 # A quantized state tile. A tensor without an absmax buffer keeps float32 state: the body
 # works on that buffer in place. Otherwise decode the tile's block(s) into `tile` (at is a
 # multiple of the block: the driver cuts tensors at multiples of 256).
-cdef inline float* _fo_q8_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                                  const fo_qmap* q, float* tile) noexcept nogil:
+cdef float* _fo_q8_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                           const fo_qmap* q, float* tile) noexcept nogil:
     if absmax == NULL:
         return (<float*>codes) + at
     fo_q8_decode(<const uint8_t*>codes + at, (<const float*>absmax)[at >> 8], q, tile, m)
     return tile
 
 
-cdef inline void _fo_q8_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+cdef void _fo_q8_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
                                  const fo_qmap* q, const float* tile) noexcept nogil:
     if absmax != NULL:
         (<float*>absmax)[at >> 8] = fo_q8_encode(tile, m, q, <uint8_t*>codes + at)
 
 
-cdef inline float* _fo_q4_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                                  const fo_qmap* q, float* tile) noexcept nogil:
+cdef float* _fo_q4_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+                           const fo_qmap* q, float* tile) noexcept nogil:
     # 4-bit blocks are 128 elements: a tile holds up to two. Codes pack two to a byte.
     cdef Py_ssize_t h = 0, k
     if absmax == NULL:
@@ -93,7 +93,7 @@ cdef inline float* _fo_q4_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_s
     return tile
 
 
-cdef inline void _fo_q4_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
+cdef void _fo_q4_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
                                  const fo_qmap* q, const float* tile) noexcept nogil:
     cdef Py_ssize_t h = 0, k
     if absmax == NULL:
