@@ -1,0 +1,445 @@
+"""Low precision (issue 11): bfloat16/float16 params and grads, float32 master weights,
+bfloat16 state, and the half-precision codecs under them.
+
+What is bitwise and what has a tolerance, and why, is stated next to each test. In short:
+
+* the codecs (float32 -> bfloat16/float16 round to nearest even, the exact widening back)
+  are checked bitwise against NumPy/ml_dtypes casts on every one of the 65536 bit patterns,
+  under every instruction-set level this build has (float16 uses F16C above the baseline and
+  portable C in it); NaNs are checked for NaN-ness and sign only, since ml_dtypes
+  canonicalises NaN payloads while the codecs keep the top payload bits;
+* master weights: the float32 master copy is bitwise the float32 optimizer's trajectory and
+  the half param bitwise its round-to-nearest-even, for every Case, 1 and 2 threads;
+* the kernels against their NumPy reference twins (which run the float32 reference on
+  float32 copies and round back with NumPy casts): bitwise for every Case (see
+  TWIN_MAX_ULP for the one stated exception).
+"""
+
+import contextlib
+import copy
+import math
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from cases import CASES
+from conftest import make_params
+import isa_levels
+from test_optimizers import _assert_same_state
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+HALVES = [BF16, F16]
+# NumPy warns when it casts NaN/Inf or overflows, which these tests do on purpose.
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+half_ids = ["bfloat16", "float16"]
+case_ids = [c.name for c in CASES]
+
+# Odd sizes; 70001 puts the total above the driver's 32768-element serial threshold
+# (SERIAL_MAX in _driver.pyx), so two threads really split the work.
+SIZES = [(1,), (255,), (257,), (25, 40), (70001,)]
+STEPS = 16
+SERIAL_MAX = 32768
+assert sum(int(np.prod(s)) for s in SIZES) > SERIAL_MAX
+
+
+@contextlib.contextmanager
+def threads(n):
+    before = fo.get_num_threads()
+    fo.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fo.set_num_threads(before)
+
+
+def uint_view(a):
+    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def assert_bitwise(actual, expected, what=""):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, what
+    if actual.tobytes() != expected.tobytes():
+        bad = np.flatnonzero(uint_view(actual).ravel() != uint_view(expected).ravel())
+        i = bad[0]
+        raise AssertionError(
+            f"{what}: {bad.size} of {actual.size} elements differ, first at {i}: "
+            f"{actual.ravel()[i]!r} ({int(uint_view(actual).ravel()[i]):#x}) vs "
+            f"{expected.ravel()[i]!r} ({int(uint_view(expected).ravel()[i]):#x})")
+
+
+def half_ulps(a, b):
+    """Elementwise distance in units in the last place of the half dtype of a and b (the
+    sign-magnitude bit patterns mapped onto a monotone integer line)."""
+    ai = uint_view(a).astype(np.int64)
+    bi = uint_view(b).astype(np.int64)
+    ai = np.where(ai >= 0x8000, 0x8000 - ai, ai)
+    bi = np.where(bi >= 0x8000, 0x8000 - bi, bi)
+    return np.abs(ai - bi)
+
+
+def is_nan(a):
+    return np.isnan(a.astype(F32))
+
+
+def sign_bit(a):
+    return (uint_view(a) >> (8 * a.dtype.itemsize - 1)).astype(bool)
+
+
+def all_patterns(dtype):
+    """Every one of the 65536 bit patterns of a half dtype, as an array of that dtype."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dtype)
+
+
+def finite_max(dtype):
+    return float(ml_dtypes.finfo(dtype).max)
+
+
+# -- 1. the codecs, bitwise ---------------------------------------------------------------------
+
+def check_round_trip(dtype):
+    """clip_grad_value_ at the dtype's largest finite value: every finite value is decoded to
+    float32 and encoded back unchanged, +-Inf becomes +-max, a NaN stays a NaN of its sign
+    (quiet: the codecs set the quiet bit, keeping the top payload bits)."""
+    x = all_patterns(dtype)
+    y = x.copy()
+    big = finite_max(dtype)
+    fo.clip_grad_value_(y, big)
+    nan = is_nan(x)
+    expected = np.where(np.isinf(x.astype(F32)), np.sign(x.astype(F32)) * big,
+                        x.astype(F32)).astype(dtype)
+    assert_bitwise(y[~nan], expected[~nan], f"{dtype} round trip")
+    assert is_nan(y[nan]).all() and (sign_bit(y[nan]) == sign_bit(x[nan])).all()
+    quiet = 0x0040 if dtype == BF16 else 0x0200
+    assert (uint_view(y[nan]) & quiet).all()
+    assert nan.sum() == (254 if dtype == BF16 else 2046)    # the test saw every NaN
+
+
+def scale_coefs(dtype):
+    # exact halving (subnormal ties), x * 3/4 (two extra bits: ties among normal values),
+    # 1 - 2^-24 (rounds back up), then arbitrary ones (2^-24 underflows most of float16).
+    return [0.5, 0.75, 1.0 - 2.0 ** -24, 0.1, 0.3371, 2.0 ** -24, 1e-3]
+
+
+def ties(prod, dtype):
+    """Where a float32 value lies exactly halfway between two neighbours of `dtype`."""
+    r = prod.astype(dtype)
+    mag = (uint_view(r) & 0x7fff).astype(np.int64)
+    sign = uint_view(r) & 0x8000
+    up = np.abs(prod.astype(F64)) > np.abs(r.astype(F64))
+    other = ((mag + np.where(up, 1, -1)).clip(0, 0x7fff).astype(np.uint16) | sign).view(dtype)
+    p64, r64, o64 = prod.astype(F64), r.astype(F64), other.astype(F64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(r64) & np.isfinite(o64) & (p64 != r64) & \
+            (np.abs(p64 - r64) == np.abs(o64 - p64))
+
+
+def subnormals(a):
+    exp = 0x7f80 if a.dtype == BF16 else 0x7c00
+    u = uint_view(a)
+    return ((u & exp) == 0) & ((u & 0x7fff) != 0)
+
+
+def check_scale(dtype):
+    """clip_grad_norm_ scales by coef = max_norm / (total + 1e-6) in float32 and rounds the
+    product to nearest even: bitwise (x.astype(float32) * float32(coef)).astype(dtype) on
+    every finite bit pattern. Also asserts that exact ties and subnormal results occurred,
+    and that every tie went to the even neighbour."""
+    x = all_patterns(dtype)
+    x = x[np.isfinite(x.astype(F32))]
+    total = fo.global_norm([x])
+    n_ties = n_sub = 0
+    for c in scale_coefs(dtype):
+        max_norm = c * (total + fo.grad_utils.CLIP_EPS)
+        coef = max_norm / (total + fo.grad_utils.CLIP_EPS)      # what clip_grad_norm_ computes
+        assert coef < 1.0
+        y = x.copy()
+        assert fo.clip_grad_norm_([y], max_norm) == total
+        prod = x.astype(F32) * np.float32(coef)
+        assert_bitwise(y, prod.astype(dtype), f"{dtype} scaled by {coef!r}")
+        tie = ties(prod, dtype)
+        assert not (uint_view(y[tie]) & 1).any()          # to even
+        n_ties += int(tie.sum())
+        n_sub += int(subnormals(y).sum())
+    assert n_ties > 100 and n_sub > 100
+
+
+def encoder_values(dtype, rng):
+    """float32 values to push through the encoder: every float32 of the form (pattern of the
+    dtype) + {0, just below half an ulp, exactly half (a tie), just above, almost one ulp},
+    around the overflow threshold, below the smallest subnormal, and random bits."""
+    if dtype == BF16:
+        top = np.arange(1 << 16, dtype=np.uint32) << 16
+        low = np.array([0, 0x7fff, 0x8000, 0x8001, 0xffff], np.uint32)
+        v = (top[:, None] | low[None, :]).ravel()
+    else:
+        h = all_patterns(F16)
+        h = h[np.isfinite(h.astype(F32))]
+        a = h.astype(F32)
+        nxt = np.nextafter(h, np.float16(np.inf)).astype(F32)
+        mid = a + (nxt - a) / 2                  # exact in float32: the tie
+        v32 = np.concatenate([a, mid, np.nextafter(mid, np.float32(-np.inf)),
+                              np.nextafter(mid, np.float32(np.inf)),
+                              np.float32([65504, 65519.996, 65520, 65520.004, 1e5, 3e38,
+                                          2.0 ** -25, 2.0 ** -25 * 1.0000001, 2.0 ** -26,
+                                          1e-30, 1.4e-45])])
+        v32 = np.concatenate([v32, -v32])
+        v = uint_view(v32.astype(F32))
+    v = np.concatenate([v, rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    return v.view(np.float32)
+
+
+def check_encoder_via_master_weights(dtype, rng):
+    """Plain SGD with lr=1 from zero params moves the float32 master to exactly -grad; the
+    param written in the same pass must be bitwise master.astype(dtype) (NaN: NaN, same
+    sign). Covers ties to even, overflow to inf (also 65520 -> float16 inf), subnormals."""
+    v = encoder_values(dtype, rng)
+    p = np.zeros(v.shape, dtype)
+    opt = fo.SGD([p], lr=1.0)
+    opt.step([-v])
+    master = opt.state[0]["master_param"]
+    ok = ~np.isnan(v)
+    assert_bitwise(master[ok & (v != 0)], v[ok & (v != 0)], "master = -grad")
+    nan = np.isnan(master)
+    expected = master.astype(dtype)
+    assert_bitwise(p[~nan], expected[~nan], f"float32 -> {dtype}")
+    assert is_nan(p[nan]).all() and (sign_bit(p[nan]) == sign_bit(master[nan])).all()
+    assert np.isinf(p.astype(F32)).sum() > 4 and nan.sum() > 4
+    return p
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+def test_codec_round_trip_every_bit_pattern(dtype):
+    for n in (1, 2):
+        with threads(n):
+            check_round_trip(dtype)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+def test_scale_rounds_to_nearest_even_every_bit_pattern(dtype):
+    check_scale(dtype)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+def test_encoder_rounds_float32_to_nearest_even(dtype, rng):
+    with threads(2):
+        p2 = check_encoder_via_master_weights(dtype, np.random.default_rng(5))
+    with threads(1):
+        p1 = check_encoder_via_master_weights(dtype, np.random.default_rng(5))
+    assert p1.tobytes() == p2.tobytes()
+
+
+def test_encoder_edges_named():
+    """The cases a reader would look for, spelled out (expected bits from IEEE 754)."""
+    def through(dtype, values):
+        v = np.float32(values)
+        p = np.zeros(v.shape, dtype)
+        fo.SGD([p], lr=1.0).step([-v])
+        return [int(b) for b in uint_view(p)]
+    # bfloat16: 1 + 2^-8 is a tie between 1 (even) and 1 + 2^-7: down; 1 + 3 * 2^-8: up to
+    # the even 1 + 2^-6; max + half an ulp: a tie, to the even neighbour: inf. Subnormals
+    # (ulp 2^-133): half an ulp ties down to 0, one and a half up to 2 ulps, 3/4 to 1 ulp.
+    assert through(BF16, [1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.3961775e38, -3.3961775e38,
+                          2.0 ** -133, 2.0 ** -134, 3 * 2.0 ** -134, 3 * 2.0 ** -135]) == \
+        [0x3f80, 0x3f82, 0x7f80, 0xff80, 0x0001, 0x0000, 0x0002, 0x0001]
+    # float16: 65520 is the tie between 65504 (odd) and 65536 (inf): inf; just below: 65504;
+    # 2^-25 is the tie between 0 (even) and the smallest subnormal: 0; just above: 2^-24.
+    assert through(F16, [65520.0, 65519.996, 2.0 ** -25, 2.0 ** -25 * (1 + 2 ** -23),
+                         1 + 2 ** -11, 1 + 3 * 2 ** -11]) == \
+        [0x7c00, 0x7bff, 0x0000, 0x0001, 0x3c00, 0x3c02]
+
+
+_ISA_CODECS = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+import test_precision as t
+from fusedoptim import _kernels
+for dt in t.HALVES:
+    t.check_round_trip(dt)
+    t.check_scale(dt)
+    t.check_encoder_via_master_weights(dt, np.random.default_rng(5))
+print(_kernels.ISA, "ok")
+"""
+
+
+def _all_levels():
+    built, runnable = fo._kernels.built_levels(), fo._kernels.supported_levels()
+    out = []
+    for level in fo._kernels.LEVELS:
+        reason = None if level in built and level in runnable else \
+            f"{level} is not built or not runnable here"
+        out.append(pytest.param(level, id=level,
+                                marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    return out
+
+
+@pytest.mark.parametrize("level", _all_levels())
+def test_codecs_at_every_isa_level(level):
+    """The same bitwise checks in a fresh interpreter at each compiled level: float16 goes
+    through F16C at avx2/avx512 and through the portable C conversion at the baseline."""
+    code = _ISA_CODECS.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    assert isa_levels.output_at(level, code) == "ok"
+
+
+def _fsum_norm(arrays, p=2.0):
+    xs = [a.astype(F64).ravel() for a in arrays if a is not None]
+    if p == math.inf:
+        return max((float(np.abs(x).max(initial=0.0)) for x in xs), default=0.0)
+    return math.fsum(math.fsum(np.abs(x) ** p) for x in xs) ** (1.0 / p)
+
+
+def _half_arrays(rng, dtype, sizes=(1, 255, 70001)):
+    # magnitudes over many binades, subnormals included
+    return [(rng.standard_normal(n) * 2.0 ** rng.integers(-30 if dtype == F16 else -140,
+                                                           12 if dtype == F16 else 100, n)
+             ).astype(dtype) for n in sizes]
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+def test_norms_and_finiteness_of_half_arrays(dtype, rng):
+    """global_norm, and clip_grad_norm_'s norms of order 1, 2, inf (max_norm=inf measures
+    only), against float64 NumPy with exact sums (math.fsum; squares of half values are
+    exact in double). Tolerance: rtol = n * 2^-53, the bound of a sum of n >= 0 terms
+    accumulated in double (the inf-norm: exact). all_finite sees every Inf and NaN."""
+    xs = _half_arrays(rng, dtype)
+    n = sum(x.size for x in xs)
+    rtol = n * 2.0 ** -53
+    for nt in (1, 2):
+        with threads(nt):
+            assert math.isclose(fo.global_norm(xs), _fsum_norm(xs), rel_tol=rtol)
+            for p in (1.0, 2.0, math.inf):
+                ys = [x.copy() for x in xs]
+                total = fo.clip_grad_norm_(ys, math.inf, norm_type=p)
+                if p == math.inf:
+                    assert total == _fsum_norm(xs, p)
+                else:
+                    assert math.isclose(total, _fsum_norm(xs, p), rel_tol=rtol)
+                assert all(x.tobytes() == y.tobytes() for x, y in zip(xs, ys))
+            assert fo.all_finite(xs)
+            for bad in (np.inf, -np.inf, np.nan):
+                for k, x in enumerate(xs):
+                    for pos in (0, x.size // 2, x.size - 1):
+                        ys = list(xs)
+                        ys[k] = x.copy()
+                        ys[k][pos] = bad
+                        assert not fo.all_finite(ys)
+                        norm = fo.global_norm(ys)
+                        assert (math.isnan(norm) if bad != bad else norm == math.inf)
+    # the largest finite values: squares overflow float32 but not the double accumulator
+    big = np.full(1000, finite_max(dtype), dtype)
+    assert math.isclose(fo.global_norm([big]), finite_max(dtype) * math.sqrt(1000),
+                        rel_tol=1e-15)
+
+
+def test_mixed_dtype_lists(rng):
+    """float32, float64, bfloat16 and float16 arrays (and None) in one call: one norm as if
+    concatenated (rtol n * 2^-53, as above), and each array clipped with the coefficient
+    rounded to its compute dtype, then to its own dtype: bitwise."""
+    xs = [rng.standard_normal(300).astype(F32), None, rng.standard_normal(70001).astype(BF16),
+          rng.standard_normal(7).astype(F64), rng.standard_normal(40000).astype(F16),
+          rng.standard_normal(33).astype(BF16)]
+    n = sum(x.size for x in xs if x is not None)
+    total = fo.global_norm(xs)
+    assert math.isclose(total, _fsum_norm(xs), rel_tol=n * 2.0 ** -53)
+    # the order of the list does not change a bit (one pass per dtype, in a fixed order)
+    assert fo.global_norm(xs[::-1]) == total
+    ys = [None if x is None else x.copy() for x in xs]
+    max_norm = 0.37 * total
+    assert fo.clip_grad_norm_(ys, max_norm) == total
+    coef = max_norm / (total + fo.grad_utils.CLIP_EPS)
+    for x, y in zip(xs, ys):
+        if x is None:
+            assert y is None
+        elif x.dtype == F64:
+            assert_bitwise(y, x * coef)
+        else:
+            assert_bitwise(y, (x.astype(F32) * np.float32(coef)).astype(x.dtype))
+    assert fo.all_finite(xs)
+    for k in (2, 4):
+        zs = list(xs)
+        zs[k] = xs[k].copy()
+        zs[k][-1] = np.inf
+        assert not fo.all_finite(zs)
+    # clip_grad_value_ on a mixed list: the bounds in float32 for half arrays, rounded with
+    # the clamped value (the same as clamping with bounds rounded to the half dtype)
+    ys = [None if x is None else x.copy() for x in xs]
+    fo.clip_grad_value_(ys, 0.3)
+    for x, y in zip(xs, ys):
+        if x is None:
+            continue
+        c = x.dtype.type(0.3) if x.dtype in (F32, F64) else np.float32(0.3)
+        cdt = x.dtype if x.dtype in (F32, F64) else F32
+        assert_bitwise(y, np.clip(x.astype(cdt), -c, c).astype(x.dtype))
+        if x.dtype in HALVES:
+            b = np.float32(x.dtype.type(0.3))
+            assert_bitwise(y, np.clip(x.astype(F32), -b, b).astype(x.dtype))
+
+
+# -- 2. master weights: bitwise the float32 optimizer ---------------------------------------------
+
+def _grad_steps(rng, shapes, steps, none_prob=0.1):
+    """float32 grads per step; a param's grad is None with probability none_prob (never
+    all None)."""
+    out = []
+    for _ in range(steps):
+        gs = [None if rng.random() < none_prob else rng.standard_normal(s).astype(F32)
+              for s in shapes]
+        if all(g is None for g in gs):
+            gs[-1] = rng.standard_normal(shapes[-1]).astype(F32)
+        out.append(gs)
+    return out
+
+
+def _cast(grads, dtype):
+    return [None if g is None else g.astype(dtype) for g in grads]
+
+
+def _buffers(opt):
+    return {(i, k): v for i, st in opt.state.items() for k, v in st.items()
+            if isinstance(v, np.ndarray)}
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_master_weights_follow_the_float32_trajectory_bitwise(case, dtype, rng):
+    """Half params with master weights (the default) vs the same optimizer on float32 params
+    that start from the half params converted to float32, with random hyperparameters:
+    * float32 grads: the master is bitwise the float32 param after every step, and the half
+      param bitwise master.astype(dtype);
+    * bfloat16 or float16 grads: the same, the float32 optimizer fed grad.astype(float32).
+    Every other state buffer, step count and scalar state: bitwise the float32 optimizer's.
+    1 and 2 threads; a grad is None now and then (per-tensor step counts)."""
+    start = make_params(rng, dtype, SIZES)
+    seq = _grad_steps(rng, SIZES, STEPS)
+    for nt in (1, 2):
+        for gdt in (F32, BF16, F16):
+            kw = case.sample(rng)
+            params = [p.copy() for p in start]
+            f32 = [p.astype(F32) for p in start]
+            groups = [{"params": params[:2]}, {"params": params[2:], "lr": kw["lr"] * 0.5}]
+            groups32 = [{"params": f32[:2]}, {"params": f32[2:], "lr": kw["lr"] * 0.5}]
+            with threads(nt):
+                opt = case.fused(groups, **kw)
+                o32 = case.fused(groups32, **kw)
+                for k, g in enumerate(seq):
+                    g = _cast(g, gdt)
+                    opt.step(g)
+                    o32.step(_cast(g, F32))
+                    st = opt.state
+                    for i, (p, q) in enumerate(zip(params, f32)):
+                        what = f"{case.name} {gdt} grads, {nt} threads, step {k}, param {i}"
+                        if i in st:
+                            assert_bitwise(st[i]["master_param"], q, what)
+                        assert_bitwise(p, q.astype(dtype), what)
+            a, b = opt.state_dict(), o32.state_dict()
+            for i in b["state"]:
+                assert a["state"][i].pop("master_param").tobytes() == f32[i].tobytes()
+            _assert_same_state(a, b)
+            # the trajectory moved (a small lr need not move the half params)
+            assert sum(int((q != s.astype(F32)).sum()) for q, s in zip(f32, start)) > 1000
