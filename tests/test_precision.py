@@ -443,3 +443,122 @@ def test_master_weights_follow_the_float32_trajectory_bitwise(case, dtype, rng):
             _assert_same_state(a, b)
             # the trajectory moved (a small lr need not move the half params)
             assert sum(int((q != s.astype(F32)).sum()) for q, s in zip(f32, start)) > 1000
+
+
+# -- 3. without master weights, and bfloat16 state: the kernels vs their reference twins ----------
+
+# (id, param dtype, constructor options, grad dtypes the configuration accepts)
+TWIN_CONFIGS = [
+    ("bf16-nomaster-bf16state", BF16, dict(master_weights=False), (BF16,)),
+    ("bf16-nomaster-f32state", BF16, dict(master_weights=False, state_dtype="float32"), (BF16,)),
+    ("f16-nomaster-f16state", F16, dict(master_weights=False), (F16,)),
+    ("f16-nomaster-f32state", F16, dict(master_weights=False, state_dtype="float32"), (F16,)),
+    ("f32-bf16state", F32, dict(state_dtype="bfloat16"), (F32, BF16, F16)),
+    ("bf16-master-bf16state", BF16, dict(state_dtype="bfloat16"), (F32, BF16, F16)),
+    ("f16-master-bf16state", F16, dict(state_dtype="bfloat16"), (F32, F16)),
+]
+TWIN_STEPS = 12
+
+
+def run_against_twin(case, pdtype, opts, gdt, rng, nt, steps=TWIN_STEPS):
+    """The fused optimizer and its reference twin, same options, same grads (of dtype gdt),
+    two groups; returns (params, twin params, opt, twin)."""
+    kw = case.sample(rng)
+    start = make_params(rng, pdtype, SIZES)
+    seq = _grad_steps(rng, SIZES, steps)
+    params = [p.copy() for p in start]
+    twin_params = [p.copy() for p in start]
+    opt = case.fused([{"params": params[:2]}, {"params": params[2:], "lr": kw["lr"] * 0.5}],
+                     **opts, **kw)
+    twin = case.reference([{"params": twin_params[:2]},
+                           {"params": twin_params[2:], "lr": kw["lr"] * 0.5}], **opts, **kw)
+    with threads(nt):
+        for g in seq:
+            g = _cast(g, gdt)
+            opt.step(g)
+            twin.step(g)
+    return params, twin_params, opt, twin
+
+
+def _half_state(opts, pdtype):
+    return opts.get("state_dtype") == "bfloat16" or (
+        pdtype in HALVES and opts.get("master_weights") is False and "state_dtype" not in opts)
+
+
+# LAMB computes the trust ratio in pass 1 from the update u of the freshly updated float32
+# moments, stores the moments rounded to the state dtype, and pass 2 recomputes u from the
+# stored (rounded) moments (lamb.pxi.tp assumes that u is "bitwise the u of pass 1", true only
+# for float32/float64 state). The twin uses the unrounded moments for both. With bfloat16
+# state the params then differ by up to ~4e-3 of the tensor's largest value after 12 steps;
+# with float16 state, v underflows to 0 where the unrounded v is tiny, the applied update
+# becomes m / eps, and the params differ by ~10x their scale. Reported, not fixed here.
+LAMB_HALF_STATE = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LAMB pass 2 recomputes the update from moments rounded to the half state dtype, "
+    "while the trust ratio came from the unrounded ones (lamb.pxi.tp); the twin uses the "
+    "unrounded moments throughout"))
+
+
+def _twin_params():
+    out = []
+    for case in CASES:
+        for cid, pdtype, opts, gdts in TWIN_CONFIGS:
+            marks = [LAMB_HALF_STATE] if case.name == "LAMB" and _half_state(opts, pdtype) else []
+            out.append(pytest.param(case, pdtype, opts, gdts, id=f"{case.name}-{cid}",
+                                    marks=marks))
+    return out
+
+
+def _state_buffers_bitwise(opt, twin):
+    a, b = opt.state_dict()["state"], twin.state_dict()["state"]
+    assert a.keys() == b.keys()
+    for i in a:
+        assert a[i].keys() == b[i].keys()
+        for k, v in a[i].items():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == b[i][k].dtype
+                assert_bitwise(v, b[i][k], f"state[{i}][{k!r}]")
+            else:
+                assert np.float64(v).tobytes() == np.float64(b[i][k]).tobytes(), k
+
+
+@pytest.mark.parametrize("case, pdtype, opts, gdts", _twin_params())
+def test_kernel_matches_reference_twin_bitwise(case, pdtype, opts, gdts, rng):
+    """Half params without master weights (state in their dtype or float32), float32 params
+    with bfloat16 state, master weights with bfloat16 state: the fused step against the
+    reference twin (the float32 NumPy reference on float32 copies of params and state,
+    rounded back with NumPy/ml_dtypes casts), every accepted grad dtype, 1 and 2 threads,
+    random hyperparameters, TWIN_STEPS steps, grads None now and then.
+
+    Bitwise: params, every state buffer (the master included), step counts and scalar
+    state. (LAMB with half state: xfail, see LAMB_HALF_STATE.)"""
+    for gdt in gdts:
+        for nt in (1, 2):
+            params, twin_params, opt, twin = run_against_twin(case, pdtype, opts, gdt, rng, nt)
+            for i, (a, b) in enumerate(zip(params, twin_params)):
+                assert_bitwise(a, b, f"{gdt} grads, {nt} threads, param {i}")
+            _state_buffers_bitwise(opt, twin)
+            # the configuration is the one asked for
+            st = opt.state[len(params) - 1]
+            want = {"bfloat16": BF16, "float32": F32}.get(opts.get("state_dtype"))
+            master = pdtype in HALVES and opts.get("master_weights", True)
+            for k, v in st.items():
+                if isinstance(v, np.ndarray):
+                    assert v.dtype == (F32 if k == "master_param" else
+                                       want or (F32 if master else pdtype)), k
+            assert ("master_param" in st) == master
+
+
+@pytest.mark.parametrize("cid, pdtype, opts, gdts",
+                         [c for c in TWIN_CONFIGS if _half_state(c[2], c[1])],
+                         ids=[c[0] for c in TWIN_CONFIGS if _half_state(c[2], c[1])])
+def test_lamb_half_state_moments_match_the_twin_bitwise(cid, pdtype, opts, gdts, rng):
+    """What of LAMB with half state does hold (see LAMB_HALF_STATE): the moments, stored
+    rounded, are bitwise the twin's, as are step counts; they do not depend on the params."""
+    case = next(c for c in CASES if c.name == "LAMB")
+    for gdt in gdts:
+        params, twin_params, opt, twin = run_against_twin(case, pdtype, opts, gdt, rng, 2)
+        a, b = opt.state_dict()["state"], twin.state_dict()["state"]
+        for i in a:
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert_bitwise(a[i][k], b[i][k], f"state[{i}][{k!r}]")
+            assert a[i]["step"] == b[i]["step"]
