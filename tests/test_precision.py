@@ -562,3 +562,155 @@ def test_lamb_half_state_moments_match_the_twin_bitwise(cid, pdtype, opts, gdts,
             for k in ("exp_avg", "exp_avg_sq"):
                 assert_bitwise(a[i][k], b[i][k], f"state[{i}][{k!r}]")
             assert a[i]["step"] == b[i]["step"]
+
+
+# -- 4. checkpoints ------------------------------------------------------------------------------
+
+CKPT_CONFIGS = [
+    ("bf16-master", BF16, {}, BF16),
+    ("f16-master-bf16state", F16, dict(state_dtype="bfloat16"), F32),
+    ("f32-bf16state", F32, dict(state_dtype="bfloat16"), BF16),
+    ("bf16-nomaster", BF16, dict(master_weights=False), BF16),
+]
+
+
+@pytest.mark.parametrize("cid, pdtype, opts, gdt", CKPT_CONFIGS,
+                         ids=[c[0] for c in CKPT_CONFIGS])
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_state_dict_round_trip_is_bitwise(case, cid, pdtype, opts, gdt, rng):
+    """N steps, save, load into a fresh optimizer over the saved params, M more: bitwise N+M
+    steps straight (params, master copies, half state, step counts, scalar state). The
+    checkpoint holds the master as float32 and the state in its own dtype."""
+    kw = case.sample(rng)
+    start = make_params(rng, pdtype, SIZES)
+    seq = [_cast(g, gdt) for g in _grad_steps(rng, SIZES, 10)]
+    straight = [p.copy() for p in start]
+    opt = case.fused(straight, **opts, **kw)
+    for g in seq:
+        opt.step(g)
+    first = [p.copy() for p in start]
+    o1 = case.fused(first, **opts, **kw)
+    for g in seq[:6]:
+        o1.step(g)
+    saved = o1.state_dict()
+    saved_params = [p.copy() for p in first]
+    for g in seq[6:8]:                       # must not leak into the checkpoint
+        o1.step(g)
+    master = pdtype in HALVES and opts.get("master_weights", True)
+    sdt = BF16 if opts.get("state_dtype") == "bfloat16" else (F32 if master else pdtype)
+    for i, st in saved["state"].items():
+        assert ("master_param" in st) == master
+        for k, v in st.items():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == (F32 if k == "master_param" else sdt), k
+    o2 = case.fused(saved_params, **opts, **kw)
+    o2.load_state_dict(saved)
+    for g in seq[6:]:
+        o2.step(g)
+    for i, (a, b) in enumerate(zip(straight, saved_params)):
+        assert_bitwise(b, a, f"param {i}")
+    _assert_same_state(opt.state_dict(), o2.state_dict())
+
+
+def _snapshot(opt, params):
+    return [p.copy() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def _assert_untouched(opt, params, snap):
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, snap[0]))
+    _assert_same_state(opt.state_dict(), snap[1])
+
+
+def test_load_state_dict_refuses_wrong_buffer_dtypes(rng):
+    """A checkpoint whose buffer has the wrong dtype is refused with a message naming the
+    buffer, its dtype and the one expected; the optimizer is left untouched (and steps on as
+    if nothing happened)."""
+    tested = set()
+    for case in CASES:
+        for pdtype, opts, key, wrong in [
+                (BF16, {}, "master_param", F64), (BF16, {}, "master_param", BF16),
+                (F32, dict(state_dtype="bfloat16"), None, F32),
+                (BF16, dict(state_dtype="bfloat16"), None, F16),
+                (F16, dict(master_weights=False), None, F32)]:
+            kw = case.sample(rng)
+            params = make_params(rng, pdtype, [(3,), (300,)])
+            clean = [p.copy() for p in params]
+            grads = [_cast(g, pdtype) for g in _grad_steps(rng, [(3,), (300,)], 3, 0.0)]
+            opt = case.fused(params, **opts, **kw)
+            ref = case.fused(clean, **opts, **kw)
+            for o in (opt, ref):
+                o.step(grads[0])
+            sd = opt.state_dict()
+            k = key or next((n for n, v in sd["state"][1].items()
+                             if isinstance(v, np.ndarray) and n != "master_param"), None)
+            if k is None:
+                continue                 # this configuration keeps no state buffer
+            tested.add((case.name, k))
+            good_dtype = sd["state"][1][k].dtype
+            sd["state"][1][k] = sd["state"][1][k].astype(wrong)
+            snap = _snapshot(opt, params)
+            with pytest.raises(ValueError) as err:
+                opt.load_state_dict(sd)
+            msg = str(err.value)
+            assert repr(k) in msg and str(wrong) in msg and str(good_dtype) in msg, msg
+            _assert_untouched(opt, params, snap)
+            for g in grads[1:]:
+                opt.step(g)
+                ref.step(g)
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(params, clean))
+    assert len(tested) > len(CASES)
+
+
+def test_master_checkpoint_needs_master_weights_and_vice_versa(rng):
+    """A checkpoint with master copies does not load into an optimizer without them (an
+    unknown buffer), nor one without master copies into an optimizer that keeps them; both
+    are refused naming 'master_param', nothing modified."""
+    for case in CASES:
+        kw = case.sample(rng)
+        shapes = [(5,), (64,)]
+        g = [_cast(x, BF16) for x in _grad_steps(rng, shapes, 1, 0.0)[0:1]][0]
+        p_m = make_params(rng, BF16, shapes)
+        p_n = [p.copy() for p in p_m]
+        with_m = case.fused(p_m, **kw)
+        without = case.fused(p_n, master_weights=False, state_dtype="float32", **kw)
+        with_m.step(g)
+        without.step(g)
+        for opt, params, other in ((with_m, p_m, without), (without, p_n, with_m)):
+            if opt is with_m and len(other.state_dict()["state"][0]) == 1:
+                # only step counts (SGD without momentum...): the master is made from the
+                # param at the next step, as for a fresh optimizer
+                continue
+            snap = _snapshot(opt, params)
+            with pytest.raises(ValueError, match="master_param"):
+                opt.load_state_dict(other.state_dict())
+            _assert_untouched(opt, params, snap)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=half_ids)
+@pytest.mark.parametrize("case", CASES, ids=case_ids)
+def test_float32_checkpoint_continues_under_master_weights(case, dtype, rng):
+    """A float32 optimizer's checkpoint, with its params added as the float32 master copies,
+    loads into the same optimizer over half params (master weights) and continues the
+    float32 trajectory bitwise: the master is the float32 param after every step, the half
+    param its rounding."""
+    kw = case.sample(rng)
+    start = make_params(rng, F32, SIZES)
+    seq = _grad_steps(rng, SIZES, 10)
+    f32 = [p.copy() for p in start]
+    o32 = case.fused(f32, **kw)
+    for g in seq[:5]:
+        o32.step(g)
+    sd = o32.state_dict()
+    for i, st in sd["state"].items():
+        st["master_param"] = f32[i].copy()
+    half = [p.astype(dtype) for p in f32]
+    opt = case.fused(half, **kw)
+    opt.load_state_dict(sd)
+    for g in seq[5:]:
+        o32.step(g)
+        opt.step(g)
+        st = opt.state
+        for i, (p, q) in enumerate(zip(half, f32)):
+            if i in st:
+                assert_bitwise(st[i]["master_param"], q, f"master {i}")
+            assert_bitwise(p, q.astype(dtype), f"param {i}")
