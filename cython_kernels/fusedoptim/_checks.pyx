@@ -24,16 +24,23 @@ cdef inline bint _ranges_overlap(cnp.ndarray a, cnp.ndarray b):
     return a0 < b1 and b0 < a1
 
 
+cdef str _dtype_name(cnp.ndarray param):
+    # NumPy has no bfloat16: name ml_dtypes' (np.bfloat16 would raise AttributeError)
+    return ("ml_dtypes.bfloat16" if param.dtype.name == "bfloat16"
+            else f"np.{param.dtype}")
+
+
 cdef int check_like(object obj, cnp.ndarray param, str label, bint writeable) except -1:
     """Raise unless obj can stand beside param in a kernel: ndarray, same dtype and shape,
     C-contiguous, aligned, writeable when the kernel writes it, not overlapping param."""
     if not cnp.PyArray_Check(obj):
         raise TypeError(f"{label} must be a numpy.ndarray, got {type(obj).__name__}; "
-                        f"convert it with np.asarray(x, dtype=np.{param.dtype})")
+                        f"convert it with np.asarray(x, dtype={_dtype_name(param)})")
     if cnp.PyArray_TYPE(<cnp.ndarray>obj) != cnp.PyArray_TYPE(param):
+        name = _dtype_name(param)
         raise TypeError(f"{label} has dtype {obj.dtype} but its param has dtype "
                         f"{param.dtype}; pass it as {param.dtype}, e.g. "
-                        f"x.astype(np.{param.dtype})")
+                        f"x.astype({name})")
     return check_shaped_like(obj, param, label, writeable)
 
 

@@ -205,7 +205,10 @@ class GroupLayout:
                           else self.flat_param.size * itemsize)
             for p in self.params:
                 nbytes = p.size * itemsize
-                if nbytes:
+                # A tiled run is padded before its first byte only: with another itemsize
+                # than the params' (master copy, bfloat16 state), matching each param's
+                # address would pad between views and break the flat buffer's element order.
+                if nbytes and (flat_bytes is None or at == 0):
                     big = (flat_bytes if flat_bytes is not None else nbytes) >= 16 * PAGE
                     at += (p.ctypes.data - at) % (PAGE if big else ALIGNMENT)
                 offsets.append(at)
