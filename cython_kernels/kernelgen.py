@@ -94,6 +94,10 @@ ROW_SETS = {
            for st in ("f32", "bf16")]),
 }
 ROW_SETS["optq"] = ROW_SETS["opt"] + QUANT_ROWS
+#   opt32   opt with float32 state only (LAMB: its second pass recomputes the update from the
+#           stored moments, which must be the first pass's exactly, as its trust ratio was
+#           computed from them)
+ROW_SETS["opt32"] = tuple(r for r in ROW_SETS["opt"] if r[2] in ("f32", "f64"))
 VARIANTS = {
     # kernel name -> its rows, where they differ from its row set
     "_thread_id_f32_only": (("f32", "f32", "f32"),),

@@ -160,10 +160,11 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
     if not grads:
         accepted = sorted({s for p, _, s in rows if p == pname})
         how = "with master weights" if master else "without master weights"
-        raise ValueError(f"{owner}: state_dtype={state_dtype!r} is not available for "
-                         f"{param_dtype} params {how}; the state may be "
-                         f"{', '.join(accepted) or 'nothing'} here (state_dtype=None picks "
-                         f"{'float32' if master else param_dtype})")
+        what = (f"state_dtype={state_dtype!r}" if state_dtype is not None else
+                f"state_dtype=None ({sname} state, the default here)")
+        raise ValueError(f"{owner}: {what} is not available for {param_dtype} params {how}; "
+                         f"the state may be {', '.join(accepted) or 'nothing'} here: pass "
+                         f"state_dtype={accepted[0] if accepted else None!r}")
     own = str(param_dtype)
     grads.sort(key=lambda g: (g != own, g))
     gdt = tuple(BFLOAT16 if g == "bfloat16" else np.dtype(g) for g in grads)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, SupportsIndex, Union
 
+import ml_dtypes
 import numpy as np
 
 if TYPE_CHECKING:
@@ -55,13 +56,17 @@ def _carve(flat: FloatArray, shapes: Sequence[tuple[int, ...]],
             for o, s in zip(offsets, shapes)]
 
 
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
 def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt is None or dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}")
+    if dt is None or dt not in (np.float32, np.float64, np.float16, BFLOAT16):
+        raise TypeError(f"dtype must be np.float32, np.float64, np.float16 or "
+                        f"ml_dtypes.bfloat16, got {dtype!r}")
     return dt
 
 
