@@ -297,3 +297,130 @@ def test_progress_shows_the_current_loss(stream_cls):
         assert "4/4" in text and "ep/s" in text  # a tqdm bar, not plain lines
     else:
         assert "epoch   4/4" in text
+
+
+# ------------------------------------------------------------------------------ precision
+def _expected_state_bytes(sizes, slots, state_dtype, master):
+    """What the state of `slots` moments per param must occupy, from the documented layouts:
+    float32 4 B and bfloat16 2 B per element; int8 one code byte per element plus a float32
+    absmax per 256-element block; int4 two codes a byte plus a float32 absmax per 128."""
+    total = 0
+    for n in sizes:
+        if state_dtype == "int8":
+            per_slot = n + 4 * -(-n // 256)
+        elif state_dtype == "int4":
+            per_slot = -(-n // 2) + 4 * -(-n // 128)
+        else:
+            per_slot = n * {"float32": 4, "bfloat16": 2}[state_dtype]
+        total += slots * per_slot + (4 * n if master else 0)
+    return total
+
+
+def _spirals_json(tmp_path, *flags, optimizers="adamw"):
+    js = tmp_path / "p.json"
+    rc = main(["compare", "--dataset", "spirals", "--epochs", "2", "--no-plot", "--quiet",
+               "--optimizers", optimizers, "--json", str(js), *flags])
+    assert rc == 0
+    return json.loads(js.read_text())
+
+
+def _param_sizes(result):
+    s = result["model"]["sizes"]
+    return [n for a, b in zip(s, s[1:]) for n in (a * b, b)]
+
+
+@pytest.mark.parametrize("precision, state_dtype", [
+    (None, None), ("bf16", None), ("fp16", "bfloat16"), ("bf16", "int8"), (None, "int4"),
+    ("fp32", "int8")])
+def test_state_mb_is_the_nbytes_of_every_state_buffer(tmp_path, capsys, precision, state_dtype):
+    flags = ["--min-quantized-size", "0"]  # the spirals MLP has no tensor of 4096 elements
+    if precision:
+        flags += ["--precision", precision]
+    if state_dtype:
+        flags += ["--state-dtype", state_dtype]
+    result = _spirals_json(tmp_path, *flags, optimizers="adamw,sgd")
+    out = capsys.readouterr().out
+    half = precision in ("bf16", "fp16")
+    expected = _expected_state_bytes(_param_sizes(result), 2, state_dtype or "float32", half)
+    rec = result["optimizers"]["adamw"]
+    assert rec["state_bytes"] == expected == sum(rec["state_bytes_by_slot"].values())
+    assert rec["state_mb"] == pytest.approx(expected / 1e6)
+    assert ("master_param" in rec["state_bytes_by_slot"]) == half
+    quantized = state_dtype in ("int8", "int4")
+    assert ("exp_avg_sq_absmax" in rec["state_bytes_by_slot"]) == quantized
+    # Plain SGD has no moment: only the master copy, if any.
+    sgd = result["optimizers"]["sgd"]["state_bytes"]
+    assert sgd == (4 * sum(_param_sizes(result)) if half else 0)
+    assert "state MB" in out and f"{expected / 1e6:.4f}" in out
+    assert "state MB: nbytes of every array in the optimizer state" in out
+    p = result["precision"]
+    assert p["master_weights"] == half and p["state_dtype"] == (
+        state_dtype or "float32")
+    assert p["params"] == {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+def test_without_the_flags_the_optimizers_get_no_precision_keywords(tmp_path):
+    result = _spirals_json(tmp_path)
+    assert result["precision"]["optimizer_kwargs"] == {}
+    assert result["config"]["precision"] is None and result["config"]["state_dtype"] is None
+    assert result["unsupported"] == {}
+
+
+def test_low_precision_params_and_grads_reach_the_optimizer(monkeypatch):
+    import ml_dtypes
+
+    seen = []
+
+    class Recording(fo.AdamW):
+        def step(self, grads):
+            seen.append({(k, grads[k].dtype, self.param_groups[0]["params"][i].dtype)
+                         for i, k in enumerate(grads)})
+            return super().step(grads)
+
+    monkeypatch.setattr(fo, "AdamW", Recording)
+    for precision, dt in [("bf16", np.dtype(ml_dtypes.bfloat16)), ("fp16", np.dtype(np.float16))]:
+        seen.clear()
+        result = run_compare(CompareConfig(optimizers=["adamw"], explicit=True, epochs=3,
+                                           dataset="spirals", precision=precision,
+                                           progress=False), out=io.StringIO())
+        assert seen and all(dtypes == {(k, dt, dt) for k, _, _ in dtypes} for dtypes in seen)
+        rec = result["optimizers"]["adamw"]
+        assert rec["status"] == "ok" and rec["final_train_loss"] < rec["initial_train_loss"]
+
+
+def test_unsupported_state_dtype_is_skipped_with_a_note_when_not_named(tmp_path, capsys):
+    if "adadelta" not in AVAILABLE:
+        pytest.skip("no Adadelta in this build")
+    js = tmp_path / "s.json"
+    rc = main(["compare", "--dataset", "spirals", "--epochs", "1", "--no-plot", "--quiet",
+               "--state-dtype", "int8", "--json", str(js)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "skipping (--state-dtype int8 not supported): adadelta" in err
+    result = json.loads(js.read_text())
+    assert "adadelta" not in result["optimizers"] and "adam" in result["optimizers"]
+    assert "Adadelta" in result["unsupported"]["adadelta"]
+
+
+def test_unsupported_state_dtype_is_an_error_when_named(capsys):
+    if "adadelta" not in AVAILABLE:
+        pytest.skip("no Adadelta in this build")
+    rc = main(["compare", "--dataset", "spirals", "--no-plot", "--optimizers", "adam,adadelta",
+               "--state-dtype", "int4"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--state-dtype int4: optimizer adadelta does not support it" in err
+    assert "quantized state is supported by" in err  # the library's own list
+    assert out == ""  # refused before any training
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "bf16", "--dtype", "float64"], "cannot be combined with --dtype float64"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--state-dtype", "int2"], "invalid choice"),
+    (["--min-quantized-size", "-1"], "must be a non-negative integer"),
+])
+def test_precision_flags_reject_bad_input_in_one_line(capsys, args, message):
+    rc = main(["compare", "--dataset", "spirals", "--no-plot", "--quiet", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err

@@ -205,3 +205,26 @@ def test_npz_round_trip_with_string_labels_and_images(tmp_path):
 def test_bad_arrays_are_rejected(X, y, message):
     with pytest.raises(DemoError, match=message):
         check_arrays(X, y)
+
+
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_half_params_compute_in_float32_and_get_half_grads(half):
+    import ml_dtypes
+
+    dt = np.dtype(ml_dtypes.bfloat16) if half == "bfloat16" else np.dtype(np.float16)
+    full = MLP([4, 8, 3], dtype=np.float32)
+    low = MLP([4, 8, 3], dtype=np.float32, param_dtype=dt)
+    p32, p16 = full.init_params(1), low.init_params(1)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 4)).astype(np.float32)
+    Y = np.eye(3, dtype=np.float32)[np.arange(10) % 3]
+    for k in p32:  # the half params are the rounded float32 ones
+        assert p16[k].dtype == dt and np.array_equal(p16[k], p32[k].astype(dt))
+    widened = {k: v.astype(np.float32) for k, v in p16.items()}
+    loss16, g16 = low.loss_and_grad(p16, X, Y)
+    loss32, g32 = full.loss_and_grad(widened, X, Y)  # float32 math at the rounded params
+    assert loss16 == loss32
+    for k in g32:
+        assert g16[k].dtype == dt and np.array_equal(g16[k], g32[k].astype(dt))
+    with pytest.raises(ValueError, match="compute in float32"):
+        MLP([4, 3], dtype=np.float64, param_dtype=dt)

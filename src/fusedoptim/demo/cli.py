@@ -130,7 +130,7 @@ _LR_HELP = ("learning rate: one number for every optimizer, or per optimizer as 
 # ------------------------------------------------------------------------------------ compare
 def add_compare_parser(subparsers):
     """Add ``compare`` to an argparse subparsers object; the handler is ``args.func``."""
-    from .compare import SCHEDULES
+    from .compare import PRECISIONS, SCHEDULES, STATE_DTYPES
     from .data import DATASETS
     from .mlp import ACTIVATIONS, LOSSES, OUTPUTS
 
@@ -179,6 +179,20 @@ def add_compare_parser(subparsers):
                         "cross-entropy; default)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="parameter and data precision (default: float32)")
+    g = p.add_argument_group("low precision")
+    g.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="params and the grads handed to the optimizer in float32, bfloat16 or "
+                        "float16; half params get float32 master weights in the optimizer and "
+                        "the MLP computes in float32 (default: params in --dtype)")
+    g.add_argument("--state-dtype", default=None, choices=list(STATE_DTYPES),
+                   help="optimizer state dtype, passed to every optimizer as state_dtype; "
+                        "optimizers that do not support it are skipped with a note, or are an "
+                        "error when named with --optimizers (default: the library's: the "
+                        "params' dtype, float32 under master weights)")
+    g.add_argument("--min-quantized-size", type=_nonneg_int, default=None, metavar="N",
+                   help="int8/int4 state: tensors with fewer elements keep float32 state "
+                        "(default: the library's, 4096; the digits MLP's 64x64 W1 is its only "
+                        "tensor that large)")
     g = p.add_argument_group("output")
     g.add_argument("--plot", default="compare.png", metavar="OUT.png",
                    help="PNG of loss and accuracy curves (default: compare.png)")
@@ -201,6 +215,8 @@ def _compare(args):
         schedule=args.schedule, lr=lr, lr_per=lr_per, dataset=args.dataset, data_path=args.data,
         val_frac=args.val_frac, seed=args.seed, hidden=args.hidden, activation=args.activation,
         output=args.output, loss=args.loss, elu_alpha=args.elu_alpha, dtype=args.dtype,
+        precision=args.precision, state_dtype=args.state_dtype,
+        min_quantized_size=args.min_quantized_size,
         reference=args.reference, plot=None if args.no_plot else args.plot, json=args.json,
         progress=not args.quiet)
     run_compare(cfg)

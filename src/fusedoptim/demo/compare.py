@@ -8,6 +8,15 @@ With ``reference=True`` each run also drives the plain-NumPy ``fusedoptim.refere
 lockstep: both receive the identical gradient at every step (computed at the fused parameters), so
 any parameter difference comes from the optimizer arithmetic alone and is not amplified by the
 model. Agreement is judged with :data:`REF_RTOL` / :data:`REF_ATOL`.
+
+Precision (``--precision``, ``--state-dtype``, ``--min-quantized-size``): ``precision`` puts the
+params, and the grads the optimizer receives, in float32, bfloat16 or float16; half params get
+float32 master weights in the optimizer (``master_weights=True``), and the MLP computes in float32
+(:mod:`fusedoptim.demo.mlp`). ``state_dtype`` is passed to every optimizer. An optimizer that does
+not support it (its constructor raises ValueError, e.g. int8 state on Adadelta) is skipped with a
+note when the optimizers were not named (the default "all"), and is an error before any training
+when they were named. Every run reports its state memory: the ``nbytes`` of every array in
+``opt.state`` (moments, the float32 ``master_param``, int8/int4 codes and their ``*_absmax``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 from . import OPTIMIZERS, DemoError, optimizer_class, require, require_all
@@ -33,6 +43,16 @@ REF_RTOL = 1e-4
 REF_ATOL = 1e-6
 
 PLOT_NEEDS = ("matplotlib", "--plot (the PNG of curves; or pass --no-plot)")
+
+# --precision name -> the dtype of the params and of the grads handed to the optimizer.
+PRECISIONS = {"fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16),
+              "fp16": np.dtype(np.float16)}
+# --state-dtype values (fusedoptim's state_dtype strings).
+STATE_DTYPES = ("float32", "bfloat16", "int8", "int4")
+QUANTIZED_STATE = ("int8", "int4")
+MB = 1e6  # the "state MB" column: 10^6 bytes
+STATE_MB_NOTE = ("state MB: nbytes of every array in the optimizer state after training "
+                 "(moments, float32 master_param, int8/int4 codes and their absmax), 1 MB = 1e6 B")
 
 
 # --------------------------------------------------------------------------------- schedules
@@ -123,6 +143,9 @@ class CompareConfig:
     loss: str = "cce"
     elu_alpha: float = 1.0
     dtype: str = "float32"
+    precision: str | None = None  # fp32/bf16/fp16 params and grads; None: params in `dtype`
+    state_dtype: str | None = None  # passed to every optimizer; None: the library default
+    min_quantized_size: int | None = None  # int8/int4 state; None: the library default (4096)
     reference: bool = False
     plot: str | None = None
     json: str | None = None
@@ -185,7 +208,7 @@ def _allclose_ratio(a, b):
     worst = 0.0
     for k in a:
         ref = b[k].astype(np.float64)
-        err = np.abs(a[k] - ref) / (REF_ATOL + REF_RTOL * np.abs(ref))
+        err = np.abs(a[k].astype(np.float64) - ref) / (REF_ATOL + REF_RTOL * np.abs(ref))
         if not np.all(np.isfinite(err)):
             return math.inf
         worst = max(worst, float(err.max(initial=0.0)))
@@ -193,7 +216,46 @@ def _allclose_ratio(a, b):
 
 
 def _max_abs_diff(a, b):
-    return max(float(np.abs(a[k] - b[k].astype(np.float64)).max(initial=0.0)) for k in a)
+    return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max(initial=0.0))
+               for k in a)
+
+
+def precision_kwargs(cfg):
+    """The precision keywords every optimizer of the run gets; none when no flag was given, so
+    a run without the flags builds exactly the optimizers it always did."""
+    kwargs = {}
+    if cfg.precision is not None and PRECISIONS[cfg.precision] != np.float32:
+        kwargs["master_weights"] = True  # the library's default for half params, made explicit
+    if cfg.state_dtype is not None:
+        kwargs["state_dtype"] = cfg.state_dtype
+    if cfg.min_quantized_size is not None:
+        kwargs["min_quantized_size"] = cfg.min_quantized_size
+    return kwargs
+
+
+def param_dtype(cfg):
+    """The dtype of the params (and of the grads the optimizer receives)."""
+    return PRECISIONS[cfg.precision] if cfg.precision is not None else np.dtype(cfg.dtype)
+
+
+def state_nbytes(opt):
+    """Bytes of optimizer state per slot name, summed over params: every ndarray in
+    ``opt.state`` (moments, ``master_param``, int8/int4 codes and ``<slot>_absmax``). The step
+    count is a scalar, not a buffer, and is not counted."""
+    by_slot = {}
+    for st in opt.state.values():
+        for k, v in st.items():
+            if isinstance(v, np.ndarray) and k != "step":
+                by_slot[k] = by_slot.get(k, 0) + int(v.nbytes)
+    return by_slot
+
+
+def state_label(cfg):
+    """What the state is stored in: the --state-dtype, or what the library picks without it."""
+    if cfg.state_dtype is not None:
+        return cfg.state_dtype
+    pdt = param_dtype(cfg)
+    return "float32" if pdt in (PRECISIONS["bf16"], PRECISIONS["fp16"]) else str(pdt)
 
 
 def train_one(name, cfg, model, init_params, data, progress, index):
@@ -204,12 +266,14 @@ def train_one(name, cfg, model, init_params, data, progress, index):
     steps_per_epoch = math.ceil(n / cfg.batch_size)
 
     params = _copy(init_params)
-    opt = optimizer_class(name)(params, lr=lr, **spec.kwargs)
+    prec = precision_kwargs(cfg)
+    opt = optimizer_class(name)(params, lr=lr, **spec.kwargs, **prec)
     schedule = Schedule(cfg.schedule, opt, cfg.epochs, steps_per_epoch)
     ref = None
     if cfg.reference:
         ref_params = _copy(init_params)
-        ref_opt = optimizer_class(name, reference=True)(ref_params, lr=lr, **spec.kwargs)
+        ref_opt = optimizer_class(name, reference=True)(ref_params, lr=lr, **spec.kwargs,
+                                                        **prec)
         ref = {"params": ref_params, "opt": ref_opt, "step_s": 0.0, "max_abs_diff": [],
                "allclose_ratio": [], "train_loss": []}
 
@@ -270,6 +334,8 @@ def train_one(name, cfg, model, init_params, data, progress, index):
     if ref is not None:
         wall_s -= ref["step_s"]  # the reference's own steps are not part of this run's cost
     progress.finish(f"diverged at epoch {hist['epoch'][-1]}" if status == "diverged" else None)
+    state_by_slot = state_nbytes(opt)
+    state_bytes = sum(state_by_slot.values())
 
     rec = {
         "class": f"fusedoptim.{spec.cls}",
@@ -286,6 +352,10 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         "wall_s": wall_s,
         "step_s": step_s,
         "step_us": 1e6 * step_s / max(t, 1),
+        "state_dtype": state_label(cfg),
+        "state_bytes": state_bytes,
+        "state_mb": state_bytes / MB,
+        "state_bytes_by_slot": state_by_slot,
         "history": hist,
     }
     if ref is not None:
@@ -325,6 +395,86 @@ def resolve_optimizers(cfg):
     return runnable, skipped
 
 
+def _flags(cfg):
+    """The precision flags of the run, as typed (for messages)."""
+    parts = []
+    if cfg.precision is not None:
+        parts.append(f"--precision {cfg.precision}")
+    if cfg.state_dtype is not None:
+        parts.append(f"--state-dtype {cfg.state_dtype}")
+    return " ".join(parts) or "these settings"
+
+
+def resolve_precision(cfg, runnable):
+    """Split ``runnable`` into (supported, unsupported: name -> the library's reason).
+
+    Each optimizer is built once on a small param of the run's dtype with the run's precision
+    keywords: the constructor is where fusedoptim checks them, and a refusal is a ValueError
+    naming the optimizer and what it supports. With no precision flag nothing is checked.
+    An optimizer the user named that refuses is an error before any training; with the default
+    "all" it is skipped, and the caller prints a note naming it.
+    """
+    prec = precision_kwargs(cfg)
+    if not prec:
+        return list(runnable), {}
+    probe_dtype = param_dtype(cfg)
+    supported, unsupported = [], {}
+    for name in runnable:
+        spec = OPTIMIZERS[name]
+        try:
+            for ref in ([False, True] if cfg.reference else [False]):
+                probe = {"w": np.zeros(8, probe_dtype)}
+                optimizer_class(name, reference=ref)(probe, lr=1e-3, **spec.kwargs, **prec)
+        except (ValueError, TypeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if cfg.explicit:
+                raise DemoError(f"{_flags(cfg)}: optimizer {name} does not support it: "
+                                f"{reason}") from None
+            unsupported[name] = reason
+            continue
+        supported.append(name)
+    if not supported:
+        first = next(iter(unsupported.values()))
+        raise DemoError(f"{_flags(cfg)}: none of the requested optimizers supports it "
+                        f"({', '.join(unsupported)}; e.g. {first})")
+    return supported, unsupported
+
+
+def _check_precision(cfg):
+    if cfg.precision is not None:
+        if cfg.precision not in PRECISIONS:
+            raise DemoError(f"unknown precision {cfg.precision!r}; choose from: "
+                            f"{', '.join(PRECISIONS)}")
+        if np.dtype(cfg.dtype) != np.float32:
+            raise DemoError(f"--precision {cfg.precision} runs the model in float32; it cannot "
+                            f"be combined with --dtype {cfg.dtype}")
+    if cfg.state_dtype is not None and cfg.state_dtype not in STATE_DTYPES:
+        raise DemoError(f"unknown state dtype {cfg.state_dtype!r}; choose from: "
+                        f"{', '.join(STATE_DTYPES)}")
+    if cfg.min_quantized_size is not None and cfg.min_quantized_size < 0:
+        raise DemoError(f"--min-quantized-size must be a non-negative integer, got "
+                        f"{cfg.min_quantized_size}")
+
+
+def describe_precision(cfg, params):
+    """One line: the params' dtype, master weights, the state dtype, what got quantized."""
+    pdt = param_dtype(cfg)
+    name = "bfloat16" if pdt == PRECISIONS["bf16"] else str(pdt)
+    text = f"params and grads {name}"
+    if "master_weights" in precision_kwargs(cfg):
+        text += " (float32 master weights in the optimizer)"
+    text += f", state {state_label(cfg)}"
+    if cfg.state_dtype in QUANTIZED_STATE:
+        from fusedoptim._precision import MIN_QUANTIZED_SIZE
+
+        mqs = MIN_QUANTIZED_SIZE if cfg.min_quantized_size is None else cfg.min_quantized_size
+        big = [p for p in params.values() if p.size >= mqs]
+        text += (f" on {len(big)} of {len(params)} tensors ({sum(p.size for p in big)} of "
+                 f"{sum(p.size for p in params.values())} params: tensors under "
+                 f"{mqs} elements keep float32 state, --min-quantized-size)")
+    return text
+
+
 def _single_threaded_blas():
     """Limit BLAS to one thread while training, if threadpoolctl (from scikit-learn) is there.
 
@@ -361,6 +511,7 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
         raise DemoError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
     if cfg.schedule not in SCHEDULES:
         raise DemoError(f"unknown schedule {cfg.schedule!r}; choose from: {', '.join(SCHEDULES)}")
+    _check_precision(cfg)
     # Fail before training, not after a minute of it, if an output cannot be produced.
     if cfg.plot:
         _check_writable(cfg.plot, "--plot")
@@ -371,18 +522,23 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
         needs.append(DIGITS_NEEDS)
     require_all(needs)  # one message naming everything that is missing
     runnable, skipped = resolve_optimizers(cfg)
+    runnable, unsupported = resolve_precision(cfg, runnable)
     dtype = np.dtype(cfg.dtype)
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_frac, cfg.seed, dtype)
     # Only now, with all input validated: a rejected run prints its one error line and nothing else.
     if skipped:
         print(f"skipping (not available in this build): {', '.join(skipped)}", file=err)
+    if unsupported:
+        print(f"skipping ({_flags(cfg)} not supported): {', '.join(unsupported)}", file=err)
     output = cfg.output or default_output(cfg.loss)
     model = MLP([data.n_features, *cfg.hidden, data.n_outputs], cfg.activation, output, cfg.loss,
-                cfg.elu_alpha, dtype)
+                cfg.elu_alpha, dtype, param_dtype=param_dtype(cfg))
     init = model.init_params(cfg.seed)
     print(f"{data.describe()}; model {model} with {model.n_params()} parameters; "
           f"{cfg.epochs} epochs, batch {cfg.batch_size}, schedule {cfg.schedule}", file=out,
           flush=True)
+    if precision_kwargs(cfg) or cfg.precision is not None:
+        print(describe_precision(cfg, init), file=out, flush=True)
 
     progress = _Progress(cfg.progress, len(runnable), err)
     runs = {}
@@ -396,8 +552,15 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
         "dataset": {"name": data.name, "n_train": len(data.X_train), "n_val": len(data.X_val),
                     "n_features": data.n_features, "n_outputs": data.n_outputs},
         "model": {"sizes": model.sizes, "activation": model.activation, "output": model.output,
-                  "loss": model.loss_name, "n_params": model.n_params(), "dtype": str(dtype)},
+                  "loss": model.loss_name, "n_params": model.n_params(), "dtype": str(dtype),
+                  "param_dtype": str(model.param_dtype)},
+        "precision": {"params": str(model.param_dtype), "grads": str(model.param_dtype),
+                      "master_weights": "master_weights" in precision_kwargs(cfg),
+                      "state_dtype": state_label(cfg),
+                      "optimizer_kwargs": precision_kwargs(cfg),
+                      "state_bytes_counts": STATE_MB_NOTE.split(": ", 1)[1]},
         "skipped": skipped,
+        "unsupported": unsupported,
         "optimizers": runs,
     }
     if cfg.reference:
@@ -436,7 +599,8 @@ def format_table(result) -> str:
     """One row per optimizer; reference columns appear only when the reference ran."""
     runs = result["optimizers"]
     with_ref = any("reference" in r for r in runs.values())
-    head = ["optimizer", "lr", "train loss", "val acc", "wall s", "step() s", "us/step"]
+    head = ["optimizer", "lr", "train loss", "val acc", "wall s", "step() s", "us/step",
+            "state MB"]
     if with_ref:
         head += ["ref us/step", "speed-up", "max |dp|", "agree"]
     rows = []
@@ -445,7 +609,7 @@ def format_table(result) -> str:
         if r["status"] != "ok":
             loss += f" ({r['status']})"
         row = [name, f"{r['lr']:g}", loss, f"{r['final_val_acc']:.1%}", f"{r['wall_s']:.2f}",
-               f"{r['step_s']:.3f}", f"{r['step_us']:.1f}"]
+               f"{r['step_s']:.3f}", f"{r['step_us']:.1f}", f"{r['state_mb']:.4f}"]
         if with_ref:
             ref = r["reference"]
             row += [f"{ref['step_us']:.1f}", f"{ref['speedup']:.1f}x", f"{ref['max_abs_diff']:.1e}",
@@ -461,11 +625,19 @@ def format_table(result) -> str:
     total_wall = sum(r["wall_s"] for r in runs.values())
     total_step = sum(r["step_s"] for r in runs.values())
     text.append(f"total: {total_wall:.2f} s of training, {total_step:.3f} s inside step()")
+    text.append(STATE_MB_NOTE)
     if with_ref:
         tol = result["reference_tolerance"]
         text.append(f"agree: fused and reference parameters within rtol={tol['rtol']:g}, "
                     f"atol={tol['atol']:g} at every epoch (same gradients fed to both)")
     return "\n".join(text)
+
+
+def _plot_precision(result):
+    p = result.get("precision", {})
+    if not p.get("optimizer_kwargs") and p.get("params") == result["model"]["dtype"]:
+        return ""
+    return f" (params {p['params']}, state {p['state_dtype']})"
 
 
 def plot_compare(result, path):
@@ -521,7 +693,8 @@ def plot_compare(result, path):
     d, m, c = result["dataset"], result["model"], result["config"]
     widths = "-".join(str(s) for s in m["sizes"])
     fig.suptitle(f"{d['name']} ({d['n_train']} train / {d['n_val']} val), MLP {widths} "
-                 f"{m['activation']}/{m['output']}/{m['loss']} {m['dtype']}, "
+                 f"{m['activation']}/{m['output']}/{m['loss']} {m['dtype']}"
+                 f"{_plot_precision(result)}, "
                  f"batch {c['batch_size']}, "
                  f"schedule {c['schedule']}: same initial weights and batches for every optimizer")
     try:

@@ -6,6 +6,15 @@ C-contiguous arrays (``W1, b1, W2, b2, ...``), which is exactly what the fused o
 
 Conventions (torch's, so numbers are comparable): every loss is a mean over the batch; MSE, MAE and
 BCE also average over the output units, categorical cross-entropy sums over classes.
+
+Low-precision params (``param_dtype`` float16 or bfloat16, ``fusedoptim compare --precision``):
+the params are stored, and handed to the optimizer, in that dtype, and so are the grads the
+optimizer receives. The forward and backward passes compute in ``dtype`` (float32): each step
+widens every param once (``param.astype(float32)``, exact for both half types), and the
+float32 grads are rounded to the param dtype at the end of the backward pass. That is the usual
+mixed-precision split (half-precision weights and grads, float32 arithmetic), and it keeps
+NumPy's BLAS in float32: NumPy has no bfloat16 matmul, and a float16 one is slow and would
+round every partial sum. The optimizer keeps the float32 master copy of the weights.
 """
 
 from __future__ import annotations
@@ -39,11 +48,13 @@ class MLP:
     """Fully connected network: ``sizes[0]`` inputs, hidden layers, ``sizes[-1]`` outputs.
 
     ``activation`` is used on every hidden layer, ``output`` on the last; ``elu_alpha`` is the
-    alpha of the notes' alpha-ELU.
+    alpha of the notes' alpha-ELU. ``dtype`` is the compute (and data) dtype; ``param_dtype``
+    (default: ``dtype``) is the dtype the params and their grads are stored in, float16 or
+    bfloat16 for low-precision training (see the module doc).
     """
 
     def __init__(self, sizes, activation="relu", output="softmax", loss="cce", elu_alpha=1.0,
-                 dtype=np.float32):
+                 dtype=np.float32, param_dtype=None):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes must list at least 2 positive widths, got {sizes}")
@@ -59,6 +70,10 @@ class MLP:
         self.loss_name = loss
         self.elu_alpha = float(elu_alpha)
         self.dtype = np.dtype(dtype)
+        self.param_dtype = self.dtype if param_dtype is None else np.dtype(param_dtype)
+        if self.param_dtype != self.dtype and self.dtype != np.float32:
+            raise ValueError(f"{self.param_dtype} params compute in float32; dtype must be "
+                             f"float32, got {self.dtype}")
         self.n_layers = len(sizes) - 1
 
     def __repr__(self):
@@ -67,7 +82,10 @@ class MLP:
 
     # ----------------------------------------------------------------------------- parameters
     def init_params(self, seed=0) -> dict[str, np.ndarray]:
-        """Fresh weights: He-normal for ReLU/ELU, Glorot-uniform for sigmoid/tanh; zero biases."""
+        """Fresh weights: He-normal for ReLU/ELU, Glorot-uniform for sigmoid/tanh; zero biases.
+
+        Drawn in float64 and rounded to ``param_dtype`` (through ``dtype``), so a bfloat16 model
+        starts from the bfloat16 rounding of the float32 model's weights."""
         rng = np.random.default_rng(seed)
         params = {}
         for i in range(self.n_layers):
@@ -77,8 +95,9 @@ class MLP:
             else:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 w = rng.uniform(-limit, limit, size=(fan_in, fan_out))
-            params[f"W{i + 1}"] = np.ascontiguousarray(w, dtype=self.dtype)
-            params[f"b{i + 1}"] = np.zeros(fan_out, dtype=self.dtype)
+            w = np.ascontiguousarray(w, dtype=self.dtype)
+            params[f"W{i + 1}"] = w.astype(self.param_dtype, copy=False)
+            params[f"b{i + 1}"] = np.zeros(fan_out, dtype=self.param_dtype)
         return params
 
     def n_params(self) -> int:
@@ -108,8 +127,16 @@ class MLP:
             return a * (1.0 - a)
         return np.where(a > 0, 1.0, a + self.elu_alpha).astype(a.dtype)  # alpha*e^z = a + alpha
 
+    def _widen(self, params):
+        """The params in the compute dtype: themselves, or float32 copies of half params."""
+        if self.param_dtype == self.dtype:
+            return params
+        return {k: v.astype(self.dtype) for k, v in params.items()}
+
     def _forward(self, params, X):
-        """Return the inputs of every layer (for backward) and the output logits."""
+        """Return the inputs of every layer (for backward) and the output logits.
+
+        ``params`` are in the compute dtype (see :meth:`_widen`)."""
         inputs = [X]
         h = X
         for i in range(1, self.n_layers + 1):
@@ -129,7 +156,7 @@ class MLP:
         return _sigmoid(z), _log_sigmoid(z)
 
     def predict_proba(self, params, X):
-        _, z = self._forward(params, X)
+        _, z = self._forward(self._widen(params), X)
         return self._probs(z)[0]
 
     # ----------------------------------------------------------------------------- loss
@@ -168,11 +195,15 @@ class MLP:
         return float(loss), dz
 
     def loss(self, params, X, Y) -> float:
-        _, z = self._forward(params, X)
+        _, z = self._forward(self._widen(params), X)
         return self._loss_and_dz(z, Y)[0]
 
     def loss_and_grad(self, params, X, Y):
-        """Mean batch loss and a dict of gradients shaped, typed and keyed like ``params``."""
+        """Mean batch loss and a dict of gradients shaped, typed and keyed like ``params``.
+
+        With half-precision params the backward pass runs in float32 and each grad is then
+        rounded to the params' dtype (to nearest even: ``astype``)."""
+        params = self._widen(params)
         inputs, z = self._forward(params, X)
         loss, dz = self._loss_and_dz(z, Y)
         dz = dz.astype(self.dtype, copy=False)
@@ -183,11 +214,13 @@ class MLP:
             grads[f"b{i}"] = dz.sum(axis=0)
             if i > 1:
                 dz = (dz @ params[f"W{i}"].T) * self._act_grad(h)
+        if self.param_dtype != self.dtype:
+            grads = {k: g.astype(self.param_dtype) for k, g in grads.items()}
         return loss, grads
 
     def evaluate(self, params, X, Y, labels):
         """(mean loss, accuracy) on a whole split; accuracy compares argmax with integer labels."""
-        _, z = self._forward(params, X)
+        _, z = self._forward(self._widen(params), X)
         loss = self._loss_and_dz(z, Y)[0]
         acc = float(np.mean(np.argmax(z, axis=1) == labels))
         return loss, acc
