@@ -60,6 +60,36 @@ static inline void fo_bf16_encode(const float* src, uint16_t* dst, ptrdiff_t n) 
     for (ptrdiff_t i = 0; i < n; i++) dst[i] = fo_f32_to_bf16(src[i]);
 }
 
+/* bf16 with stochastic rounding: round up with probability equal to the fraction of a bf16
+ * ulp the value lies above the bf16 below it. The 16 random bits come from a stateless hash of
+ * (the tensor's step key, the element index), so a step is reproducible and the same for any
+ * thread count. Inf and NaN round to nearest (stay Inf and NaN); a finite value just below
+ * the largest bf16 may round up to Inf, as rounding up means there. */
+static inline uint32_t fo_mix32(uint32_t x) {
+    x ^= x >> 16; x *= 0x7feb352du;
+    x ^= x >> 15; x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline uint16_t fo_f32_to_bf16_sr(float f, uint32_t random16) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t up = (uint16_t)((u + random16) >> 16);
+    return ((u & 0x7f800000u) == 0x7f800000u) ? fo_f32_to_bf16(f) : up;
+}
+
+/* key: the tensor's two 32-bit step keys; start: the index of src[0] in the tensor. */
+static inline void fo_bf16_encode_sr(const float* src, uint16_t* dst, ptrdiff_t n,
+                                     const uint32_t* key, ptrdiff_t start) {
+    const uint32_t k0 = key[0], k1 = key[1];
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint64_t idx = (uint64_t)(start + i);
+        uint32_t r = fo_mix32(fo_mix32((uint32_t)idx ^ k0) ^ k1 ^ (uint32_t)(idx >> 32));
+        dst[i] = fo_f32_to_bf16_sr(src[i], r & 0xffffu);
+    }
+}
+
 /* -- f16 ------------------------------------------------------------------------------------ */
 static inline float fo_f16_to_f32_portable(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

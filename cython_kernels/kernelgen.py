@@ -49,6 +49,7 @@ STORAGES = {
     "f16": ("ST_F16", "uint16_t", "half"),
     "bf16m": ("ST_BF16M", "uint16_t", "master"),
     "f16m": ("ST_F16M", "uint16_t", "master"),
+    "bf16sr": ("ST_BF16SR", "uint16_t", "sr"),
     "q8": ("ST_Q8", "uint8_t", "q8"),
     "q4": ("ST_Q4", "uint8_t", "q4"),
 }
@@ -66,6 +67,9 @@ HALF_CODEC = {"bf16": "bf16", "f16": "f16", "bf16m": "bf16", "f16m": "f16"}
 MAX_BUFFERS = 6
 MASTER_COL = 6
 ABSMAX_COL = 7
+#   bf16sr   (param only) bfloat16 params written back with stochastic rounding (codecs.h);
+#            column SR_COL points at the tensor's two uint32 step keys
+SR_COL = ABSMAX_COL + MAX_BUFFERS
 
 # -- THE WHITELIST: which (param, grad, state) storage combinations each kernel is built and
 # registered for. Register only what the Python layer can request, and test every row.
@@ -90,6 +94,7 @@ ROW_SETS = {
         [("f32", g, st) for g in ("f32", "bf16", "f16") for st in ("f32", "bf16")
          if (g, st) != ("f32", "f32")]
         + [(p, p, st) for p in ("bf16", "f16") for st in (p, "f32")]
+        + [("bf16sr", "bf16", st) for st in ("bf16", "f32")]
         + [(p, g, st) for p in ("bf16m", "f16m") for g in ("f32", "bf16", "f16")
            for st in ("f32", "bf16")]),
 }
@@ -341,6 +346,15 @@ class Generator:
                 absmax = f"b[{ABSMAX_COL + i}]"
                 dec.append(f"t{i} = _fo_{kind}_tile_in(b[{i}], {absmax}, at, m, {qmap}, s{i})")
                 enc.append(f"_fo_{kind}_tile_out(b[{i}], {absmax}, at, m, {qmap}, t{i})")
+                continue
+            if kind == "sr":
+                if r != "param":
+                    raise GenError(f"{entry}: {st} is a param storage")
+                decl.append(f"cdef float t{i}[FO_TILE]")
+                args.append(f"t{i}")
+                dec.append(f"fo_bf16_decode((<const uint16_t*>b[{i}]) + at, t{i}, m)")
+                enc.append(f"fo_bf16_encode_sr(t{i}, (<uint16_t*>b[{i}]) + at, m, "
+                           f"<const uint32_t*>b[{SR_COL}], at)")
                 continue
             decl.append(f"cdef float t{i}[FO_TILE]")
             args.append(f"t{i}")

@@ -6,8 +6,8 @@
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
                                  register_modes, ST_F32, ST_F64, ST_BF16, ST_F16,
-                                 ST_BF16M, ST_F16M, ST_Q8, ST_Q4)
-from libc.stdint cimport uint8_t, uint16_t
+                                 ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4)
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cython cimport floating
 
 # The storage codecs: the tiled glue kernelgen.py generates converts half-precision buffers to
@@ -18,6 +18,8 @@ cdef extern from "codecs.h":
     void fo_bf16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
     void fo_f16_decode(const uint16_t* src, float* dst, Py_ssize_t n) noexcept nogil
     void fo_f16_encode(const float* src, uint16_t* dst, Py_ssize_t n) noexcept nogil
+    void fo_bf16_encode_sr(const float* src, uint16_t* dst, Py_ssize_t n, const uint32_t* key,
+                           Py_ssize_t start) noexcept nogil
 
 
 # The blockwise codec of int8/int4 state (quant.h), and the four maps it quantizes with: the

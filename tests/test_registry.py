@@ -22,7 +22,8 @@ GRADS = ("float32",) + HALVES
 OPTIMIZER_ROWS = FLOAT_ROWS | {
     ("float32", g, s) for g in GRADS for s in ("float32", "bfloat16")} | {
     (h, h, s) for h in HALVES for s in (h, "float32")} | {
-    (h + "+master", g, s) for h in HALVES for g in GRADS for s in ("float32", "bfloat16")}
+    (h + "+master", g, s) for h in HALVES for g in GRADS for s in ("float32", "bfloat16")} | {
+    ("bfloat16+sr", "bfloat16", s) for s in ("bfloat16", "float32")}
 # int8/int4 state (blockwise) for the optimizers issue 11 names: float32 params with float32 or
 # bfloat16 grads, half params with their own grads, and with master weights (float32 grads or
 # their own).

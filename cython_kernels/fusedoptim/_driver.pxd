@@ -18,6 +18,7 @@ ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const
 #   ST_BF16M / ST_F16M: a half-precision param with a float32 master copy in column
 #   MASTER_COL; the kernel updates the master and writes the rounded param (param storage only).
 #   ST_Q8 / ST_Q4: blockwise int8/int4 state (codes; absmax of buffer i in ABSMAX_COL + i).
+#   ST_BF16SR: bfloat16 params written with stochastic rounding, keyed by column SR_COL.
 cdef enum:
     ST_F32 = 0
     ST_F64 = 1
@@ -27,7 +28,8 @@ cdef enum:
     ST_F16M = 5
     ST_Q8 = 6
     ST_Q4 = 7
-    N_STORAGES = 8
+    ST_BF16SR = 8
+    N_STORAGES = 9
 
 # A kernel has at most MAX_BUFFERS buffer columns of its own; the master param, when the param
 # storage has one, is column MASTER_COL of the plan, and the absmax of a quantized state buffer
@@ -36,6 +38,7 @@ cpdef enum:
     MAX_BUFFERS = 6
     MASTER_COL = 6
     ABSMAX_COL = 7
+    SR_COL = 13
 
 cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel kern,
                         tuple scalars) except -1

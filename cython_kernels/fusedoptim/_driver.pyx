@@ -132,7 +132,7 @@ cdef enum:
 
 # by storage number (_driver.pxd)
 STORAGE_NAMES = ("float32", "float64", "bfloat16", "float16", "bfloat16+master",
-                 "float16+master", "int8", "int4")
+                 "float16+master", "int8", "int4", "bfloat16+sr")
 
 cdef chunk_kernel _chunk_table[MAX_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
 cdef int _n_kernels = 0
@@ -527,6 +527,9 @@ cdef class Plan:
             if self.st_param in (ST_BF16M, ST_F16M) and self.nbufs <= MASTER_COL:
                 raise ValueError(f"a master-weight plan needs buffer column {MASTER_COL} "
                                  f"(nstate >= {MASTER_COL - 1}), got nstate={nstate}")
+            if self.st_param == ST_BF16SR and self.nbufs <= SR_COL:
+                raise ValueError(f"a stochastic-rounding plan needs buffer column {SR_COL} "
+                                 f"(nstate >= {SR_COL - 1}), got nstate={nstate}")
         self._grad_dtypes = (((<object>params[0]).dtype if params else np.dtype(np.float32),)
                              if grad_dtypes is None else tuple(grad_dtypes))
         if not 0 < len(self._grad_dtypes) <= 8:

@@ -19,7 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ._precision import ABSMAX, MASTER, GroupPrecision, compute_dtype, qmap
+import numpy as np
+
+from ._precision import ABSMAX, MASTER, GroupPrecision, compute_dtype, qmap, sr_keys, \
+    stochastic_round
 
 if TYPE_CHECKING:
     from . import _kernels
@@ -75,6 +78,9 @@ class FusedBackend(Backend):
         if inv_scale is not None:
             # Every active row was just rewritten, so this scales each sign exactly once.
             plan.hp_array[:, 0] *= inv_scale
+        keys = opt._layouts[gi].sr_keys
+        if keys is not None:
+            sr_keys(opt.seed, gi, plan.steps_array, keys)
         opt._run(plan, cache.hyper)
 
 
@@ -156,7 +162,12 @@ class ReferenceBackend(Backend):
                     # created by the function, or a compute-dtype copy: write it back,
                     # rounded to nearest even into the state dtype, in the same array
                     st[slot][...] = buf
-        if work[0] is not params[active[0]]:
+        if prec.sr:
+            keys = np.zeros((len(params), 2), np.uint32)
+            sr_keys(opt.seed, gi, plan.steps_array, keys)
+            for t, w in zip(active, work):
+                params[t][...] = stochastic_round(w, keys[t])
+        elif work[0] is not params[active[0]]:
             for t, w in zip(active, work):
                 params[t][...] = w          # rounded to nearest even, as the kernel does
 

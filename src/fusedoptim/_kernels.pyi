@@ -61,6 +61,8 @@ MAX_BUFFERS: int
 MASTER_COL: int
 
 ABSMAX_COL: int
+#: a stochastic-rounding plan's column of per-tensor step keys
+SR_COL: int
 #: kernel name -> its buffer roles as declared ("param", "grad", "state", "state+", "-")
 KERNEL_ROLES: dict[str, tuple[str, ...]]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _kernels
 from ._validation import label
-from ._precision import ABSMAX, FLOAT32, MASTER, GroupPrecision
+from ._precision import ABSMAX, FLOAT32, MASTER, SR_KEY, GroupPrecision
 from ._state import sync_steps
 from .flat import ALIGNMENT, PAGE, FlatParams, aligned_bytes
 
@@ -142,7 +142,7 @@ class GroupLayout:
 
     __slots__ = ("params", "flat_param", "shapes", "offsets", "nbytes", "dtype", "arena",
                  "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep",
-                 "precision", "slots", "plan_slots", "_layouts")
+                 "precision", "slots", "plan_slots", "_layouts", "sr_keys")
 
     params: list[FloatArray]
     flat_param: FloatArray | None
@@ -166,6 +166,8 @@ class GroupLayout:
     #: weights, empty columns up to the driver's MASTER_COL and the master copy there
     plan_slots: tuple[str | None, ...]
     _layouts: dict[int, tuple[list[int], int]]
+    #: stochastic rounding: each param's two uint32 step keys (the plan's SR_COL)
+    sr_keys: NDArray[np.uint32] | None
 
     def __init__(self, params: Sequence[FloatArray], flat_param: FloatArray | None,
                  arena: FlatParams | None, enabled: bool, precision: GroupPrecision,
@@ -187,6 +189,11 @@ class GroupLayout:
                                + ((MASTER,) if precision.master else (None,)))
             if precision.quant:
                 self.plan_slots += (None, None) + absmax
+        self.sr_keys = None
+        if precision.sr:
+            pad = _kernels.SR_COL - 2 - len(self.plan_slots)
+            self.plan_slots = self.plan_slots + (None,) * pad + (SR_KEY,)
+            self.sr_keys = np.zeros((len(self.params), 2), np.uint32)
         self._layouts = {}
         self.offsets, self.nbytes = self._layout(self.dtype.itemsize)
         self.arena = arena

@@ -7,6 +7,11 @@ Every optimizer takes two constructor options, handled here once:
   updates that copy and writes the param rounded to nearest even, in the same pass.
 * ``state_dtype``: ``None`` (the params' dtype, or float32 under master weights),
   ``"float32"``, ``"bfloat16"``, ``"int8"`` or ``"int4"``.
+* ``stochastic_rounding`` (default False; bfloat16 params without master weights): the
+  update is computed in float32 and rounded stochastically to bfloat16, with 16 random bits
+  per element from a stateless hash of (``seed``, the param's step, its index in the group,
+  the element's index). A step is then reproducible and bitwise the same for any thread
+  count. ``seed`` (default 0) is kept in ``state_dict()``.
 * ``min_quantized_size`` (default 4096, bitsandbytes' ``min_8bit_size``): under int8/int4
   state, params with fewer elements keep float32 state.
 
@@ -59,6 +64,8 @@ QUANTIZED = {"int8": (8, 256), "int4": (4, 128)}
 #: bitsandbytes' min_8bit_size: smaller params keep float32 state under int8/int4
 MIN_QUANTIZED_SIZE = 4096
 ABSMAX = "_absmax"
+#: the plan column marker of a stochastic-rounding group's step keys (not a state buffer)
+SR_KEY = "<step keys>"
 #: state_dict() saves the map of a quantized slot under <slot>_qmap
 QMAP = "_qmap"
 #: the state slot of the float32 master copy of a half-precision param
@@ -71,6 +78,8 @@ class PrecisionOptions(TypedDict, total=False):
     master_weights: bool | None
     state_dtype: str | None
     min_quantized_size: int
+    stochastic_rounding: bool
+    seed: int
 
 
 def check_options(master_weights: object = None, state_dtype: object = None,
@@ -99,10 +108,21 @@ def compute_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else FLOAT32
 
 
-def storage_name(dtype: DTypeLike, master: bool = False) -> str:
-    """The driver's storage name for arrays of `dtype` (with a float32 master copy)."""
+def check_rounding(stochastic_rounding: object, seed: object) -> tuple[bool, int]:
+    if not isinstance(stochastic_rounding, (bool, np.bool_)):
+        raise TypeError(f"stochastic_rounding must be True or False, got "
+                        f"{stochastic_rounding!r}")
+    if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed < 2 ** 64):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return bool(stochastic_rounding), int(seed)
+
+
+def storage_name(dtype: DTypeLike, master: bool = False, sr: bool = False) -> str:
+    """The driver's storage name for arrays of `dtype` (with a float32 master copy, or
+    written with stochastic rounding)."""
     name = str(np.dtype(dtype))
-    return name + "+master" if master else name
+    return name + "+master" if master else name + "+sr" if sr else name
 
 
 @dataclass(frozen=True)
@@ -119,11 +139,14 @@ class GroupPrecision:
     #: int8/int4 state: (bits, block size), else None
     quant: tuple[int, int] | None = None
     min_quantized_size: int = MIN_QUANTIZED_SIZE
+    #: bfloat16 params written with stochastic rounding
+    sr: bool = False
 
     @property
     def default(self) -> bool:
         """The float32/float64 case: everything in the params' dtype."""
-        return not self.master and self.state_dtype == self.param_dtype and not self.quant
+        return (not self.master and self.state_dtype == self.param_dtype and not self.quant
+                and not self.sr)
 
     def slot_dtype(self, slot: str) -> np.dtype[Any]:
         return FLOAT32 if slot == MASTER else self.state_dtype
@@ -134,11 +157,18 @@ class GroupPrecision:
 
 
 def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights: bool | None,
-            state_dtype: str | None, min_quantized_size: int = MIN_QUANTIZED_SIZE
-            ) -> GroupPrecision:
+            state_dtype: str | None, min_quantized_size: int = MIN_QUANTIZED_SIZE,
+            stochastic_rounding: bool = False) -> GroupPrecision:
     """A group's precision for params of `param_dtype`, or a ValueError naming what the
     optimizer `owner` accepts for such params."""
     half = param_dtype in HALF_DTYPES
+    if stochastic_rounding:
+        if param_dtype != BFLOAT16 or master_weights:
+            raise ValueError(f"{owner}: stochastic_rounding=True rounds bfloat16 params kept "
+                             f"without master weights; these are {param_dtype} params"
+                             f"{' with master_weights=True' if master_weights else ''} (use "
+                             f"bfloat16 params and leave master_weights unset or False)")
+        master_weights = False
     master = half if master_weights is None else master_weights
     if master and not half:
         raise ValueError(f"{owner}: master_weights=True needs float16 or bfloat16 params; "
@@ -148,7 +178,7 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
         sdt = FLOAT32 if master else param_dtype
     else:
         sdt = STATE_DTYPES[state_dtype]
-    pname = storage_name(param_dtype, master)
+    pname = storage_name(param_dtype, master, stochastic_rounding)
     quant = QUANTIZED.get(state_dtype or "")
     sname = state_dtype if quant else storage_name(sdt)
     rows = _kernels.registered_variants(kernel)
@@ -172,7 +202,47 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
         load_qmaps()
     return GroupPrecision(param_dtype, master, sdt, gdt,
                           _kernels.STORAGE_NAMES.index(pname),
-                          _kernels.STORAGE_NAMES.index(sname), quant, min_quantized_size)
+                          _kernels.STORAGE_NAMES.index(sname), quant, min_quantized_size,
+                          stochastic_rounding)
+
+
+def _mix32(x: NDArray[np.uint32]) -> NDArray[np.uint32]:
+    """codecs.h's fo_mix32, elementwise (uint32 arithmetic wraps as in C)."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    out: NDArray[np.uint32] = x ^ (x >> np.uint32(16))
+    return out
+
+
+def sr_keys(seed: int, group: int, steps: NDArray[np.int64], out: NDArray[np.uint32]) -> None:
+    """Each param's two 32-bit stochastic-rounding keys for its step (out: (n, 2)): a hash
+    of (seed, param group, the param's index in it, its step count)."""
+    n = steps.shape[0]
+    with np.errstate(over="ignore"):
+        t = np.arange(n, dtype=np.uint32)
+        s = steps.astype(np.uint64)
+        lo = np.uint32(seed & 0xFFFFFFFF) ^ _mix32((s & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+                                                 ^ np.uint32(0x9E3779B9))
+        hi = np.uint32(seed >> 32) ^ _mix32((s >> np.uint64(32)).astype(np.uint32)
+                                           ^ np.uint32(group) * np.uint32(0x85EBCA6B))
+        out[:, 0] = _mix32(lo ^ _mix32(t ^ np.uint32(0xC2B2AE35)))
+        out[:, 1] = _mix32(hi ^ out[:, 0])
+
+
+def stochastic_round(x: NDArray[np.float32], key: NDArray[np.uint32]) -> NDArray[Any]:
+    """codecs.h's fo_bf16_encode_sr on a whole tensor (element i of x is index i): float32
+    to bfloat16 with stochastic rounding, the reference twins' and the tests' oracle."""
+    u = np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32)
+    idx = np.arange(u.size, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        r = _mix32(_mix32(idx.astype(np.uint32) ^ key[0]) ^ key[1]
+                   ^ (idx >> np.uint64(32)).astype(np.uint32))
+        up = ((u + (r & np.uint32(0xFFFF))) >> np.uint32(16)).astype(np.uint16)
+    nearest = u.view(np.float32).astype(BFLOAT16).view(np.uint16)
+    special = (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
+    return np.where(special, nearest, up).view(BFLOAT16).reshape(np.shape(x))
 
 
 def quantized_optimizers() -> list[str]:

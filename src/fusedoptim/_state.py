@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
-from ._precision import ABSMAX, FLOAT32, MASTER, QMAP, fill_quantized, qmap
+from ._precision import ABSMAX, FLOAT32, MASTER, QMAP, SR_KEY, check_rounding, \
+    fill_quantized, qmap
 from ._validation import label
 
 if TYPE_CHECKING:
@@ -63,8 +64,11 @@ def build_plan(opt: Optimizer, gi: int, cache: _GroupCache) -> _kernels.Plan:
         params = [layout.flat_param]
         labels = [f"grads of param group {gi} (bound as one flat buffer)"]
     columns = layout.plan_slots
-    state = [None if st is None else [None if s is None else st.get(s) for s in columns]
-             for st in entries]
+    keys = layout.sr_keys
+    state = [None if st is None else
+             [None if s is None else keys[t] if s == SR_KEY and keys is not None else st.get(s)
+              for s in columns]
+             for t, st in enumerate(entries)]
     steps = [0 if st is None else st["step"] for st in entries]
     if cache.slots_in_use is None:
         cache.slots_in_use = cache.wanted      # validated when the group was added
@@ -186,7 +190,10 @@ def state_dict(opt: Optimizer, dequantize: bool = False) -> OptimizerStateDict:
         if any(opt._names[i] is not None for i in sl):
             entry["param_names"] = [opt._names[i] for i in sl]
         groups.append(entry)
-    return {"state": state, "param_groups": groups}
+    out: OptimizerStateDict = {"state": state, "param_groups": groups}
+    if opt.stochastic_rounding:
+        out["seed"] = opt.seed          # the rounding stream goes on where it was
+    return out
 
 
 def _param_of(opt: Optimizer, i: int) -> tuple[int, FloatArray]:
@@ -240,7 +247,11 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
         gi = next(k for k, sl in enumerate(opt._group_slices) if i in sl)
         p = opt.param_groups[gi]["params"][i - opt._group_slices[gi].start]
         new_state[i] = _load_entry(opt, i, st, p, opt._layouts[gi], scalar_names)
+    seed = opt.seed
+    if "seed" in state_dict:
+        seed = check_rounding(opt.stochastic_rounding, state_dict["seed"])[1]
     # Checked: now replace everything at once.
+    opt.seed = seed
     for g, merged in zip(opt.param_groups, new_groups):
         g.update({k: v for k, v in merged.items() if k != "params"})
     opt._state = new_state

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Protocol, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired   # (typing has it from Python 3.11)
 from numpy.typing import NDArray
 
 from .flat import FlatParams
@@ -72,10 +75,12 @@ class ArrayViews(Protocol):
 
 class OptimizerStateDict(TypedDict):
     """``Optimizer.state_dict()``: per-param state keyed by flat param index, and the
-    param groups with ``"params"`` as those indices (plus ``"param_names"`` when named)."""
+    param groups with ``"params"`` as those indices (plus ``"param_names"`` when named);
+    ``"seed"`` under stochastic rounding."""
 
     state: dict[int, ParamState]
     param_groups: list[dict[str, Any]]
+    seed: NotRequired[int]
 
 
 class SupportsParamGroups(Protocol):

@@ -27,7 +27,7 @@ from ._backend import FUSED, Backend
 from ._gate import apply_gated, grads_finite, gated_group, inv_grad_scale
 from ._layout import GroupLayout, check_new_params, group_arrays, parse_params, route_flat, \
     split_grads
-from ._precision import MIN_QUANTIZED_SIZE, check_options, resolve
+from ._precision import MIN_QUANTIZED_SIZE, check_options, check_rounding, resolve
 from ._spec import OptSpec, register
 from ._state import build_plan, ensure_state
 
@@ -138,7 +138,8 @@ class Optimizer:
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *,
                  skip_nonfinite: bool = False, master_weights: bool | None = None,
                  state_dtype: str | None = None,
-                 min_quantized_size: int = MIN_QUANTIZED_SIZE) -> None:
+                 min_quantized_size: int = MIN_QUANTIZED_SIZE,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
         if getattr(type(self), "spec", None) is None:
             raise TypeError(f"{type(self).__name__} has no spec: Optimizer is a base class, "
                             f"and each optimizer binds an OptSpec (spec = ...)")
@@ -153,6 +154,7 @@ class Optimizer:
         #: params' dtype when it is added
         self.master_weights, self.state_dtype, self.min_quantized_size = check_options(
             master_weights, state_dtype, min_quantized_size)
+        self.stochastic_rounding, self.seed = check_rounding(stochastic_rounding, seed)
         self.skipped_steps = 0
         self.defaults = dict(defaults)
         keys = self._hyper_keys
@@ -192,7 +194,8 @@ class Optimizer:
                              f"accepted: {sorted(self.defaults)}")
         check_new_params(self, names, arrays)
         precision = resolve(type(self).__name__, self._kernel, arrays[0].dtype,
-                            self.master_weights, self.state_dtype, self.min_quantized_size)
+                            self.master_weights, self.state_dtype, self.min_quantized_size,
+                            self.stochastic_rounding)
         group = dict(self.defaults)
         group.update({k: v for k, v in group_in.items() if k != "params"})
         cache = _GroupCache()
@@ -202,8 +205,9 @@ class Optimizer:
         flat_param = (_kernels.tile_view(arrays) if arena is not None or len(arrays) > 1
                       else None)
         # Quantized state is blockwise per param: a flat plan would put blocks across params.
+        # Stochastic rounding hashes each param's own element indices, whatever the layout.
         flat_ok = (not self.spec.per_tensor and self._backend.flat_plans
-                   and precision.quant is None)
+                   and precision.quant is None and not precision.sr)
         start = len(self._names)
         group["params"] = arrays
         self.param_groups.append(group)
