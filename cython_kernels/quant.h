@@ -18,12 +18,18 @@
  *   4-bit codes: element 2j in the high nibble of byte j, element 2j+1 in its low nibble
  *   (bitsandbytes' order); an odd count leaves the last low nibble 0.
  *
- * The nearest code is found exactly, in O(1), by a table (fo_qmap.base) indexed by the sign,
- * the exponent clamped to 32 slots and the top 7 mantissa bits of y. Each entry is an index b
- * such that the nearest code of every y in that bucket is b or b+1 (fo_qmap_init refuses a
- * map where that does not hold). The two float32 distances |y - code[b]| and |y - code[b+1]|
- * are then compared exactly as argmin compares them (strictly less moves up: ties go to the
- * lower index), so the result is the argmin, not a midpoint approximation of it.
+ * The nearest code is found exactly, in O(1), with one table lookup per value. The table
+ * (fo_qmap.ent) is indexed by the sign, the exponent clamped to 32 slots and the top 7 mantissa
+ * bits of y: with 8 exponent bits that is the top 16 bits of y, so a bucket is the set of y
+ * that share their top 16 bits (slot 0, |y| < 2^-31, is one bucket per sign). fo_qmap_init
+ * refuses a map where the nearest code of some bucket is not b or b+1 for one b. The nearest
+ * code (argmin of the float32 distances, ties to the lower index) is monotone in y, so within a
+ * bucket it steps at most once, at some value of the low 16 bits L of y. Each entry holds that
+ * step: the code at L = 0, the step (+1, -1 for a negative bucket, where |y| grows with L, or
+ * 0), and the threshold t: code = code0 + (L >= t ? step : 0). init finds t by bisection over
+ * the same float32 comparison |y - code[b+1]| < |y - code[b]|, so the result is the argmin
+ * itself, not a midpoint approximation of it (a brute-force check over every float32 in
+ * [-1, 1] agrees at every ISA level). Slot 0 must not step (init refuses a map where it does).
  *
  * The absmax is a max over the bit patterns of |x| as integers: for non-negative floats the
  * integer order is the float order, Inf is above every finite value and every NaN above Inf.
@@ -53,13 +59,15 @@
 #define FO_Q_MBITS 7                          /* mantissa bits in the table key */
 #define FO_Q_NSLOT 32                         /* exponent slots per sign */
 #define FO_Q_EXP0 96                          /* slot = biased exponent - FO_Q_EXP0; <= 0: slot 0 */
-#define FO_Q_TABLE (2 * FO_Q_NSLOT << FO_Q_MBITS)   /* 8192 entries, one byte each */
+#define FO_Q_TABLE (2 * FO_Q_NSLOT << FO_Q_MBITS)   /* 8192 entries of 4 bytes: 32 KiB */
 
 typedef struct fo_qmap {
     float code[257];          /* the sorted map; code[ncodes] repeats the last code */
     int ncodes;               /* 16 or 256 */
     uint8_t zero_code;        /* what an all-zero (or NaN) block stores */
-    uint8_t base[FO_Q_TABLE + 4];   /* +4: the SIMD paths gather 4 bytes at a byte offset */
+    /* per bucket: bits 0-15 the threshold t on y's low 16 bits, 16-23 the code at L = 0,
+     * 24-31 the step as int8 (+1, -1 or 0); see the top of the file */
+    uint32_t ent[FO_Q_TABLE];
 } fo_qmap;
 
 static inline uint32_t fo_q__bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -99,7 +107,7 @@ static inline int fo_qmap_init(fo_qmap* q, const float* code, int ncodes) {
         uint32_t m = (uint32_t)(key & ((1 << FO_Q_MBITS) - 1));
         uint32_t lo, hi;                      /* the bucket's magnitudes, as bits */
         if (slot == 0) {
-            if (m) { q->base[key] = 0; continue; }    /* never looked up */
+            if (m) { q->ent[key] = 0; continue; }     /* never looked up */
             lo = 0; hi = ((uint32_t)(FO_Q_EXP0 + 1) << 23) - 1;
         } else {
             lo = ((uint32_t)(FO_Q_EXP0 + slot) << 23) | (m << (23 - FO_Q_MBITS));
@@ -107,12 +115,23 @@ static inline int fo_qmap_init(fo_qmap* q, const float* code, int ncodes) {
         }
         int a = fo_q__argmin(code, ncodes, fo_q__float(sign | lo));
         int b = fo_q__argmin(code, ncodes, fo_q__float(sign | hi));
-        int j = a < b ? a : b;
         if ((a > b ? a - b : b - a) > 1) return -3;
-        if (j > ncodes - 2) j = ncodes - 2;
-        q->base[key] = (uint8_t)j;
+        if (a == b) { q->ent[key] = (uint32_t)a << 16; continue; }
+        if (slot == 0) return -3;             /* slot 0 spans many exponents: no L threshold */
+        /* the smallest L whose nearest code is b: where |y - code[j+1]| < |y - code[j]|
+         * turns (true for L >= t when b = j + 1, false when b = j) */
+        int j = a < b ? a : b;
+        uint32_t l = 1, h = 0xffff;           /* code(L=0) = a, code(0xffff) = b */
+        while (l < h) {
+            uint32_t mid = l + (h - l) / 2;
+            float y = fo_q__float(sign | lo | mid);
+            float d0 = y - code[j], d1 = y - code[j + 1];
+            d0 = d0 < 0 ? -d0 : d0;
+            d1 = d1 < 0 ? -d1 : d1;
+            if (j + (d1 < d0) == b) h = mid; else l = mid + 1;
+        }
+        q->ent[key] = l | (uint32_t)a << 16 | (uint32_t)(uint8_t)(int8_t)(b - a) << 24;
     }
-    memset(q->base + FO_Q_TABLE, 0, 4);
     return 0;
 }
 
@@ -156,12 +175,9 @@ static inline uint8_t fo_q__nearest1(const fo_qmap* q, float xi, float inv) {
     float y = xi * inv;
     y = y < -1.0f ? -1.0f : y;
     y = y > 1.0f ? 1.0f : y;
-    int b = q->base[fo_q__key(y)];
-    float d0 = y - q->code[b];
-    float d1 = y - q->code[b + 1];
-    d0 = d0 < 0 ? -d0 : d0;
-    d1 = d1 < 0 ? -d1 : d1;
-    return (uint8_t)(b + (d1 < d0));
+    uint32_t e = q->ent[fo_q__key(y)];
+    uint32_t step = (fo_q__bits(y) & 0xffffu) >= (e & 0xffffu) ? e >> 24 : 0;
+    return (uint8_t)((e >> 16) + step);
 }
 
 /* codes[i] = nearest code of clamp(x[i] * inv, -1, 1), for any n. */
@@ -170,33 +186,30 @@ static inline void fo_q__encode_scaled(const float* x, ptrdiff_t n, float inv, c
     ptrdiff_t i = 0;
 #if defined(FO_Q_AVX512)
     const __m512 vinv = _mm512_set1_ps(inv), one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff), ff = _mm512_set1_epi32(0xff);
-    const __m512i e0 = _mm512_set1_epi32(FO_Q_EXP0), mm = _mm512_set1_epi32((1 << FO_Q_MBITS) - 1);
-    const __m512i ione = _mm512_set1_epi32(1);
+    const __m512i low = _mm512_set1_epi32(0xffff), mag = _mm512_set1_epi32(0x7fff);
+    const __m512i k0 = _mm512_set1_epi32(FO_Q_EXP0 << FO_Q_MBITS);
+    const __m512i kmax0 = _mm512_set1_epi32((1 << FO_Q_MBITS) - 1);
     for (; i + 16 <= n; i += 16) {
         __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv);
         y = _mm512_min_ps(_mm512_max_ps(y, mone), one);
         __m512i u = _mm512_castps_si512(y);
+        /* key = sign << 12 | (exponent - EXP0) << 7 | top 7 mantissa bits, or sign << 12 in
+         * slot 0: the same key as fo_q__key */
         __m512i s = _mm512_slli_epi32(_mm512_srli_epi32(u, 31), FO_Q_MBITS + 5);
-        __m512i t = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 23), ff), e0);
-        __m512i m = _mm512_and_si512(_mm512_srli_epi32(u, 23 - FO_Q_MBITS), mm);
-        __mmask16 pos = _mm512_cmpgt_epi32_mask(t, _mm512_setzero_si512());
-        __m512i key = _mm512_mask_or_epi32(s, pos, s,
-                                           _mm512_or_si512(_mm512_slli_epi32(t, FO_Q_MBITS), m));
-        __m512i b = _mm512_and_si512(_mm512_i32gather_epi32(key, (const void*)q->base, 1), ff);
-        __m512 c0 = _mm512_i32gather_ps(b, q->code, 4);
-        __m512 c1 = _mm512_i32gather_ps(_mm512_add_epi32(b, ione), q->code, 4);
-        __m512 d0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(y, c0)), absm));
-        __m512 d1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(y, c1)), absm));
-        __mmask16 up = _mm512_cmp_ps_mask(d1, d0, _CMP_LT_OQ);
-        __m512i r = _mm512_mask_add_epi32(b, up, b, ione);
+        __m512i k = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), mag), k0);
+        __mmask16 pos = _mm512_cmpgt_epi32_mask(k, kmax0);
+        __m512i key = _mm512_mask_or_epi32(s, pos, s, k);
+        __m512i e = _mm512_i32gather_epi32(key, (const void*)q->ent, 4);
+        __mmask16 ge = _mm512_cmpge_epi32_mask(_mm512_and_si512(u, low), _mm512_and_si512(e, low));
+        __m512i c = _mm512_srli_epi32(e, 16);
+        __m512i r = _mm512_mask_add_epi32(c, ge, c, _mm512_srai_epi32(e, 24));
         _mm_storeu_si128((__m128i*)(codes + i), _mm512_cvtepi32_epi8(r));
     }
 #elif defined(FO_Q_AVX2)
     const __m256 vinv = _mm256_set1_ps(inv), one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
-    const __m256i absm = _mm256_set1_epi32(0x7fffffff), ff = _mm256_set1_epi32(0xff);
-    const __m256i e0 = _mm256_set1_epi32(FO_Q_EXP0), mm = _mm256_set1_epi32((1 << FO_Q_MBITS) - 1);
-    const __m256i ione = _mm256_set1_epi32(1);
+    const __m256i low = _mm256_set1_epi32(0xffff), mag = _mm256_set1_epi32(0x7fff);
+    const __m256i k0 = _mm256_set1_epi32(FO_Q_EXP0 << FO_Q_MBITS);
+    const __m256i kmax0 = _mm256_set1_epi32((1 << FO_Q_MBITS) - 1);
     const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     for (; i + 8 <= n; i += 8) {
@@ -204,18 +217,15 @@ static inline void fo_q__encode_scaled(const float* x, ptrdiff_t n, float inv, c
         y = _mm256_min_ps(_mm256_max_ps(y, mone), one);
         __m256i u = _mm256_castps_si256(y);
         __m256i s = _mm256_slli_epi32(_mm256_srli_epi32(u, 31), FO_Q_MBITS + 5);
-        __m256i t = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 23), ff), e0);
-        __m256i m = _mm256_and_si256(_mm256_srli_epi32(u, 23 - FO_Q_MBITS), mm);
-        __m256i pos = _mm256_cmpgt_epi32(t, _mm256_setzero_si256());
-        __m256i key = _mm256_or_si256(s, _mm256_and_si256(pos,
-                                      _mm256_or_si256(_mm256_slli_epi32(t, FO_Q_MBITS), m)));
-        __m256i b = _mm256_and_si256(_mm256_i32gather_epi32((const int*)(const void*)q->base, key, 1), ff);
-        __m256 c0 = _mm256_i32gather_ps(q->code, b, 4);
-        __m256 c1 = _mm256_i32gather_ps(q->code, _mm256_add_epi32(b, ione), 4);
-        __m256 d0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(_mm256_sub_ps(y, c0)), absm));
-        __m256 d1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_castps_si256(_mm256_sub_ps(y, c1)), absm));
-        __m256i up = _mm256_castps_si256(_mm256_cmp_ps(d1, d0, _CMP_LT_OQ));   /* -1 where up */
-        __m256i r = _mm256_shuffle_epi8(_mm256_sub_epi32(b, up), pick);
+        __m256i k = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), mag), k0);
+        __m256i pos = _mm256_cmpgt_epi32(k, kmax0);
+        __m256i key = _mm256_or_si256(s, _mm256_and_si256(pos, k));
+        __m256i e = _mm256_i32gather_epi32((const int*)(const void*)q->ent, key, 4);
+        /* lt: L < t (both below 2^16: the signed compare is the unsigned one) */
+        __m256i lt = _mm256_cmpgt_epi32(_mm256_and_si256(e, low), _mm256_and_si256(u, low));
+        __m256i r = _mm256_add_epi32(_mm256_srli_epi32(e, 16),
+                                     _mm256_andnot_si256(lt, _mm256_srai_epi32(e, 24)));
+        r = _mm256_shuffle_epi8(r, pick);
         __m128i r8 = _mm_unpacklo_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
         _mm_storel_epi64((__m128i*)(codes + i), r8);
     }
@@ -247,10 +257,35 @@ static inline void fo_q8_decode(const uint8_t* codes, float absmax, const fo_qma
                                 ptrdiff_t n) {
     ptrdiff_t i = 0;
 #if defined(FO_Q_AVX512)
+    /* The 256 codes in 16 registers: 8 two-register permutes (index bits 0-4) and a select
+     * by bits 5, 6, 7, instead of a gather (slow on the AMD cores this was measured on). */
     const __m512 va = _mm512_set1_ps(absmax);
-    for (; i + 16 <= n; i += 16) {
-        __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(codes + i)));
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, q->code, 4), va));
+    if (n >= 64) {
+        __m512 t[16];
+        for (int k = 0; k < 16; k++) t[k] = _mm512_loadu_ps(q->code + 16 * k);
+        const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64),
+                      b7 = _mm512_set1_epi32(128);
+        for (; i + 16 <= n; i += 16) {
+            __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(codes + i)));
+            __m512 v0 = _mm512_permutex2var_ps(t[0], c, t[1]);
+            __m512 v1 = _mm512_permutex2var_ps(t[2], c, t[3]);
+            __m512 v2 = _mm512_permutex2var_ps(t[4], c, t[5]);
+            __m512 v3 = _mm512_permutex2var_ps(t[6], c, t[7]);
+            __m512 v4 = _mm512_permutex2var_ps(t[8], c, t[9]);
+            __m512 v5 = _mm512_permutex2var_ps(t[10], c, t[11]);
+            __m512 v6 = _mm512_permutex2var_ps(t[12], c, t[13]);
+            __m512 v7 = _mm512_permutex2var_ps(t[14], c, t[15]);
+            __mmask16 m5 = _mm512_test_epi32_mask(c, b5), m6 = _mm512_test_epi32_mask(c, b6),
+                      m7 = _mm512_test_epi32_mask(c, b7);
+            v0 = _mm512_mask_mov_ps(v0, m5, v1);
+            v2 = _mm512_mask_mov_ps(v2, m5, v3);
+            v4 = _mm512_mask_mov_ps(v4, m5, v5);
+            v6 = _mm512_mask_mov_ps(v6, m5, v7);
+            v0 = _mm512_mask_mov_ps(v0, m6, v2);
+            v4 = _mm512_mask_mov_ps(v4, m6, v6);
+            v0 = _mm512_mask_mov_ps(v0, m7, v4);
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(v0, va));
+        }
     }
 #elif defined(FO_Q_AVX2)
     const __m256 va = _mm256_set1_ps(absmax);

@@ -153,6 +153,44 @@ def test_bench_cli_runs_and_prints_a_row():
     assert len(rows) == 1 and "2e+03" in rows[0] and "%" in rows[0]
 
 
+_PRECISION_SMOKE = ["bench", "--precision", "--sizes", "4096,16384", "--threads", "1",
+                    "--repeat", "1", "--min-time", "0.005"]
+
+
+def test_bench_precision_smoke():
+    """`fusedoptim bench --precision` at tiny sizes: every section prints, with the ratios,
+    the 4 GB/s model and the state bytes of a (1000, 1000) AdamW."""
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", *_PRECISION_SMOKE],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("[1] 4e+03 float32 params, 1 thread", "[2] compute bound", "[3] 2e+04",
+                   "roofline: touch_q8", "roofline: touch_bf16m", "int8 step, % of touch_q8",
+                   "model, per core at 4 GB/s", "[5] AdamW state per param"):
+        assert needle in text, (needle, text)
+    line = text.split("[5] AdamW state per param")[1].splitlines()[1]
+    assert "float32 8.0000 B" in line and "bfloat16 4.0000 B" in line
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        assert "bitsandbytes columns skipped" in text
+    else:
+        assert "bnb AdamW8bit (CPU)" in text and "torch.uint8" in text
+
+
+def test_bench_precision_without_bitsandbytes_skips_its_rows():
+    """bitsandbytes not importable: its rows are left out and the reason is printed."""
+    code = ("import sys; sys.modules['bitsandbytes'] = None\n"
+            "from fusedoptim.__main__ import main\n"
+            f"raise SystemExit(main({_PRECISION_SMOKE!r}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "bitsandbytes columns skipped: bitsandbytes is not importable" in out.stdout
+    assert "bnb AdamW" not in out.stdout and "int8 / bnb" not in out.stdout
+    assert "fo AdamW int8" in out.stdout
+
+
 def test_bench_cli_rejects_unknown_optimizer():
     out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--optimizers", "Nope"],
                          capture_output=True, text=True, timeout=120)

@@ -36,6 +36,9 @@ QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nad
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
 GRAD_UTILITY_ROWS = FLOAT_ROWS | {(h, h, h) for h in HALVES}
 GRAD_UTILITIES = {"sumsq", "sumabs", "sumpow", "maxabs", "nonfinite", "scale", "clamp"}
+# Hand-made rooflines of the mixed-storage steps (roofline.pxi.tp): one row each.
+MIXED_ROOFLINES = {"touch_q8": {("float32", "float32", "int8")},
+                   "touch_bf16m": {("bfloat16+master", "bfloat16", "float32")}}
 OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "lamb_moments",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd"}
@@ -54,6 +57,8 @@ def test_every_kernel_registers_exactly_its_rows(name):
         assert set(rows) == OPTIMIZER_ROWS
     elif name in GRAD_UTILITIES:
         assert set(rows) == GRAD_UTILITY_ROWS
+    elif name in MIXED_ROOFLINES:
+        assert set(rows) == MIXED_ROOFLINES[name]
     else:                                   # the roofline and probe kernels
         assert set(rows) == FLOAT_ROWS
 

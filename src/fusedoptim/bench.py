@@ -36,6 +36,7 @@ import numpy as np
 
 import fusedoptim as fo
 from . import _kernels
+from ._precision import BFLOAT16 as BF16, MASTER
 from .flat import aligned_zeros
 
 if TYPE_CHECKING:
@@ -630,6 +631,253 @@ def _format_utility(r: Mapping[str, Any]) -> str:
             f"{torch:>13}{x_ref:>8}{x_torch:>9}{roof:>12}")
 
 
+# -- precision (issue 11) ----------------------------------------------------------------
+
+#: AdamW as in every precision row
+PRECISION_KW: dict[str, Any] = dict(lr=1e-3, weight_decay=1e-2)
+#: bytes per element each step moves (DESIGN.md's roofline; issue 11): float32 AdamW reads and
+#: writes p, m, v and reads g; int8 state reads and writes two code bytes and, per 256-element
+#: block, two float32 absmaxes; bfloat16 params under master weights read and write the float32
+#: master, read a bfloat16 grad, write the bfloat16 param and read and write float32 m and v.
+BYTES_F32_ADAMW = 28.0
+BYTES_INT8_ADAMW = 4 + 4 + 4 + 2 + 2 + 2 * (4 + 4) / 256
+BYTES_BF16_MASTER_ADAMW = 4 + 4 + 2 + 2 + 8 + 8
+
+
+def _optional_bnb(use_bnb: bool) -> tuple[Any, str]:
+    """(bitsandbytes, "") when asked for and importable, else (None, why not)."""
+    if not use_bnb:
+        return None, "--no-bnb"
+    try:
+        import bitsandbytes
+    except Exception as e:          # ImportError, or a backend that fails to load
+        return None, f"bitsandbytes is not importable ({type(e).__name__}: {e})"
+    return bitsandbytes, ""
+
+
+def state_bytes_per_param(opt: fo.Optimizer, n: int) -> float:
+    """Bytes of optimizer state per param element, from the state buffers' nbytes (codes,
+    absmaxes, moments). The float32 master copy of a half-precision param is not counted: it
+    is the param's precision overhead, not the optimizer's state."""
+    nbytes = 0
+    for st in opt.state.values():
+        for key, v in st.items():
+            if key != MASTER and isinstance(v, np.ndarray):
+                nbytes += v.nbytes
+    return nbytes / n
+
+
+def _fo_adamw(n: int, dtype: DTypeLike = np.float32, grad_dtype: DTypeLike | None = None,
+              seed: int = 0, **kw: Any) -> tuple[fo.Optimizer, Callable[[], object]]:
+    """An AdamW over one fresh param of n elements, its state created: (optimizer, step)."""
+    p, g = _data(n, np.float32, seed)
+    p = p.astype(dtype)
+    grads = [g.astype(grad_dtype if grad_dtype is not None else dtype)]
+    opt = fo.AdamW([p], **PRECISION_KW, **kw)
+    opt.step(grads)
+    return opt, lambda: opt.step(grads)
+
+
+def _plan_touch(opt: fo.Optimizer, name: str) -> Callable[[], object]:
+    """A roofline kernel run on an optimizer's own plan: the same buffers, columns and units."""
+    plan = opt._caches[0].plan
+    assert plan is not None             # the optimizer has stepped
+    kid = _kernels.KERNEL_IDS[name]
+    return lambda: plan.run(kid)
+
+
+def _bnb_step(bnb: Any, torch: Any, n: int, cls: str) -> tuple[Callable[[], object], str]:
+    """bitsandbytes' optimizer `cls` on a CPU torch param of n elements: (step, what its state
+    is), after checking that it keeps the state it claims (8-bit: uint8 codes on the CPU)."""
+    p, g = _data(n, np.float32)
+    tp = torch.nn.Parameter(torch.from_numpy(p))
+    tp.grad = torch.from_numpy(g)
+    # min_8bit_size=1: every param gets 8-bit state (the default 4096 would keep float32 state
+    # for the smoke run's tiny params; the 1e7 param is far above it either way).
+    opt = getattr(bnb.optim, cls)([tp], **PRECISION_KW, min_8bit_size=1)
+    opt.step()
+    st = opt.state[tp]
+    s1 = st["state1"]
+    if s1.device.type != "cpu":
+        raise RuntimeError(f"bitsandbytes {cls} state is on {s1.device}, not the CPU")
+    if cls.endswith("8bit") and s1.dtype != torch.uint8:
+        raise RuntimeError(f"bitsandbytes {cls} kept {s1.dtype} state, not 8-bit")
+    nbytes = sum(v.numel() * v.element_size() for k, v in st.items()
+                 if torch.is_tensor(v) and not k.startswith("qmap"))
+    return opt.step, f"{s1.dtype}, {nbytes / n:.2f} B/param"
+
+
+@dataclass
+class PrecisionResult:
+    """One row of `fusedoptim bench --precision`: seconds per step and what it is compared to."""
+    section: str
+    label: str
+    n: int
+    threads: int
+    seconds: float
+    note: str = ""
+
+
+def _rate(n: int, t: float) -> str:
+    return f"{n / t / 1e9:.3f}"
+
+
+def run_precision(n_single: int, n_all: int, threads_all: int, min_time: float = 0.2,
+                  repeat: int = 5, use_bnb: bool = True, use_torch: bool = True,
+                  compute_n: int = 100_000, out: TextIO = sys.stdout) -> dict[str, Any]:
+    """The issue-11 precision table. Every group of rows is timed interleaved (A, B, A, B...,
+    the best of `repeat`), so each ratio compares rows of the same run. Returns the raw
+    numbers: {"rows": [PrecisionResult...], "ratios": {...}, "state_bytes": {...}}."""
+    import gc
+    torch = _optional_torch(use_torch)
+    bnb, why_no_bnb = _optional_bnb(use_bnb and torch is not None)
+    if bnb is None and torch is None and use_bnb:
+        why_no_bnb = "torch is not importable"
+    rows: list[PrecisionResult] = []
+    ratios: dict[str, float] = {}
+    saved = fo.get_num_threads()
+
+    def section(title: str, n: int, nt: int, fns: dict[str, Callable[[], object]],
+                notes: Mapping[str, str] | None = None) -> dict[str, float]:
+        print(f"\n{title}", file=out)
+        print(f"  {'':<44}{'ms/step':>10}{'G el/s':>9}", file=out)
+        best = _timeit_interleaved(fns, min_time, repeat)
+        for label, t in best.items():
+            note = (notes or {}).get(label, "")
+            rows.append(PrecisionResult(title, label, n, nt, t, note))
+            print(f"  {label:<44}{t * 1e3:>10.3f}{_rate(n, t):>9}"
+                  f"{'  ' + note if note else ''}", file=out, flush=True)
+        return best
+
+    try:
+        # 1. one thread, n_single float32 params: fused int8 vs bitsandbytes on the CPU
+        fo.set_num_threads(1)
+        if torch is not None:
+            torch.set_num_threads(1)
+        fns: dict[str, Callable[[], object]] = {}
+        notes: dict[str, str] = {}
+        _, fns["fo AdamW int8"] = _fo_adamw(n_single, state_dtype="int8", min_quantized_size=0)
+        _, fns["fo AdamW float32"] = _fo_adamw(n_single)
+        if bnb is not None:
+            fns["bnb AdamW8bit (CPU)"], notes["bnb AdamW8bit (CPU)"] = _bnb_step(
+                bnb, torch, n_single, "AdamW8bit")
+            fns["bnb AdamW 32-bit (CPU)"], notes["bnb AdamW 32-bit (CPU)"] = _bnb_step(
+                bnb, torch, n_single, "AdamW")
+        if torch is not None:
+            tp = torch.nn.Parameter(torch.from_numpy(_data(n_single, np.float32)[0]))
+            tp.grad = torch.from_numpy(_data(n_single, np.float32)[1])
+            topt = torch.optim.AdamW([tp], **PRECISION_KW, fused=True)
+            topt.step()
+            fns["torch AdamW(fused=True)"] = topt.step
+        best = section(f"[1] {n_single:.0e} float32 params, 1 thread", n_single, 1, fns, notes)
+        if bnb is not None:
+            ratios["int8 / bnb AdamW8bit (x faster)"] = (
+                best["bnb AdamW8bit (CPU)"] / best["fo AdamW int8"])
+            ratios["int8 / bnb AdamW 32-bit (x faster)"] = (
+                best["bnb AdamW 32-bit (CPU)"] / best["fo AdamW int8"])
+        ratios["int8 / fo float32, 1 thread (x speed)"] = (
+            best["fo AdamW float32"] / best["fo AdamW int8"])
+        del fns, notes, best
+        gc.collect()
+
+        # 2. the compute bound: the same steps where every buffer stays in cache
+        fns = {}
+        _, fns["fo AdamW int8"] = _fo_adamw(compute_n, state_dtype="int8", min_quantized_size=0)
+        _, fns["fo AdamW int4"] = _fo_adamw(compute_n, state_dtype="int4", min_quantized_size=0)
+        _, fns["fo AdamW float32"] = _fo_adamw(compute_n)
+        compute = section(f"[2] compute bound: {compute_n:.0e} params (in cache), 1 thread",
+                          compute_n, 1, fns)
+        del fns
+        gc.collect()
+
+        # 3. all threads, n_all params: int8 and int4 vs float32, and int8's own roofline
+        fo.set_num_threads(threads_all)
+        fns = {}
+        notes = {}
+        opt8, fns["fo AdamW int8"] = _fo_adamw(n_all, state_dtype="int8", min_quantized_size=0)
+        fns["roofline: touch_q8 (int8 traffic)"] = _plan_touch(opt8, "touch_q8")
+        opt4, fns["fo AdamW int4"] = _fo_adamw(n_all, state_dtype="int4", min_quantized_size=0)
+        opt32, fns["fo AdamW float32"] = _fo_adamw(n_all)
+        fns["roofline: touch_rw3 (float32 traffic)"] = _plan_touch(opt32, "touch_rw3")
+        sb = {"int8": state_bytes_per_param(opt8, n_all), "int4": state_bytes_per_param(opt4, n_all),
+              "float32": state_bytes_per_param(opt32, n_all)}
+        for k, lab in (("int8", "fo AdamW int8"), ("int4", "fo AdamW int4"),
+                       ("float32", "fo AdamW float32")):
+            notes[lab] = f"state {sb[k]:.4f} B/param"
+        best = section(f"[3] {n_all:.0e} float32 params, {threads_all} threads", n_all,
+                       threads_all, fns, notes)
+        ratios[f"int8 / float32 at {n_all:.0e}, {threads_all} thr (x speed)"] = (
+            best["fo AdamW float32"] / best["fo AdamW int8"])
+        ratios[f"int4 / float32 at {n_all:.0e}, {threads_all} thr (x speed)"] = (
+            best["fo AdamW float32"] / best["fo AdamW int4"])
+        ratios["int8 step, % of touch_q8"] = (
+            100 * best["roofline: touch_q8 (int8 traffic)"] / best["fo AdamW int8"])
+        ratios["float32 step, % of touch_rw3"] = (
+            100 * best["roofline: touch_rw3 (float32 traffic)"] / best["fo AdamW float32"])
+        mem = best
+        del fns, opt8, opt4, opt32
+        gc.collect()
+
+        # 4. bfloat16 grads on float32 params, and bfloat16 params with float32 master weights
+        fns = {}
+        notes = {}
+        _, fns["fo AdamW f32 params, f32 grads"] = _fo_adamw(n_all)
+        _, fns["fo AdamW f32 params, bf16 grads"] = _fo_adamw(n_all, grad_dtype=BF16)
+        optm, fns["fo AdamW bf16 params + master, bf16 grads"] = _fo_adamw(n_all, dtype=BF16)
+        fns["roofline: touch_bf16m (its traffic)"] = _plan_touch(optm, "touch_bf16m")
+        notes["fo AdamW bf16 params + master, bf16 grads"] = (
+            f"state {state_bytes_per_param(optm, n_all):.2f} B/param + 4 B master")
+        best = section(f"[4] {n_all:.0e} params, {threads_all} threads: half-precision grads "
+                       f"and params", n_all, threads_all, fns, notes)
+        ratios["bf16-grad step / f32-grad step (cost)"] = (
+            best["fo AdamW f32 params, bf16 grads"] / best["fo AdamW f32 params, f32 grads"])
+        ratios["bf16+master step, % of touch_bf16m"] = (
+            100 * best["roofline: touch_bf16m (its traffic)"]
+            / best["fo AdamW bf16 params + master, bf16 grads"])
+        del fns, optm
+        gc.collect()
+    finally:
+        fo.set_num_threads(saved)
+
+    # 5. state memory on a (1000, 1000) param
+    state_bytes: dict[str, float] = {}
+    for sd in ("float32", "bfloat16", "int8", "int4"):
+        p = np.zeros((1000, 1000), np.float32)
+        opt = fo.AdamW([p], **PRECISION_KW, state_dtype=sd)
+        opt.step([np.full_like(p, 1e-3)])
+        state_bytes[sd] = state_bytes_per_param(opt, p.size)
+    print("\n[5] AdamW state per param, (1000, 1000) float32 param, from the state buffers' "
+          "nbytes:", file=out)
+    print("  " + "   ".join(f"{k} {v:.4f} B" for k, v in state_bytes.items()), file=out)
+
+    print("\nratios (from the rows above, each within its own interleaved run):", file=out)
+    if bnb is None:
+        print(f"  bitsandbytes columns skipped: {why_no_bnb}", file=out)
+    for k, v in ratios.items():
+        print(f"  {k:<52}{v:>8.2f}", file=out)
+
+    # 6. the model at 4 GB/s per core: each step is bound by the slower of its memory traffic
+    # (bytes/element at 4 GB/s) and its compute (the in-cache rate measured in [2]).
+    c8 = compute_n / compute["fo AdamW int8"]
+    c32 = compute_n / compute["fo AdamW float32"]
+    bw = 4e9
+    m8, m32 = bw / BYTES_INT8_ADAMW, bw / BYTES_F32_ADAMW
+    r8, r32 = min(c8, m8), min(c32, m32)
+    serial = (1 / (1 / m8 + 1 / c8)) / (1 / (1 / m32 + 1 / c32))
+    print(f"\nmodel, per core at {bw / 1e9:.0f} GB/s: float32 AdamW {BYTES_F32_ADAMW:.0f} B/el "
+          f"-> {m32 / 1e9:.3f} G el/s memory bound, {c32 / 1e9:.3f} compute bound; int8 "
+          f"{BYTES_INT8_ADAMW:.4f} B/el -> {m8 / 1e9:.3f} memory bound, {c8 / 1e9:.3f} compute "
+          f"bound; int8 / float32 = {r8 / r32:.2f}x (each at the lower of its two bounds; "
+          f"{serial:.2f}x if compute and memory did not overlap at all)", file=out)
+    ratios["model: int8 / float32 at 4 GB/s/core"] = r8 / r32
+    measured_bw = {k: n_all * b / mem[lab] / threads_all for k, lab, b in (
+        ("float32", "roofline: touch_rw3 (float32 traffic)", BYTES_F32_ADAMW),
+        ("int8", "roofline: touch_q8 (int8 traffic)", BYTES_INT8_ADAMW))}
+    print(f"here: the rooflines in [3] moved {measured_bw['float32'] / 1e9:.1f} (float32) and "
+          f"{measured_bw['int8'] / 1e9:.1f} (int8) GB/s per thread", file=out)
+    return {"rows": rows, "ratios": ratios, "state_bytes": state_bytes}
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                ) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
@@ -658,6 +906,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "one buffer of each --sizes, default 1e8; all_finite; "
                         "clip_grad_value_) and skip_nonfinite's cost on a 1e6 AdamW step, "
                         "instead of the optimizer table")
+    p.add_argument("--precision", action="store_true",
+                   help="the issue-11 precision table instead: int8/int4 AdamW vs float32 and "
+                        "bitsandbytes on the CPU, their rooflines and compute bound, bfloat16 "
+                        "grads and params, state bytes per param. --sizes N1,N2: N1 params on "
+                        "1 thread (default 1e7), N2 on all threads (default 1e8)")
+    p.add_argument("--no-bnb", action="store_true",
+                   help="with --precision: leave out the bitsandbytes rows")
     p.set_defaults(func=main)
     return p
 
@@ -682,7 +937,8 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"fusedoptim bench: error: unknown optimizer(s) {bad}; "
                              f"choose from {[c.name for c in BENCH_CASES]}")
         cases = [known[w.lower()] for w in wanted]
-    sizes = _parse_list(args.sizes or ("1e8" if args.utilities else "1e5,1e6"),
+    sizes = _parse_list(args.sizes or ("1e8" if args.utilities else "1e7,1e8" if args.precision
+                                       else "1e5,1e6"),
                         lambda s: int(float(s)), "sizes")
     if any(s < 1 for s in sizes):
         raise SystemExit("fusedoptim bench: error: sizes must be >= 1")
@@ -706,6 +962,13 @@ def main(args: argparse.Namespace) -> int:
                              f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
+        return 0
+    if args.precision:
+        print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}")
+        n_all = sizes[-1]
+        run_precision(sizes[0], n_all, max(threads), min_time=args.min_time,
+                      repeat=args.repeat, use_bnb=not args.no_bnb, use_torch=not args.no_torch,
+                      compute_n=min(100_000, n_all))
         return 0
     if args.utilities:
         print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}. With "
