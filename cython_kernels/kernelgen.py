@@ -99,6 +99,9 @@ ROW_SETS = {
            for st in ("f32", "bf16")]),
 }
 ROW_SETS["optq"] = ROW_SETS["opt"] + QUANT_ROWS
+#   codec   fusedoptim.quant's fused quantize/dequantize: float32, bfloat16 or float16 values
+#           (the param or grad column) against int8/int4 codes
+ROW_SETS["codec"] = tuple((x, x, q) for q in ("q8", "q4") for x in ("f32", "bf16", "f16"))
 #   opt32   opt with float32 state only (LAMB: its second pass recomputes the update from the
 #           stored moments, which must be the first pass's exactly, as its trust ratio was
 #           computed from them)
@@ -109,8 +112,10 @@ VARIANTS = {
 }
 
 ROLES = ("param", "grad", "state")
-# A buffer role as declared: a role, or "state+" (a state buffer that is never negative).
-DECLARED_ROLES = ROLES + ("state+", "-")
+# A buffer role as declared: a role, or a state buffer that is "state+" (never negative: the
+# unsigned map when quantized), "rstate" (only read: decoded, never encoded back) or "wstate"
+# (only written: encoded, never decoded), or both ("rstate+", "wstate+").
+DECLARED_ROLES = ROLES + ("state+", "rstate", "rstate+", "wstate", "wstate+", "-")
 _C_WORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double",
             "else", "enum", "extern", "float", "for", "goto", "if", "int", "long", "register",
             "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
@@ -169,8 +174,9 @@ class Generator:
         for r in declared:
             if r not in DECLARED_ROLES:
                 raise GenError(f"{name}: buffer role {r!r} is not one of {DECLARED_ROLES}")
-        unsigned = {i for i, r in enumerate(declared) if r == "state+"}
-        roles = ["state" if r == "state+" else r for r in declared]
+        unsigned = {i for i, r in enumerate(declared) if r.endswith("+")}
+        access = {i: r[0] for i, r in enumerate(declared) if r[0] in "rw" and "state" in r}
+        roles = ["state" if "state" in r else r for r in declared]
         if len(roles) > MAX_BUFFERS:
             raise GenError(f"{name}: more than {MAX_BUFFERS} buffers")
         used = [(i, r) for i, r in enumerate(roles) if r != "-"]
@@ -191,7 +197,8 @@ class Generator:
         if is_reduce:
             call_args.append("out")
         call = f"{body}({', '.join(call_args)}"
-        sig = [f"{'const ' if r == 'grad' else ''}floating* b{i}" for i, r in used]
+        sig = [f"{'const ' if r == 'grad' or access.get(i) == 'r' else ''}floating* b{i}"
+               for i, r in used]
         sig += ["Py_ssize_t n"]
         if names is not None:
             sig.append(f"const {scalars}_scalars* s")
@@ -241,11 +248,13 @@ class Generator:
             if len(row) != 3 or any(st not in STORAGES for st in row):
                 raise GenError(f"{name}: variant {row!r} names an unknown storage")
         tiled = [row for row in row_list if not self._direct(row, used)]
+        # named after the kernel: two kernels may share a body
+        tile_fn = f"_{name.lstrip('_')}_tile"
         if tiled:
             # The float body behind every tiled row, compiled once (not inlined into each
             # row's glue): a row adds only its decode/encode loops.
             tsig = [x.replace("floating", "float") for x in sig]
-            out.append(f"cdef {ret} {head}_tile({', '.join(tsig)}) noexcept nogil:")
+            out.append(f"cdef {ret} {tile_fn}({', '.join(tsig)}) noexcept nogil:")
             out.append(f"    {'return ' if is_reduce else ''}{call}")
             out.append("")
             out.append("")
@@ -254,8 +263,8 @@ class Generator:
         for row in row_list:
             entry = f"{name}__{'_'.join(row)}"
             if row in tiled:
-                out += self._tiled_entry(entry, head + "_tile", row, used, names, scalars,
-                                         is_reduce, outputs, unsigned)
+                out += self._tiled_entry(entry, tile_fn, row, used, names, scalars,
+                                         is_reduce, outputs, unsigned, access)
             else:
                 out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce)
             ids = ", ".join(STORAGES[st][0] for st in row)
@@ -302,7 +311,8 @@ class Generator:
                 f"    {head}({', '.join(args)})", "", ""]
 
     @staticmethod
-    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs, unsigned):
+    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs, unsigned,
+                     access):
         """Glue for a row with a non-float32 buffer: per tile of at most FO_TILE elements,
         decode every such buffer into a float array on the stack, run the float body on the
         tile, encode back what the body writes. A master storage's body param is the float32
@@ -344,8 +354,13 @@ class Generator:
                 decl.append(f"cdef float* t{i}")
                 args.append(f"t{i}")
                 absmax = f"b[{ABSMAX_COL + i}]"
-                dec.append(f"t{i} = _fo_{kind}_tile_in(b[{i}], {absmax}, at, m, {qmap}, s{i})")
-                enc.append(f"_fo_{kind}_tile_out(b[{i}], {absmax}, at, m, {qmap}, t{i})")
+                if access.get(i) == "w":        # written only: point at the tile, no decode
+                    dec.append(f"t{i} = (<float*>b[{i}]) + at if {absmax} == NULL else s{i}")
+                else:
+                    dec.append(f"t{i} = _fo_{kind}_tile_in(b[{i}], {absmax}, at, m, {qmap}, "
+                               f"s{i})")
+                if access.get(i) != "r":
+                    enc.append(f"_fo_{kind}_tile_out(b[{i}], {absmax}, at, m, {qmap}, t{i})")
                 continue
             if kind == "sr":
                 if r != "param":
@@ -359,9 +374,11 @@ class Generator:
             decl.append(f"cdef float t{i}[FO_TILE]")
             args.append(f"t{i}")
             guard = f"if b[{i}] != NULL: " if r == "state" else ""
+            if access.get(i) == "w":
+                raise GenError(f"{entry}: write-only buffers are for quantized storages")
             dec.append(f"{guard}fo_{HALF_CODEC[st]}_decode((<const uint16_t*>b[{i}]) + at, "
                        f"t{i}, m)")
-            if r != "grad":
+            if r != "grad" and access.get(i) != "r":
                 enc.append(f"{guard}fo_{HALF_CODEC[st]}_encode(t{i}, "
                            f"(<uint16_t*>b[{i}]) + at, m)")
         call_args = args + ["m"]

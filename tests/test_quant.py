@@ -3,10 +3,13 @@
 Every check is exact (bitwise) equality unless a comment states a tolerance.
 """
 
+import ml_dtypes
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fusedoptim import quant, reference
+from fusedoptim import reference as _ref
 
 MAPS = [(True, 8), (False, 8), (True, 4), (False, 4)]
 
@@ -445,3 +448,61 @@ def test_4bit_n_validation():
         quant.dequantize_blockwise(codes, absmax, bits=4, block_size=4, n=4)
     with pytest.raises(ValueError, match=r"absmax must have ceil\(n/block_size\) = ceil\(6/4\) = 2"):
         quant.dequantize_blockwise(codes, absmax[:1], bits=4, block_size=4)
+
+
+# -- the fused codec (the dynamic maps at the state block sizes run the kernels) --------------
+
+def _hard_values(rng, n, dtype):
+    x = rng.standard_normal(n).astype(np.float32)
+    x[rng.integers(0, n, n // 50)] *= 1000.0                # outliers
+    x[rng.integers(0, n, n // 100)] = 0.0
+    x[rng.integers(0, n, n // 200)] *= 1e-30                 # tiny, some subnormal
+    x[:256] = 0.0                                           # an all-zero block
+    if n > 1000:
+        x[700] = np.nan                                     # a NaN block
+        x[900] = -np.inf                                    # an Inf block
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_codec_matches_the_reference_bitwise_for_any_thread_count(bits, signed, dtype,
+                                                                         rng):
+    """quantize_blockwise/dequantize_blockwise with a dynamic map at its state block size run
+    the fused kernels: codes, absmax and values are bitwise the NumPy reference's, for 1, 2
+    and 3 threads, at sizes that are odd, not a multiple of the block, and split between
+    threads (> 32768)."""
+    block = 256 if bits == 8 else 128
+    code = quant.dynamic_map(signed, bits)
+    for n in (1, 129, 255, 70001):
+        x = _hard_values(rng, n, dtype)
+        if not signed:
+            x = np.abs(x.astype(np.float32)).astype(dtype)
+        want_c, want_a = _ref.quantize_blockwise(x, code, block, bits)
+        for threads in (1, 2, 3):
+            with threadpool_limits(threads):
+                c, a = quant.quantize_blockwise(x, code, block, bits=bits)
+                assert c.tobytes() == want_c.tobytes() and a.tobytes() == want_a.tobytes()
+                for out_dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
+                    y = quant.dequantize_blockwise(c, a, code, block, bits=bits, n=n,
+                                                   dtype=out_dtype)
+                    want = _ref.dequantize_blockwise(c, a, code, block, bits, n, out_dtype)
+                    assert y.tobytes() == want.tobytes()
+
+
+def test_the_kernel_path_is_taken_for_dynamic_maps_only(monkeypatch, rng):
+    """The fused path runs for the dynamic maps at the state block sizes; a custom map or
+    block size runs the reference (the same bits, checked by the tests above)."""
+    calls = []
+    real = _ref.quantize_blockwise
+    monkeypatch.setattr(_ref, "quantize_blockwise",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = rng.standard_normal(1000).astype(np.float32)
+    quant.quantize_blockwise(x)
+    quant.quantize_blockwise(x, quant.dynamic_map(False, 4), 128, bits=4)
+    assert calls == []
+    quant.quantize_blockwise(x, block_size=64)
+    quant.quantize_blockwise(x, np.linspace(-1, 1, 256, dtype=np.float32))
+    assert len(calls) == 2

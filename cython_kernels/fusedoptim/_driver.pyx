@@ -898,6 +898,18 @@ cdef class Plan:
         return (np.array(self.seg_t), np.array(self.seg_start), np.array(self.seg_len),
                 np.array(self.unit_begin))
 
+    def alias_grads(self):
+        """Point the grad column at the params and make every tensor active: for passes
+        that read the arrays a plan was built over through the grad column (fusedoptim.quant's
+        quantize). Nothing is checked: the caller owns the arrays and writes none of them
+        through columns 0 and 1."""
+        cdef Py_ssize_t t
+        for t in range(self.ntensors):
+            self.ptrs[t, 1] = self.ptrs[t, 0]
+            self.active[t] = 1
+        self.st_grad = self.st_param
+        self.nactive = self.ntensors
+
     def unit_sizes(self):
         """Elements in each work unit, in order: the driver hands whole units to threads."""
         cdef Py_ssize_t u, s

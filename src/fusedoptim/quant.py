@@ -160,11 +160,52 @@ def _check_out(a: Any, name: str, dtype: np.dtype[Any], size: int) -> NDArray[An
     return a
 
 
-# -- the codec (the NumPy reference now; a compiled kernel can replace these two) -------------
+# -- the codec ---------------------------------------------------------------------------------
+# The dynamic maps at their state block sizes (8-bit: 256, 4-bit: 128) run the fused kernels
+# (the optimizers' own codec, quant.h, on the driver's work units: multithreaded, bitwise the
+# same for any thread count); any other map or block size runs the NumPy reference, which
+# gives the same bits.
+
+_STATE_BLOCK = {8: 256, 4: 128}
+
+
+def _kernel_for(code: NDArray[np.float32], block_size: int, bits: int, what: str) -> int | None:
+    """The kernel id for this map and block size, or None (then the reference runs)."""
+    if block_size != _STATE_BLOCK[bits]:
+        return None
+    for signed in (True, False):
+        if np.array_equal(code.view(np.uint32), _cached_map(signed, bits).view(np.uint32)):
+            from . import _kernels
+            from ._precision import load_qmaps
+            load_qmaps()
+            name = f"{what}_{'signed' if signed else 'unsigned'}"
+            return _kernels.KERNEL_IDS[name]
+    return None
+
+
+def _codec_plan(values: NDArray[Any], codes: NDArray[np.uint8], absmax: NDArray[np.float32],
+                bits: int) -> Any:
+    """A one-tensor plan over the flat values, with the codes in column 2 and their absmax
+    in the absmax column of buffer 2 (kernelgen.py's layout)."""
+    from . import _kernels
+    state: list[Any] = [None] * (_kernels.ABSMAX_COL + 2 - 1)
+    state[0] = codes
+    state[_kernels.ABSMAX_COL] = absmax
+    storages = (_kernels.storage_of(values.dtype),
+                _kernels.STORAGE_NAMES.index("int8" if bits == 8 else "int4"))
+    return _kernels.Plan([values], [state], len(state), 0, ["values"], None, None, None,
+                         storages)
+
 
 def _quantize_into(x: NDArray[Any], code: NDArray[np.float32], block_size: int, bits: int,
                    codes_out: NDArray[np.uint8], absmax_out: NDArray[np.float32]) -> None:
     """Quantize validated x into the validated, flat-sized outputs."""
+    kernel = _kernel_for(code, block_size, bits, "quantize") if x.size else None
+    if kernel is not None:
+        plan = _codec_plan(x.reshape(-1), codes_out.reshape(-1), absmax_out.reshape(-1), bits)
+        plan.alias_grads()
+        plan.run(kernel)
+        return
     from . import reference
     c, a = reference.quantize_blockwise(x, code, block_size, bits)
     codes_out.reshape(-1)[...] = c
@@ -175,6 +216,15 @@ def _dequantize_into(codes: NDArray[np.uint8], absmax: NDArray[np.float32],
                      code: NDArray[np.float32], block_size: int, bits: int, n: int,
                      out: NDArray[Any]) -> None:
     """Dequantize validated codes into the validated out (n elements, its own dtype)."""
+    kernel = (_kernel_for(code, block_size, bits, "dequantize")
+              if n and out.dtype != np.float64 else None)
+    if kernel is not None:
+        flat = out.reshape(-1)
+        plan = _codec_plan(flat, np.ascontiguousarray(codes).reshape(-1),
+                           np.ascontiguousarray(absmax, np.float32).reshape(-1), bits)
+        plan.active_array[...] = 1
+        plan.run(kernel)
+        return
     from . import reference
     out.reshape(-1)[...] = reference.dequantize_blockwise(codes, absmax, code, block_size,
                                                           bits, n, out.dtype)
