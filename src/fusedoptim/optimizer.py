@@ -101,6 +101,20 @@ class Optimizer:
       from the division by 1 ulp. ``s`` must be finite and > 0, with ``1/s`` a normal number
       in every group's dtype. Norms computed by LAMB and LARS see the unscaled grads.
 
+    Low precision (every optimizer; docs/precision.md): params may be float16 or
+    ``ml_dtypes.bfloat16`` as well as float32/float64, and grads of lower precision than their
+    params. The constructor options, handled here once:
+
+    * ``master_weights`` (default True for half params): a float32 copy of each param in its
+      state (``"master_param"``), updated by the step, which writes the param rounded to
+      nearest even in the same pass.
+    * ``state_dtype``: ``None`` (the params' dtype; float32 under master weights),
+      ``"float32"``, ``"bfloat16"``, ``"int8"`` or ``"int4"`` (blockwise quantized moments,
+      as in bitsandbytes and Li et al. 2023); ``min_quantized_size`` (default 4096): smaller params
+      keep float32 state.
+    * ``stochastic_rounding`` and ``seed``: bfloat16 params without master weights rounded
+      stochastically, reproducibly for any thread count.
+
     ``step()`` returns True whenever it did not skip (including when no param had a grad), and
     False only when ``skip_nonfinite`` skipped it.
     """

@@ -93,8 +93,9 @@ class Adam(Optimizer):
         bias_correction (bool): default True; False is the notes' variant (not in torch).
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
-        master_weights, state_dtype: low-precision params and state (see
-            :class:`fusedoptim.Optimizer`).
+        **precision: ``master_weights``, ``state_dtype``, ``min_quantized_size``,
+            ``stochastic_rounding``, ``seed``: half-precision params, master weights and
+            bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
     """
 
     spec = ADAM_SPEC

@@ -86,8 +86,9 @@ class SignSGD(Optimizer):
         maximize (bool): default False; ascend instead of descend.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
-        master_weights, state_dtype: low-precision params and state (see
-            :class:`fusedoptim.Optimizer`).
+        **precision: ``master_weights``, ``state_dtype``, ``min_quantized_size``,
+            ``stochastic_rounding``, ``seed``: half-precision params, master weights and
+            bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``momentum_buffer`` (only when momentum != 0) and ``step``.
     """
