@@ -33,6 +33,8 @@ QUANTIZED_ROWS = {(p, g, q) for q in ("int8", "int4") for p, g in (
     ("float16+master", "float16"), ("float16+master", "float32"))}
 QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nadam", "radam",
                      "lars", "lars_norms"}
+CODEC_KERNELS = {"quantize_signed", "quantize_unsigned", "dequantize_signed",
+                 "dequantize_unsigned"}
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
 GRAD_UTILITY_ROWS = FLOAT_ROWS | {(h, h, h) for h in HALVES}
 GRAD_UTILITIES = {"sumsq", "sumabs", "sumpow", "maxabs", "nonfinite", "scale", "clamp"}
@@ -59,6 +61,9 @@ def test_every_kernel_registers_exactly_its_rows(name):
         assert set(rows) == GRAD_UTILITY_ROWS
     elif name in MIXED_ROOFLINES:
         assert set(rows) == MIXED_ROOFLINES[name]
+    elif name in CODEC_KERNELS:             # fusedoptim.quant's fused codec
+        assert set(rows) == {(x, x, q) for x in ("float32", "bfloat16", "float16")
+                             for q in ("int8", "int4")}
     else:                                   # the roofline and probe kernels
         assert set(rows) == FLOAT_ROWS
 
