@@ -102,9 +102,9 @@ ROW_SETS["optq"] = ROW_SETS["opt"] + QUANT_ROWS
 #   codec   fusedoptim.quant's fused quantize/dequantize: float32, bfloat16 or float16 values
 #           (the param or grad column) against int8/int4 codes
 ROW_SETS["codec"] = tuple((x, x, q) for q in ("q8", "q4") for x in ("f32", "bf16", "f16"))
-#   opt32   opt with float32 state only (LAMB: its second pass recomputes the update from the
-#           stored moments, which must be the first pass's exactly, as its trust ratio was
-#           computed from them)
+#   opt32   opt with float32 state only (LAMB's fused two-pass step: its second pass recomputes
+#           the update from the stored moments, which must be the first pass's exactly, as its
+#           trust ratio was computed from them; other state takes LAMB's three-pass kernels)
 ROW_SETS["opt32"] = tuple(r for r in ROW_SETS["opt"] if r[2] in ("f32", "f64"))
 VARIANTS = {
     # kernel name -> its rows, where they differ from its row set

@@ -485,17 +485,10 @@ def _half_state(opts, pdtype):
         pdtype in HALVES and opts.get("master_weights") is False and "state_dtype" not in opts)
 
 
-# LAMB computes its trust ratio in pass 1 from the freshly updated moments and pass 2
-# recomputes the update from the stored moments: that is only the same update when the
-# state is stored exactly, so LAMB keeps float32 state (its kernels register no other).
-
-
 def _twin_params():
     out = []
     for case in CASES:
         for cid, pdtype, opts, gdts in TWIN_CONFIGS:
-            if case.name == "LAMB" and _half_state(opts, pdtype):
-                continue        # refused: test_lamb_refuses_half_state
             out.append(pytest.param(case, pdtype, opts, gdts, id=f"{case.name}-{cid}"))
     return out
 
@@ -522,7 +515,8 @@ def test_kernel_matches_reference_twin_bitwise(case, pdtype, opts, gdts, rng):
     random hyperparameters, TWIN_STEPS steps, grads None now and then.
 
     Bitwise: params, every state buffer (the master included), step counts and scalar
-    state. (LAMB keeps float32 state: test_lamb_refuses_half_state.)"""
+    state. (LAMB with half state stores its moments first and uses them as stored, in the
+    norm and the update; its twin does the same.)"""
     for gdt in gdts:
         for nt in (1, 2):
             params, twin_params, opt, twin = run_against_twin(case, pdtype, opts, gdt, rng, nt)
@@ -538,18 +532,6 @@ def test_kernel_matches_reference_twin_bitwise(case, pdtype, opts, gdts, rng):
                     assert v.dtype == (F32 if k == "master_param" else
                                        want or (F32 if master else pdtype)), k
             assert ("master_param" in st) == master
-
-
-@pytest.mark.parametrize("cid, pdtype, opts, gdts",
-                         [c for c in TWIN_CONFIGS if _half_state(c[2], c[1])],
-                         ids=[c[0] for c in TWIN_CONFIGS if _half_state(c[2], c[1])])
-def test_lamb_refuses_half_state(cid, pdtype, opts, gdts):
-    """LAMB's two passes need the state stored exactly (see above): half state is refused
-    with a message saying what is available, and nothing is built."""
-    p = np.zeros(10, pdtype)
-    with pytest.raises(ValueError, match=r"LAMB: state_dtype=.* is not available for .* "
-                                         r"the state may be float32 here"):
-        fo.LAMB([p], **opts)
 
 
 # -- 4. checkpoints ------------------------------------------------------------------------------
@@ -572,10 +554,6 @@ def test_state_dict_round_trip_is_bitwise(case, cid, pdtype, opts, gdt, rng):
     checkpoint holds the master as float32 and the state in its own dtype."""
     kw = case.sample(rng)
     start = make_params(rng, pdtype, SIZES)
-    if case.name == "LAMB" and _half_state(opts, pdtype):
-        with pytest.raises(ValueError, match="LAMB: .* the state may be float32 here"):
-            case.fused(start, **opts, **kw)      # LAMB keeps float32 state (see above)
-        return
     seq = [_cast(g, gdt) for g in _grad_steps(rng, SIZES, 10)]
     straight = [p.copy() for p in start]
     opt = case.fused(straight, **opts, **kw)
@@ -625,8 +603,6 @@ def test_load_state_dict_refuses_wrong_buffer_dtypes(rng):
                 (F32, dict(state_dtype="bfloat16"), None, F32),
                 (BF16, dict(state_dtype="bfloat16"), None, F16),
                 (F16, dict(master_weights=False), None, F32)]:
-            if case.name == "LAMB" and _half_state(opts, pdtype):
-                continue                 # LAMB keeps float32 state (see above)
             kw = case.sample(rng)
             params = make_params(rng, pdtype, [(3,), (300,)])
             clean = [p.copy() for p in params]
@@ -734,8 +710,7 @@ def test_bad_precision_options_are_refused(case):
     assert all(w in str(err.value) for w in (case.name, "'bfloat16'", "float64")), \
         str(err.value)
     # a group added later is refused the same way, and leaves the optimizer as it was
-    state_dtype = "float32" if case.name == "LAMB" else "bfloat16"   # (LAMB: float32 only)
-    opt = case.fused([np.ones(3, np.float32)], state_dtype=state_dtype)
+    opt = case.fused([np.ones(3, np.float32)], state_dtype="bfloat16")
     with pytest.raises(ValueError, match="float64"):
         opt.add_param_group({"params": [np.ones(4)]})
     assert len(opt.param_groups) == 1 and opt.step([np.ones(3, np.float32)]) is True
@@ -779,8 +754,7 @@ def test_bad_grads_are_refused_and_nothing_is_modified(case, rng):
 
     # bfloat16 params without master weights: grads of their own dtype only
     pb = make_params(rng, BF16, shapes)
-    lamb = dict(state_dtype="float32") if case.name == "LAMB" else {}  # (float32 state only)
-    optb = case.fused(pb, master_weights=False, **lamb, **kw)
+    optb = case.fused(pb, master_weights=False, **kw)
     optb.step(grads(BF16))
     _refused_step(optb, pb, grads(F32), TypeError, ["grads[0]", "float32", "bfloat16",
                                                     "ml_dtypes.bfloat16"])
@@ -961,10 +935,6 @@ def test_flat_params_float32_with_bfloat16_state(case, rng):
     for v in arena.params.values():
         v[...] = rng.standard_normal(v.shape)
     sep = [v.copy() for v in arena.params.values()]
-    if case.name == "LAMB":
-        with pytest.raises(ValueError, match="LAMB: state_dtype='bfloat16' is not available"):
-            case.fused(arena, state_dtype="bfloat16", **kw)     # float32 state only
-        return
     opt = case.fused(arena, state_dtype="bfloat16", **kw)
     o2 = case.fused(sep, state_dtype="bfloat16", **kw)
     for k in range(6):

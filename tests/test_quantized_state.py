@@ -14,8 +14,8 @@ from threadpoolctl import threadpool_limits
 BF16 = np.dtype(ml_dtypes.bfloat16)
 STATE_DTYPES = ["int8", "int4"]
 BLOCK = {"int8": 256, "int4": 128}
-# Every optimizer the issue lists except LAMB (see test_lamb_refuses_quantized_state), with
-# settings that use every state buffer (AMSGrad's max, RMSprop's centered and momentum).
+# Every optimizer the issue lists, with settings that use every state buffer (AMSGrad's max,
+# RMSprop's centered and momentum).
 QUANTIZED = [
     ("Adam", dict(lr=1e-2, weight_decay=0.01)),
     ("AdamW", dict(lr=1e-2)),
@@ -28,6 +28,7 @@ QUANTIZED = [
     ("NAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01)),
     ("LARS", dict(lr=1e-2, momentum=0.9)),
+    ("LAMB", dict(lr=1e-2, weight_decay=0.01)),
 ]
 IDS = [f"{n}-{'-'.join(map(str, kw.values()))}" for n, kw in QUANTIZED]
 # Sizes: below min_quantized_size (float32 state in the same plan), odd, not a multiple of
@@ -278,11 +279,11 @@ def test_min_quantized_size(rng):
             fo.Adam([p], state_dtype="int8", min_quantized_size=bad)
 
 
-@pytest.mark.parametrize("name", ["Adadelta", "ASGD", "Rprop", "SignSGD", "LAMB"])
+@pytest.mark.parametrize("name", ["Adadelta", "ASGD", "Rprop", "SignSGD"])
 def test_unsupported_optimizers_refuse_quantized_state(name):
     p = np.zeros(5000, np.float32)
     with pytest.raises(ValueError, match=rf"state_dtype='int8' is not supported by {name}; "
-                                         r"quantized state is supported by .*AdamW.*LARS"):
+                                         r"quantized state is supported by .*AdamW.*LAMB.*LARS"):
         getattr(fo, name)([p], lr=0.1, state_dtype="int8")
 
 

@@ -32,7 +32,7 @@ QUANTIZED_ROWS = {(p, g, q) for q in ("int8", "int4") for p, g in (
     ("float16", "float16"), ("bfloat16+master", "bfloat16"), ("bfloat16+master", "float32"),
     ("float16+master", "float16"), ("float16+master", "float32"))}
 QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nadam", "radam",
-                     "lars", "lars_norms"}
+                     "lars", "lars_norms", "lamb", "lamb_store_moments", "lamb_norms"}
 CODEC_KERNELS = {"quantize_signed", "quantize_unsigned", "dequantize_signed",
                  "dequantize_unsigned"}
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
@@ -42,6 +42,7 @@ GRAD_UTILITIES = {"sumsq", "sumabs", "sumpow", "maxabs", "nonfinite", "scale", "
 MIXED_ROOFLINES = {"touch_q8": {("float32", "float32", "int8")},
                    "touch_bf16m": {("bfloat16+master", "bfloat16", "float32")}}
 OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "lamb_moments",
+                     "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd"}
 
@@ -53,7 +54,7 @@ def test_every_kernel_registers_exactly_its_rows(name):
     assert len(rows) == len(set(rows))
     if name in QUANTIZED_KERNELS:
         assert set(rows) == OPTIMIZER_ROWS | QUANTIZED_ROWS
-    elif name in ("lamb", "lamb_moments"):
+    elif name == "lamb_moments":            # LAMB's fused two passes: exact state only
         assert set(rows) == {r for r in OPTIMIZER_ROWS if r[2] in ("float32", "float64")}
     elif name in OPTIMIZER_KERNELS:
         assert set(rows) == OPTIMIZER_ROWS

@@ -38,8 +38,6 @@ def test_kernel_matches_the_twin_bitwise_for_1_2_3_threads(case, rng):
     float32 copies, then the NumPy twin of the rounding), for 1, 2 and 3 threads, grads
     None now and then."""
     kw = dict(case.sample(rng), stochastic_rounding=True, seed=12345)
-    if case.name == "LAMB":
-        kw["state_dtype"] = "float32"          # LAMB keeps float32 state
     start = [rng.standard_normal(n).astype(BF16) for n in SIZES]
     grads = [[None if rng.random() < 0.1 else rng.standard_normal(n).astype(BF16)
               for n in SIZES] for _ in range(8)]

@@ -898,6 +898,12 @@ cdef class Plan:
         return (np.array(self.seg_t), np.array(self.seg_start), np.array(self.seg_len),
                 np.array(self.unit_begin))
 
+    @property
+    def storages(self):
+        """The (param, grad, state) storage names of the kernels this plan runs."""
+        return (STORAGE_NAMES[self.st_param], STORAGE_NAMES[self.st_grad],
+                STORAGE_NAMES[self.st_state])
+
     def alias_grads(self):
         """Point the grad column at the params and make every tensor active: for passes
         that read the arrays a plan was built over through the grad column (fusedoptim.quant's

@@ -140,15 +140,24 @@ class ReferenceBackend(Backend):
         # A variant (AdamW) steps through its base's function with every kernel field, so
         # the twin follows the group's values as the fused step does.
         base = spec.base if spec.base is not None else spec
+        extra: dict[str, Any] = {}
+        stored: set[int] = set()
+        if getattr(self.fn, "takes_store", False) and prec.state_dtype != compute:
+            # LAMB with state stored inexactly: the moments are stored mid-step and used as
+            # stored (lamb.pxi.tp); they are not stored again below.
+            extra["_store"] = self._storer(opt, prec, states, [params[t] for t in active],
+                                           compute, stored)
         self.fn(work, [grads[t] for t in active],
-                *buffers, *scalars, steps, **base.functional_kwargs(cache.hyper))
+                *buffers, *scalars, steps, **base.functional_kwargs(cache.hyper), **extra)
         for t, s in zip(active, steps):
             plan.steps_array[t] = s
         for j, values in enumerate(scalars):
             for t, x in zip(active, values):
                 plan.sstate_array[t, j] = x
         for k, (slot, lst) in enumerate(zip(opt._slots, buffers)):
-            for t, st, buf in zip(active, states, lst):
+            for j, (t, st, buf) in enumerate(zip(active, states, lst)):
+                if j in stored:
+                    continue
                 if buf is not None and slot + ABSMAX in st:
                     # quantized: requantize the updated moment, as the kernel's glue does
                     assert prec.quant is not None
@@ -171,6 +180,34 @@ class ReferenceBackend(Backend):
             for t, w in zip(active, work):
                 params[t][...] = w          # rounded to nearest even, as the kernel does
 
+
+    @staticmethod
+    def _storer(opt: Optimizer, prec: GroupPrecision, states: list[ParamState],
+                params: list[FloatArray], compute: Any, stored: set[int]
+                ) -> Callable[[int, FloatArray, FloatArray], tuple[FloatArray, FloatArray]]:
+        """The hook that stores param i's first two slots mid-step and returns them as
+        stored (quantized and decoded, or rounded to bfloat16 and read back)."""
+        def store(i: int, *values: FloatArray) -> tuple[FloatArray, FloatArray]:
+            from .reference import dequantize_blockwise, quantize_blockwise
+            st, p = states[i], params[i]
+            out = []
+            for k, x in enumerate(values):
+                slot = opt._slots[k]
+                if slot + ABSMAX in st:
+                    assert prec.quant is not None
+                    bits, block = prec.quant
+                    code = qmap(opt._kernel, k, bits)
+                    codes, absmax = quantize_blockwise(x, code, block, bits)
+                    st[slot].reshape(-1)[...] = codes
+                    st[slot + ABSMAX][...] = absmax
+                    out.append(dequantize_blockwise(codes, absmax, code, block, bits,
+                                                    n=p.size).reshape(p.shape))
+                else:
+                    st[slot][...] = x
+                    out.append(st[slot].astype(compute))
+            stored.add(i)
+            return out[0], out[1]
+        return store
 
     @staticmethod
     def _state_in(opt: Optimizer, prec: GroupPrecision, st: ParamState, k: int,

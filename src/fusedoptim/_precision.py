@@ -257,7 +257,7 @@ def qmap(kernel: str, slot_index: int, bits: int) -> NDArray[np.float32]:
     """The map a kernel's state slot (its index among the optimizer's slots) is quantized
     with: unsigned for a buffer declared non-negative ("state+"), else signed."""
     from .quant import dynamic_map
-    return dynamic_map(_kernels.KERNEL_ROLES[kernel][2 + slot_index] != "state+", bits)
+    return dynamic_map(not _kernels.KERNEL_ROLES[kernel][2 + slot_index].endswith("+"), bits)
 
 
 def load_qmaps() -> None:

@@ -17,7 +17,7 @@ array for every param that has a grad (entries of params without one are not rea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
     #: one array per param (every param that steps has one)
     Arrays = Sequence[FloatArray]
+    #: lamb's _store hook: (param index, m, v) -> (m, v) as stored
+    StoreHook = Callable[[int, FloatArray, FloatArray], tuple[FloatArray, FloatArray]]
 
 
 def _signed_decayed(p: FloatArray, g: FloatArray, lr: float, weight_decay: float,
@@ -376,7 +378,10 @@ def adadelta(params: Arrays, grads: BufferList, square_avgs: Arrays, acc_deltas:
 def lamb(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
          state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float,
          weight_decay: float = 0.0, clamp_value: float = 10.0, bias_correction: bool = True,
-         maximize: bool = False) -> None:
+         maximize: bool = False, _store: StoreHook | None = None) -> None:
+    """``_store(i, m, v) -> (m, v)`` (the twins' hook for state stored inexactly: bfloat16,
+    int8, int4): store param i's updated moments and return them as stored, which the norm
+    and the update then use, as the fused kernels do."""
     check_lamb(lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction, maximize)
     for i, p in enumerate(params):
         g = grads[i]
@@ -388,6 +393,8 @@ def lamb(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Array
         g, _ = _signed_decayed(p, g, lr, 0.0, False, maximize)   # decay goes into u, below
         m[...] = beta1 * m + (1.0 - beta1) * g
         v[...] = beta2 * v + (1.0 - beta2) * g * g
+        if _store is not None:
+            m, v = _store(i, m, v)
         if bias_correction:
             inv_bias_correction1 = 1.0 / (1.0 - beta1 ** t)
             inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** t)
@@ -403,6 +410,10 @@ def lamb(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Array
         else:
             trust_ratio = 1.0
         p[...] = p - (lr * trust_ratio) * u
+
+
+# ReferenceBackend passes _store to a function that says it takes one.
+lamb.takes_store = True     # type: ignore[attr-defined]
 
 
 def lars(params: Arrays, grads: BufferList, momentum_buffer_list: Arrays | None,

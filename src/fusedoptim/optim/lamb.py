@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _MOMENTS = _kernels.REDUCE_IDS["lamb_moments"]
 _APPLY = _kernels.KERNEL_IDS["lamb"]
+_STORE_MOMENTS = _kernels.KERNEL_IDS["lamb_store_moments"]
+_NORMS = _kernels.REDUCE_IDS["lamb_norms"]
 _STEP_COLUMN = _kernels.SCALARS["lamb"].index("step")
 
 
@@ -68,8 +70,14 @@ def lamb_trust_ratio(param_norm: ArrayLike, update_norm: ArrayLike,
 
 def lamb_run(plan: _kernels.Plan, lr: float, clamp_value: float) -> None:
     """Both passes over a bound plan whose other scalars are set: moments and norms, trust
-    ratios in double, then the update."""
-    per_tensor, _ = plan.reduce(_MOMENTS)
+    ratios in double, then the update. State stored inexactly (bfloat16, int8, int4) takes
+    three: the moments are stored first, so that the norm and the update both use them as
+    stored (lamb.pxi.tp)."""
+    if plan.storages[2] in ("float32", "float64"):
+        per_tensor, _ = plan.reduce(_MOMENTS)
+    else:
+        plan.run(_STORE_MOMENTS)
+        per_tensor, _ = plan.reduce(_NORMS)
     ratio = lamb_trust_ratio(np.sqrt(per_tensor[:, 0]), np.sqrt(per_tensor[:, 1]), clamp_value)
     plan.hp_array[:, _STEP_COLUMN] = lr * ratio
     plan.run(_APPLY)
