@@ -11,6 +11,7 @@ from fusedoptim import _kernels
 # State buffers each moded kernel reads (buffers 2 ..).
 NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, "sgd": 1,
           "adagrad": 1, "rmsprop": 3, "adadelta": 2, "lamb": 2, "lars": 1, "lamb_moments": 2,
+          "lamb_norms": 2,
           "signsgd": 1}
 
 
@@ -31,7 +32,7 @@ def test_one_scalars_declaration_gives_the_tuple_every_user_registers():
     users = {"ADAM": ["adam"], "ADAMAX": ["adamax"], "NADAM": ["nadam"], "RADAM": ["radam"],
              "LION": ["lion"], "RPROP": ["rprop"], "ASGD": ["asgd"], "SGD": ["sgd"],
              "ADAGRAD": ["adagrad"], "RMSPROP": ["rmsprop"], "ADADELTA": ["adadelta"],
-             "LAMB": ["lamb", "lamb_moments"], "LARS": ["lars", "lars_norms"],
+             "LAMB": ["lamb", "lamb_moments", "lamb_store_moments", "lamb_norms"], "LARS": ["lars", "lars_norms"],
              "SUMPOW": ["sumpow"], "SCALE": ["scale"], "CLAMP": ["clamp"],
              "SIGNSGD": ["signsgd"]}
     for family, kernels in users.items():
