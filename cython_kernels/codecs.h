@@ -28,6 +28,15 @@
 #define FO_BLOCK 256
 #define FO_TILE 256
 
+/* The tile converters are called once per tile by every generated row's glue: kept out of
+ * line, each is compiled once per ISA level instead of once per row (the build time), at the
+ * cost of a call per 256 elements. */
+#if defined(_MSC_VER)
+#define FO_TILE_FN static __declspec(noinline)
+#else
+#define FO_TILE_FN static __attribute__((noinline))
+#endif
+
 /* -- f32, f64: the identity --------------------------------------------------------------- */
 static inline float fo_f32_load(const float* p, ptrdiff_t i) { return p[i]; }
 static inline void fo_f32_store(float* p, ptrdiff_t i, float x) { p[i] = x; }
@@ -52,11 +61,11 @@ static inline uint16_t fo_f32_to_bf16(float f) {
     return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? nan : rounded);
 }
 
-static inline void fo_bf16_decode(const uint16_t* src, float* dst, ptrdiff_t n) {
+FO_TILE_FN void fo_bf16_decode(const uint16_t* src, float* dst, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) dst[i] = fo_bf16_to_f32(src[i]);
 }
 
-static inline void fo_bf16_encode(const float* src, uint16_t* dst, ptrdiff_t n) {
+FO_TILE_FN void fo_bf16_encode(const float* src, uint16_t* dst, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) dst[i] = fo_f32_to_bf16(src[i]);
 }
 
@@ -80,7 +89,7 @@ static inline uint16_t fo_f32_to_bf16_sr(float f, uint32_t random16) {
 }
 
 /* key: the tensor's two 32-bit step keys; start: the index of src[0] in the tensor. */
-static inline void fo_bf16_encode_sr(const float* src, uint16_t* dst, ptrdiff_t n,
+FO_TILE_FN void fo_bf16_encode_sr(const float* src, uint16_t* dst, ptrdiff_t n,
                                      const uint32_t* key, ptrdiff_t start) {
     const uint32_t k0 = key[0], k1 = key[1];
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -132,7 +141,7 @@ static inline uint16_t fo_f32_to_f16_portable(float f) {
     return (uint16_t)(sign | r);
 }
 
-static inline void fo_f16_decode(const uint16_t* src, float* dst, ptrdiff_t n) {
+FO_TILE_FN void fo_f16_decode(const uint16_t* src, float* dst, ptrdiff_t n) {
     ptrdiff_t i = 0;
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8)
@@ -141,7 +150,7 @@ static inline void fo_f16_decode(const uint16_t* src, float* dst, ptrdiff_t n) {
     for (; i < n; i++) dst[i] = fo_f16_to_f32_portable(src[i]);
 }
 
-static inline void fo_f16_encode(const float* src, uint16_t* dst, ptrdiff_t n) {
+FO_TILE_FN void fo_f16_encode(const float* src, uint16_t* dst, ptrdiff_t n) {
     ptrdiff_t i = 0;
 #if defined(__F16C__)
     for (; i + 8 <= n; i += 8)

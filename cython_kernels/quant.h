@@ -361,4 +361,50 @@ static inline float fo_q4_encode(const float* x, ptrdiff_t n, const fo_qmap* q, 
     return absmax;
 }
 
+/* ---- tiles of the generated glue (kernelgen.py) ---------------------------------------------
+ * A tile is at most 256 elements starting at element `at` of its tensor, a multiple of the
+ * block (the driver cuts tensors at multiples of 256). A tensor without an absmax buffer keeps
+ * float32 state: tile_in then returns the state itself (the body works on it in place) and
+ * tile_out does nothing. Out of line: every row's glue calls them once per tile. */
+#if defined(_MSC_VER)
+#define FO_Q_TILE_FN static __declspec(noinline)
+#else
+#define FO_Q_TILE_FN static __attribute__((noinline))
+#endif
+
+FO_Q_TILE_FN float* fo_q8_tile_in(char* codes, char* absmax, ptrdiff_t at, ptrdiff_t m,
+                                  const fo_qmap* q, float* tile) {
+    if (absmax == NULL) return (float*)codes + at;
+    fo_q8_decode((const uint8_t*)codes + at, ((const float*)absmax)[at >> 8], q, tile, m);
+    return tile;
+}
+
+FO_Q_TILE_FN void fo_q8_tile_out(char* codes, char* absmax, ptrdiff_t at, ptrdiff_t m,
+                                 const fo_qmap* q, const float* tile) {
+    if (absmax != NULL)
+        ((float*)absmax)[at >> 8] = fo_q8_encode(tile, m, q, (uint8_t*)codes + at);
+}
+
+/* 4-bit blocks are 128 elements: a tile holds up to two. Codes pack two to a byte. */
+FO_Q_TILE_FN float* fo_q4_tile_in(char* codes, char* absmax, ptrdiff_t at, ptrdiff_t m,
+                                  const fo_qmap* q, float* tile) {
+    if (absmax == NULL) return (float*)codes + at;
+    for (ptrdiff_t h = 0; h < m; h += 128) {
+        ptrdiff_t k = m - h < 128 ? m - h : 128;
+        fo_q4_decode((const uint8_t*)codes + ((at + h) >> 1), ((const float*)absmax)[(at + h) >> 7],
+                     q, tile + h, k);
+    }
+    return tile;
+}
+
+FO_Q_TILE_FN void fo_q4_tile_out(char* codes, char* absmax, ptrdiff_t at, ptrdiff_t m,
+                                 const fo_qmap* q, const float* tile) {
+    if (absmax == NULL) return;
+    for (ptrdiff_t h = 0; h < m; h += 128) {
+        ptrdiff_t k = m - h < 128 ? m - h : 128;
+        ((float*)absmax)[(at + h) >> 7] = fo_q4_encode(tile + h, k, q,
+                                                       (uint8_t*)codes + ((at + h) >> 1));
+    }
+}
+
 #endif /* FUSEDOPTIM_QUANT_H */

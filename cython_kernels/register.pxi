@@ -37,6 +37,19 @@ cdef extern from "quant.h":
                       Py_ssize_t n) noexcept nogil
     float fo_q4_encode(const float* x, Py_ssize_t n, const fo_qmap* q,
                        uint8_t* codes) noexcept nogil
+    # The glue's tiles (a tensor without absmax keeps float32 state: see quant.h).
+    float* _fo_q8_tile_in "fo_q8_tile_in" (char* codes, char* absmax, Py_ssize_t at,
+                                           Py_ssize_t m, const fo_qmap* q,
+                                           float* tile) noexcept nogil
+    void _fo_q8_tile_out "fo_q8_tile_out" (char* codes, char* absmax, Py_ssize_t at,
+                                           Py_ssize_t m, const fo_qmap* q,
+                                           const float* tile) noexcept nogil
+    float* _fo_q4_tile_in "fo_q4_tile_in" (char* codes, char* absmax, Py_ssize_t at,
+                                           Py_ssize_t m, const fo_qmap* q,
+                                           float* tile) noexcept nogil
+    void _fo_q4_tile_out "fo_q4_tile_out" (char* codes, char* absmax, Py_ssize_t at,
+                                           Py_ssize_t m, const fo_qmap* q,
+                                           const float* tile) noexcept nogil
 
 cdef fo_qmap _fo_qmap_s8, _fo_qmap_u8, _fo_qmap_s4, _fo_qmap_u4
 
@@ -62,49 +75,6 @@ def set_qmaps(signed8, unsigned8, signed4, unsigned4):
 
 def qmaps_loaded():
     return _fo_qmap_s8.ncodes == 256 and _fo_qmap_u4.ncodes == 16
-
-
-# A quantized state tile. A tensor without an absmax buffer keeps float32 state: the body
-# works on that buffer in place. Otherwise decode the tile's block(s) into `tile` (at is a
-# multiple of the block: the driver cuts tensors at multiples of 256).
-cdef float* _fo_q8_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                           const fo_qmap* q, float* tile) noexcept nogil:
-    if absmax == NULL:
-        return (<float*>codes) + at
-    fo_q8_decode(<const uint8_t*>codes + at, (<const float*>absmax)[at >> 8], q, tile, m)
-    return tile
-
-
-cdef void _fo_q8_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                                 const fo_qmap* q, const float* tile) noexcept nogil:
-    if absmax != NULL:
-        (<float*>absmax)[at >> 8] = fo_q8_encode(tile, m, q, <uint8_t*>codes + at)
-
-
-cdef float* _fo_q4_tile_in(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                           const fo_qmap* q, float* tile) noexcept nogil:
-    # 4-bit blocks are 128 elements: a tile holds up to two. Codes pack two to a byte.
-    cdef Py_ssize_t h = 0, k
-    if absmax == NULL:
-        return (<float*>codes) + at
-    while h < m:
-        k = m - h if m - h < 128 else 128
-        fo_q4_decode(<const uint8_t*>codes + ((at + h) >> 1),
-                     (<const float*>absmax)[(at + h) >> 7], q, tile + h, k)
-        h += 128
-    return tile
-
-
-cdef void _fo_q4_tile_out(char* codes, char* absmax, Py_ssize_t at, Py_ssize_t m,
-                                 const fo_qmap* q, const float* tile) noexcept nogil:
-    cdef Py_ssize_t h = 0, k
-    if absmax == NULL:
-        return
-    while h < m:
-        k = m - h if m - h < 128 else 128
-        (<float*>absmax)[(at + h) >> 7] = fo_q4_encode(tile + h, k, q,
-                                                       <uint8_t*>codes + ((at + h) >> 1))
-        h += 128
 
 
 # How the tiled glue folds a reduce kernel's per-tile partials (as the driver folds segments).
