@@ -258,13 +258,26 @@ class Generator:
             out.append(f"    {'return ' if is_reduce else ''}{call}")
             out.append("")
             out.append("")
+            for row in tiled:
+                self._check_tiled_row(name, row, used, access)
+            out += self._tiled_glue(name, tile_fn, used, names, scalars, is_reduce, outputs,
+                                    unsigned, access)
 
         regs = []
         for row in row_list:
             entry = f"{name}__{'_'.join(row)}"
             if row in tiled:
-                out += self._tiled_entry(entry, tile_fn, row, used, names, scalars,
-                                         is_reduce, outputs, unsigned, access)
+                # One line per row: the kernel's tiled glue with this row's storages.
+                ids = ", ".join(STORAGES[st][0] for st in row)
+                glue = f"_{name.lstrip('_')}_tiled"
+                if is_reduce:
+                    out += [f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                            f"const double* hp, double* out) noexcept nogil:",
+                            f"    return {glue}(b, start, n, hp, out, {ids})", "", ""]
+                else:
+                    out += [f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                            f"const double* hp) noexcept nogil:",
+                            f"    {glue}(b, start, n, hp, {ids})", "", ""]
             else:
                 out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce)
             ids = ", ".join(STORAGES[st][0] for st in row)
@@ -311,85 +324,64 @@ class Generator:
                 f"    {head}({', '.join(args)})", "", ""]
 
     @staticmethod
-    def _tiled_entry(entry, tile_fn, row, used, names, scalars, is_reduce, outputs, unsigned,
-                     access):
-        """Glue for a row with a non-float32 buffer: per tile of at most FO_TILE elements,
-        decode every such buffer into a float array on the stack, run the float body on the
-        tile, encode back what the body writes. A master storage's body param is the float32
-        master (column MASTER_COL), updated in place; the rounded param is written from it.
-        A state buffer may be absent (NULL, e.g. AMSGrad's max when amsgrad is off): the body
-        never reads it then, and the glue skips it too."""
+    def _check_tiled_row(name, row, used, access):
+        """A tiled row computes in float: every storage must be one the tiled glue converts,
+        in a role it may take."""
         storage_of = dict(zip(ROLES, row))
-        lines = []
-        if is_reduce:
-            lines.append(f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
-                         f"const double* hp, double* out) noexcept nogil:")
-        else:
-            lines.append(f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
-                         f"const double* hp) noexcept nogil:")
+        for i, r in used:
+            kind = STORAGES[storage_of[r]][2]
+            if storage_of[r] == "f64":
+                raise GenError(f"{name}: a tiled row computes in float; f64 cannot join {row}")
+            if kind in ("master", "sr") and r != "param":
+                raise GenError(f"{name}: {storage_of[r]} is a param storage")
+            if kind in ("q8", "q4") and r != "state":
+                raise GenError(f"{name}: {storage_of[r]} is a state storage")
+            if access.get(i) == "w" and kind not in ("q8", "q4"):
+                raise GenError(f"{name}: write-only buffers are for quantized storages")
+
+    @staticmethod
+    def _tiled_glue(name, tile_fn, used, names, scalars, is_reduce, outputs, unsigned, access):
+        """The glue of every row of a kernel that is not plain float32/float64, compiled
+        once: per tile of at most FO_TILE elements, each buffer is handed to the float body
+        through tiles.h (a float32 buffer itself; a bfloat16/float16 buffer or int8/int4
+        blocks decoded into a float array on the stack; a master storage's float32 master in
+        column MASTER_COL), and what the body writes is encoded back (the param rounded from
+        its master, or stochastically). The row's storages arrive as arguments (sp, sg, ss):
+        a switch per tile, not a copy of the glue per row. A state buffer may be absent
+        (NULL, e.g. AMSGrad's max when amsgrad is off): the body never reads it then."""
+        glue = f"_{name.lstrip('_')}_tiled"
+        ret = "int" if is_reduce else "void"
+        outarg = ", double* out" if is_reduce else ""
+        lines = [f"cdef {ret} {glue}(char** b, Py_ssize_t start, Py_ssize_t n, const double* hp"
+                 f"{outarg}, int sp, int sg, int ss) noexcept nogil:"]
         decl, dec, enc, args = [], [], [], []
         for i, r in used:
-            st = storage_of[r]
-            kind = STORAGES[st][2]
-            if kind == "direct":
-                if st != "f32":
-                    raise GenError(f"{entry}: a tiled row computes in float; {st} cannot join")
-                q = "const " if r == "grad" else ""
-                args.append(f"(<{q}float*>b[{i}]) + at")
-                continue
-            if kind == "master":
-                if r != "param":
-                    raise GenError(f"{entry}: {st} is a param storage")
-                args.append(f"(<float*>b[{MASTER_COL}]) + at")
-                enc.append(f"fo_{HALF_CODEC[st]}_encode((<float*>b[{MASTER_COL}]) + at, "
-                           f"(<uint16_t*>b[{i}]) + at, m)")
-                continue
-            if kind in ("q8", "q4"):
-                if r != "state":
-                    raise GenError(f"{entry}: {st} is a state storage")
-                qmap = f"&_fo_qmap_{'u' if i in unsigned else 's'}{kind[1]}"
-                # t{i} points at the float tile, or, for a tensor whose state is float32
-                # (no absmax column), straight into that state.
-                decl.append(f"cdef float s{i}[FO_TILE]")
-                decl.append(f"cdef float* t{i}")
-                args.append(f"t{i}")
-                absmax = f"b[{ABSMAX_COL + i}]"
-                if access.get(i) == "w":        # written only: point at the tile, no decode
-                    dec.append(f"t{i} = (<float*>b[{i}]) + at if {absmax} == NULL else s{i}")
-                else:
-                    dec.append(f"t{i} = _fo_{kind}_tile_in(b[{i}], {absmax}, at, m, {qmap}, "
-                               f"s{i})")
-                if access.get(i) != "r":
-                    enc.append(f"_fo_{kind}_tile_out(b[{i}], {absmax}, at, m, {qmap}, t{i})")
-                continue
-            if kind == "sr":
-                if r != "param":
-                    raise GenError(f"{entry}: {st} is a param storage")
-                decl.append(f"cdef float t{i}[FO_TILE]")
-                args.append(f"t{i}")
-                dec.append(f"fo_bf16_decode((<const uint16_t*>b[{i}]) + at, t{i}, m)")
-                enc.append(f"fo_bf16_encode_sr(t{i}, (<uint16_t*>b[{i}]) + at, m, "
-                           f"<const uint32_t*>b[{SR_COL}], at)")
-                continue
             decl.append(f"cdef float t{i}[FO_TILE]")
-            args.append(f"t{i}")
-            guard = f"if b[{i}] != NULL: " if r == "state" else ""
-            if access.get(i) == "w":
-                raise GenError(f"{entry}: write-only buffers are for quantized storages")
-            dec.append(f"{guard}fo_{HALF_CODEC[st]}_decode((<const uint16_t*>b[{i}]) + at, "
-                       f"t{i}, m)")
-            if r != "grad" and access.get(i) != "r":
-                enc.append(f"{guard}fo_{HALF_CODEC[st]}_encode(t{i}, "
-                           f"(<uint16_t*>b[{i}]) + at, m)")
+            q = "const " if r == "grad" or access.get(i) == "r" else ""
+            decl.append(f"cdef {q}float* x{i}")
+            args.append(f"x{i}")
+            if r == "param":
+                dec.append(f"x{i} = fo_param_in(b, {i}, sp, at, m, t{i})")
+                if not is_reduce:       # (no reduce kernel writes its buffer 0)
+                    enc.append(f"fo_param_out(b, {i}, sp, at, m, t{i})")
+            elif r == "grad":
+                dec.append(f"x{i} = fo_grad_in(b[{i}], sg, at, m, t{i})")
+            else:
+                sign = "u" if i in unsigned else "s"
+                maps = f"&_fo_qmap_{sign}8, &_fo_qmap_{sign}4"
+                absmax = f"b[{ABSMAX_COL + i}]"
+                how = "fo_state_wptr" if access.get(i) == "w" else "fo_state_in"
+                dec.append(f"x{i} = {how}(b[{i}], {absmax}, ss, at, m, {maps}, t{i})")
+                if access.get(i) != "r":
+                    enc.append(f"fo_state_out(b[{i}], {absmax}, ss, at, m, {maps}, x{i})")
         call_args = args + ["m"]
         if names is not None:
             call_args.append(f"<const {scalars}_scalars*>hp")
         lines += [f"    {d}" for d in decl]
         lines.append("    cdef Py_ssize_t off = 0, m, at")
         if is_reduce:
-            nout = len(outputs)
-            lines.append(f"    cdef double part[{nout}]")
-            lines.append("    cdef int k, stop = 0")
+            lines.append(f"    cdef double part[{len(outputs)}]")
+            lines.append("    cdef int stop = 0")
             lines.append("    cdef bint first = True")
         lines.append("    while off < n:")
         lines.append("        m = n - off if n - off < FO_TILE else FO_TILE")

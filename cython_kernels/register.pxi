@@ -6,7 +6,8 @@
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
                                  register_modes, ST_F32, ST_F64, ST_BF16, ST_F16,
-                                 ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4)
+                                 ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4, MASTER_COL,
+                                 SR_COL)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cython cimport floating
 
@@ -75,6 +76,37 @@ def set_qmaps(signed8, unsigned8, signed4, unsigned4):
 
 def qmaps_loaded():
     return _fo_qmap_s8.ncodes == 256 and _fo_qmap_u4.ncodes == 16
+
+
+# The tiled glue's buffer access per role (tiles.h), switching on the row's storage numbers.
+cdef extern from "tiles.h":
+    int FO_ST_F32, FO_ST_BF16, FO_ST_F16, FO_ST_BF16M, FO_ST_F16M, FO_ST_Q8, FO_ST_Q4
+    int FO_ST_BF16SR, FO_MASTER_COL, FO_SR_COL
+    float* fo_param_in(char** b, int col, int st, Py_ssize_t at, Py_ssize_t m,
+                       float* tile) noexcept nogil
+    void fo_param_out(char** b, int col, int st, Py_ssize_t at, Py_ssize_t m,
+                      const float* tile) noexcept nogil
+    const float* fo_grad_in(char* g, int st, Py_ssize_t at, Py_ssize_t m,
+                            float* tile) noexcept nogil
+    float* fo_state_in(char* s, char* absmax, int st, Py_ssize_t at, Py_ssize_t m,
+                       const fo_qmap* q8, const fo_qmap* q4, float* tile) noexcept nogil
+    float* fo_state_wptr(char* s, char* absmax, int st, Py_ssize_t at, Py_ssize_t m,
+                         const fo_qmap* q8, const fo_qmap* q4, float* tile) noexcept nogil
+    void fo_state_out(char* s, char* absmax, int st, Py_ssize_t at, Py_ssize_t m,
+                      const fo_qmap* q8, const fo_qmap* q4, const float* tile) noexcept nogil
+
+
+cdef int _check_tile_storages() except -1:
+    # tiles.h restates _driver.pxd's storage numbers and columns in C: they must agree.
+    if (FO_ST_F32, FO_ST_BF16, FO_ST_F16, FO_ST_BF16M, FO_ST_F16M, FO_ST_Q8, FO_ST_Q4,
+            FO_ST_BF16SR, FO_MASTER_COL, FO_SR_COL) != (
+            ST_F32, ST_BF16, ST_F16, ST_BF16M, ST_F16M, ST_Q8, ST_Q4, ST_BF16SR, MASTER_COL,
+            SR_COL):
+        raise RuntimeError("fusedoptim: tiles.h and _driver.pxd disagree on storage numbers")
+    return 0
+
+
+_check_tile_storages()
 
 
 # How the tiled glue folds a reduce kernel's per-tile partials (as the driver folds segments).
