@@ -69,22 +69,25 @@ def _same(a, b):
 @pytest.mark.parametrize("name,kw", QUANTIZED, ids=IDS)
 def test_kernel_matches_reference_twin_bitwise(name, kw, state_dtype, dtype, rng):
     """Params and every state buffer (codes, absmax, master) equal the NumPy twin's, which
-    dequantizes, runs the float32 reference and requantizes, bit for bit, over 12 steps."""
-    params = _params(rng, dtype)
-    twin_params = [p.copy() for p in params]
-    grads = [_grads(rng, params) for _ in range(12)]
+    dequantizes, runs the float32 reference and requantizes, bit for bit, over 12 steps, with
+    the fused steps on 1, 2 and 3 threads."""
+    start = _params(rng, dtype)
+    twin_params = [p.copy() for p in start]
+    grads = [_grads(rng, start) for _ in range(12)]
     kw = dict(kw, state_dtype=state_dtype)
-    opt = _run(getattr(fo, name), params, kw, grads)
     ref = _run(getattr(R, name), twin_params, kw, grads)
-    assert all(_same(p, q) for p, q in zip(params, twin_params))
-    assert opt.state.keys() == ref.state.keys()
-    for i, st in opt.state.items():
-        assert st.keys() == ref.state[i].keys()
-        for k, v in st.items():
-            if isinstance(v, np.ndarray):
-                assert _same(v, ref.state[i][k]), (i, k)
-            else:
-                assert v == ref.state[i][k]
+    for threads in (1, 2, 3):
+        params = [p.copy() for p in start]
+        opt = _run(getattr(fo, name), params, kw, grads, threads)
+        assert all(_same(p, q) for p, q in zip(params, twin_params)), threads
+        assert opt.state.keys() == ref.state.keys()
+        for i, st in opt.state.items():
+            assert st.keys() == ref.state[i].keys()
+            for k, v in st.items():
+                if isinstance(v, np.ndarray):
+                    assert _same(v, ref.state[i][k]), (threads, i, k)
+                else:
+                    assert v == ref.state[i][k]
     # quantized where the param is large enough, float32 below min_quantized_size
     assert "exp_avg_absmax" in opt.state[1] or f"{opt._slots[0]}_absmax" in opt.state[1]
     assert not any(k.endswith("_absmax") for k in opt.state[0])
