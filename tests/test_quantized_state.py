@@ -2,6 +2,8 @@
 that supports it, thread counts, odd sizes, checkpoints (bitwise round trip, dequantize,
 quantize on load, bitsandbytes' 8-bit state), non-finite blocks, bad input."""
 
+import contextlib
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -46,18 +48,10 @@ def _grads(rng, params):
 
 def _run(cls, params, kw, grads_seq, threads=None):
     opt = cls(params, **kw)
-    with threadpool_limits(threads) if threads else _nothing():
+    with threadpool_limits(threads) if threads else contextlib.nullcontext():
         for gs in grads_seq:
             opt.step(gs)
     return opt
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _same(a, b):

@@ -160,13 +160,7 @@ class ReferenceBackend(Backend):
                     continue
                 if buf is not None and slot + ABSMAX in st:
                     # quantized: requantize the updated moment, as the kernel's glue does
-                    assert prec.quant is not None
-                    from .reference import quantize_blockwise
-                    bits, block = prec.quant
-                    codes, absmax = quantize_blockwise(
-                        buf, qmap(opt._kernel, k, bits), block, bits)
-                    st[slot].reshape(-1)[...] = codes
-                    st[slot + ABSMAX][...] = absmax
+                    self._quantize_into(opt, prec, st, k, buf)
                 elif buf is not None and buf is not st.get(slot):
                     # created by the function, or a compute-dtype copy: write it back,
                     # rounded to nearest even into the state dtype, in the same array
@@ -188,26 +182,32 @@ class ReferenceBackend(Backend):
         """The hook that stores param i's first two slots mid-step and returns them as
         stored (quantized and decoded, or rounded to bfloat16 and read back)."""
         def store(i: int, *values: FloatArray) -> tuple[FloatArray, FloatArray]:
-            from .reference import dequantize_blockwise, quantize_blockwise
             st, p = states[i], params[i]
             out = []
             for k, x in enumerate(values):
                 slot = opt._slots[k]
                 if slot + ABSMAX in st:
-                    assert prec.quant is not None
-                    bits, block = prec.quant
-                    code = qmap(opt._kernel, k, bits)
-                    codes, absmax = quantize_blockwise(x, code, block, bits)
-                    st[slot].reshape(-1)[...] = codes
-                    st[slot + ABSMAX][...] = absmax
-                    out.append(dequantize_blockwise(codes, absmax, code, block, bits,
-                                                    n=p.size).reshape(p.shape))
+                    ReferenceBackend._quantize_into(opt, prec, st, k, x)
+                    out.append(ReferenceBackend._state_in(opt, prec, st, k, p, compute, True))
                 else:
                     st[slot][...] = x
                     out.append(st[slot].astype(compute))
             stored.add(i)
             return out[0], out[1]
         return store
+
+    @staticmethod
+    def _quantize_into(opt: Optimizer, prec: GroupPrecision, st: ParamState, k: int,
+                       x: FloatArray) -> None:
+        """Quantize float values x into slot k's codes and absmax, as the kernels' glue
+        does (the NumPy reference of the codec: the same bits)."""
+        from .reference import quantize_blockwise
+        assert prec.quant is not None
+        bits, block = prec.quant
+        slot = opt._slots[k]
+        codes, absmax = quantize_blockwise(x, qmap(opt._kernel, k, bits), block, bits)
+        st[slot].reshape(-1)[...] = codes
+        st[slot + ABSMAX][...] = absmax
 
     @staticmethod
     def _state_in(opt: Optimizer, prec: GroupPrecision, st: ParamState, k: int,
