@@ -25,7 +25,15 @@ A family file is Cython with three Tempita calls (Cython ships Tempita as Cython
 
 Body signatures: chunk  body(<one pointer per used buffer>, n, [s], [flags...])
                  reduce body(<pointers>, n, [s], out, [flags...]) -> int (nonzero: stop early)
-Buffer roles, by buffer column: "param", "grad" (passed const), "state", or "-" (not used).
+                 gather body(<base pointers>, start, n, [s])   (chunk(..., gather=True))
+Buffer roles, by buffer column: "param", "grad" (passed const), "state", or "-" (not used);
+a gather kernel may also take "index" buffers (const int64_t*).
+
+A gather kernel (SparseAdam's row update, its roofline) works on a virtual tensor that is not
+laid out like its buffers: element e of the plan's tensor says, through the kernel's own index
+buffers, which rows it reads and writes. Its buffers reach the body as base pointers (not
+offset by the segment's start), with the segment's start and length; it is built for the
+float32/float64 rows only, and takes no modes.
 Each role's storage comes from the variant's (param, grad, state) storages, via its codec
 (codecs.h).
 """
@@ -116,6 +124,8 @@ ROLES = ("param", "grad", "state")
 # unsigned map when quantized), "rstate" (only read: decoded, never encoded back) or "wstate"
 # (only written: encoded, never decoded), or both ("rstate+", "wstate+").
 DECLARED_ROLES = ROLES + ("state+", "rstate", "rstate+", "wstate", "wstate+", "-")
+# only in a gather kernel: a row table, read as const int64_t*
+GATHER_ROLES = ("index",)
 _C_WORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double",
             "else", "enum", "extern", "float", "for", "goto", "if", "int", "long", "register",
             "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
@@ -157,8 +167,58 @@ class Generator:
         return "\n".join(lines)
 
     # -- {{chunk(...)}} / {{reduce(...)}} --------------------------------------------------------
-    def chunk(self, name, body, buffers, scalars=None, flags="", modes=None, rows="float"):
+    def chunk(self, name, body, buffers, scalars=None, flags="", modes=None, rows="float",
+              gather=False):
+        if gather:
+            return self._gather(name, body, buffers, scalars, flags, modes, rows)
         return self._kernel("chunk", name, body, buffers, scalars, flags, modes, None, rows)
+
+    def _gather(self, name, body, buffers, scalars, flags, modes, rows):
+        """A gather chunk kernel (see the module docstring): base pointers, start and n."""
+        if name in self.kernels:
+            raise GenError(f"kernel {name!r} declared twice")
+        self.kernels.add(name)
+        if flags or modes is not None:
+            raise GenError(f"{name}: a gather kernel takes no flags or modes")
+        if rows != "float":
+            raise GenError(f"{name}: a gather kernel is built for rows='float' only")
+        declared = buffers.split()
+        for r in declared:
+            if r not in ROLES + GATHER_ROLES + ("-",):
+                raise GenError(f"{name}: buffer role {r!r} is not one of "
+                               f"{ROLES + GATHER_ROLES + ('-',)}")
+        if len(declared) > MAX_BUFFERS:
+            raise GenError(f"{name}: more than {MAX_BUFFERS} buffers")
+        names = self.scalar_sets.get(scalars) if scalars else None
+        if scalars and names is None:
+            raise GenError(f"{name}: scalars {scalars!r} not declared (declare them first)")
+        out, regs = [], []
+        for row in VARIANTS.get(name, ROW_SETS[rows]):
+            storage_of = dict(zip(ROLES, row))
+            args = []
+            for i, r in enumerate(declared):
+                if r == "-":
+                    continue
+                if r == "index":
+                    args.append(f"<const int64_t*>b[{i}]")
+                else:
+                    q = "const " if r == "grad" else ""
+                    args.append(f"<{q}{STORAGES[storage_of[r]][1]}*>b[{i}]")
+            args += ["start", "n"]
+            if names is not None:
+                args.append(f"<const {scalars}_scalars*>hp")
+            entry = f"{name}__{'_'.join(row)}"
+            out += [f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                    f"const double* hp) noexcept nogil:",
+                    f"    {body}({', '.join(args)})", "", ""]
+            ids = ", ".join(STORAGES[st][0] for st in row)
+            stup = f"{scalars.upper()}_SCALARS" if names is not None else "()"
+            regs.append(f"register_chunk({name!r}, {ids}, {entry}, {stup})")
+        if names is not None:
+            regs.append(f"_check_scalars_struct({scalars!r}, sizeof({scalars}_scalars), "
+                        f"{len(names)})")
+        regs.append(f"KERNEL_ROLES[{name!r}] = {tuple(declared)!r}")
+        return "\n".join(out + regs)
 
     def reduce(self, name, body, buffers, scalars=None, flags="", modes=None, outputs=(),
                rows="float"):

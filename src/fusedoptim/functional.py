@@ -24,6 +24,7 @@ import numpy as np
 from . import _kernels, _spec
 from . import _validation as v
 from . import optim  # noqa: F401  imported for its side effect: every spec is registered
+from .optim.sparse_adam import sparse_adam as sparse_adam
 
 if TYPE_CHECKING:
     from ._spec import OptSpec

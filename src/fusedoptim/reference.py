@@ -492,6 +492,58 @@ def clip_grad_value_(grads: ArraysArg, clip_value: float) -> None:
         g[...] = np.minimum(np.maximum(g, -clip_value), clip_value)
 
 
+def _coalesce(p: FloatArray, g: Any) -> tuple[NDArray[np.int64], FloatArray]:
+    """A SparseGrad's (or a dense grad's) unique rows, sorted, and each row's values summed
+    one after another in the order given: (rows, values of shape (len(rows), row_len))."""
+    from .optim.sparse_adam import SparseGrad
+    rows_n = p.shape[0]
+    row_len = p.size // rows_n if rows_n else 0
+    if not isinstance(g, SparseGrad):
+        return np.arange(rows_n), np.asarray(g).reshape(rows_n, row_len)
+    idx = g.indices
+    values = g.values.reshape(idx.shape[0], row_len)
+    if idx.shape[0] == 0:
+        return idx, values
+    order = np.argsort(idx, kind="stable")
+    ranked = idx[order]
+    starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
+    counts = np.diff(np.append(starts, idx.shape[0]))
+    total = values[order[starts]]
+    for r in range(1, int(counts.max())):
+        more = counts > r
+        total[more] = total[more] + values[order[starts[more] + r]]
+    return ranked[starts], total
+
+
+def sparse_adam(params: Arrays, grads: Sequence[Any], exp_avgs: Arrays, exp_avg_sqs: Arrays,
+                state_steps: StepList, *, lr: float = 1e-3, beta1: float = 0.9,
+                beta2: float = 0.999, eps: float = 1e-8, maximize: bool = False) -> None:
+    for i, p in enumerate(params):
+        if grads[i] is None:
+            continue
+        state_steps[i] += 1
+        step = int(state_steps[i])
+        rows, g = _coalesce(p, grads[i])
+        if g.size == 0:
+            continue
+        dt = p.dtype.type
+        if maximize:
+            g = -g
+        shape = (p.shape[0], g.shape[1])
+        pr, mr, vr = (a.reshape(shape) for a in (p, exp_avgs[i], exp_avg_sqs[i]))
+        m = mr[rows]
+        v = vr[rows]
+        mu = (g - m) * dt(1.0 - beta1)
+        vu = (g * g - v) * dt(1.0 - beta2)
+        mr[rows] = m + mu
+        vr[rows] = v + vu
+        bias_correction1 = 1.0 - beta1 ** step
+        bias_correction2 = 1.0 - beta2 ** step
+        step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+        denom = np.sqrt(vu + v) + dt(eps)
+        pr[rows] = pr[rows] + dt(-step_size) * ((mu + m) / denom)
+
+
 # -- the twins of the optimizer classes ---------------------------------------------------------
 
 def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
@@ -520,6 +572,12 @@ for _s in _spec.registered():
     _t = _twin(_s)
     globals()[_t.__name__] = _t
 del _s, _t
+
+
+class SparseAdam(optim.SparseAdam):
+    """NumPy reference twin of :class:`fusedoptim.SparseAdam`."""
+
+    _reference = staticmethod(sparse_adam)
 
 
 # -- blockwise quantization (the references of fusedoptim.quant) -------------------------------

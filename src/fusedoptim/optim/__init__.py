@@ -21,10 +21,11 @@ from .rmsprop import RMSprop as RMSprop
 from .rprop import Rprop as Rprop
 from .sgd import SGD as SGD
 from .signsgd import SignSGD as SignSGD
+from .sparse_adam import SparseAdam as SparseAdam, SparseGrad as SparseGrad
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD"]
+           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
