@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -878,6 +879,83 @@ def run_precision(n_single: int, n_all: int, threads_all: int, min_time: float =
     return {"rows": rows, "ratios": ratios, "state_bytes": state_bytes}
 
 
+# -- SparseAdam (issue 12) ----------------------------------------------------------------------
+
+def sparse_adam_fns(rows: int, dim: int, nnz: int, torch: Any = None,
+                    seed: int = 0) -> dict[str, Callable[[], object]]:
+    """One SparseAdam step on a (rows x dim) float32 table with `nnz` distinct touched rows
+    (unsorted, as an embedding lookup gives them): fusedoptim's step() (validation, row table
+    and kernel), its bare roofline (touch_rows: the same rows of param, exp_avg and
+    exp_avg_sq read and written, the grad values read, nothing computed, through the same
+    driver and row table), and torch.optim.SparseAdam with a sparse_coo grad."""
+    from .optim.sparse_adam import row_table
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(rows, nnz, replace=False).astype(np.int64)
+    vals = (rng.standard_normal((nnz, dim)) * 1e-3).astype(np.float32)
+    p = (rng.standard_normal((rows, dim)) * 1e-2).astype(np.float32)
+    opt = fo.SparseAdam([p], lr=1e-3)
+    grads = [fo.SparseGrad(idx, vals)]
+    opt.step(grads)                      # creates the state
+    st = opt.state[0]
+    table = row_table(idx)
+    plan = _kernels.Plan([vals], [[p, st["exp_avg"], st["exp_avg_sq"], table]], 4,
+                         len(_kernels.SCALARS["touch_rows"]), ["values"])
+    plan.active_array[...] = 1
+    plan.hp_array[...] = (1.0, float(dim), float(nnz))
+    touch = _kernels.KERNEL_IDS["touch_rows"]
+    fns: dict[str, Callable[[], object]] = {
+        "fo SparseAdam.step": lambda: opt.step(grads),
+        "roofline (touch_rows)": lambda: plan.run(touch),
+    }
+    if torch is not None:
+        tp = torch.from_numpy(p.copy())
+        topt = torch.optim.SparseAdam([tp], lr=1e-3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # torch: sparse invariant checks are off
+            tp.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None],
+                                              torch.from_numpy(vals), (rows, dim))
+        fns["torch SparseAdam.step"] = topt.step
+    return fns
+
+
+def run_sparse_adam(rows: int, dim: int, nnz: int, threads: Sequence[int],
+                    min_time: float = 0.2, repeat: int = 7, use_torch: bool = True,
+                    out: TextIO = sys.stdout) -> dict[int, dict[str, float]]:
+    """The SparseAdam rows: per-step times, interleaved, and the issue's two targets per
+    thread count (>= 5x torch; <= 2x the roofline)."""
+    torch = _optional_torch(use_torch)
+    print(f"SparseAdam: a ({rows} x {dim}) float32 table, {nnz} distinct touched rows "
+          f"(unsorted); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset'}",
+          file=out)
+    header = f"{'thr':>4}  {'':<28}{'us/step':>10}{'vs fo':>9}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = {}
+    fns = sparse_adam_fns(rows, dim, nnz, torch)
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
+            # ours interleaved with its roofline, then torch (as in run_many_tensors: torch's
+            # idle OpenMP threads spin after its parallel regions and take a core from
+            # whatever runs right after it)
+            mine = {k: f for k, f in fns.items() if not k.startswith("torch")}
+            t = _timeit_interleaved(mine, min_time, repeat)
+            t.update(_timeit_interleaved({k: f for k, f in fns.items() if k not in mine},
+                                         min_time, repeat))
+            results[nt] = t
+            ours = t["fo SparseAdam.step"]
+            for label, sec in t.items():
+                print(f"{nt:>4}  {label:<28}{sec * 1e6:>10.1f}{sec / ours:>8.2f}x", file=out)
+            checks = [("fo / roofline", ours / t["roofline (touch_rows)"], "<=", 2.0)]
+            if torch is not None:
+                checks.insert(0, ("torch / fo", t["torch SparseAdam.step"] / ours, ">=", 5.0))
+            for name, ratio, op, bound in checks:
+                met = ratio <= bound if op == "<=" else ratio >= bound
+                print(f"      target {name}: {ratio:.2f}x ({op} {bound}x: "
+                      f"{'met' if met else 'NOT met'})", file=out)
+            print(file=out, flush=True)
+    return results
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                ) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
@@ -911,6 +989,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "bitsandbytes on the CPU, their rooflines and compute bound, bfloat16 "
                         "grads and params, state bytes per param. --sizes N1,N2: N1 params on "
                         "1 thread (default 1e7), N2 on all threads (default 1e8)")
+    p.add_argument("--sparse-adam", nargs="?", const="1000000x64:4096", default=None,
+                   metavar="ROWSxDIM:NNZ",
+                   help="instead of the table, time one SparseAdam step on a ROWSxDIM float32 "
+                        "table with NNZ touched rows (default 1000000x64:4096) against its "
+                        "roofline and torch.optim.SparseAdam")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
     p.set_defaults(func=main)
@@ -962,6 +1045,20 @@ def main(args: argparse.Namespace) -> int:
                              f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
+        return 0
+    if args.sparse_adam:
+        try:
+            shape, nnz_text = args.sparse_adam.lower().split(":")
+            rows, dim = (int(float(x)) for x in shape.split("x"))
+            nnz = int(float(nnz_text))
+            if rows < 1 or dim < 1 or not 1 <= nnz <= rows:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"fusedoptim bench: error: --sparse-adam takes ROWSxDIM:NNZ with "
+                             f"1 <= NNZ <= ROWS, e.g. 1000000x64:4096; got "
+                             f"{args.sparse_adam!r}")
+        run_sparse_adam(rows, dim, nnz, threads, min_time=args.min_time, repeat=args.repeat,
+                        use_torch=not args.no_torch)
         return 0
     if args.precision:
         print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}")
