@@ -424,3 +424,37 @@ def test_precision_flags_reject_bad_input_in_one_line(capsys, args, message):
     rc = main(["compare", "--dataset", "spirals", "--no-plot", "--quiet", *args])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+# ------------------------------------------------------------------------------ --ema
+def test_ema_reports_the_averaged_weights_accuracy(tmp_path, capsys):
+    """--ema DECAY keeps fusedoptim.swa_utils.AveragedParams beside each run and reports the
+    averaged weights' validation accuracy: a column, the JSON, and the averaged weights are
+    really the EMA of the trained weights (decay 0: the EMA is the weights themselves)."""
+    js = tmp_path / "ema.json"
+    rc = main(["compare", "--dataset", "spirals", "--epochs", "4", "--schedule", "none",
+               "--optimizers", "adamw", "--ema", "0.9", "--no-plot", "--quiet",
+               "--json", str(js)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "EMA val acc" in out and "decay 0.9" in out
+    rec = json.loads(js.read_text())["optimizers"]["adamw"]
+    assert rec["ema"]["decay"] == 0.9 and 0.0 <= rec["ema"]["final_val_acc"] <= 1.0
+    assert len(rec["history"]["ema_val_acc"]) == 5 and rec["ema"]["update_us"] > 0
+    # with decay 0 the average is the latest weights: the same accuracy every epoch
+    result = run_compare(CompareConfig(optimizers=["adamw"], explicit=True, dataset="spirals",
+                                       epochs=2, ema=0.0, progress=False), out=io.StringIO())
+    r = result["optimizers"]["adamw"]
+    assert r["history"]["ema_val_acc"][1:] == r["history"]["val_acc"][1:]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--ema", "1.5"], r"--ema must be a decay in \[0, 1\]"),
+    (["--ema", "0.9", "--precision", "bf16"], "--ema averages float32/float64 weights"),
+])
+def test_bad_ema_is_one_error_line(argv, msg, capsys):
+    rc = main(["compare", "--dataset", "spirals", "--epochs", "1", "--no-plot", "--quiet",
+               "--optimizers", "adamw", *argv])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(msg, err)

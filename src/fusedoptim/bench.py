@@ -925,8 +925,9 @@ def run_sparse_adam(rows: int, dim: int, nnz: int, threads: Sequence[int],
     thread count (>= 5x torch; <= 2x the roofline)."""
     torch = _optional_torch(use_torch)
     print(f"SparseAdam: a ({rows} x {dim}) float32 table, {nnz} distinct touched rows "
-          f"(unsorted); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset'}",
-          file=out)
+          f"(unsorted), timed interleaved; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY') or 'unset'} (set it to passive for stable "
+          f"multi-thread rows)", file=out)
     header = f"{'thr':>4}  {'':<28}{'us/step':>10}{'vs fo':>9}"
     print(header, file=out)
     print("-" * len(header), file=out)
@@ -934,13 +935,10 @@ def run_sparse_adam(rows: int, dim: int, nnz: int, threads: Sequence[int],
     fns = sparse_adam_fns(rows, dim, nnz, torch)
     with _thread_counts(threads, torch) as thread_counts:
         for nt in thread_counts():
-            # ours interleaved with its roofline, then torch (as in run_many_tensors: torch's
-            # idle OpenMP threads spin after its parallel regions and take a core from
-            # whatever runs right after it)
-            mine = {k: f for k, f in fns.items() if not k.startswith("torch")}
-            t = _timeit_interleaved(mine, min_time, repeat)
-            t.update(_timeit_interleaved({k: f for k, f in fns.items() if k not in mine},
-                                         min_time, repeat))
+            # all three interleaved (A, B, C, A, B, C, ...); torch's idle OpenMP threads
+            # spin after its parallel regions unless OMP_WAIT_POLICY=passive (see
+            # run_many_tensors), so multi-thread rows want that set
+            t = _timeit_interleaved(fns, min_time, repeat)
             results[nt] = t
             ours = t["fo SparseAdam.step"]
             for label, sec in t.items():
@@ -952,6 +950,61 @@ def run_sparse_adam(rows: int, dim: int, nnz: int, threads: Sequence[int],
                 met = ratio <= bound if op == "<=" else ratio >= bound
                 print(f"      target {name}: {ratio:.2f}x ({op} {bound}x: "
                       f"{'met' if met else 'NOT met'})", file=out)
+            print(file=out, flush=True)
+    return results
+
+
+# -- weight averaging (issue 12) ------------------------------------------------------------------
+
+def ema_fns(count: int, size: int, decay: float = 0.999, torch: Any = None,
+            seed: int = 0) -> dict[str, Callable[[], object]]:
+    """One EMA update over `count` float32 arrays of `size` elements: fusedoptim.swa_utils'
+    AveragedParams.update_parameters (one fused pass), and torch's
+    AveragedModel.update_parameters with get_ema_multi_avg_fn over a module with the same
+    parameters (use_buffers=False)."""
+    from .swa_utils import AveragedParams
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    avg = AveragedParams(params, decay=decay)
+    avg.update_parameters(params)           # the first update copies; time the EMA ones
+    fns: dict[str, Callable[[], object]] = {
+        "fo AveragedParams.update_parameters": lambda: avg.update_parameters(params)}
+    if torch is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        module = torch.nn.ParameterList([torch.nn.Parameter(torch.from_numpy(p.copy()))
+                                         for p in params])
+        tavg = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                             use_buffers=False)
+        tavg.update_parameters(module)
+        fns["torch AveragedModel.update_parameters"] = lambda: tavg.update_parameters(module)
+    return fns
+
+
+def run_ema(count: int, size: int, threads: Sequence[int], min_time: float = 0.2,
+            repeat: int = 7, use_torch: bool = True,
+            out: TextIO = sys.stdout) -> dict[int, dict[str, float]]:
+    """The EMA rows: per-update times, interleaved, and the issue's target (>= 10x torch)
+    per thread count."""
+    torch = _optional_torch(use_torch)
+    print(f"EMA update (decay 0.999): {count} x {size} float32, timed interleaved with "
+          f"torch; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset'} (set it "
+          f"to passive for stable multi-thread rows)", file=out)
+    header = f"{'thr':>4}  {'':<42}{'us/update':>10}{'vs fo':>9}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = {}
+    fns = ema_fns(count, size, torch=torch)
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
+            t = _timeit_interleaved(fns, min_time, repeat)
+            results[nt] = t
+            ours = t["fo AveragedParams.update_parameters"]
+            for label, sec in t.items():
+                print(f"{nt:>4}  {label:<42}{sec * 1e6:>10.1f}{sec / ours:>8.2f}x", file=out)
+            if torch is not None:
+                ratio = t["torch AveragedModel.update_parameters"] / ours
+                print(f"      target torch / fo: {ratio:.2f}x (>= 10.0x: "
+                      f"{'met' if ratio >= 10.0 else 'NOT met'})", file=out)
             print(file=out, flush=True)
     return results
 
@@ -994,6 +1047,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="instead of the table, time one SparseAdam step on a ROWSxDIM float32 "
                         "table with NNZ touched rows (default 1000000x64:4096) against its "
                         "roofline and torch.optim.SparseAdam")
+    p.add_argument("--ema", nargs="?", const="1000x1000", default=None, metavar="COUNTxSIZE",
+                   help="instead of the table, time one EMA update (swa_utils.AveragedParams) "
+                        "over COUNT float32 tensors of SIZE elements (default 1000x1000) "
+                        "against torch's AveragedModel with get_ema_multi_avg_fn")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
     p.set_defaults(func=main)
@@ -1045,6 +1102,17 @@ def main(args: argparse.Namespace) -> int:
                              f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
+        return 0
+    if args.ema:
+        try:
+            count, size = (int(x) for x in args.ema.lower().split("x"))
+            if count < 1 or size < 1:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"fusedoptim bench: error: --ema takes COUNTxSIZE with both >= "
+                             f"1, e.g. 1000x1000; got {args.ema!r}")
+        run_ema(count, size, threads, min_time=args.min_time, repeat=args.repeat,
+                use_torch=not args.no_torch)
         return 0
     if args.sparse_adam:
         try:

@@ -84,6 +84,7 @@ __all__ = [
     "ChainedScheduler",
     "InverseSqrtLR",
     "WarmupLR",
+    "SWALR",
 ]
 
 
@@ -768,6 +769,72 @@ class OneCycleLR(LRScheduler):
                 mm, bm = group["max_momentum"], group["base_momentum"]
                 _set_momentum(group, self._value(mm, bm, mm))
         return lrs
+
+
+class SWALR(LRScheduler):
+    """Anneal each group's lr to its ``swa_lr`` over ``anneal_epochs`` steps, then hold it
+    there: torch.optim.swa_utils.SWALR, for the averaging phase of Stochastic Weight
+    Averaging (Izmailov et al., 2018, "Averaging Weights Leads to Wider Optima and Better
+    Generalization", arXiv:1803.05407); pair it with
+    :class:`fusedoptim.swa_utils.AveragedParams`.
+
+    At step ``s`` (``s = 0`` on construction; ``s = max(1, s)`` when ``anneal_epochs`` is 0),
+    with ``t = clamp(s / max(1, anneal_epochs), 0, 1)`` and ``alpha = f(t)``, where
+    ``f(t) = (1 - cos(pi t)) / 2`` ("cos") or ``f(t) = t`` ("linear"), each group's lr becomes
+    ``swa_lr * alpha + lr0 * (1 - alpha)``. ``lr0`` is recovered from the group's current lr
+    and the previous step's alpha, as torch does, so the scheduler follows an lr changed
+    by another scheduler before it took over (torch's example: MultiplicativeLR until
+    ``swa_start``, then SWALR).
+
+    Args (torch's):
+        optimizer: object with ``param_groups`` (each with ``'lr'``); each group gets its
+            ``'swa_lr'``.
+        swa_lr (float or list): the lr to anneal to, one for all groups or one per group,
+            each a finite number >= 0.
+        anneal_epochs (int): steps of the annealing phase, default 10, >= 0.
+        anneal_strategy (str): ``"cos"`` (default) or ``"linear"``.
+        last_epoch (int): default -1.
+    """
+
+    def __init__(self, optimizer: SupportsParamGroups, swa_lr: PerGroup,
+                 anneal_epochs: int = 10, anneal_strategy: str = "cos",
+                 last_epoch: int = -1) -> None:
+        _check_optimizer(optimizer)
+        swa_lrs = _per_group("swa_lr", swa_lr, optimizer, _nonneg)
+        self.anneal_strategy = _check_choice("anneal_strategy", anneal_strategy,
+                                             ("cos", "linear"))
+        self.anneal_epochs = _check_int("anneal_epochs", anneal_epochs, 0)
+        for value, group in zip(swa_lrs, optimizer.param_groups):
+            group["swa_lr"] = value
+        super().__init__(optimizer, last_epoch)
+
+    def anneal_func(self, t: float) -> float:
+        """The annealing curve: (1 - cos(pi t)) / 2 for "cos", t for "linear"."""
+        if self.anneal_strategy == "linear":
+            return t
+        return (1 - math.cos(math.pi * t)) / 2
+
+    @staticmethod
+    def _get_initial_lr(lr: float, swa_lr: float, alpha: float) -> float:
+        if alpha == 1:
+            return swa_lr
+        return (lr - alpha * swa_lr) / (1 - alpha)
+
+    def get_lr(self) -> list[float]:
+        self._warn_outside_step()
+        step = self._step_count - 1
+        if self.anneal_epochs == 0:
+            step = max(1, step)
+        # (torch's expressions, ints and all: a clamped t is the int 0 or 1)
+        prev_t = max(0, min(1, (step - 1) / max(1, self.anneal_epochs)))
+        prev_alpha = self.anneal_func(prev_t)
+        groups = self.optimizer.param_groups
+        prev_lrs = [self._get_initial_lr(group["lr"], group["swa_lr"], prev_alpha)
+                    for group in groups]
+        t = max(0, min(1, step / max(1, self.anneal_epochs)))
+        alpha = self.anneal_func(t)
+        return [group["swa_lr"] * alpha + lr * (1 - alpha)
+                for group, lr in zip(groups, prev_lrs)]
 
 
 class InverseSqrtLR(LRScheduler):

@@ -150,6 +150,10 @@ def add_compare_parser(subparsers):
     g.add_argument("--reference", action="store_true",
                    help="also run the NumPy reference optimizer in lockstep; report its step time, "
                         "the speed-up, and whether the trajectories agree")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights with this "
+                        "decay (fusedoptim.swa_utils.AveragedParams, updated after every "
+                        "step) and report its validation accuracy")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", choices=list(DATASETS),
                    help="built-in dataset (default: digits, from scikit-learn; spirals needs "
@@ -217,7 +221,7 @@ def _compare(args):
         output=args.output, loss=args.loss, elu_alpha=args.elu_alpha, dtype=args.dtype,
         precision=args.precision, state_dtype=args.state_dtype,
         min_quantized_size=args.min_quantized_size,
-        reference=args.reference, plot=None if args.no_plot else args.plot, json=args.json,
+        reference=args.reference, ema=args.ema, plot=None if args.no_plot else args.plot, json=args.json,
         progress=not args.quiet)
     run_compare(cfg)
     return 0

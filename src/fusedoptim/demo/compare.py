@@ -35,6 +35,7 @@ import numpy as np
 from . import OPTIMIZERS, DemoError, optimizer_class, require, require_all
 from .data import DIGITS_NEEDS, load_dataset
 from .mlp import MLP, default_output
+from ..swa_utils import AveragedParams
 
 # Fused vs reference parameters must satisfy |p_fused - p_ref| <= REF_ATOL + REF_RTOL * |p_ref|
 # elementwise at the end of every epoch (np.allclose semantics). Float32 rounds at ~6e-8 relative
@@ -147,6 +148,7 @@ class CompareConfig:
     state_dtype: str | None = None  # passed to every optimizer; None: the library default
     min_quantized_size: int | None = None  # int8/int4 state; None: the library default (4096)
     reference: bool = False
+    ema: float | None = None  # also keep an EMA of the weights with this decay (swa_utils)
     plot: str | None = None
     json: str | None = None
     progress: bool = True
@@ -277,10 +279,16 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         ref = {"params": ref_params, "opt": ref_opt, "step_s": 0.0, "max_abs_diff": [],
                "allclose_ratio": [], "train_loss": []}
 
+    # The averaged weights (--ema): fusedoptim.swa_utils, updated after every step.
+    ema = AveragedParams(params, decay=cfg.ema) if cfg.ema is not None else None
+    ema_s = 0.0
+
     # One generator per run with the same seed: every optimizer sees identical batches.
     rng = np.random.default_rng(cfg.seed + 1)
     hist = {"epoch": [0], "train_loss": [], "val_loss": [], "val_acc": [],
             "lr": [opt.param_groups[0]["lr"]]}
+    if ema is not None:
+        hist["ema_val_acc"] = []
 
     def record():
         tl, _ = model.evaluate(params, data.X_train, data.Y_train, data.y_train)
@@ -288,6 +296,9 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         hist["train_loss"].append(tl)
         hist["val_loss"].append(vl)
         hist["val_acc"].append(va)
+        if ema is not None:
+            hist["ema_val_acc"].append(
+                model.evaluate(ema.params, data.X_val, data.Y_val, data.y_val)[1])
         if ref is not None:
             ref["max_abs_diff"].append(_max_abs_diff(params, ref["params"]))
             ref["allclose_ratio"].append(_allclose_ratio(params, ref["params"]))
@@ -314,6 +325,10 @@ def train_one(name, cfg, model, init_params, data, progress, index):
                 t0 = time.perf_counter()
                 opt.step(grads)
                 step_s += time.perf_counter() - t0
+                if ema is not None:
+                    t0 = time.perf_counter()
+                    ema.update_parameters(params)
+                    ema_s += time.perf_counter() - t0
                 if ref is not None:
                     # The reference follows the fused optimizer's learning rates exactly.
                     for g_ref, g in zip(ref["opt"].param_groups, opt.param_groups):
@@ -358,6 +373,9 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         "state_bytes_by_slot": state_by_slot,
         "history": hist,
     }
+    if ema is not None:
+        rec["ema"] = {"decay": cfg.ema, "final_val_acc": hist["ema_val_acc"][-1],
+                      "update_s": ema_s, "update_us": 1e6 * ema_s / max(t, 1)}
     if ref is not None:
         ratio = max(ref["allclose_ratio"])
         rec["reference"] = {
@@ -489,6 +507,17 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _check_ema(cfg):
+    if cfg.ema is None:
+        return
+    if not (isinstance(cfg.ema, (int, float)) and not isinstance(cfg.ema, bool)
+            and 0.0 <= cfg.ema <= 1.0):
+        raise DemoError(f"--ema must be a decay in [0, 1] (e.g. 0.99), got {cfg.ema!r}")
+    if param_dtype(cfg) not in (np.float32, np.float64):
+        raise DemoError(f"--ema averages float32/float64 weights; --precision {cfg.precision} "
+                        f"gives {param_dtype(cfg)} params (use fp32, or drop --ema)")
+
+
 def _check_writable(path, what):
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -512,6 +541,7 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
     if cfg.schedule not in SCHEDULES:
         raise DemoError(f"unknown schedule {cfg.schedule!r}; choose from: {', '.join(SCHEDULES)}")
     _check_precision(cfg)
+    _check_ema(cfg)
     # Fail before training, not after a minute of it, if an output cannot be produced.
     if cfg.plot:
         _check_writable(cfg.plot, "--plot")
@@ -601,6 +631,9 @@ def format_table(result) -> str:
     with_ref = any("reference" in r for r in runs.values())
     head = ["optimizer", "lr", "train loss", "val acc", "wall s", "step() s", "us/step",
             "state MB"]
+    with_ema = any("ema" in r for r in runs.values())
+    if with_ema:
+        head[4:4] = ["EMA val acc"]
     if with_ref:
         head += ["ref us/step", "speed-up", "max |dp|", "agree"]
     rows = []
@@ -610,6 +643,8 @@ def format_table(result) -> str:
             loss += f" ({r['status']})"
         row = [name, f"{r['lr']:g}", loss, f"{r['final_val_acc']:.1%}", f"{r['wall_s']:.2f}",
                f"{r['step_s']:.3f}", f"{r['step_us']:.1f}", f"{r['state_mb']:.4f}"]
+        if with_ema:
+            row[4:4] = [f"{r['ema']['final_val_acc']:.1%}"]
         if with_ref:
             ref = r["reference"]
             row += [f"{ref['step_us']:.1f}", f"{ref['speedup']:.1f}x", f"{ref['max_abs_diff']:.1e}",
@@ -626,6 +661,12 @@ def format_table(result) -> str:
     total_step = sum(r["step_s"] for r in runs.values())
     text.append(f"total: {total_wall:.2f} s of training, {total_step:.3f} s inside step()")
     text.append(STATE_MB_NOTE)
+    if with_ema:
+        decay = next(r["ema"]["decay"] for r in runs.values() if "ema" in r)
+        us = [r["ema"]["update_us"] for r in runs.values() if "ema" in r]
+        text.append(f"EMA val acc: the validation accuracy of an exponential moving average of "
+                    f"the weights (decay {decay:g}, fusedoptim.swa_utils.AveragedParams, "
+                    f"updated after every step: {min(us):.1f}-{max(us):.1f} us per update)")
     if with_ref:
         tol = result["reference_tolerance"]
         text.append(f"agree: fused and reference parameters within rtol={tol['rtol']:g}, "
