@@ -90,7 +90,8 @@ def factor_shapes(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, .
 def _lerp(a: NDArray[Any], b: NDArray[Any], w: np.floating[Any],
           omw: np.floating[Any]) -> NDArray[Any]:
     # torch.lerp's formula, in the arrays' dtype (the kernels' _lerp).
-    return a + w * (b - a) if w < 0.5 else b - (b - a) * omw
+    out: NDArray[Any] = a + w * (b - a) if w < 0.5 else b - (b - a) * omw
+    return out
 
 
 class _Mat(NamedTuple):
@@ -319,17 +320,18 @@ class Adafactor:
                 shapes.append({"row_var": rs, "col_var": cs})
             else:
                 shapes.append({"variance": p.shape})
-            for k, s in shapes[-1].items():
-                sizes[k] += int(np.prod(s, dtype=np.int64))
-        bufs = {k: aligned_bytes(n * dtype.itemsize, PAGE).view(dtype) for k, n in sizes.items()}
+            for key, shp in shapes[-1].items():
+                sizes[key] += int(np.prod(shp, dtype=np.int64))
+        bufs = {key: aligned_bytes(cnt * dtype.itemsize, PAGE).view(dtype)
+                for key, cnt in sizes.items()}
         at = dict.fromkeys(sizes, 0)
         views: list[dict[str, FloatArray]] = []
         for sh in shapes:
-            entry = {}
-            for k, s in sh.items():
-                n = int(np.prod(s, dtype=np.int64))
-                entry[k] = bufs[k][at[k]:at[k] + n].reshape(s)
-                at[k] += n
+            entry: dict[str, FloatArray] = {}
+            for key, shp in sh.items():
+                cnt = int(np.prod(shp, dtype=np.int64))
+                entry[key] = bufs[key][at[key]:at[key] + cnt].reshape(shp)
+                at[key] += cnt
             views.append(entry)
         state = [[e["row_var"], e["col_var"]] if "row_var" in e else [e["variance"]]
                  for e in views]
@@ -555,11 +557,12 @@ def _check_lists(params: Sequence[FloatArray], grads: Sequence[FloatArray | None
         s = state_steps[i]
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
             raise TypeError(f"state_steps[{i}] must be an int >= 0, got {s!r}")
+        want: list[tuple[str, FloatArray | None, tuple[int, ...]]]
         if p.ndim >= 2:
             rs, cs = factor_shapes(p.shape)
-            want = (("row_vars", row_vars[i], rs), ("col_vars", col_vars[i], cs))
+            want = [("row_vars", row_vars[i], rs), ("col_vars", col_vars[i], cs)]
         else:
-            want = (("variances", variances[i], p.shape),)
+            want = [("variances", variances[i], p.shape)]
         arrays = []
         for name, a, shape in want:
             if (not isinstance(a, np.ndarray) or a.dtype != p.dtype or a.shape != shape
