@@ -65,8 +65,9 @@ def test_matches_torch_over_100_steps(rng, dtype):
                 # without FMA contraction so every ISA level gives the same bits, have two),
                 # and its norms and means accumulate in float32 where ours do in double. Each
                 # is an ulp or so per step, which Adafactor's normalised update does not
-                # amplify: after 100 steps the params agree to about 1e-6 of their scale.
-                np.testing.assert_allclose(p, want, rtol=2e-5, atol=2e-5 * np.abs(want).max(),
+                # amplify: after 100 steps the params agreed to within 4e-7 of their scale
+                # (worst of 20 random configurations, measured); 5e-6 leaves ~10x margin.
+                np.testing.assert_allclose(p, want, rtol=5e-6, atol=5e-6 * np.abs(want).max(),
                                            err_msg=f"{cfg}")
             tst = topt.state[tps[i]]
             st = opt.state[i]
@@ -75,7 +76,7 @@ def test_matches_torch_over_100_steps(rng, dtype):
             assert set(st) == {"step", *keys}
             for k in keys:
                 assert st[k].shape == tuple(tst[k].shape)
-                rtol = 1e-9 if dtype == np.float64 else 2e-5
+                rtol = 1e-9 if dtype == np.float64 else 5e-6
                 np.testing.assert_allclose(st[k], tst[k].numpy(), rtol=rtol, atol=0)
 
 
