@@ -23,17 +23,29 @@ A family file is Cython with three Tempita calls (Cython ships Tempita as Cython
         combination, and the registration of exactly those rows, of the scalars and of the
         allowed modes with the driver (Plan.run/reduce refuse any other mode).
 
-Body signatures: chunk  body(<one pointer per used buffer>, n, [s], [flags...])
-                 reduce body(<pointers>, n, [s], out, [flags...]) -> int (nonzero: stop early)
+    {{tiles("adafactor_factors", "_adafactor_factors", "param grad", scalars="adafactor",
+            outputs=(("param_sumsq", "sum"),))}}
+        A tile kernel (Plan.reduce_tiles: per-row and per-column results over the last two
+        dimensions), float32/float64 only.
+
+Body signatures: chunk  body(<one pointer per used buffer>, n, [start], [s], [flags...])
+                 reduce body(<pointers>, n, [start], [s], out, [flags...]) -> int (nonzero: stop
+                        early)
+                 tiles  body(<pointers>, nr, nc, ld, [s], rows, cols, out) -> int
                  gather body(<base pointers>, start, n, [s])   (chunk(..., gather=True))
 Buffer roles, by buffer column: "param", "grad" (passed const), "state", or "-" (not used);
-a gather kernel may also take "index" buffers (const int64_t*).
+"whole": a buffer that is not laid out like the param (Adafactor's row and column factors),
+passed at its start, not at the segment's; the body then also gets the segment's `start`
+(the index of its first element in the tensor) and finds its elements itself. Kernels with a
+"whole" buffer are float32/float64 only (rows="float"). A gather kernel may also take "index"
+buffers (const int64_t*).
 
 A gather kernel (SparseAdam's row update, its roofline) works on a virtual tensor that is not
 laid out like its buffers: element e of the plan's tensor says, through the kernel's own index
 buffers, which rows it reads and writes. Its buffers reach the body as base pointers (not
 offset by the segment's start), with the segment's start and length; it is built for the
 float32/float64 rows only, and takes no modes.
+
 Each role's storage comes from the variant's (param, grad, state) storages, via its codec
 (codecs.h).
 """
@@ -123,7 +135,7 @@ ROLES = ("param", "grad", "state")
 # A buffer role as declared: a role, or a state buffer that is "state+" (never negative: the
 # unsigned map when quantized), "rstate" (only read: decoded, never encoded back) or "wstate"
 # (only written: encoded, never decoded), or both ("rstate+", "wstate+").
-DECLARED_ROLES = ROLES + ("state+", "rstate", "rstate+", "wstate", "wstate+", "-")
+DECLARED_ROLES = ROLES + ("state+", "rstate", "rstate+", "wstate", "wstate+", "whole", "-")
 # only in a gather kernel: a row table, read as const int64_t*
 GATHER_ROLES = ("index",)
 _C_WORDS = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double",
@@ -226,6 +238,47 @@ class Generator:
             raise GenError(f"reduce kernel {name!r} needs outputs")
         return self._kernel("reduce", name, body, buffers, scalars, flags, modes, outputs, rows)
 
+    def tiles(self, name, body, buffers, scalars=None, outputs=()):
+        """A tile kernel: float32/float64 entries that hand the body the block's pointers
+        (offset by the tile's first element), its shape and its partial slots, and their
+        registration with the driver's tile registry."""
+        if name in self.kernels:
+            raise GenError(f"kernel {name!r} declared twice")
+        self.kernels.add(name)
+        declared = buffers.split()
+        for r in declared:
+            if r not in ROLES + ("-",):
+                raise GenError(f"{name}: tile buffer role {r!r} is not one of {ROLES}")
+        if len(declared) > MAX_BUFFERS:
+            raise GenError(f"{name}: more than {MAX_BUFFERS} buffers")
+        names = self.scalar_sets.get(scalars) if scalars else None
+        if scalars and names is None:
+            raise GenError(f"{name}: scalars {scalars!r} not declared (declare them first)")
+        if not outputs or any(how != "sum" for _, how in outputs):
+            raise GenError(f"{name}: a tile kernel needs outputs, each combined by 'sum'")
+        used = [(i, r) for i, r in enumerate(declared) if r != "-"]
+        out, regs = [], []
+        for row in FLOAT_ROWS:
+            storage_of = dict(zip(ROLES, row))
+            entry = f"{name}__{'_'.join(row)}"
+            ptrs = []
+            for i, r in used:
+                q = "const " if r == "grad" else ""
+                ptrs.append(f"(<{q}{STORAGES[storage_of[r]][1]}*>b[{i}]) + start")
+            args = ptrs + ["nr", "nc", "ld"]
+            if names is not None:
+                args.append(f"<const {scalars}_scalars*>hp")
+            args += ["rows", "cols", "out"]
+            out += [f"cdef int {entry}(char** b, Py_ssize_t start, Py_ssize_t nr, "
+                    f"Py_ssize_t nc, Py_ssize_t ld, const double* hp, double* rows, "
+                    f"double* cols, double* out) noexcept nogil:",
+                    f"    return {body}({', '.join(args)})", "", ""]
+            ids = ", ".join(STORAGES[st][0] for st in row)
+            stup = f"{scalars.upper()}_SCALARS" if names is not None else "()"
+            regs.append(f"register_tile({name!r}, {ids}, {entry}, {stup}, {tuple(outputs)!r})")
+        regs.append(f"KERNEL_ROLES[{name!r}] = {tuple(declared)!r}")
+        return "\n".join(out + regs)
+
     def _kernel(self, kind, name, body, buffers, scalars, flags, modes, outputs, rows):
         if name in self.kernels:
             raise GenError(f"kernel {name!r} declared twice")
@@ -234,6 +287,12 @@ class Generator:
         for r in declared:
             if r not in DECLARED_ROLES:
                 raise GenError(f"{name}: buffer role {r!r} is not one of {DECLARED_ROLES}")
+        whole = {i for i, r in enumerate(declared) if r == "whole"}
+        if whole and rows != "float":
+            raise GenError(f"{name}: kernels with 'whole' buffers are float32/float64 only "
+                           f"(rows='float'), got rows={rows!r}")
+        as_declared = tuple(declared)
+        declared = ["state" if r == "whole" else r for r in declared]
         unsigned = {i for i, r in enumerate(declared) if r.endswith("+")}
         access = {i: r[0] for i, r in enumerate(declared) if r[0] in "rw" and "state" in r}
         roles = ["state" if "state" in r else r for r in declared]
@@ -251,7 +310,7 @@ class Generator:
         out = []
 
         # The body's call, with the flags appended.
-        call_args = [f"b{i}" for i, _ in used] + ["n"]
+        call_args = [f"b{i}" for i, _ in used] + ["n"] + (["start"] if whole else [])
         if names is not None:
             call_args.append("s")
         if is_reduce:
@@ -259,7 +318,7 @@ class Generator:
         call = f"{body}({', '.join(call_args)}"
         sig = [f"{'const ' if r == 'grad' or access.get(i) == 'r' else ''}floating* b{i}"
                for i, r in used]
-        sig += ["Py_ssize_t n"]
+        sig += ["Py_ssize_t n"] + (["Py_ssize_t start"] if whole else [])
         if names is not None:
             sig.append(f"const {scalars}_scalars* s")
         if is_reduce:
@@ -339,7 +398,8 @@ class Generator:
                             f"const double* hp) noexcept nogil:",
                             f"    {glue}(b, start, n, hp, {ids})", "", ""]
             else:
-                out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce)
+                out += self._direct_entry(entry, head, row, used, names, scalars, is_reduce,
+                                          whole)
             ids = ", ".join(STORAGES[st][0] for st in row)
             stup = f"{scalars.upper()}_SCALARS" if names is not None else "()"
             if is_reduce:
@@ -352,7 +412,7 @@ class Generator:
         if modes is not None:
             regs.append(f"register_modes({name!r}, {is_reduce}, {names.index('mode')}, "
                         f"{modes!r})")
-        regs.append(f"KERNEL_ROLES[{name!r}] = {tuple(declared)!r}")
+        regs.append(f"KERNEL_ROLES[{name!r}] = {as_declared!r}")
         out += regs
         return "\n".join(out)
 
@@ -364,14 +424,14 @@ class Generator:
         return kinds <= {"f32"} or kinds <= {"f64"}
 
     @staticmethod
-    def _direct_entry(entry, head, row, used, names, scalars, is_reduce):
+    def _direct_entry(entry, head, row, used, names, scalars, is_reduce, whole=()):
         storage_of = dict(zip(ROLES, row))
         ptrs = []
         for i, r in used:
             ctype = STORAGES[storage_of[r]][1]
             q = "const " if r == "grad" else ""
-            ptrs.append(f"(<{q}{ctype}*>b[{i}]) + start")
-        args = ptrs + ["n"]
+            ptrs.append(f"<{q}{ctype}*>b[{i}]" if i in whole else f"(<{q}{ctype}*>b[{i}]) + start")
+        args = ptrs + ["n"] + (["start"] if whole else [])
         if names is not None:
             args.append(f"<const {scalars}_scalars*>hp")
         if is_reduce:
@@ -478,7 +538,8 @@ def expand(template_paths, out_dir):
     for path in sorted(template_paths):
         with open(path) as f:
             text = f.read()
-        ns = {"scalars": gen.scalars, "chunk": gen.chunk, "reduce": gen.reduce}
+        ns = {"scalars": gen.scalars, "chunk": gen.chunk, "reduce": gen.reduce,
+              "tiles": gen.tiles}
         try:
             body = Template(text, name=path, namespace=ns).substitute()
         except GenError as e:

@@ -5,7 +5,7 @@
 
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
-                                 register_modes, ST_F32, ST_F64, ST_BF16, ST_F16,
+                                 register_modes, register_tile, ST_F32, ST_F64, ST_BF16, ST_F16,
                                  ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4, MASTER_COL,
                                  SR_COL)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t

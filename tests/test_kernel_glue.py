@@ -12,7 +12,7 @@ from fusedoptim import _kernels
 NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, "sgd": 1,
           "adagrad": 1, "rmsprop": 3, "adadelta": 2, "lamb": 2, "lars": 1, "lamb_moments": 2,
           "lamb_norms": 2,
-          "signsgd": 1, "average": 0}
+          "signsgd": 1, "average": 0, "adafactor": 3, "adafactor_norm": 3}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():

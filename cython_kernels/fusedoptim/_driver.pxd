@@ -13,6 +13,15 @@ ctypedef void (*chunk_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n,
 ctypedef int (*reduce_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t n, const double* hp,
                               double* out) noexcept nogil
 
+# A tile kernel reads an nr x nc block of one tensor that is viewed as a batch of matrices
+# (the last two dimensions; rows of `ld` elements): its buffers point at the block's first
+# element. It writes each of the block's rows' results to rows[0 .. nr), each of its columns'
+# to cols[0 .. nc) and its scalar results to out[0 .. nout), in double; Plan.reduce_tiles folds
+# them in block order. Used for per-row and per-column reductions (Adafactor's factors).
+ctypedef int (*tile_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t nr, Py_ssize_t nc,
+                            Py_ssize_t ld, const double* hp, double* rows, double* cols,
+                            double* out) noexcept nogil
+
 # How a buffer's elements are stored. A kernel variant is registered for one (param, grad,
 # state) combination; Plan.run/reduce refuse a combination nobody registered.
 #   ST_BF16M / ST_F16M: a half-precision param with a float32 master copy in column
@@ -44,6 +53,8 @@ cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel k
                         tuple scalars) except -1
 cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel kern,
                          tuple scalars, tuple outputs) except -1
+cdef int register_tile(str name, int param, int grad, int state, tile_kernel kern,
+                       tuple scalars, tuple outputs) except -1
 # The modes a kernel's body implements: hp column `column` of every active tensor must hold one
 # of them, or Plan.run/reduce refuse before anything is written. Kernels without modes skip it.
 cdef int register_modes(str name, bint reduce, int column, tuple modes) except -1

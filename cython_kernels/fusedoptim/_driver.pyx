@@ -149,6 +149,16 @@ REDUCE_IDS = {}
 REDUCE_OUTPUTS = {}   # reduce kernel name -> ((output name, "sum" or "max"), ...)
 _NAMES = {}           # (chunk or reduce, id) -> name, for messages
 
+# Tile kernels (per-row and per-column reductions over the last two dimensions: see
+# Plan.reduce_tiles) have a registry of their own too.
+cdef enum:
+    MAX_TILE_KERNELS = 8
+cdef tile_kernel _tile_table[MAX_TILE_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
+cdef int _tnout[MAX_TILE_KERNELS]
+cdef int _n_tkernels = 0
+TILE_IDS = {}
+TILE_OUTPUTS = {}     # tile kernel name -> ((output name, "sum"), ...)
+
 # Modes: a kernel whose body branches on a "mode" scalar registers the modes it implements.
 # A bit mask per kernel (modes are 0 .. 63; 0 = no modes registered, nothing checked) and the
 # hp column that holds the mode.
@@ -213,6 +223,34 @@ cdef int register_reduce(str name, int param, int grad, int state, reduce_kernel
     if _reduce_table[rid][param][grad][state] != NULL:
         raise _registered_twice("reduce kernel", name, param, grad, state)
     _reduce_table[rid][param][grad][state] = kern
+    return 0
+
+
+cdef int register_tile(str name, int param, int grad, int state, tile_kernel kern,
+                       tuple scalars, tuple outputs) except -1:
+    global _n_tkernels
+    cdef int k
+    _check_storages(name, param, grad, state)
+    tid = TILE_IDS.get(name)
+    if tid is None:
+        if _n_tkernels >= MAX_TILE_KERNELS or len(outputs) > MAX_OUTPUTS:
+            raise RuntimeError("fusedoptim: raise MAX_TILE_KERNELS/MAX_OUTPUTS in _driver.pyx")
+        for k in range(len(outputs)):
+            if outputs[k][1] != "sum":
+                raise RuntimeError(f"fusedoptim: output {outputs[k]!r} of tile kernel {name} "
+                                   f"must combine by 'sum'")
+        tid = TILE_IDS[name] = _n_tkernels
+        _tnout[tid] = len(outputs)
+        TILE_OUTPUTS[name] = outputs
+        SCALARS[name] = scalars
+        _NAMES["tile", tid] = name
+        _n_tkernels += 1
+    elif SCALARS[name] != scalars or TILE_OUTPUTS[name] != outputs:
+        raise RuntimeError(f"fusedoptim: tile kernel {name!r} registered twice with "
+                           f"different scalars or outputs")
+    if _tile_table[tid][param][grad][state] != NULL:
+        raise _registered_twice("tile kernel", name, param, grad, state)
+    _tile_table[tid][param][grad][state] = kern
     return 0
 
 
@@ -286,13 +324,15 @@ def registered_variants(str name):
     found = []
     kid = KERNEL_IDS.get(name)
     rid = REDUCE_IDS.get(name)
-    if kid is None and rid is None:
+    tid = TILE_IDS.get(name)
+    if kid is None and rid is None and tid is None:
         raise KeyError(f"no kernel named {name!r}")
     for p in range(N_STORAGES):
         for g in range(N_STORAGES):
             for s in range(N_STORAGES):
                 if ((kid is not None and _chunk_table[<int>kid][p][g][s] != NULL)
-                        or (rid is not None and _reduce_table[<int>rid][p][g][s] != NULL)):
+                        or (rid is not None and _reduce_table[<int>rid][p][g][s] != NULL)
+                        or (tid is not None and _tile_table[<int>tid][p][g][s] != NULL)):
                     found.append((STORAGE_NAMES[p], STORAGE_NAMES[g], STORAGE_NAMES[s]))
     return found
 
@@ -397,6 +437,173 @@ cdef void _drive(const Job* j, const Job* gate, Py_ssize_t nunits, Py_ssize_t to
 
 
 # ---------------------------------------------------------------------------------------------
+# Tiles: per-row and per-column reductions over the last two dimensions.
+#
+# A tensor of two or more dimensions is a batch of B = prod(shape[:-2]) matrices of R rows and
+# C columns. Its tiles are blocks of H whole rows (C <= TILE_WMAX) or of H rows by W =
+# TILE_W columns (wider matrices), with H = TILE_ELEMS // W, so a tile holds about TILE_ELEMS
+# elements and a column block's pieces of rows are contiguous runs of W elements. A tile
+# writes its rows' and its columns' partial results to its own slots: row partials are kept
+# per column block, column partials per row block. After the pass they are folded in block
+# order (a row's over its column blocks left to right, a column's over its row blocks top to
+# bottom), so the results depend only on the shapes, never on the thread count. Consecutive
+# tiles are grouped into work units of at least TILE_ELEMS elements (many small matrices
+# share a unit), spread over the threads by the same rule as every other pass.
+# The partials take about numel / H + numel / W doubles (1/64 of the elements for a
+# 1024 x 1024 matrix), plus the results: never a temporary the size of the tensor.
+DEF TILE_ELEMS = 65536
+DEF TILE_WMAX = 4096
+DEF TILE_W = 2048
+TILE_ELEMENTS = TILE_ELEMS
+
+
+cdef struct TileJob:
+    tile_kernel kern
+    char** ptrs
+    Py_ssize_t nbufs
+    const double* hp
+    Py_ssize_t nscal
+    const unsigned char* active
+    const Py_ssize_t* tt          # per tile: tensor, first element, rows, columns, row length,
+    const Py_ssize_t* tstart      # and the offsets of its row and column partial slots
+    const Py_ssize_t* tnr
+    const Py_ssize_t* tnc
+    const Py_ssize_t* tld
+    const Py_ssize_t* trp
+    const Py_ssize_t* tcp
+    const Py_ssize_t* unit_begin
+    double* rpart
+    double* cpart
+    double* partials              # nout doubles per tile
+    Py_ssize_t nout
+
+
+cdef void _run_tiles(void* ctx, int phase, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const TileJob* j = <const TileJob*>ctx
+    cdef Py_ssize_t u, k, t
+    for u in range(lo, hi):
+        for k in range(j.unit_begin[u], j.unit_begin[u + 1]):
+            t = j.tt[k]
+            if j.active[t]:
+                j.kern(j.ptrs + t * j.nbufs, j.tstart[k], j.tnr[k], j.tnc[k], j.tld[k],
+                       j.hp + t * j.nscal, j.rpart + j.trp[k], j.cpart + j.tcp[k],
+                       j.partials + k * j.nout)
+
+
+@cython.final
+cdef class _TileTable:
+    """A plan's tiles (built on its first reduce_tiles), their partial slots and the fold."""
+    cdef Py_ssize_t[::1] tt, tstart, tnr, tnc, tld, trp, tcp, unit_begin
+    # per matrix tensor: tensor, B*R, column blocks, row partial base, row result offset,
+    #                    B*C, row blocks, column partial base, column result offset,
+    #                    first tile, end tile
+    cdef Py_ssize_t[:, ::1] mats
+    cdef readonly Py_ssize_t nrows, ncols, ntiles, nunits, total
+    cdef object rpart_array, cpart_array, partials_array
+    cdef double[::1] rpart, cpart, partials
+
+    def __init__(self, list params):
+        cdef Py_ssize_t t, b, rb, cb, B, R, C, W, H, nrb, ncb, rbase, cbase, first, acc
+        tiles = []
+        mats = []
+        rbase = cbase = 0
+        roff = coff = 0
+        for t in range(len(params)):
+            shape = tuple(params[t].shape)
+            if len(shape) < 2:
+                continue
+            # (indices from the front: this module is compiled with wraparound=False)
+            R, C = shape[len(shape) - 2], shape[len(shape) - 1]
+            B = 1
+            for x in shape[:len(shape) - 2]:
+                B *= x
+            if B * R * C == 0:
+                mats.append((t, B * R, 0, rbase, roff, B * C, 0, cbase, coff, len(tiles),
+                             len(tiles)))
+                roff += B * R
+                coff += B * C
+                continue
+            W = C if C <= TILE_WMAX else TILE_W
+            H = max(1, TILE_ELEMS // W)
+            ncb = (C + W - 1) // W
+            nrb = (R + H - 1) // H
+            first = len(tiles)
+            for b in range(B):
+                for rb in range(nrb):
+                    for cb in range(ncb):
+                        tiles.append((t, b * R * C + rb * H * C + cb * W,
+                                      min(H, R - rb * H), min(W, C - cb * W), C,
+                                      rbase + cb * B * R + b * R + rb * H,
+                                      cbase + rb * B * C + b * C + cb * W))
+            mats.append((t, B * R, ncb, rbase, roff, B * C, nrb, cbase, coff, first,
+                         len(tiles)))
+            rbase += ncb * B * R
+            cbase += nrb * B * C
+            roff += B * R
+            coff += B * C
+        arr = np.array(tiles, dtype=np.intp).reshape(-1, 7)
+        self.tt, self.tstart, self.tnr, self.tnc, self.tld, self.trp, self.tcp = [
+            np.ascontiguousarray(arr[:, k]) for k in range(7)]
+        self.mats = np.array(mats, dtype=np.intp).reshape(-1, 11)
+        self.ntiles = arr.shape[0]
+        self.nrows, self.ncols = roff, coff
+        # Work units: consecutive tiles until TILE_ELEMS elements (or the end).
+        ub = [0]
+        acc = 0
+        self.total = 0
+        for k in range(self.ntiles):
+            acc += self.tnr[k] * self.tnc[k]
+            if acc >= TILE_ELEMS:
+                ub.append(k + 1)
+                self.total += acc
+                acc = 0
+        if ub[len(ub) - 1] != self.ntiles:
+            ub.append(self.ntiles)
+            self.total += acc
+        self.unit_begin = np.array(ub, dtype=np.intp)
+        self.nunits = len(ub) - 1
+        self.rpart_array = np.zeros(max(rbase, 1), dtype=np.float64)
+        self.cpart_array = np.zeros(max(cbase, 1), dtype=np.float64)
+        self.partials_array = np.zeros(max(self.ntiles * MAX_OUTPUTS, 1), dtype=np.float64)
+        self.rpart = self.rpart_array
+        self.cpart = self.cpart_array
+        self.partials = self.partials_array
+
+    cdef void fold(self, const unsigned char* active, Py_ssize_t nout, double* rows,
+                   double* cols, double* pt) noexcept nogil:
+        """Rows over their column blocks, columns over their row blocks, scalars over the
+        tensor's tiles: each in block order. pt: (ntensors x nout), zero on entry."""
+        cdef Py_ssize_t m, t, x, k, blk, n, base, off
+        for m in range(self.mats.shape[0]):
+            t = self.mats[m, 0]
+            if not active[t]:
+                continue
+            n, base, off = self.mats[m, 1], self.mats[m, 3], self.mats[m, 4]
+            if self.mats[m, 2] == 0:
+                for x in range(n):
+                    rows[off + x] = 0.0
+            else:
+                for x in range(n):
+                    rows[off + x] = self.rpart[base + x]
+                for blk in range(1, self.mats[m, 2]):
+                    for x in range(n):
+                        rows[off + x] = rows[off + x] + self.rpart[base + blk * n + x]
+            n, base, off = self.mats[m, 5], self.mats[m, 7], self.mats[m, 8]
+            if self.mats[m, 6] == 0:
+                for x in range(n):
+                    cols[off + x] = 0.0
+            else:
+                for x in range(n):
+                    cols[off + x] = self.cpart[base + x]
+                for blk in range(1, self.mats[m, 6]):
+                    for x in range(n):
+                        cols[off + x] = cols[off + x] + self.cpart[base + blk * n + x]
+            for x in range(self.mats[m, 9], self.mats[m, 10]):
+                for k in range(nout):
+                    pt[t * nout + k] = pt[t * nout + k] + self.partials[x * nout + k]
+
+
+# ---------------------------------------------------------------------------------------------
 
 cdef tuple _cut_units(list params):
     """Work units: lay the tensors end to end and cut that line every CHUNK positions. A
@@ -493,6 +700,7 @@ cdef class Plan:
     cdef Py_ssize_t[::1] w_owner, w_kind
     cdef bint _written_indexed      # the four arrays above are built (by the first bind)
     cdef object _partials           # reduce(): per-segment partial results, reused
+    cdef _TileTable _tiles          # reduce_tiles(): the tiles, built on first use
     # The gate (arm_gate): a reduce kernel run over the grads in the same parallel region as
     # the next pass, before it; a nonzero return from any unit vetoes that pass and every
     # later one until disarm_gate(). skip_nonfinite's check costs no extra fork/join this way.
@@ -1046,6 +1254,84 @@ cdef class Plan:
             for k in range(nout):
                 tot[k] = _combine(comb[k], tot[k], pt[t, k])
         return per_tensor, tuple([tot[k] for k in range(nout)])
+
+
+    def tile_shape(self):
+        """(rows, cols): the lengths of the row and column results of reduce_tiles, over the
+        tensors of two or more dimensions in order (B * R and B * C each, for a tensor of
+        B = prod(shape[:-2]) matrices of R x C)."""
+        if self._tiles is None:
+            self._tiles = _TileTable(self.params)
+        return self._tiles.nrows, self._tiles.ncols
+
+    def reduce_tiles(self, int tile_id, double[::1] rows, double[::1] cols, int num_threads=0):
+        """Run a registered tile kernel over every active tensor of two or more dimensions,
+        without the GIL: per-row and per-column results over its last two dimensions.
+
+        `rows` and `cols` (float64, of the lengths tile_shape() gives) receive each such
+        tensor's row results (row i of matrix b at its offset + b * R + i) and column results
+        (b * C + j); entries of inactive tensors are left as they were. Returns (per_tensor,
+        totals) of the kernel's scalar outputs, as reduce() does. Every result is folded from
+        per-tile partials in a fixed block order (see _TileTable), so it is bitwise the same
+        for any thread count. Tensors of fewer than two dimensions are not visited.
+        """
+        cdef TileJob j
+        cdef _TileTable tb
+        cdef Py_ssize_t nout, t, k, nthreads
+        if tile_id < 0 or tile_id >= _n_tkernels:
+            raise ValueError(f"unknown tile kernel id {tile_id}")
+        cdef tile_kernel kern = _tile_table[tile_id][self.st_param][self.st_grad][self.st_state]
+        if kern == NULL:
+            raise TypeError(_unregistered("tile", tile_id, self.st_param, self.st_grad,
+                                          self.st_state))
+        if self._gate_state != GATE_OFF:
+            raise ValueError("reduce_tiles cannot run under an armed gate")
+        if self._tiles is None:
+            self._tiles = _TileTable(self.params)
+        tb = self._tiles
+        if rows.shape[0] != tb.nrows or cols.shape[0] != tb.ncols:
+            raise ValueError(f"reduce_tiles needs rows of {tb.nrows} and cols of {tb.ncols} "
+                             f"elements, got {rows.shape[0]} and {cols.shape[0]}")
+        if num_threads <= 0:
+            num_threads = fo_max_threads()
+        nout = _tnout[tile_id]
+        per_tensor = np.zeros((self.ntensors, nout), dtype=np.float64)
+        cdef double[:, ::1] pt = per_tensor
+        cdef double dummy = 0.0
+        cdef double* rp = &rows[0] if rows.shape[0] else &dummy
+        cdef double* cp = &cols[0] if cols.shape[0] else &dummy
+        if tb.ntiles:
+            j.kern = kern
+            j.ptrs = <char**>&self.ptrs[0, 0]
+            j.nbufs = self.nbufs
+            j.hp = &self.hp[0, 0]
+            j.nscal = self.nscalars
+            j.active = &self.active[0]
+            j.tt = &tb.tt[0]
+            j.tstart = &tb.tstart[0]
+            j.tnr = &tb.tnr[0]
+            j.tnc = &tb.tnc[0]
+            j.tld = &tb.tld[0]
+            j.trp = &tb.trp[0]
+            j.tcp = &tb.tcp[0]
+            j.unit_begin = &tb.unit_begin[0]
+            j.rpart = &tb.rpart[0]
+            j.cpart = &tb.cpart[0]
+            j.partials = &tb.partials[0]
+            j.nout = nout
+            nthreads = num_threads
+            if nthreads <= 1 or tb.nunits <= 1 or tb.total <= SERIAL_MAX:
+                nthreads = 1
+            elif nthreads > tb.nunits:
+                nthreads = tb.nunits
+            with nogil:
+                fo_run_phases(_run_tiles, &j, 1, tb.nunits, <int>nthreads)
+                tb.fold(&self.active[0], nout, rp, cp, &pt[0, 0] if self.ntensors else &dummy)
+        tot = [0.0] * nout
+        for t in range(self.ntensors):
+            for k in range(nout):
+                tot[k] = tot[k] + pt[t, k]
+        return per_tensor, tuple(tot)
 
 
 cdef inline double _combine(int op, double a, double b) noexcept nogil:

@@ -86,6 +86,12 @@ REDUCE_IDS: dict[str, int]
 SCALARS: dict[str, tuple[str, ...]]
 #: reduce kernel name -> ((output name, how partial results combine), ...)
 REDUCE_OUTPUTS: dict[str, tuple[tuple[str, Literal["sum", "max"]], ...]]
+#: tile kernel name -> id for Plan.reduce_tiles (per-row and per-column reductions)
+TILE_IDS: dict[str, int]
+#: tile kernel name -> ((output name, "sum"), ...)
+TILE_OUTPUTS: dict[str, tuple[tuple[str, Literal["sum"]], ...]]
+#: about how many elements one tile of Plan.reduce_tiles holds
+TILE_ELEMENTS: int
 #: kernel name -> the modes its body implements (the hp "mode" column); Plan.run/reduce refuse
 #: any other value on an active tensor. Kernels that do not branch on a mode are absent.
 MODES: dict[str, tuple[int, ...]]
@@ -207,3 +213,7 @@ class Plan:
     def run(self, kernel_id: int, num_threads: int = 0) -> None: ...
     def reduce(self, reduce_id: int, column: int = 0, stop_early: bool = False,
                num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]: ...
+    def tile_shape(self) -> tuple[int, int]:
+        """The lengths of reduce_tiles' row and column results."""
+    def reduce_tiles(self, tile_id: int, rows: NDArray[np.float64], cols: NDArray[np.float64],
+                     num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]: ...

@@ -1005,6 +1005,73 @@ def run_ema(count: int, size: int, threads: Sequence[int], min_time: float = 0.2
                 ratio = t["torch AveragedModel.update_parameters"] / ours
                 print(f"      target torch / fo: {ratio:.2f}x (>= 10.0x: "
                       f"{'met' if ratio >= 10.0 else 'NOT met'})", file=out)
+    return results
+
+
+def _timeit_interleaved_stats(fns: Mapping[str, Callable[[], object]], min_time: float,
+                              repeat: int) -> dict[str, tuple[float, float]]:
+    """Like _timeit_interleaved, but (best, median) seconds per call of each function."""
+    counts = {}
+    for label, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        counts[label] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    for _ in range(repeat):
+        for label, fn in fns.items():
+            n = counts[label]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[label].append((time.perf_counter() - t0) / n)
+    return {label: (min(t), float(np.median(t))) for label, t in times.items()}
+
+
+def run_adafactor(shape: tuple[int, ...], threads: Sequence[int], min_time: float = 0.2,
+                  repeat: int = 7, reference: bool = True, use_torch: bool = True,
+                  out: TextIO = sys.stdout) -> dict[int, dict[str, tuple[float, float]]]:
+    """Issue 12's Adafactor row: one float32 param of `shape`, default hyperparameters,
+    fusedoptim vs torch.optim.Adafactor (its default, single-tensor path) vs the NumPy twin,
+    timed interleaved. Returns {threads: {label: (best, median) seconds}}."""
+    from . import reference as ref
+    torch = _optional_torch(use_torch)
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    print(f"Adafactor: one float32 param of shape {shape}, default hyperparameters; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}", file=out)
+    header = f"{'thr':>4}  {'step':<34}{'best ms':>10}{'median ms':>11}{'vs fused':>10}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = {}
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
+            p = p0.copy()
+            opt = fo.Adafactor([p])
+            fns: dict[str, Callable[[], object]] = {"fusedoptim Adafactor":
+                                                    lambda: opt.step([g])}
+            if torch is not None:
+                tp = torch.from_numpy(p0.copy())
+                tp.grad = torch.from_numpy(g)
+                topt = torch.optim.Adafactor([tp])
+                fns["torch.optim.Adafactor"] = topt.step
+            if reference:
+                q = p0.copy()
+                twin = ref.Adafactor([q])
+                fns["NumPy reference"] = lambda: twin.step([g])
+            t = _timeit_interleaved_stats(fns, min_time, repeat)
+            results[nt] = t
+            base = t["fusedoptim Adafactor"]
+            for label, (best, med) in t.items():
+                print(f"{nt:>4}  {label:<34}{best * 1e3:>10.3f}{med * 1e3:>11.3f}"
+                      f"{best / base[0]:>9.2f}x", file=out)
+            if torch is not None:
+                tb, tm = t["torch.optim.Adafactor"]
+                ratio = tb / base[0]
+                print(f"      target torch / fused >= 3x: {ratio:.2f}x best, "
+                      f"{tm / base[1]:.2f}x median ({'met' if ratio >= 3 else 'NOT met'})",
+                      file=out)
             print(file=out, flush=True)
     return results
 
@@ -1051,6 +1118,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="instead of the table, time one EMA update (swa_utils.AveragedParams) "
                         "over COUNT float32 tensors of SIZE elements (default 1000x1000) "
                         "against torch's AveragedModel with get_ema_multi_avg_fn")
+    p.add_argument("--adafactor", nargs="?", const="1024x1024", default=None,
+                   metavar="SHAPE",
+                   help="instead of the table, time one Adafactor step on a float32 param of "
+                        "SHAPE (default 1024x1024; --threads default 1) against "
+                        "torch.optim.Adafactor and the NumPy twin, interleaved")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
     p.set_defaults(func=main)
@@ -1092,6 +1164,18 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("fusedoptim bench: error: thread counts must be >= 1")
     fo.show_config()
     print()
+    if args.adafactor:
+        try:
+            shape = tuple(int(x) for x in args.adafactor.lower().split("x"))
+            if not shape or any(x < 1 for x in shape):
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"fusedoptim bench: error: --adafactor takes a shape like "
+                             f"1024x1024 (each >= 1); got {args.adafactor!r}")
+        run_adafactor(shape, threads if args.threads else [1], min_time=args.min_time,
+                      repeat=args.repeat, reference=not args.no_reference,
+                      use_torch=not args.no_torch)
+        return 0
     if args.many_tensors:
         try:
             count, size = (int(x) for x in args.many_tensors.lower().split("x"))

@@ -214,3 +214,8 @@ def __getattr__(name: str) -> Callable[..., None]:
 for _s in _spec.registered():
     globals()[_s.name] = _make_entry(_s)
 del _s
+
+
+# Adafactor's state is not shaped like its params (row and column factors): its entry, with
+# torch's functional signature, is written by hand next to its class.
+from .optim.adafactor import adafactor as adafactor  # noqa: E402

@@ -39,6 +39,7 @@ from .optim.sgd import check_sgd
 from .optim.signsgd import check_signsgd
 from .optim.lamb import check_lamb
 from .optim.lars import check_lars
+from .optim.adafactor import Adafactor as _Adafactor, _GroupStep, check_adafactor
 from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
@@ -447,6 +448,59 @@ def lars(params: Arrays, grads: BufferList, momentum_buffer_list: Arrays | None,
         p[...] = p - lr * d
 
 
+def _torch_lerp(a: Any, b: Any, w: Any) -> Any:
+    """torch.lerp(a, b, w) by its formula, in the arrays' dtype (w of that dtype)."""
+    return a + w * (b - a) if w < 0.5 else b - (b - a) * (w.dtype.type(1) - w)
+
+
+def adafactor(params: Arrays, grads: BufferList, row_vars: Sequence[FloatArray | None],
+              col_vars: Sequence[FloatArray | None], variances: Sequence[FloatArray | None],
+              state_steps: StepList, *, d: float = 1.0, lr: float = 1e-2,
+              beta2_decay: float = -0.8, weight_decay: float = 0.0, eps1: float | None = None,
+              eps2: float = 1e-3, maximize: bool = False) -> None:
+    """torch.optim.Adafactor's step (its functional signature), one tensor at a time, in the
+    param's dtype except the norms and means, which are taken in double."""
+    check_adafactor(lr, beta2_decay, eps1, eps2, d, weight_decay, maximize, eps_label="")
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        dt = p.dtype.type
+        e1 = float(np.finfo(p.dtype).eps) if eps1 is None else eps1
+        if maximize:
+            g = -g
+        state_steps[i] += 1
+        t = float(state_steps[i])
+        w = dt(t ** beta2_decay)                       # the lerp weight: 1 - beta2_t
+        rho = min(lr, 1.0 / t ** 0.5)
+        numel = math.sqrt(max(p.size, 1))
+        rms_p = math.sqrt(np.sum(np.square(p, dtype=np.float64))) / numel
+        alpha = max(eps2, rms_p) * rho
+        if weight_decay != 0:
+            p[...] = p * dt(1.0 - lr * weight_decay)
+        if p.ndim >= 2:
+            if p.size == 0:
+                continue
+            R, C = p.shape[-2], p.shape[-1]
+            r, c = row_vars[i], col_vars[i]
+            assert r is not None and c is not None
+            g2 = np.square(g, dtype=np.float64)
+            r[...] = _torch_lerp(r, (np.sum(g2, axis=-1, keepdims=True) / C).astype(p.dtype), w)
+            c[...] = _torch_lerp(c, (np.sum(g2, axis=-2, keepdims=True) / R).astype(p.dtype), w)
+            # mean over the rows of each matrix, in double (one contiguous run per matrix)
+            mean_r = r.reshape(-1, R).sum(axis=1, dtype=np.float64) / R
+            rmean = np.maximum(mean_r.astype(p.dtype), dt(e1)).reshape(p.shape[:-2] + (1, 1))
+            v = (r * c) / rmean
+        else:
+            var = variances[i]
+            assert var is not None
+            var[...] = _torch_lerp(var, g * g, w)
+            v = var
+        u = g * (dt(1) / np.sqrt(np.maximum(v, dt(e1 * e1))))
+        rms_u = math.sqrt(np.sum(np.square(u, dtype=np.float64))) / (numel * d)
+        p[...] = p + dt(-alpha / max(1.0, rms_u)) * u
+
+
 # -- gradient utilities -------------------------------------------------------------------------
 
 def _grad_list(arrays: ArraysArg) -> list[FloatArray]:
@@ -578,6 +632,32 @@ class SparseAdam(optim.SparseAdam):
     """NumPy reference twin of :class:`fusedoptim.SparseAdam`."""
 
     _reference = staticmethod(sparse_adam)
+class _AdafactorReferenceStep(_GroupStep):
+    """A group of the Adafactor twin: the same plan (for the grads' checks and the step
+    counts), stepped through :func:`adafactor` one tensor at a time."""
+
+    def run(self, hyper: Any, grads: Sequence[FloatArray | None]) -> None:
+        active = [t for t, g in enumerate(grads) if g is not None]
+        if not active:
+            return
+        lr, beta2_decay, eps1, eps2, d, wd, maximize = hyper
+        steps = [int(self.plan.steps_array[t]) for t in active]
+        st = [self.state[t] for t in active]
+        factored = [len(x) == 2 for x in st]
+        adafactor([self.params[t] for t in active], [grads[t] for t in active],
+                  [x[0] if f else None for x, f in zip(st, factored)],
+                  [x[1] if f else None for x, f in zip(st, factored)],
+                  [None if f else x[0] for x, f in zip(st, factored)], steps, d=d, lr=lr,
+                  beta2_decay=beta2_decay, weight_decay=wd, eps1=eps1, eps2=eps2,
+                  maximize=maximize)
+        for t, s in zip(active, steps):
+            self.plan.steps_array[t] = s
+
+
+class Adafactor(_Adafactor):
+    """NumPy reference twin of :class:`fusedoptim.Adafactor`."""
+
+    _group_step = _AdafactorReferenceStep
 
 
 # -- blockwise quantization (the references of fusedoptim.quant) -------------------------------

@@ -8,6 +8,7 @@ cannot see what is found at run time.
 """
 
 from .adadelta import Adadelta as Adadelta
+from .adafactor import Adafactor as Adafactor
 from .adagrad import Adagrad as Adagrad
 from .adam import Adam as Adam, AdamW as AdamW
 from .adamax import Adamax as Adamax
@@ -25,7 +26,8 @@ from .sparse_adam import SparseAdam as SparseAdam, SparseGrad as SparseGrad
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad"]
+           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
+           "Adafactor"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
