@@ -12,7 +12,8 @@ from fusedoptim import _kernels
 NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, "sgd": 1,
           "adagrad": 1, "rmsprop": 3, "adadelta": 2, "lamb": 2, "lars": 1, "lamb_moments": 2,
           "lamb_norms": 2,
-          "signsgd": 1, "average": 0, "adafactor": 3, "adafactor_norm": 3}
+          "signsgd": 1, "average": 0, "adafactor": 3, "adafactor_norm": 3,
+          "lbfgs_axpy": 2, "lbfgs_step": 3}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():
@@ -54,7 +55,7 @@ def _plan(name, dtype, n=1000, ntensors=2):
     grads = [rng.standard_normal(n).astype(dtype) for _ in range(ntensors)]
     plan.bind(grads)
     row = [0.5] * nscal
-    if "sign" in _kernels.SCALARS[name]:        # (swa_utils' "average" has none)
+    if "sign" in _kernels.SCALARS[name]:        # (swa_utils' "average" and L-BFGS's kernels have none)
         row[_kernels.SCALARS[name].index("sign")] = 1.0
     return plan, params, state, row
 

@@ -29,7 +29,7 @@ from .optimizer import Optimizer
 from .grad_utils import all_finite, clip_grad_norm_, clip_grad_value_, global_norm
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "LAMB", "LARS", "Optimizer", "FlatParams", "functional",
+           "RMSprop", "Adadelta", "LAMB", "LARS", "LBFGS", "Optimizer", "FlatParams", "functional",
            "lr_scheduler", "reference", "schedules", "get_num_threads", "set_num_threads",
            "show_config", "__version__", "clip_grad_norm_", "clip_grad_value_", "global_norm",
            "all_finite"]

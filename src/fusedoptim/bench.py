@@ -1076,6 +1076,107 @@ def run_adafactor(shape: tuple[int, ...], threads: Sequence[int], min_time: floa
     return results
 
 
+class _LstsqProblem:
+    """The L-BFGS bench problem: 0.5 sum w (x - c)^2 + 0.5 |U x - v|^2 over n params (U of
+    4 rows), a least-squares problem whose closure costs a few passes in NumPy. Both sides
+    call the same closure; `inside` accumulates the seconds spent in it."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.w = rng.uniform(0.5, 5.0, n)
+        self.c = rng.standard_normal(n)
+        self.u = rng.standard_normal((4, n)) / math.sqrt(n)
+        self.v = rng.standard_normal(4)
+        self.inside = 0.0
+
+    def __call__(self, x: FloatArray) -> tuple[float, FloatArray]:
+        t0 = time.perf_counter()
+        xd = x.astype(np.float64)
+        r = xd - self.c
+        ur = self.u @ xd - self.v
+        f = 0.5 * float(np.dot(self.w * r, r)) + 0.5 * float(ur @ ur)
+        g = (self.w * r + self.u.T @ ur).astype(x.dtype)
+        self.inside += time.perf_counter() - t0
+        return f, g
+
+
+def lbfgs_fns(n: int, torch: Any, line_search: str | None, dtype: DTypeLike = np.float32,
+              max_iter: int = 20) -> dict[str, Callable[[], tuple[float, int]]]:
+    """One LBFGS.step of max_iter iterations (tolerances 0, max_eval ample) from the
+    same start, fused and torch; each returns (seconds outside the closure, evaluations)."""
+    prob = _LstsqProblem(n)
+    x0 = np.random.default_rng(1).standard_normal(n).astype(dtype)
+    # max_eval above the line search's needs: every step runs its max_iter iterations
+    kw: dict[str, Any] = dict(max_iter=max_iter, max_eval=10 * max_iter, tolerance_grad=0.0,
+                              tolerance_change=0.0, line_search_fn=line_search)
+
+    def fused() -> tuple[float, int]:
+        x = x0.copy()
+        opt = fo.LBFGS([x], **kw)
+        prob.inside = 0.0
+        t0 = time.perf_counter()
+        opt.step(lambda: (lambda fg: (fg[0], [fg[1]]))(prob(x)))
+        total = time.perf_counter() - t0
+        assert opt._st["n_iter"] == max_iter
+        return total - prob.inside, opt._st["func_evals"]
+
+    fns = {"fused": fused}
+    if torch is not None:
+        def torch_step() -> tuple[float, int]:
+            xt = torch.tensor(x0, requires_grad=True)
+            opt = torch.optim.LBFGS([xt], **kw)
+
+            def closure() -> float:
+                f, g = prob(xt.detach().numpy())
+                t0 = time.perf_counter()
+                xt.grad = torch.from_numpy(g)
+                prob.inside += time.perf_counter() - t0
+                return f
+            prob.inside = 0.0
+            t0 = time.perf_counter()
+            opt.step(closure)
+            total = time.perf_counter() - t0
+            st = opt.state[xt]
+            assert st["n_iter"] == max_iter
+            return total - prob.inside, st["func_evals"]
+        fns["torch"] = torch_step
+    return fns
+
+
+def run_lbfgs(n: int, threads: Sequence[int], repeat: int = 5, use_torch: bool = True,
+              out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+    """The L-BFGS rows: 20 iterations on an n-parameter least-squares problem, float32,
+    without and with the strong Wolfe line search, fused vs torch.optim.LBFGS. Each side's
+    time is its whole step() less the time inside its closure (timed inside the closure,
+    including torch's setting of .grad); the sides alternate (A, B, A, B...) and the best of
+    `repeat` runs is reported."""
+    torch = _optional_torch(use_torch)
+    rows = []
+    print(f"LBFGS, {n:.0e} float32 params, 20 iterations per step (tolerances 0), time "
+          f"outside the closure, best of {repeat}:", file=out)
+    print(f"{'line search':>13} {'threads':>7} {'evals f/t':>9} {'fused ms':>9} "
+          f"{'torch ms':>9} {'speed-up':>8}", file=out)
+    with _thread_counts(threads, torch) as each:
+        for nt, ls in ((nt, ls) for nt in each() for ls in (None, "strong_wolfe")):
+            fns = lbfgs_fns(n, torch, ls)
+            best: dict[str, float] = {k: math.inf for k in fns}
+            evals: dict[str, int] = {}
+            for _ in range(repeat):
+                for k, fn in fns.items():
+                    t, e = fn()
+                    best[k] = min(best[k], t)
+                    evals[k] = e
+            # (float32 rounding may move a line-search decision: the counts are shown)
+            ev = f"{evals['fused']}/{evals.get('torch', '-')}"
+            tt = best.get("torch", math.nan)
+            row = dict(line_search=str(ls), threads=nt, evals=ev, fused=best["fused"],
+                       torch=tt)
+            rows.append(row)
+            print(f"{str(ls):>13} {nt:>7} {ev:>9} {best['fused'] * 1e3:>9.1f} "
+                  f"{tt * 1e3:>9.1f} {tt / best['fused']:>7.2f}x", file=out)
+    return rows
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                ) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
@@ -1123,6 +1224,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="instead of the table, time one Adafactor step on a float32 param of "
                         "SHAPE (default 1024x1024; --threads default 1) against "
                         "torch.optim.Adafactor and the NumPy twin, interleaved")
+    p.add_argument("--lbfgs", action="store_true",
+                   help="the L-BFGS rows instead: 20 iterations on a least-squares problem "
+                        "of --sizes params (default 1e6), float32, without and with "
+                        "strong_wolfe, fused vs torch.optim.LBFGS, time outside the closure")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
     p.set_defaults(func=main)
@@ -1150,7 +1255,7 @@ def main(args: argparse.Namespace) -> int:
                              f"choose from {[c.name for c in BENCH_CASES]}")
         cases = [known[w.lower()] for w in wanted]
     sizes = _parse_list(args.sizes or ("1e8" if args.utilities else "1e7,1e8" if args.precision
-                                       else "1e5,1e6"),
+                                       else "1e6" if args.lbfgs else "1e5,1e6"),
                         lambda s: int(float(s)), "sizes")
     if any(s < 1 for s in sizes):
         raise SystemExit("fusedoptim bench: error: sizes must be >= 1")
@@ -1211,6 +1316,10 @@ def main(args: argparse.Namespace) -> int:
                              f"{args.sparse_adam!r}")
         run_sparse_adam(rows, dim, nnz, threads, min_time=args.min_time, repeat=args.repeat,
                         use_torch=not args.no_torch)
+        return 0
+    if args.lbfgs:
+        for n in sizes:
+            run_lbfgs(n, threads, repeat=args.repeat, use_torch=not args.no_torch)
         return 0
     if args.precision:
         print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}")

@@ -40,6 +40,8 @@ from .optim.signsgd import check_signsgd
 from .optim.lamb import check_lamb
 from .optim.lars import check_lars
 from .optim.adafactor import Adafactor as _Adafactor, _GroupStep, check_adafactor
+from .optim import lbfgs as _optim_lbfgs
+from . import _kernels
 from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
@@ -658,6 +660,132 @@ class Adafactor(_Adafactor):
     """NumPy reference twin of :class:`fusedoptim.Adafactor`."""
 
     _group_step = _AdafactorReferenceStep
+
+
+# -- L-BFGS -------------------------------------------------------------------------------------
+#
+# torch.optim.LBFGS's vector operations, one per line, over flat NumPy vectors. The dot
+# products add in the shared driver's order (lbfgs_dot), so fo.reference.LBFGS reproduces
+# fo.LBFGS bit for bit; the algorithm around them is fusedoptim.optim.lbfgs.LBFGS's own.
+
+#: the driver's work unit and reduction lanes (fusedoptim._driver, elementwise.pxi)
+_UNIT = _kernels.CHUNK_ELEMENTS
+_LANES = 32
+
+
+def _lanes_sum(terms: NDArray[np.float64]) -> float:
+    """The driver's sum of `terms` (doubles) over one flat tensor: per 16K-element unit, 32
+    lanes (lane j adds terms j, j + 32, ... in order), folded pairwise; the units' sums
+    added in order from 0."""
+    total = 0.0
+    for start in range(0, terms.size, _UNIT):
+        seg = terms[start:start + _UNIT]
+        rows = np.zeros((-(-seg.size // _LANES), _LANES))
+        rows.reshape(-1)[:seg.size] = seg
+        acc = np.add.reduce(rows, axis=0)     # row by row: the lanes' order
+        w = _LANES // 2
+        while w >= 1:
+            acc = acc[:w] + acc[w:2 * w]
+            w //= 2
+        total = total + float(acc[0])
+    return total
+
+
+def lbfgs_dot(x: FloatArray, y: FloatArray) -> float:
+    """x.y in double as the fused kernels add it (each product of the stored values)."""
+    return _lanes_sum(x.astype(np.float64) * y.astype(np.float64))
+
+
+def lbfgs_sumabs(x: FloatArray) -> float:
+    """|x|_1 in double as the fused sumabs kernel adds it."""
+    return _lanes_sum(np.abs(x.astype(np.float64)))
+
+
+class _LBFGSReferenceOps:
+    """The vector work of fo.reference.LBFGS (the interface of
+    fusedoptim.optim.lbfgs._FusedOps): torch's tensor operations in NumPy."""
+
+    def __init__(self, params: list[FloatArray], labels: list[str],
+                 flat_param: FloatArray | None) -> None:
+        self.params = params
+        self.labels = labels
+        self.flat_param = flat_param
+        self.dtype = params[0].dtype
+        self.D: Any = self.dtype.type
+        self.size = sum(p.size for p in params)
+        self.d = np.zeros(self.size, self.dtype)
+        self.x: list[FloatArray] = []
+
+    def ensure_x(self) -> None:
+        pass
+
+    def _amax(self, v: FloatArray) -> Any:
+        return self.D(np.max(np.abs(v))) if v.size else self.D(0)
+
+    def gather(self, grads: list[FloatArray | None], flat_grad: FloatArray | None,
+               live: Sequence[Any]) -> tuple[FloatArray, Any]:
+        for g, p, label in zip(grads, self.params, self.labels):
+            if g is not None:
+                _kernels.check_buffer(g, p, label, False)
+        flat = np.concatenate([np.zeros(p.size, self.dtype) if g is None else g.reshape(-1)
+                               for g, p in zip(grads, self.params)])
+        return flat, self._amax(flat)
+
+    def sumabs(self, g: FloatArray) -> Any:
+        return self.D(lbfgs_sumabs(g))
+
+    def dot(self, x: FloatArray, y: FloatArray, c: float = 1.0) -> float:
+        return lbfgs_dot(x, self.D(c) * y)
+
+    def first_direction(self, g: FloatArray) -> tuple[Any, Any]:
+        self.d = -g
+        return self.D(lbfgs_dot(g, self.d)), self._amax(self.d)
+
+    def pair(self, g: FloatArray, prev: FloatArray, t: Any
+             ) -> tuple[Any, Any, None, FloatArray, FloatArray]:
+        y = g - prev
+        s = self.d * self.D(t)
+        return self.D(lbfgs_dot(y, s)), self.D(lbfgs_dot(y, y)), None, y, s
+
+    def release(self, y: FloatArray, s: FloatArray) -> None:
+        pass
+
+    def two_loop(self, g: FloatArray, dirs: list[FloatArray], stps: list[FloatArray],
+                 ro: list[Any], H_diag: Any, al: list[Any], sq: None) -> tuple[Any, Any]:
+        D = self.D
+        q = -g
+        for i in range(len(dirs) - 1, -1, -1):
+            al[i] = D(lbfgs_dot(stps[i], q)) * ro[i]
+            q = q + (-al[i]) * dirs[i]
+        r = q * D(H_diag)
+        for i in range(len(dirs)):
+            be_i = D(lbfgs_dot(dirs[i], r)) * ro[i]
+            r = r + (al[i] - be_i) * stps[i]
+        self.d = r
+        return D(lbfgs_dot(g, self.d)), self._amax(self.d)
+
+    def move(self, t: Any, mode: int) -> None:
+        t = self.D(t)
+        at = 0
+        if mode == 1:
+            self.x = [p.copy() for p in self.params]
+        for i, p in enumerate(self.params):
+            d = self.d[at:at + p.size].reshape(p.shape)
+            base = self.x[i] if mode == 2 else p
+            p[...] = base + t * d
+            at += p.size
+
+    def adopt_grad(self, values: Any, live: Sequence[Any]) -> FloatArray:
+        return np.array(values, self.dtype)
+
+    def adopt_pair(self, y: Any, s: Any) -> tuple[FloatArray, FloatArray]:
+        return np.array(y, self.dtype), np.array(s, self.dtype)
+
+
+class LBFGS(_optim_lbfgs.LBFGS):
+    """NumPy reference twin of :class:`fusedoptim.LBFGS` (bit for bit)."""
+
+    _ops_type = _LBFGSReferenceOps
 
 
 # -- blockwise quantization (the references of fusedoptim.quant) -------------------------------

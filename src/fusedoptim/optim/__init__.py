@@ -15,6 +15,7 @@ from .adamax import Adamax as Adamax
 from .asgd import ASGD as ASGD
 from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
+from .lbfgs import LBFGS as LBFGS
 from .lion import Lion as Lion
 from .nadam import NAdam as NAdam
 from .radam import RAdam as RAdam
@@ -27,7 +28,7 @@ from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
-           "Adafactor"]
+           "Adafactor", "LBFGS"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
