@@ -1,0 +1,435 @@
+"""Muon: momentum orthogonalized by Newton-Schulz (kernels "muon_momentum" + "muon").
+
+A step is two fused passes on the driver with the Newton-Schulz iteration between them, as
+matrix products in NumPy's BLAS (:mod:`fusedoptim._blas` on threads). The passes run over a
+work plan: the group's plan (param, grad, momentum_buffer) plus a fourth column, the update
+(one work buffer per param, the iteration's input and output).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+from .. import _kernels
+from .. import _validation as v
+from .._backend import FusedBackend
+from .._blas import blas_threads
+from .._layout import group_arrays
+from .._spec import OptSpec, Slot
+from ..optimizer import Optimizer
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from numpy.typing import NDArray
+
+    from .._typing import FloatArray, ParamsArg
+
+_MOMENTUM = _kernels.REDUCE_IDS["muon_momentum"]
+_APPLY = _kernels.KERNEL_IDS["muon"]
+_NAMES = _kernels.SCALARS["muon"]
+_STEP_COLUMN = _NAMES.index("step")
+_MODE_COLUMN = _NAMES.index("mode")
+
+#: Keller Jordan's coefficients and step count (torch's defaults)
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
+NS_STEPS = 5
+ADJUST_LR_FNS = ("original", "match_rms_adamw")
+NS_DTYPES = ("bfloat16",)
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+#: same-shape matrices are stacked into one 3-D matmul up to this many bytes of iteration
+#: buffers per stack (measured: see docs/optimizers.md, Muon)
+BATCH_BYTES = 1 << 18
+
+
+# -- validators ---------------------------------------------------------------------------------
+
+def _coefficients(value: Any, name: str) -> tuple[float, float, float]:
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = ()
+    if len(items) != 3:
+        raise ValueError(f"{name} must be a tuple of exactly 3 numbers (a, b, c), got "
+                         f"{value!r}")
+    a, b, c = (v._real(x, f"{name}[{i}]") for i, x in enumerate(items))
+    for i, x in enumerate((a, b, c)):
+        if not math.isfinite(x):
+            raise ValueError(f"{name}[{i}] must be finite, got {items[i]!r}")
+    return a, b, c
+
+
+def _ns_steps(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 0 <= value < 100:
+        raise ValueError(f"{name} must be an integer in [0, 99] (torch refuses 100 or more), "
+                         f"got {value!r}")
+    return int(value)
+
+
+def _adjust_lr_fn(value: Any, name: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or value not in ADJUST_LR_FNS):
+        raise ValueError(f"{name} must be None, 'original' or 'match_rms_adamw', got "
+                         f"{value!r}")
+    return value
+
+
+def _ns_dtype(value: Any, name: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or value not in NS_DTYPES):
+        raise ValueError(f"{name} must be None (iterate in the params' dtype) or 'bfloat16' "
+                         f"(torch's numerics), got {value!r}")
+    return value
+
+
+class MuonHyper(NamedTuple):
+    """Muon's hyperparameters, validated (the functional call's, with its defaults)."""
+
+    lr: Annotated[float, v.finite_nonneg]
+    weight_decay: Annotated[float, v.finite_nonneg] = 0.1
+    momentum: Annotated[float, v.finite_nonneg] = 0.95
+    nesterov: Annotated[bool, v.flag] = True
+    ns_coefficients: Annotated[tuple[float, float, float], _coefficients] = NS_COEFFICIENTS
+    eps: Annotated[float, v.finite_nonneg] = 1e-7
+    ns_steps: Annotated[int, _ns_steps] = NS_STEPS
+    adjust_lr_fn: Annotated[str | None, _adjust_lr_fn] = None
+    ns_dtype: Annotated[str | None, _ns_dtype] = None
+
+
+def muon_scalars(step: int, lr: float, weight_decay: float, momentum: float, nesterov: bool,
+                 ns_coefficients: tuple[float, float, float], eps: float, ns_steps: int,
+                 adjust_lr_fn: str | None, ns_dtype: str | None) -> tuple[float, ...]:
+    """The kernels' scalars (order: _kernels.SCALARS['muon']); independent of the step. The
+    per-tensor "step" (lr times the shape's adjustment) and the lerp bits of "mode" are set
+    by muon_run, which knows the shapes and the dtype."""
+    return (1.0, momentum, 1.0 - momentum, 1.0 - lr * weight_decay, lr,
+            1.0 if nesterov else 0.0)
+
+
+def adjusted_ratio(shape: Sequence[int], adjust_lr_fn: str | None) -> float:
+    """torch's lr adjustment for a (A, B) param: sqrt(max(1, A / B)) ("original", None), or
+    0.2 * sqrt(max(A, B)) ("match_rms_adamw"). 1 for a param with no columns (it has no
+    elements; torch divides by zero there)."""
+    a, b = shape[0], shape[1]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(a, b))
+    if b == 0:
+        return 1.0
+    return math.sqrt(max(1, a / b))
+
+
+def lerp_mode(dtype: np.dtype[Any], momentum: float, nesterov: bool) -> int:
+    """The momentum pass's mode: Nesterov (1), and which of torch's two lerp formulas each
+    lerp takes (2, 4: weight not "small", |w| >= 0.5), decided on the weight rounded to the
+    params' dtype, as torch decides on its opmath value."""
+    t = np.float64 if dtype == np.float64 else np.float32
+    big1 = not abs(float(t(1.0 - momentum))) < 0.5
+    big2 = not abs(float(t(momentum))) < 0.5
+    return (1 if nesterov else 0) | (2 if big1 else 0) | (4 if big2 and nesterov else 0)
+
+
+# -- the Newton-Schulz iteration ------------------------------------------------------------------
+
+def _round_bf16(x: NDArray[np.float32]) -> None:
+    """Round float32 values to bfloat16 (nearest even), in place."""
+    x[...] = x.astype(BFLOAT16)
+
+
+class _Batch:
+    """Same-shape updates stacked as one 3-D array, iterated together: a slice of its shape's
+    stack, its tensor indices and the iteration's buffers (shared by the batches of a shape).
+    A tall update (rows > columns) is iterated as it lies: torch transposes it to wide and
+    back; here the products are the transposes of torch's (A = Y^T Y, Y <- a Y + Y B), so
+    the buffers stay C-contiguous and nothing is copied."""
+
+    __slots__ = ("index", "update", "tall", "other", "gram", "gram2", "work")
+
+    def __init__(self, index: list[int], update: FloatArray, tall: bool,
+                 bufs: tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]) -> None:
+        self.index = np.asarray(index, dtype=np.intp)
+        self.update = update
+        self.tall = tall
+        self.other, self.gram, self.gram2, self.work = bufs
+
+
+class MuonWorkspace:
+    """A group's update buffers (one per param, stacked by shape), the iteration's buffers
+    (allocated once per shape and reused every step) and the work plan over them."""
+
+    def __init__(self, params: Sequence[FloatArray], bf16: bool) -> None:
+        dtype = params[0].dtype
+        self.dtype = dtype
+        self.bf16 = bf16
+        self.shapes = [tuple(p.shape) for p in params]
+        self.updates: list[FloatArray] = [np.empty(0, dtype)] * len(params)
+        self.batches: list[_Batch] = []
+        classes: dict[tuple[int, ...], list[int]] = {}
+        for t, s in enumerate(self.shapes):
+            classes.setdefault(s, []).append(t)
+        work_dtype = np.dtype(np.float32) if bf16 else dtype
+        shared: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+        for (r, c), index in classes.items():
+            stack = np.zeros((len(index), r, c), dtype)
+            for j, t in enumerate(index):
+                self.updates[t] = stack[j]
+            if r == 0 or c == 0:
+                continue            # nothing to iterate; the step scales nothing
+            m = min(r, c)
+            per = (2 * r * c + 2 * m * m) * work_dtype.itemsize
+            k = max(1, min(len(index), BATCH_BYTES // per))
+            for lo in range(0, len(index), k):
+                n = min(k, len(index) - lo)
+                key = (n, r, c)
+                bufs = shared.get(key)
+                if bufs is None:
+                    bufs = shared[key] = (
+                        np.zeros((n, r, c), work_dtype), np.zeros((n, m, m), work_dtype),
+                        np.zeros((n, m, m), work_dtype),
+                        np.zeros((n, r, c), work_dtype) if bf16 else None)
+                self.batches.append(_Batch(index[lo:lo + n], stack[lo:lo + n], r > c, bufs))
+        self.plan: _kernels.Plan | None = None
+        self._of: _kernels.Plan | None = None
+
+    def work_plan(self, plan: _kernels.Plan) -> _kernels.Plan:
+        """The work plan for group plan `plan` (rebuilt when the group's plan was)."""
+        if self._of is not plan or self.plan is None:
+            bufs = plan.column(2)
+            state = [None if b is None else [b, u] for b, u in zip(bufs, self.updates)]
+            self.plan = _kernels.Plan(list(plan.params), state, 2, len(_NAMES),
+                                      list(plan.labels), required=(0, 1))
+            self._of = plan
+        return self.plan
+
+
+def _newton_schulz(batch: _Batch, scale: NDArray[Any], a: float, b: float, c: float,
+                   steps: int, bf16: bool) -> None:
+    """Orthogonalize the batch's updates in place: X0 = U / scale, then `steps` times
+    A = X X^T, B = b A + c A A, X = a X + B X (torch's order of operations; A A is computed
+    as A A^T, the same matrix, so that NumPy's BLAS may take its symmetric product)."""
+    u, q, gram, gram2 = batch.update, batch.other, batch.gram, batch.gram2
+    x0 = u if not bf16 else batch.work
+    assert x0 is not None
+    # Ping-pong between x0 and q, ending in x0: start in q when the step count is odd.
+    cur, nxt = (q, x0) if steps % 2 else (x0, q)
+    if bf16:
+        # torch: the update cast to bfloat16, its norm (in bfloat16) clamped, divided.
+        np.copyto(x0, u, casting="unsafe")
+        _round_bf16(x0)
+        np.divide(x0, scale[:, None, None], out=cur)
+        _round_bf16(cur)
+    else:
+        np.divide(u, scale[:, None, None], out=cur)
+    tall = batch.tall
+    for _ in range(steps):
+        ct = cur.transpose(0, 2, 1)
+        if tall:
+            np.matmul(ct, cur, out=gram)            # (X X^T with X = Y^T)
+        else:
+            np.matmul(cur, ct, out=gram)
+        if bf16:
+            _round_bf16(gram)
+        np.matmul(gram, gram.transpose(0, 2, 1), out=gram2)
+        np.multiply(gram2, c, out=gram2)
+        np.multiply(gram, b, out=gram)
+        np.add(gram2, gram, out=gram2)              # B = b A + c A A
+        if bf16:
+            _round_bf16(gram2)
+        if tall:
+            np.matmul(cur, gram2, out=nxt)          # (B X)^T = Y B^T = Y B
+        else:
+            np.matmul(gram2, cur, out=nxt)
+        np.multiply(cur, a, out=cur)
+        np.add(nxt, cur, out=nxt)                   # X = a X + B X
+        if bf16:
+            _round_bf16(nxt)
+        cur, nxt = nxt, cur
+    if bf16:
+        np.copyto(u, x0, casting="unsafe")
+
+
+def muon_run(plan: _kernels.Plan, hyper: MuonHyper, ws: MuonWorkspace | None = None,
+             threads: int | None = None) -> None:
+    """A Muon step over a bound group plan whose scalars are set: the momentum pass (and
+    each update's squared norm), the iteration per batch of same-shape updates in BLAS at
+    `threads` threads (default: fusedoptim's thread count), then the update pass."""
+    params = plan.params
+    if ws is None:
+        ws = MuonWorkspace(params, hyper.ns_dtype == "bfloat16")
+    wplan = ws.work_plan(plan)
+    missing = wplan.bind(plan.column(1))
+    assert missing == 0, "every param that steps has its momentum buffer by now"
+    hp = wplan.hp_array
+    hp[...] = plan.hp_array
+    hp[:, _MODE_COLUMN] = lerp_mode(ws.dtype, hyper.momentum, hyper.nesterov)
+    per_tensor, _ = wplan.reduce(_MOMENTUM)
+    active = wplan.active_array
+    a, b, c = hyper.ns_coefficients
+    dt = np.float32 if ws.dtype == np.float32 else np.float64
+    if ws.bf16:
+        dt = BFLOAT16.type
+    eps = dt(hyper.eps)
+    n = _kernels.get_num_threads() if threads is None else threads
+    with np.errstate(all="ignore"), blas_threads(n):
+        for batch in ws.batches:
+            if not active[batch.index].any():
+                continue
+            if ws.bf16:
+                # the norm of the update rounded to bfloat16, rounded to bfloat16
+                rounded = batch.update.astype(BFLOAT16).astype(np.float64)
+                norms = np.sqrt(np.einsum("kij,kij->k", rounded, rounded))
+            else:
+                norms = np.sqrt(per_tensor[batch.index, 0])
+            scale = np.maximum(norms.astype(dt), eps)
+            if ws.bf16:
+                scale = scale.astype(np.float32)
+            _newton_schulz(batch, scale, a, b, c, hyper.ns_steps, ws.bf16)
+    ratio = np.array([adjusted_ratio(s, hyper.adjust_lr_fn) for s in ws.shapes])
+    hp[:, _STEP_COLUMN] = hyper.lr * ratio
+    wplan.run(_APPLY)
+
+
+def _muon_step(plan: _kernels.Plan, hyper: MuonHyper) -> None:
+    """The functional entry's step: work buffers allocated for the call."""
+    muon_run(plan, hyper)
+
+
+MUON_SPEC = OptSpec(
+    "muon", MuonHyper, muon_scalars, run=_muon_step, per_tensor=True,
+    state=(Slot("momentum_buffer", "muon_momentum_bufs"),),
+    doc="""Fused Muon step over lists of 2-D arrays (see :class:`fusedoptim.Muon` for the
+    rule): the momentum pass, the Newton-Schulz iteration in BLAS, the update pass. Its work
+    buffers are allocated per call (the class keeps them).""")
+
+#: Validate Muon hyperparameters (MuonHyper's fields, in order); return them canonical.
+check_muon = MUON_SPEC.check
+
+
+class _MuonBackend(FusedBackend):
+    """The fused backend, with the skip_nonfinite check in a read-only pass before the step
+    (the step's passes run on the work plan, not the group's)."""
+
+    flat_plans = False
+    gate_in_pass = False
+
+
+def check_matrix_params(owner: str, group_in: Mapping[str, Any], start: int) -> None:
+    """Raise unless every param of the group is a 2-D float32/float64 array (torch: "Muon
+    only supports 2D parameters")."""
+    _, names, arrays = group_arrays(group_in)
+    for i, p in enumerate(arrays):
+        where = v.label("params", start + i, names[i])
+        ndim = getattr(p, "ndim", None)
+        if ndim is not None and ndim != 2:
+            raise ValueError(f"{owner} only supports 2-D parameters, but {where} has shape "
+                             f"{tuple(p.shape)}; optimize biases, norms and other non-matrix "
+                             f"params with AdamW (fusedoptim.MuonWithAuxAdam takes both in "
+                             f"one optimizer), and reshape convolution kernels to 2-D views")
+        dtype = getattr(p, "dtype", None)
+        if dtype is not None and dtype not in (np.float32, np.float64):
+            raise TypeError(f"{owner} takes float32 or float64 params, but {where} is "
+                            f"{dtype}; convert it with p.astype(np.float32)")
+
+
+class Muon(Optimizer):
+    r"""Muon (Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks";
+    Liu et al., 2025, "Muon is Scalable for LLM Training"), with torch.optim.Muon's semantics.
+
+    For each 2-D param of shape (A, B), with g its gradient and B_buf its momentum buffer::
+
+        B_buf = lerp(B_buf, g, 1 - momentum)        (= momentum * B_buf + (1 - momentum) * g)
+        U = lerp(g, B_buf, momentum) if nesterov else B_buf
+        X = U / max(||U||_F, eps)                   (transposed when A > B: X is wide)
+        ns_steps times:  S = X X^T;  X = a X + (b S + c S S) X     (a, b, c = ns_coefficients)
+        p = p * (1 - lr * weight_decay)             (decoupled weight decay)
+        p = p - lr * ratio * X                      (X transposed back)
+
+    where ratio is ``sqrt(max(1, A / B))`` for ``adjust_lr_fn=None`` or ``"original"``
+    (Keller Jordan's), and ``0.2 * sqrt(max(A, B))`` for ``"match_rms_adamw"`` (Moonshot's:
+    the update's RMS matches AdamW's, so AdamW's lr and weight decay carry over). lerp is
+    torch's, with its two formulas (ATen's ``lerp``: ``start + w * (end - start)`` for
+    ``|w| < 0.5``, else ``end - (end - start) * (1 - w)``).
+
+    The Newton-Schulz iteration runs in the params' dtype (float32 or float64), where
+    torch.optim.Muon casts it to bfloat16, as the GPU reference implementation does: on a CPU
+    that makes a 1024 x 1024 step take seconds. ``ns_dtype="bfloat16"`` reproduces torch's
+    numerics instead (each product, and the iteration's input, rounded to bfloat16 as torch
+    rounds them; the products accumulate in float32), still in float32 BLAS.
+
+    How it runs: the momentum (and each update's squared norm, in double) is one fused pass
+    on fusedoptim's driver over all params of a group; the iteration is matrix products in
+    NumPy's BLAS, with buffers allocated once per shape and reused every step, same-shape
+    params stacked into 3-D products in batches that fit in cache (``A A`` is computed as
+    ``A A^T``, which BLAS computes as a symmetric product at about 0.7x a general product's
+    cost); the weight decay and update are a second fused pass. BLAS runs at
+    ``blas_threads`` threads while the OpenMP threads wait, so the cores are never
+    oversubscribed (see :mod:`fusedoptim._blas`). Results are bitwise identical for any
+    fusedoptim thread count when the BLAS thread count is held fixed; BLAS itself may round
+    differently at another thread count. Memory: one work buffer the size of the params (the
+    updates), plus the iteration's buffers per batch shape.
+
+    For a whole network, use :class:`fusedoptim.MuonWithAuxAdam` (Muon for the hidden
+    matrices, AdamW for the rest, in one optimizer), or two optimizers as torch's docs do.
+
+    Args (torch.optim.Muon's names and defaults):
+        params: list or dict of 2-D float32/float64 C-contiguous arrays, or param groups.
+            Other params are refused (torch's error): optimize them with AdamW.
+        lr (float): learning rate, default 1e-3, >= 0. May change between steps.
+        weight_decay (float): decoupled weight decay, default 0.1, >= 0.
+        momentum (float): default 0.95, >= 0.
+        nesterov (bool): default True; the Nesterov form of the update.
+        ns_coefficients (tuple): (a, b, c) of the quintic iteration, default
+            (3.4445, -4.775, 2.0315).
+        eps (float): default 1e-7, >= 0; the norm's floor.
+        ns_steps (int): Newton-Schulz iterations, default 5, in [0, 99].
+        adjust_lr_fn (str or None): None (= "original") or "match_rms_adamw".
+        ns_dtype (str or None): None (the params' dtype) or "bfloat16" (torch's numerics).
+            Not in torch.
+        blas_threads (int or None): BLAS threads for the iteration; None (default): the
+            fusedoptim thread count at each step (``fo.set_num_threads``). May be changed
+            between steps (``opt.blas_threads``). Not in torch.
+        skip_nonfinite (bool): default False; skip steps whose grads are not all finite
+            (see :class:`fusedoptim.Optimizer`).
+
+    State per param: ``step`` (torch's Muon keeps none; loading torch's state_dict starts
+    it at 0), ``momentum_buffer``.
+    """
+
+
+    spec = MUON_SPEC
+    _backend = _MuonBackend()
+
+    def __init__(self, params: ParamsArg, lr: float = 1e-3, weight_decay: float = 0.1,
+                 momentum: float = 0.95, nesterov: bool = True,
+                 ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+                 eps: float = 1e-7, ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None,
+                 *, ns_dtype: str | None = None, blas_threads: int | None = None,
+                 skip_nonfinite: bool = False) -> None:
+        self.blas_threads = _check_blas_threads(blas_threads)
+        self._workspaces: dict[int, MuonWorkspace] = {}
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      nesterov=nesterov, ns_coefficients=ns_coefficients,
+                                      eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
+                                      ns_dtype=ns_dtype),
+                         skip_nonfinite=skip_nonfinite)
+
+    def _add_group(self, group_in: Mapping[str, Any]) -> None:
+        check_matrix_params(type(self).__name__, group_in, len(self._names))
+        super()._add_group(group_in)
+
+    def _run(self, plan: _kernels.Plan, hyper: Any) -> None:
+        gi = next(k for k, c in enumerate(self._caches) if c.plan is plan)
+        bf16 = hyper.ns_dtype == "bfloat16"
+        ws = self._workspaces.get(gi)
+        if ws is None or ws.bf16 != bf16:
+            ws = self._workspaces[gi] = MuonWorkspace(self.param_groups[gi]["params"], bf16)
+        muon_run(plan, hyper, ws, _check_blas_threads(self.blas_threads))
+
+
+def _check_blas_threads(value: Any) -> int | None:
+    if value is None:
+        return None
+    return v.positive_int(value, "blas_threads")
