@@ -452,9 +452,12 @@ def _lerp(start: FloatArray, end: FloatArray, weight: float, big: bool) -> Float
     """torch's lerp in the arrays' dtype: start + w * (end - start) for a "small" weight,
     else end - (end - start) * (1 - w) (ATen's two formulas; `big` says which)."""
     w = start.dtype.type(weight)
+    out: FloatArray
     if big:
-        return end - (end - start) * (start.dtype.type(1) - w)
-    return start + w * (end - start)
+        out = end - (end - start) * (start.dtype.type(1) - w)
+    else:
+        out = start + w * (end - start)
+    return out
 
 
 def _bf16(x: FloatArray) -> FloatArray:

@@ -66,7 +66,7 @@ def _coefficients(value: Any, name: str) -> tuple[float, float, float]:
 
 def _ns_steps(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or not 0 <= value < 100:
+            or not 0 <= int(value) < 100:
         raise ValueError(f"{name} must be an integer in [0, 99] (torch refuses 100 or more), "
                          f"got {value!r}")
     return int(value)
@@ -200,7 +200,7 @@ class MuonWorkspace:
             bufs = plan.column(2)
             state = [None if b is None else [b, u] for b, u in zip(bufs, self.updates)]
             self.plan = _kernels.Plan(list(plan.params), state, 2, len(_NAMES),
-                                      list(plan.labels), required=(0, 1))
+                                      list(plan.labels or []), required=(0, 1))
             self._of = plan
         return self.plan
 
