@@ -486,3 +486,103 @@ def test_other_dtypes_and_bad_grads_are_refused(rng):
         with pytest.raises((TypeError, ValueError), match=word):
             opt.step([g])
     assert p.tobytes() == before.tobytes() and opt.state == {}
+
+
+# -- MuonWithAuxAdam ------------------------------------------------------------------------------
+
+def _network(rng, dtype=np.float64):
+    hidden = _params(rng, dtype, [(24, 16), (16, 24), (16, 16)])
+    other = _params(rng, dtype, [(50, 16), (16,), (24,), (1,)])     # embedding, biases, gain
+    return hidden, other
+
+
+def test_hybrid_is_muon_plus_adamw_and_matches_torch(rng, monkeypatch):
+    """Muon groups step as fo.Muon, the others as fo.AdamW, bitwise; and as torch's Muon
+    (iteration without the cast) plus torch's AdamW, in float64 to 1e-9."""
+    hidden, other = _network(rng)
+    h2, o2 = [p.copy() for p in hidden], [p.copy() for p in other]
+    opt = fo.MuonWithAuxAdam([dict(params=other[:1], use_muon=False, lr=0.01),
+                              dict(params=hidden, use_muon=True, lr=0.05, weight_decay=0.01),
+                              dict(params=other[1:], use_muon=False, betas=(0.8, 0.95))])
+    muon = fo.Muon(h2, lr=0.05, momentum=0.95, weight_decay=0.01)
+    adam = fo.AdamW([dict(params=o2[:1], lr=0.01), dict(params=o2[1:], betas=(0.8, 0.95))],
+                    lr=3e-4, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+    assert [g["use_muon"] for g in opt.param_groups] == [False, True, False]
+    assert opt.param_groups[1]["lr"] == 0.05 and opt.param_groups[2]["lr"] == 3e-4
+    torch = pytest.importorskip("torch")
+    import torch.optim._muon as torch_muon
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz",
+                        _torch_zeropower_without_cast(torch))
+    th = [torch.tensor(p.copy()) for p in hidden]
+    to = [torch.tensor(p.copy()) for p in other]
+    tm = torch.optim.Muon(th, lr=0.05, momentum=0.95, weight_decay=0.01)
+    ta = torch.optim.AdamW([dict(params=to[:1], lr=0.01), dict(params=to[1:], betas=(0.8, 0.95))],
+                           lr=3e-4, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+    for _ in range(20):
+        gh, go = _grads(rng, hidden), _grads(rng, other)
+        opt.step(go[:1] + gh + go[1:])       # param order across the groups
+        muon.step(gh)
+        adam.step(go)
+        for t, g in zip(th + to, gh + go):
+            t.grad = torch.tensor(g)
+        tm.step()
+        ta.step()
+    for p, q in zip(hidden + other, h2 + o2):
+        assert p.tobytes() == q.tobytes()
+    for p, t in zip(hidden + other, th + to):
+        np.testing.assert_allclose(p, t.numpy(), rtol=1e-9, atol=1e-12)
+    st = opt.state
+    assert set(st[1]) == {"step", "momentum_buffer"} and "exp_avg" in st[0]
+
+
+def test_hybrid_state_dict_round_trip_scheduler_and_skip(rng):
+    hidden, other = _network(rng, np.float32)
+    groups = lambda h, o: [dict(params=h, use_muon=True), dict(params=o, use_muon=False)]
+    opt = fo.MuonWithAuxAdam(groups(hidden, other), skip_nonfinite=True)
+    sched = fo.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(3):
+        opt.step(_grads(rng, hidden + other))
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.02 * 0.125 and opt.muon.param_groups[0]["lr"] == 0.0025
+    saved = opt.state_dict()
+    assert sorted(saved["state"]) == list(range(7))
+    assert [g["params"] for g in saved["param_groups"]] == [[0, 1, 2], [3, 4, 5, 6]]
+    h2, o2 = [p.copy() for p in hidden], [p.copy() for p in other]
+    again = fo.MuonWithAuxAdam(groups(h2, o2))
+    again.load_state_dict(saved)
+    g = _grads(rng, hidden + other)
+    opt.step(g)
+    again.step(g)
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(hidden + other, h2 + o2))
+    # skip_nonfinite: a NaN in an AdamW grad stops the Muon part too
+    snap = [p.copy() for p in hidden + other]
+    bad = _grads(rng, hidden + other)
+    bad[5][0] = np.nan
+    assert opt.step(bad) is False and opt.skipped_steps == 1
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(hidden + other, snap))
+    # a checkpoint of another layout is refused, leaving both parts as they were
+    broken = opt.state_dict()
+    broken["state"][5] = {"step": 1, "exp_avg": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError):
+        again.load_state_dict(broken)
+    opt.step(g)
+    again.step(g)
+    assert all(p.tobytes() == q.tobytes() for p, q in zip(hidden + other, h2 + o2))
+
+
+def test_hybrid_bad_input(rng):
+    hidden, other = _network(rng, np.float32)
+    with pytest.raises(ValueError, match="use_muon"):
+        fo.MuonWithAuxAdam([dict(params=hidden)])
+    with pytest.raises(TypeError, match="use_muon"):
+        fo.MuonWithAuxAdam([dict(params=hidden, use_muon="yes")])
+    with pytest.raises(ValueError, match=r"2-D parameters.*AdamW"):
+        fo.MuonWithAuxAdam([dict(params=other, use_muon=True)])
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        fo.MuonWithAuxAdam([dict(params=hidden, use_muon=True, betas=(0.9, 0.95))])
+    with pytest.raises(TypeError, match="list of param group dicts"):
+        fo.MuonWithAuxAdam(hidden)
+    opt = fo.MuonWithAuxAdam([dict(params=hidden, use_muon=True),
+                              dict(params=other, use_muon=False)])
+    with pytest.raises(ValueError, match="7 params"):
+        opt.step(_grads(rng, hidden))

@@ -15,6 +15,7 @@ from .asgd import ASGD as ASGD
 from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
 from .lion import Lion as Lion
+from .muon import Muon as Muon, MuonWithAuxAdam as MuonWithAuxAdam
 from .nadam import NAdam as NAdam
 from .radam import RAdam as RAdam
 from .rmsprop import RMSprop as RMSprop
@@ -24,7 +25,7 @@ from .signsgd import SignSGD as SignSGD
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
-           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD"]
+           "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "Muon", "MuonWithAuxAdam"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
