@@ -45,6 +45,8 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd"}
+# Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
+FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
 
 
 @pytest.mark.parametrize("name", sorted(set(_kernels.KERNEL_IDS) - {"_thread_id_f32_only"})
@@ -58,6 +60,8 @@ def test_every_kernel_registers_exactly_its_rows(name):
         assert set(rows) == {r for r in OPTIMIZER_ROWS if r[2] in ("float32", "float64")}
     elif name in OPTIMIZER_KERNELS:
         assert set(rows) == OPTIMIZER_ROWS
+    elif name in FLOAT_OPTIMIZER_KERNELS:
+        assert set(rows) == FLOAT_ROWS
     elif name in GRAD_UTILITIES:
         assert set(rows) == GRAD_UTILITY_ROWS
     elif name in MIXED_ROOFLINES:
@@ -73,7 +77,7 @@ def test_every_optimizer_kernel_is_listed_here():
     """A new optimizer kernel must say which rows it registers (add it above)."""
     from fusedoptim._spec import registered
     kernels = {spec.kernel for spec in registered()}
-    assert kernels <= OPTIMIZER_KERNELS
+    assert kernels <= OPTIMIZER_KERNELS | FLOAT_OPTIMIZER_KERNELS
 
 
 def test_an_unregistered_combination_is_refused_before_anything_runs():

@@ -1124,6 +1124,23 @@ cdef class Plan:
         self.st_grad = self.st_param
         self.nactive = self.ntensors
 
+    def column(self, Py_ssize_t b):
+        """The arrays of buffer column `b`, one per tensor: 0 the params, 1 the grads bound
+        last (None for a tensor skipped, and before any bind), 2.. the state buffers (None
+        where absent). For a step that runs passes over a second plan of the same arrays
+        (Muon's work plan); the lists are new, the arrays the plan's own."""
+        cdef Py_ssize_t t
+        if b < 0 or b >= self.nbufs:
+            raise ValueError(f"column {b} out of range ({self.nbufs} buffer columns)")
+        if b == 0:
+            return list(self.params)
+        if b == 1:
+            if self._grads is None:
+                return [None] * self.ntensors
+            return [self._grads[t] if self.active[t] else None for t in range(self.ntensors)]
+        return [None if self.state[t] is None else self.state[t][b - 2]
+                for t in range(self.ntensors)]
+
     def unit_sizes(self):
         """Elements in each work unit, in order: the driver hands whole units to threads."""
         cdef Py_ssize_t u, s

@@ -1177,6 +1177,113 @@ def run_lbfgs(n: int, threads: Sequence[int], repeat: int = 5, use_torch: bool =
     return rows
 
 
+# -- Muon ---------------------------------------------------------------------------------------
+
+#: (label, count, shape) of the Muon rows: the issue's two targets and many small matrices
+MUON_ROWS = (("1 x (1024, 1024)", 1, (1024, 1024), 1.0),
+             ("64 x (256, 256)", 64, (256, 256), 1.5),
+             ("512 x (32, 32)", 512, (32, 32), None))
+
+
+def torch_zeropower_float32(torch: Any) -> Callable[..., Any]:
+    """torch.optim.Muon's Newton-Schulz function with its bfloat16 cast replaced by a copy in
+    the gradient's dtype (torch's operations otherwise, one for one): the fair comparison on
+    a CPU, where the cast makes torch's iteration take seconds."""
+    def zeropower(grad: Any, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                  eps: float) -> Any:
+        a, b, c = ns_coefficients
+        ortho = grad.clone()
+        if grad.size(0) > grad.size(1):
+            ortho = ortho.T
+        ortho.div_(ortho.norm().clamp(min=eps))
+        for _ in range(ns_steps):
+            gram = ortho @ ortho.T
+            update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            ortho = torch.addmm(ortho, update, ortho, beta=a)
+        if grad.size(0) > grad.size(1):
+            ortho = ortho.T
+        return ortho
+    return zeropower
+
+
+def muon_fns(count: int, shape: tuple[int, int], nt: int, torch: Any = None,
+             reference: bool = True) -> dict[str, Callable[[], object]]:
+    """One Muon step (lr 0.02, torch's other defaults) over `count` float32 params of `shape`,
+    its state already created: fusedoptim (BLAS at `nt` threads), the NumPy twin, torch with
+    its iteration in float32 (torch at `nt` threads): {label: step function}."""
+    rng = np.random.default_rng(0)
+    ps = [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
+    gs = [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
+    fns: dict[str, Callable[[], object]] = {}
+    opt = fo.Muon([p.copy() for p in ps], lr=0.02, blas_threads=nt)
+    opt.step(gs)
+    fns["fo.Muon"] = lambda: opt.step(gs)
+    if reference:
+        ref = fo.reference.Muon([p.copy() for p in ps], lr=0.02)
+        ref.step(gs)
+        fns["fo.reference.Muon"] = lambda: ref.step(gs)
+    if torch is not None:
+        import torch.optim._muon as torch_muon
+        shipped = torch_muon._zeropower_via_newtonschulz
+        f32 = torch_zeropower_float32(torch)
+        tps = [torch.from_numpy(p.copy()) for p in ps]
+        for tp, g in zip(tps, gs):
+            tp.grad = torch.from_numpy(g)
+        topt = torch.optim.Muon(tps, lr=0.02)
+
+        def torch_f32_step() -> None:
+            torch_muon._zeropower_via_newtonschulz = f32
+            try:
+                topt.step()
+            finally:
+                torch_muon._zeropower_via_newtonschulz = shipped
+        torch_f32_step()
+        fns["torch Muon, float32 iteration"] = torch_f32_step
+    return fns
+
+
+def run_muon(threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
+             use_torch: bool = True, reference: bool = True, shipped: bool = True,
+             out: TextIO = sys.stdout) -> dict[tuple[str, int], dict[str, float]]:
+    """The Muon rows: per row and thread count, fusedoptim, its twin and torch (float32
+    iteration) timed interleaved (A, B, A, B ..., best of `repeat`), BLAS and torch at the
+    same thread count; torch's shipped bfloat16 Muon timed once (one step: seconds)."""
+    torch = _optional_torch(use_torch)
+    print("Muon, float32, lr=0.02 (torch's defaults otherwise). fusedoptim's BLAS (NumPy's) "
+          "and torch's (MKL) at the row's thread count.", file=out)
+    header = f"{'thr':>4}  {'params':<18}{'step':<34}{'ms/step':>10}{'torch f32 / this':>18}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = {}
+    with _thread_counts(threads, torch) as thread_counts:
+        for nt in thread_counts():
+            for label, count, shape, target in MUON_ROWS:
+                fns = muon_fns(count, shape, nt, torch, reference)
+                t = _timeit_interleaved(fns, min_time, repeat)
+                if torch is not None and shipped and shape[0] >= 256:
+                    tps = [torch.zeros(shape) for _ in range(count)]
+                    for tp in tps:
+                        tp.grad = torch.ones(shape)
+                    bf16 = torch.optim.Muon(tps, lr=0.02)
+                    t0 = time.perf_counter()
+                    bf16.step()
+                    t["torch Muon as shipped (bfloat16), 1 step"] = time.perf_counter() - t0
+                results[(label, nt)] = t
+                base = t.get("torch Muon, float32 iteration")
+                for name, sec in t.items():
+                    ratio = f"{base / sec:>17.2f}x" if base else f"{'-':>18}"
+                    print(f"{nt:>4}  {label:<18}{name:<34}{sec * 1e3:>10.2f}{ratio}", file=out)
+                if base and target is not None:
+                    r = base / t["fo.Muon"]
+                    print(f"      target fo.Muon vs torch (float32 iteration): {r:.2f}x "
+                          f"(>= {target}x: {'met' if r >= target else 'NOT met'})", file=out)
+                if label.startswith("512"):
+                    print(f"      per matrix: fo.Muon {t['fo.Muon'] / count * 1e6:.1f} us"
+                          + (f", torch {base / count * 1e6:.1f} us" if base else ""), file=out)
+                print(file=out, flush=True)
+    return results
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                ) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time the fused kernels against the NumPy "
@@ -1230,6 +1337,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "strong_wolfe, fused vs torch.optim.LBFGS, time outside the closure")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
+    p.add_argument("--muon", action="store_true",
+                   help="the Muon rows instead: one (1024, 1024) param, 64 of (256, 256) and "
+                        "512 of (32, 32), against torch.optim.Muon with its iteration in "
+                        "float32 (and as shipped, in bfloat16, timed once)")
     p.set_defaults(func=main)
     return p
 
@@ -1327,6 +1438,10 @@ def main(args: argparse.Namespace) -> int:
         run_precision(sizes[0], n_all, max(threads), min_time=args.min_time,
                       repeat=args.repeat, use_bnb=not args.no_bnb, use_torch=not args.no_torch,
                       compute_n=min(100_000, n_all))
+        return 0
+    if args.muon:
+        run_muon(threads, min_time=args.min_time, repeat=args.repeat,
+                 use_torch=not args.no_torch, reference=not args.no_reference)
         return 0
     if args.utilities:
         print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: active)')}. With "

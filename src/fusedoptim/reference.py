@@ -42,6 +42,7 @@ from .optim.lars import check_lars
 from .optim.adafactor import Adafactor as _Adafactor, _GroupStep, check_adafactor
 from .optim import lbfgs as _optim_lbfgs
 from . import _kernels
+from .optim.muon import BFLOAT16, adjusted_ratio, check_muon, lerp_mode
 from . import _validation as _v
 from .grad_utils import CLIP_EPS, _norm_type
 
@@ -501,6 +502,79 @@ def adafactor(params: Arrays, grads: BufferList, row_vars: Sequence[FloatArray |
         u = g * (dt(1) / np.sqrt(np.maximum(v, dt(e1 * e1))))
         rms_u = math.sqrt(np.sum(np.square(u, dtype=np.float64))) / (numel * d)
         p[...] = p + dt(-alpha / max(1.0, rms_u)) * u
+
+
+def _lerp(start: FloatArray, end: FloatArray, weight: float, big: bool) -> FloatArray:
+    """torch's lerp in the arrays' dtype: start + w * (end - start) for a "small" weight,
+    else end - (end - start) * (1 - w) (ATen's two formulas; `big` says which)."""
+    w = start.dtype.type(weight)
+    out: FloatArray
+    if big:
+        out = end - (end - start) * (start.dtype.type(1) - w)
+    else:
+        out = start + w * (end - start)
+    return out
+
+
+def _bf16(x: FloatArray) -> FloatArray:
+    """float32 values rounded to bfloat16 (nearest even), as float32."""
+    return x.astype(BFLOAT16).astype(np.float32)
+
+
+def zeropower_via_newtonschulz(update: FloatArray, ns_coefficients: tuple[float, float, float],
+                               ns_steps: int, eps: float, ns_dtype: str | None = None
+                               ) -> FloatArray:
+    """torch's _zeropower_via_newtonschulz, in the update's dtype (ns_dtype None) or with
+    torch's bfloat16 cast (ns_dtype "bfloat16": every product rounded to bfloat16, the
+    products accumulated in float32). A tall matrix is transposed to wide and back."""
+    a, b, c = ns_coefficients
+    bf16 = ns_dtype == "bfloat16"
+    x = update.astype(np.float32) if bf16 else update.copy()
+    if bf16:
+        x = _bf16(x)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    norm = math.sqrt(np.sum(np.square(x, dtype=np.float64)))
+    if bf16:
+        scale = np.float32(max(BFLOAT16.type(norm), BFLOAT16.type(eps)))
+        x = _bf16(x / scale)
+    else:
+        scale = max(x.dtype.type(norm), x.dtype.type(eps))
+        x = x / scale
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        if bf16:
+            gram = _bf16(gram)
+        mix = b * gram + c * (gram @ gram)
+        if bf16:
+            mix = _bf16(mix)
+        x = a * x + mix @ x
+        if bf16:
+            x = _bf16(x)
+    return x.T if tall else x
+
+
+def muon(params: Arrays, grads: BufferList, muon_momentum_bufs: Arrays, state_steps: StepList,
+         *, lr: float, weight_decay: float = 0.1, momentum: float = 0.95, nesterov: bool = True,
+         ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+         eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None,
+         ns_dtype: str | None = None) -> None:
+    check_muon(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+               adjust_lr_fn, ns_dtype)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        state_steps[i] += 1
+        mode = lerp_mode(p.dtype, momentum, nesterov)
+        buf = muon_momentum_bufs[i]
+        buf[...] = _lerp(buf, g, 1.0 - momentum, bool(mode & 2))
+        update = _lerp(g, buf, momentum, bool(mode & 4)) if nesterov else buf
+        x = zeropower_via_newtonschulz(update, ns_coefficients, ns_steps, eps, ns_dtype)
+        step = lr * adjusted_ratio(p.shape, adjust_lr_fn)
+        p[...] = p * p.dtype.type(1.0 - lr * weight_decay)
+        p[...] = p - p.dtype.type(step) * x.astype(p.dtype)
 
 
 # -- gradient utilities -------------------------------------------------------------------------
