@@ -63,6 +63,10 @@ MASTER_COL: int
 ABSMAX_COL: int
 #: a stochastic-rounding plan's column of per-tensor step keys
 SR_COL: int
+#: int64 words of a rank-1 descriptor (cython_kernels/rank1.h)
+R1_WORDS: int
+#: kernel name -> its scan kernel, for kernels that write rank-1 normalized int4 state
+RANK1_SCANS: dict[str, str]
 #: kernel name -> its buffer roles as declared ("param", "grad", "state", "state+", "-")
 KERNEL_ROLES: dict[str, tuple[str, ...]]
 
