@@ -104,26 +104,38 @@ static inline int64_t fo_r1__col_off(const int64_t* d) {
     return off;
 }
 
-/* ---- decode and encode one run of a row ---------------------------------------------------- */
+/* ---- decode and encode one run of a row ----------------------------------------------------
+ * Written so that gcc vectorizes them at every level (branch-free selects; a NaN row scale,
+ * which makes the whole run NaN or invalid, is taken apart first). */
 
 static inline void fo_r1__decode_run(const uint8_t* idx, const float* col, float rs, float* out,
                                      ptrdiff_t len) {
+    if (rs != rs) {                           /* a NaN row: every scale is NaN */
+        for (ptrdiff_t k = 0; k < len; k++) out[k] = ((float)(idx[k] + 1) * 0.0625f) * rs;
+        return;
+    }
     for (ptrdiff_t k = 0; k < len; k++) {
-        float s = fo_r1__min(rs, col[k]);
+        float c = col[k];
+        float s = rs < c ? rs : c;            /* min(rs, c), NaN when c is NaN */
         out[k] = ((float)(idx[k] + 1) * 0.0625f) * s;
     }
 }
 
+/* col: the fresh maxima's bits (below 2^31: bits of |v|); rs: the row's scale, not NaN. */
 static inline void fo_r1__encode_run(const float* x, const uint32_t* col, float rs, uint8_t* idx,
                                      ptrdiff_t len) {
     for (ptrdiff_t k = 0; k < len; k++) {
-        float s = fo_r1__min(rs, fo_r1__scale_of(col[k]));
-        int valid = s > 0.0f;
-        float t = valid ? (x[k] / s) * 16.0f : 0.0f;
+        int32_t u = (int32_t)col[k];
+        float cf;
+        memcpy(&cf, &u, 4);
+        float s = cf < rs ? cf : rs;
+        float t = (x[k] / s) * 16.0f;
         float c = ceilf(t - 0.5f);
-        c = c < 1.0f ? 1.0f : c;
-        c = c > 16.0f ? 16.0f : c;
-        idx[k] = (uint8_t)((int)c - 1);
+        c = c > 1.0f ? c : 1.0f;              /* (a NaN t gives 1: masked below anyway) */
+        c = c < 16.0f ? c : 16.0f;
+        /* valid: the column's maximum finite (an Inf or NaN one is a NaN scale) and s > 0 */
+        int ok = (u < 0x7f800000) & (s > 0.0f);
+        idx[k] = (uint8_t)(ok ? (int)c - 1 : 0);
     }
 }
 
@@ -168,7 +180,11 @@ FO_Q_TILE_FN void fo_r1_tile_out(char* codes, char* desc, ptrdiff_t at, ptrdiff_
     int64_t r = at / ncols, j = at % ncols;
     for (ptrdiff_t k = 0; k < m; r++, j = 0) {
         ptrdiff_t len = ncols - j < m - k ? (ptrdiff_t)(ncols - j) : m - k;
-        fo_r1__encode_run(tile + k, col + j, fo_r1__row_scale_fresh(d, r), idx + k, len);
+        float rs = fo_r1__row_scale_fresh(d, r);
+        if (rs != rs)
+            memset(idx + k, 0, (size_t)len);  /* a NaN row scale: no element is valid */
+        else
+            fo_r1__encode_run(tile + k, col + j, rs, idx + k, len);
         k += len;
     }
     if (m & 1) idx[m] = 0;                    /* the padding nibble */
@@ -184,6 +200,7 @@ FO_Q_TILE_FN void fo_r1_tile_out(char* codes, char* desc, ptrdiff_t at, ptrdiff_
  * the driver's barrier after the pass publishes the results. */
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
+static inline uint32_t fo_r1__load(uint32_t* p) { return *(volatile uint32_t*)p; }
 static inline void fo_r1__atomic_max(uint32_t* p, uint32_t v) {
     uint32_t cur = *(volatile uint32_t*)p;
     while (v > cur) {
@@ -194,6 +211,7 @@ static inline void fo_r1__atomic_max(uint32_t* p, uint32_t v) {
     }
 }
 #else
+static inline uint32_t fo_r1__load(uint32_t* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 static inline void fo_r1__atomic_max(uint32_t* p, uint32_t v) {
     uint32_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
     while (v > cur &&
@@ -201,6 +219,32 @@ static inline void fo_r1__atomic_max(uint32_t* p, uint32_t v) {
     }
 }
 #endif
+
+/* Whether some u[h] > max[h], h < w <= 16, where max[] may be raised by other threads
+ * meanwhile. The SIMD levels read max[] with one plain vector load, which another thread's
+ * compare-and-swap may race with: it is only a hint. A maximum only grows, and an aligned
+ * 4-byte lane is read whole, so a lane reads some value the maximum had, never more than
+ * it has now: "not above" stays true, and a stale "above" only costs a compare-and-swap
+ * that finds nothing to do. (Bits of |v| are below 2^31: signed compares are unsigned.) */
+static inline int fo_r1__any_above(const uint32_t* u, uint32_t* max, ptrdiff_t w) {
+#if defined(FO_Q_AVX512)
+    __mmask16 lanes = (__mmask16)((1u << w) - 1u);
+    __m512i a = _mm512_maskz_loadu_epi32(lanes, u);
+    __m512i b = _mm512_maskz_loadu_epi32(lanes, max);
+    return _mm512_mask_cmpgt_epi32_mask(lanes, a, b) != 0;
+#elif defined(FO_Q_AVX2)
+    if (w == 16) {
+        __m256i g0 = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i*)u),
+                                        _mm256_loadu_si256((const __m256i*)max));
+        __m256i g1 = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i*)(u + 8)),
+                                        _mm256_loadu_si256((const __m256i*)(max + 8)));
+        return !_mm256_testz_si256(_mm256_or_si256(g0, g1), _mm256_or_si256(g0, g1));
+    }
+#endif
+    int any = 0;
+    for (ptrdiff_t h = 0; h < w; h++) any |= u[h] > fo_r1__load(max + h);
+    return any;
+}
 
 /* Max-accumulate |x| of one tile into the tensor's fresh maxima. */
 FO_Q_TILE_FN void fo_r1_scan(const char* desc, ptrdiff_t at, ptrdiff_t m, const float* x) {
@@ -222,7 +266,15 @@ FO_Q_TILE_FN void fo_r1_scan(const char* desc, ptrdiff_t at, ptrdiff_t m, const 
         int64_t pos[FO_R1_MAXDIM];
         fo_r1__row_pos(d, r, pos);
         for (int64_t a = 0; a < d[0] - 1; a++) fo_r1__atomic_max(fresh + pos[a], rmax);
-        for (ptrdiff_t e = 0; e < len; e++) fo_r1__atomic_max(col + j + e, u[k + e]);
+        /* Columns: 16 at a time, one look at whether any value is larger than its column's
+         * maximum so far; only then the compare-and-swaps. */
+        for (ptrdiff_t e = 0; e < len; e += 16) {
+            ptrdiff_t w = len - e < 16 ? len - e : 16;
+            uint32_t* cp = col + j + e;
+            const uint32_t* up = u + k + e;
+            if (fo_r1__any_above(up, cp, w))
+                for (ptrdiff_t h = 0; h < w; h++) fo_r1__atomic_max(cp + h, up[h]);
+        }
         k += len;
     }
 }

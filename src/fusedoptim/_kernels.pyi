@@ -20,8 +20,9 @@ _T = TypeVar("_T")
 _FloatArray = NDArray[np.floating[Any]]
 # Plan's state: per tensor, its state buffers in column order (None: not created), or None
 # for a tensor with no state yet. (A union of list types, as list is invariant: a table
-# where every tensor has state, or none has, is a list[list[...]] or a list[None].)
-_StateTable = (list[list[_FloatArray | None] | None] | list[list[_FloatArray | None]]
+# where every tensor has state, or none has, is a list[list[...]] or a list[None].) A column
+# may hold float state, quantized codes, absmaxes, step keys or rank-1 descriptors.
+_StateTable = (list[list[NDArray[Any] | None] | None] | list[list[NDArray[Any] | None]]
                | list[None])
 
 # -- the loader (src/fusedoptim/_kernels.py) ----------------------------------------------------

@@ -318,7 +318,7 @@ class GroupLayout:
         desc = self.rank1_desc.get(slot)
         if desc is None:
             desc = self.rank1_desc[slot] = np.zeros((len(self.params), R1_WORDS), np.int64)
-        row = desc[t]
+        row: NDArray[np.int64] = desc[t]
         row[:] = 0
         dims = self.rank1_dims(slot, self.shapes[t])
         if dims is not None and slot + RANK1 in st:

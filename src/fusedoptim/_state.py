@@ -375,8 +375,10 @@ def _checked_rank1(opt: Optimizer, layout: GroupLayout, i: int, k: str, codes: N
     prec = layout.precision
     where = f"state_dict['state'][{i}]"
     if prec.quant != QUANTIZED["int4"]:
+        keeps = (f"state_dtype={opt.state_dtype!r}" if opt.state_dtype is not None
+                 else f"{prec.state_dtype}")
         raise ValueError(f"{where} holds rank-1 normalized int4 {k!r} ({k + RANK1!r}), but "
-                         f"this optimizer keeps {prec.state_dtype} state; build it with "
+                         f"this optimizer keeps {keeps} state; build it with "
                          f"state_dtype='int4', or save with state_dict(dequantize=True)")
     dims = rank1_dims(p.shape)
     if dims is None:
