@@ -72,6 +72,7 @@ STORAGES = {
     "bf16sr": ("ST_BF16SR", "uint16_t", "sr"),
     "q8": ("ST_Q8", "uint8_t", "q8"),
     "q4": ("ST_Q4", "uint8_t", "q4"),
+    "q4r1": ("ST_Q4R1", "uint8_t", "q4r1"),
 }
 # The codec of each half storage (a master storage rounds its master to the same one).
 HALF_CODEC = {"bf16": "bf16", "f16": "f16", "bf16m": "bf16", "f16m": "f16"}
@@ -81,6 +82,13 @@ HALF_CODEC = {"bf16": "bf16", "f16": "f16", "bf16m": "bf16", "f16m": "f16"}
 #            (bitsandbytes' min_8bit_size: small tensors are not quantized): the glue then
 #            hands the body the float32 buffer itself. A "state" buffer is quantized with the
 #            signed dynamic map, a "state+" one (a non-negative moment) with the unsigned one.
+#   q4r1     (state only) int4 state whose non-negative ("state+") buffers are normalized by
+#            rank-1 statistics (Li et al. 2023; rank1.h): column ABSMAX_COL + i holds the
+#            tensor's descriptor for such a buffer i; its signed buffers stay blockwise q4. Only
+#            kernels with a "state+" buffer get these rows. A kernel that writes one also gets
+#            a scan kernel "<name>.scan" on the same rows: the body run on copies, whose
+#            "state+" outputs are max-accumulated into the descriptor's fresh maxima; the
+#            driver runs it before the kernel, in the same parallel region (Plan.run).
 # Extra buffer columns, after a kernel's own (at most MAX_BUFFERS of them): the float32
 # master param (master storages), then the absmax columns. The driver's plan lays its
 # columns out the same way (_driver.pxd).
@@ -101,10 +109,11 @@ SR_COL = ABSMAX_COL + MAX_BUFFERS
 #           float32 master weights and any of the three grads; state float32 or bfloat16
 #           (or the half params' own dtype)
 FLOAT_ROWS = (("f32", "f32", "f32"), ("f64", "f64", "f64"))
-#   optq    opt, and quantized state (int8, int4) under float32 params (float32 or bfloat16
+#   optq    opt, and quantized state (int8, int4, int4 with rank-1 normalization; the last only
+#           for kernels with a "state+" buffer) under float32 params (float32 or bfloat16
 #           grads), half params with their own grads, and half params with master weights
 #           (float32 grads or their own)
-QUANT_ROWS = tuple((p, g, q) for q in ("q8", "q4") for p, g in (
+QUANT_ROWS = tuple((p, g, q) for q in ("q8", "q4", "q4r1") for p, g in (
     ("f32", "f32"), ("f32", "bf16"), ("bf16", "bf16"), ("f16", "f16"),
     ("bf16m", "bf16"), ("bf16m", "f32"), ("f16m", "f16"), ("f16m", "f32")))
 ROW_SETS = {
@@ -363,6 +372,8 @@ class Generator:
         head = call.split("(", 1)[0]
 
         row_list = VARIANTS.get(name, ROW_SETS[rows])
+        if not unsigned:            # rank-1 normalization is for the non-negative buffers
+            row_list = tuple(r for r in row_list if r[2] != "q4r1")
         for row in row_list:
             if len(row) != 3 or any(st not in STORAGES for st in row):
                 raise GenError(f"{name}: variant {row!r} names an unknown storage")
@@ -406,12 +417,32 @@ class Generator:
                 regs.append(f"register_reduce({name!r}, {ids}, {entry}, {stup}, {outputs!r})")
             else:
                 regs.append(f"register_chunk({name!r}, {ids}, {entry}, {stup})")
+        later = []          # registered after the kernel's modes
+        scan_rows = [row for row in tiled if row[2] == "q4r1"]
+        written_plus = [i for i in unsigned if access.get(i) != "r"]
+        if scan_rows and written_plus and not is_reduce:
+            scan = f"{name}.scan"
+            glue, r1 = self._scan_glue(name, tile_fn, used, names, scalars, unsigned, access)
+            out += glue
+            stup = f"{scalars.upper()}_SCALARS" if names is not None else "()"
+            for row in scan_rows:
+                entry = f"{name}__scan__{'_'.join(row)}"
+                ids = ", ".join(STORAGES[st][0] for st in row)
+                out += [f"cdef void {entry}(char** b, Py_ssize_t start, Py_ssize_t n, "
+                        f"const double* hp) noexcept nogil:",
+                        f"    _{name.lstrip('_')}_scan_tiled(b, start, n, hp, {ids})", "", ""]
+                regs.append(f"register_chunk({scan!r}, {ids}, {entry}, {stup})")
+            if modes is not None:
+                regs.append(f"register_modes({scan!r}, False, {names.index('mode')}, "
+                            f"{modes!r})")
+            later.append(f"register_rank1({name!r}, {scan!r}, {sum(1 << i for i in r1)})")
         if names is not None:
             regs.append(f"_check_scalars_struct({scalars!r}, sizeof({scalars}_scalars), "
                         f"{len(names)})")
         if modes is not None:
             regs.append(f"register_modes({name!r}, {is_reduce}, {names.index('mode')}, "
                         f"{modes!r})")
+        regs += later
         regs.append(f"KERNEL_ROLES[{name!r}] = {as_declared!r}")
         out += regs
         return "\n".join(out)
@@ -454,9 +485,9 @@ class Generator:
                 raise GenError(f"{name}: a tiled row computes in float; f64 cannot join {row}")
             if kind in ("master", "sr") and r != "param":
                 raise GenError(f"{name}: {storage_of[r]} is a param storage")
-            if kind in ("q8", "q4") and r != "state":
+            if kind in ("q8", "q4", "q4r1") and r != "state":
                 raise GenError(f"{name}: {storage_of[r]} is a state storage")
-            if access.get(i) == "w" and kind not in ("q8", "q4"):
+            if access.get(i) == "w" and kind not in ("q8", "q4", "q4r1"):
                 raise GenError(f"{name}: write-only buffers are for quantized storages")
 
     @staticmethod
@@ -491,9 +522,13 @@ class Generator:
                 maps = f"&_fo_qmap_{sign}8, &_fo_qmap_{sign}4"
                 absmax = f"b[{ABSMAX_COL + i}]"
                 how = "fo_state_wptr" if access.get(i) == "w" else "fo_state_in"
-                dec.append(f"x{i} = {how}(b[{i}], {absmax}, ss, at, m, {maps}, t{i})")
+                # a signed buffer of an int4+rank1 row is blockwise int4 (rank1.h)
+                st = "ss" if i in unsigned else "ssq"
+                dec.append(f"x{i} = {how}(b[{i}], {absmax}, {st}, at, m, {maps}, t{i})")
                 if access.get(i) != "r":
-                    enc.append(f"fo_state_out(b[{i}], {absmax}, ss, at, m, {maps}, x{i})")
+                    enc.append(f"fo_state_out(b[{i}], {absmax}, {st}, at, m, {maps}, x{i})")
+        if any(r == "state" and i not in unsigned for i, r in used):
+            decl.append("cdef int ssq = FO_ST_Q4 if ss == FO_ST_Q4R1 else ss")
         call_args = args + ["m"]
         if names is not None:
             call_args.append(f"<const {scalars}_scalars*>hp")
@@ -523,6 +558,53 @@ class Generator:
         if is_reduce:
             lines.append("    return stop")
         return lines + ["", ""]
+
+    @staticmethod
+    def _scan_glue(name, tile_fn, used, names, scalars, unsigned, access):
+        """The scan pass of an int4+rank1 row (rank1.h): per tile, the body runs on copies of
+        every buffer (the param copied, quantized state decoded into stack tiles; the grads
+        are only read), so nothing is written; each "state+" buffer it writes is then
+        max-accumulated into its tensor's fresh rank-1 maxima. A tensor without a rank-1
+        buffer (float32 or blockwise state) returns at once."""
+        glue = f"_{name.lstrip('_')}_scan_tiled"
+        r1 = [i for i, r in used if r == "state" and i in unsigned and access.get(i) != "r"]
+        lines = [f"cdef void {glue}(char** b, Py_ssize_t start, Py_ssize_t n, const double* hp, "
+                 f"int sp, int sg, int ss) noexcept nogil:"]
+        decl, dec, args = [], [], []
+        for i, r in used:
+            decl.append(f"cdef float t{i}[FO_TILE]")
+            q = "const " if r == "grad" or access.get(i) == "r" else ""
+            decl.append(f"cdef {q}float* x{i}")
+            args.append(f"x{i}")
+            if r == "param":
+                dec.append(f"x{i} = fo_param_copy(b, {i}, sp, at, m, t{i})")
+            elif r == "grad":
+                dec.append(f"x{i} = fo_grad_in(b[{i}], sg, at, m, t{i})")
+            else:
+                sign = "u" if i in unsigned else "s"
+                maps = f"&_fo_qmap_{sign}8, &_fo_qmap_{sign}4"
+                st = "ss" if i in unsigned else "ssq"
+                how = "fo_state_wptr" if access.get(i) == "w" else "fo_state_in"
+                dec.append(f"x{i} = {how}(b[{i}], b[{ABSMAX_COL + i}], {st}, at, m, {maps}, "
+                           f"t{i})")
+        if any(r == "state" and i not in unsigned for i, r in used):
+            decl.append("cdef int ssq = FO_ST_Q4 if ss == FO_ST_Q4R1 else ss")
+        call_args = args + ["m"]
+        if names is not None:
+            call_args.append(f"<const {scalars}_scalars*>hp")
+        lines += [f"    {d}" for d in decl]
+        lines.append("    cdef Py_ssize_t off = 0, m, at")
+        active = " or ".join(f"fo_r1_active(b[{ABSMAX_COL + i}])" for i in r1)
+        lines.append(f"    if not ({active}):")
+        lines.append("        return")
+        lines.append("    while off < n:")
+        lines.append("        m = n - off if n - off < FO_TILE else FO_TILE")
+        lines.append("        at = start + off")
+        lines += [f"        {d}" for d in dec]
+        lines.append(f"        {tile_fn}({', '.join(call_args)})")
+        lines += [f"        fo_r1_scan(b[{ABSMAX_COL + i}], at, m, x{i})" for i in r1]
+        lines.append("        off += m")
+        return lines + ["", ""], r1
 
     def check(self):
         unknown = set(VARIANTS) - self.kernels

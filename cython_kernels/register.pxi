@@ -5,9 +5,9 @@
 
 from libc.math cimport NAN
 from fusedoptim._driver cimport (chunk_kernel, reduce_kernel, register_chunk, register_reduce,
-                                 register_modes, register_tile, ST_F32, ST_F64, ST_BF16, ST_F16,
-                                 ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4, MASTER_COL,
-                                 SR_COL)
+                                 register_modes, register_tile, register_rank1, ST_F32, ST_F64,
+                                 ST_BF16, ST_F16, ST_BF16M, ST_F16M, ST_BF16SR, ST_Q8, ST_Q4,
+                                 ST_Q4R1, MASTER_COL, SR_COL, R1_WORDS)
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cython cimport floating
 
@@ -67,7 +67,13 @@ cdef int _init_qmap(fo_qmap* q, object codes, int n) except -1:
 
 
 def set_qmaps(signed8, unsigned8, signed4, unsigned4):
-    """Load the quantization maps (float32 arrays of 256, 256, 16, 16 sorted codes)."""
+    """Load the quantization maps (float32 arrays of 256, 256, 16, 16 sorted codes). The
+    unsigned 4-bit map must be k/16, k = 1..16: rank1.h encodes and decodes it by arithmetic."""
+    cdef int k
+    cdef const float[::1] u4 = unsigned4
+    for k in range(16):
+        if u4.shape[0] != 16 or u4[k] != (k + 1) / 16.0:
+            raise ValueError("fusedoptim: the unsigned 4-bit map must be k/16, k = 1..16")
     _init_qmap(&_fo_qmap_s8, signed8, 256)
     _init_qmap(&_fo_qmap_u8, unsigned8, 256)
     _init_qmap(&_fo_qmap_s4, signed4, 16)
@@ -81,9 +87,11 @@ def qmaps_loaded():
 # The tiled glue's buffer access per role (tiles.h), switching on the row's storage numbers.
 cdef extern from "tiles.h":
     int FO_ST_F32, FO_ST_BF16, FO_ST_F16, FO_ST_BF16M, FO_ST_F16M, FO_ST_Q8, FO_ST_Q4
-    int FO_ST_BF16SR, FO_MASTER_COL, FO_SR_COL
+    int FO_ST_BF16SR, FO_ST_Q4R1, FO_MASTER_COL, FO_SR_COL, FO_R1_WORDS
     float* fo_param_in(char** b, int col, int st, Py_ssize_t at, Py_ssize_t m,
                        float* tile) noexcept nogil
+    float* fo_param_copy(char** b, int col, int st, Py_ssize_t at, Py_ssize_t m,
+                         float* tile) noexcept nogil
     void fo_param_out(char** b, int col, int st, Py_ssize_t at, Py_ssize_t m,
                       const float* tile) noexcept nogil
     const float* fo_grad_in(char* g, int st, Py_ssize_t at, Py_ssize_t m,
@@ -94,14 +102,17 @@ cdef extern from "tiles.h":
                          const fo_qmap* q8, const fo_qmap* q4, float* tile) noexcept nogil
     void fo_state_out(char* s, char* absmax, int st, Py_ssize_t at, Py_ssize_t m,
                       const fo_qmap* q8, const fo_qmap* q4, const float* tile) noexcept nogil
+    # rank-1 normalized int4 state (rank1.h): the scan pass's max-accumulation
+    bint fo_r1_active(const char* desc) noexcept nogil
+    void fo_r1_scan(const char* desc, Py_ssize_t at, Py_ssize_t m, const float* x) noexcept nogil
 
 
 cdef int _check_tile_storages() except -1:
     # tiles.h restates _driver.pxd's storage numbers and columns in C: they must agree.
     if (FO_ST_F32, FO_ST_BF16, FO_ST_F16, FO_ST_BF16M, FO_ST_F16M, FO_ST_Q8, FO_ST_Q4,
-            FO_ST_BF16SR, FO_MASTER_COL, FO_SR_COL) != (
-            ST_F32, ST_BF16, ST_F16, ST_BF16M, ST_F16M, ST_Q8, ST_Q4, ST_BF16SR, MASTER_COL,
-            SR_COL):
+            FO_ST_BF16SR, FO_ST_Q4R1, FO_MASTER_COL, FO_SR_COL, FO_R1_WORDS) != (
+            ST_F32, ST_BF16, ST_F16, ST_BF16M, ST_F16M, ST_Q8, ST_Q4, ST_BF16SR, ST_Q4R1,
+            MASTER_COL, SR_COL, R1_WORDS):
         raise RuntimeError("fusedoptim: tiles.h and _driver.pxd disagree on storage numbers")
     return 0
 

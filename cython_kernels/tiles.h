@@ -18,6 +18,7 @@
 
 #include "codecs.h"
 #include "quant.h"
+#include "rank1.h"
 
 #define FO_ST_F32 0
 #define FO_ST_BF16 2
@@ -27,6 +28,7 @@
 #define FO_ST_Q8 6
 #define FO_ST_Q4 7
 #define FO_ST_BF16SR 8
+#define FO_ST_Q4R1 9
 #define FO_MASTER_COL 6
 #define FO_SR_COL 13
 
@@ -43,6 +45,22 @@ FO_TILE_FN float* fo_param_in(char** b, int col, int st, ptrdiff_t at, ptrdiff_t
         return (float*)b[FO_MASTER_COL] + at;
     default:                                    /* float32 */
         return (float*)b[col] + at;
+    }
+}
+
+/* The param as a float tile the body may write without touching the param (the scan pass of
+ * rank1.h): always a copy, of the param or of its float32 master. */
+FO_TILE_FN float* fo_param_copy(char** b, int col, int st, ptrdiff_t at, ptrdiff_t m,
+                                float* tile) {
+    switch (st) {
+    case FO_ST_BF16: case FO_ST_BF16SR: case FO_ST_F16:
+        return fo_param_in(b, col, st, at, m, tile);
+    case FO_ST_BF16M: case FO_ST_F16M:
+        memcpy(tile, (const float*)b[FO_MASTER_COL] + at, (size_t)m * sizeof(float));
+        return tile;
+    default:
+        memcpy(tile, (const float*)b[col] + at, (size_t)m * sizeof(float));
+        return tile;
     }
 }
 
@@ -72,7 +90,9 @@ FO_TILE_FN const float* fo_grad_in(char* g, int st, ptrdiff_t at, ptrdiff_t m, f
     }
 }
 
-/* A state buffer (absent: NULL, never read by the body). q8/q4: the row's map for it. */
+/* A state buffer (absent: NULL, never read by the body). q8/q4: the row's map for it.
+ * FO_ST_Q4R1 is the storage of a non-negative ("state+") buffer of an int4+rank1 row (rank1.h,
+ * `absmax` is then the tensor's descriptor); the glue passes FO_ST_Q4 for its signed buffers. */
 FO_TILE_FN float* fo_state_in(char* s, char* absmax, int st, ptrdiff_t at, ptrdiff_t m,
                               const fo_qmap* q8, const fo_qmap* q4, float* tile) {
     if (s == NULL) return tile;
@@ -81,6 +101,7 @@ FO_TILE_FN float* fo_state_in(char* s, char* absmax, int st, ptrdiff_t at, ptrdi
     case FO_ST_F16: fo_f16_decode((const uint16_t*)s + at, tile, m); return tile;
     case FO_ST_Q8: return fo_q8_tile_in(s, absmax, at, m, q8, tile);
     case FO_ST_Q4: return fo_q4_tile_in(s, absmax, at, m, q4, tile);
+    case FO_ST_Q4R1: return fo_r1_tile_in(s, absmax, at, m, q4, tile);
     default: return (float*)s + at;             /* float32 */
     }
 }
@@ -90,7 +111,7 @@ FO_TILE_FN float* fo_state_wptr(char* s, char* absmax, int st, ptrdiff_t at, ptr
                                 const fo_qmap* q8, const fo_qmap* q4, float* tile) {
     (void)m; (void)q8; (void)q4;
     if (s == NULL) return tile;
-    if ((st == FO_ST_Q8 || st == FO_ST_Q4) && absmax != NULL) return tile;
+    if ((st == FO_ST_Q8 || st == FO_ST_Q4 || st == FO_ST_Q4R1) && absmax != NULL) return tile;
     return (float*)s + at;
 }
 
@@ -102,6 +123,7 @@ FO_TILE_FN void fo_state_out(char* s, char* absmax, int st, ptrdiff_t at, ptrdif
     case FO_ST_F16: fo_f16_encode(tile, (uint16_t*)s + at, m); break;
     case FO_ST_Q8: fo_q8_tile_out(s, absmax, at, m, q8, tile); break;
     case FO_ST_Q4: fo_q4_tile_out(s, absmax, at, m, q4, tile); break;
+    case FO_ST_Q4R1: fo_r1_tile_out(s, absmax, at, m, q4, tile); break;
     default: break;                             /* float32: updated in place */
     }
 }

@@ -300,19 +300,27 @@ def test_progress_shows_the_current_loss(stream_cls):
 
 
 # ------------------------------------------------------------------------------ precision
-def _expected_state_bytes(sizes, slots, state_dtype, master):
-    """What the state of `slots` moments per param must occupy, from the documented layouts:
-    float32 4 B and bfloat16 2 B per element; int8 one code byte per element plus a float32
-    absmax per 256-element block; int4 two codes a byte plus a float32 absmax per 128."""
+def _expected_state_bytes(shapes, slots, state_dtype, master):
+    """What the state of AdamW's `slots` moments per param must occupy, from the documented
+    layouts: float32 4 B and bfloat16 2 B per element; int8 one code byte per element plus a
+    float32 absmax per 256-element block; int4 two codes a byte plus a float32 absmax per 128,
+    except the second moment of a param with two dimensions of size > 1, which keeps a float32
+    maximum per row and per column instead (rank-1 normalization, the default)."""
     total = 0
-    for n in sizes:
-        if state_dtype == "int8":
-            per_slot = n + 4 * -(-n // 256)
-        elif state_dtype == "int4":
-            per_slot = -(-n // 2) + 4 * -(-n // 128)
-        else:
-            per_slot = n * {"float32": 4, "bfloat16": 2}[state_dtype]
-        total += slots * per_slot + (4 * n if master else 0)
+    for shape in shapes:
+        n = int(np.prod(shape))
+        dims = [d for d in shape if d != 1]
+        for k in range(slots):
+            if state_dtype == "int8":
+                per_slot = n + 4 * -(-n // 256)
+            elif state_dtype == "int4" and k == 1 and len(dims) >= 2:
+                per_slot = -(-n // 2) + 4 * sum(dims)
+            elif state_dtype == "int4":
+                per_slot = -(-n // 2) + 4 * -(-n // 128)
+            else:
+                per_slot = n * {"float32": 4, "bfloat16": 2}[state_dtype]
+            total += per_slot
+        total += 4 * n if master else 0
     return total
 
 
@@ -324,9 +332,13 @@ def _spirals_json(tmp_path, *flags, optimizers="adamw"):
     return json.loads(js.read_text())
 
 
-def _param_sizes(result):
+def _param_shapes(result):
     s = result["model"]["sizes"]
-    return [n for a, b in zip(s, s[1:]) for n in (a * b, b)]
+    return [shape for a, b in zip(s, s[1:]) for shape in ((a, b), (b,))]
+
+
+def _param_sizes(result):
+    return [int(np.prod(shape)) for shape in _param_shapes(result)]
 
 
 @pytest.mark.parametrize("precision, state_dtype", [
@@ -341,7 +353,7 @@ def test_state_mb_is_the_nbytes_of_every_state_buffer(tmp_path, capsys, precisio
     result = _spirals_json(tmp_path, *flags, optimizers="adamw,sgd")
     out = capsys.readouterr().out
     half = precision in ("bf16", "fp16")
-    expected = _expected_state_bytes(_param_sizes(result), 2, state_dtype or "float32", half)
+    expected = _expected_state_bytes(_param_shapes(result), 2, state_dtype or "float32", half)
     rec = result["optimizers"]["adamw"]
     assert rec["state_bytes"] == expected == sum(rec["state_bytes_by_slot"].values())
     assert rec["state_mb"] == pytest.approx(expected / 1e6)

@@ -18,7 +18,14 @@ NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, 
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():
-    assert set(_kernels.MODES) == set(NSTATE), "give a new moded kernel its NSTATE entry"
+    # A rank-1 scan kernel (int4+rank1 rows only: tests/test_rank1_state.py) takes its
+    # kernel's scalars and modes (the driver checks that at registration; so does this).
+    scans = set(_kernels.RANK1_SCANS.values())
+    for kernel, scan in _kernels.RANK1_SCANS.items():
+        assert scan == kernel + ".scan"
+        assert _kernels.SCALARS[scan] == _kernels.SCALARS[kernel]
+        assert _kernels.MODES.get(scan) == _kernels.MODES.get(kernel)
+    assert set(_kernels.MODES) - scans == set(NSTATE), "give a new moded kernel its NSTATE entry"
     for name, modes in _kernels.MODES.items():
         assert "mode" in _kernels.SCALARS[name]
         assert modes and all(0 <= m < 64 for m in modes)

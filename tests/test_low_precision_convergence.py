@@ -48,8 +48,10 @@ def digits_fp32():
 # Measured here (seeds 0-3, 20 epochs; relative to float32's final train loss, 0.072-0.078):
 #   int8, default min_quantized_size (W1, 4096 of 4810 params, quantized): -4.7 .. -5.9%
 #   int8, min_quantized_size=0 (every tensor quantized):                   -5.9 .. -8.3%
-#   int4, default min_quantized_size:                                      -2.2 .. -4.2%
-#   int4, min_quantized_size=0:                                            +0.3 .. +5.8%
+#   int4 blockwise (rank1_normalization=False), default min_quantized_size: -2.2 .. -4.2%
+#   int4 blockwise, min_quantized_size=0:                                  +0.3 .. +5.8%
+#   int4 with rank-1 normalized exp_avg_sq (the default; W1 and W2 are 2-D):
+#     default min_quantized_size: -2.5 .. -9.1%;  min_quantized_size=0: -3.9 .. +3.6%
 # The quantized runs end *below* float32, systematically: nearest rounding of the second moment
 # biases it low (int8 exp_avg_sq decodes about 5% under float32's after 300 steps of the same
 # grads), i.e. a slightly larger step in a run that is still learning-rate limited at 20 epochs.

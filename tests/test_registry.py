@@ -33,6 +33,12 @@ QUANTIZED_ROWS = {(p, g, q) for q in ("int8", "int4") for p, g in (
     ("float16+master", "float16"), ("float16+master", "float32"))}
 QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nadam", "radam",
                      "lars", "lars_norms", "lamb", "lamb_store_moments", "lamb_norms"}
+# int4 with rank-1 normalized non-negative moments (Li et al. 2023): the same rows, for the
+# kernels with a "state+" buffer; those that write one also register a scan kernel.
+RANK1_ROWS = {(p, g, "int4+rank1") for p, g, q in QUANTIZED_ROWS if q == "int4"}
+RANK1_KERNELS = {"adam", "rmsprop", "adagrad", "adamax", "nadam", "radam", "lamb",
+                 "lamb_store_moments", "lamb_norms"}
+RANK1_SCANS = {"adam", "rmsprop", "adagrad", "adamax", "nadam", "radam", "lamb_store_moments"}
 CODEC_KERNELS = {"quantize_signed", "quantize_unsigned", "dequantize_signed",
                  "dequantize_unsigned"}
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
@@ -54,8 +60,13 @@ FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
 def test_every_kernel_registers_exactly_its_rows(name):
     rows = _kernels.registered_variants(name)
     assert len(rows) == len(set(rows))
-    if name in QUANTIZED_KERNELS:
-        assert set(rows) == OPTIMIZER_ROWS | QUANTIZED_ROWS
+    if name.endswith(".scan"):
+        assert name[:-len(".scan")] in RANK1_SCANS
+        assert _kernels.RANK1_SCANS[name[:-len(".scan")]] == name
+        assert set(rows) == RANK1_ROWS
+    elif name in QUANTIZED_KERNELS:
+        assert set(rows) == OPTIMIZER_ROWS | QUANTIZED_ROWS | (
+            RANK1_ROWS if name in RANK1_KERNELS else set())
     elif name == "lamb_moments":            # LAMB's fused two passes: exact state only
         assert set(rows) == {r for r in OPTIMIZER_ROWS if r[2] in ("float32", "float64")}
     elif name in OPTIMIZER_KERNELS:
@@ -71,6 +82,10 @@ def test_every_kernel_registers_exactly_its_rows(name):
                              for q in ("int8", "int4")}
     else:                                   # the roofline and probe kernels
         assert set(rows) == FLOAT_ROWS
+
+
+def test_the_kernels_with_a_rank1_scan():
+    assert set(_kernels.RANK1_SCANS) == RANK1_SCANS
 
 
 def test_every_optimizer_kernel_is_listed_here():

@@ -28,6 +28,9 @@ ctypedef int (*tile_kernel)(char** bufs, Py_ssize_t start, Py_ssize_t nr, Py_ssi
 #   MASTER_COL; the kernel updates the master and writes the rounded param (param storage only).
 #   ST_Q8 / ST_Q4: blockwise int8/int4 state (codes; absmax of buffer i in ABSMAX_COL + i).
 #   ST_BF16SR: bfloat16 params written with stochastic rounding, keyed by column SR_COL.
+#   ST_Q4R1: int4 state whose non-negative buffers are normalized by rank-1 statistics (Li et
+#   al. 2023; cython_kernels/rank1.h): column ABSMAX_COL + i of such a buffer i holds the
+#   tensor's descriptor of R1_WORDS int64 words; its signed buffers are blockwise ST_Q4.
 cdef enum:
     ST_F32 = 0
     ST_F64 = 1
@@ -38,7 +41,8 @@ cdef enum:
     ST_Q8 = 6
     ST_Q4 = 7
     ST_BF16SR = 8
-    N_STORAGES = 9
+    ST_Q4R1 = 9
+    N_STORAGES = 10
 
 # A kernel has at most MAX_BUFFERS buffer columns of its own; the master param, when the param
 # storage has one, is column MASTER_COL of the plan, and the absmax of a quantized state buffer
@@ -48,6 +52,7 @@ cpdef enum:
     MASTER_COL = 6
     ABSMAX_COL = 7
     SR_COL = 13
+    R1_WORDS = 11
 
 cdef int register_chunk(str name, int param, int grad, int state, chunk_kernel kern,
                         tuple scalars) except -1
@@ -58,3 +63,7 @@ cdef int register_tile(str name, int param, int grad, int state, tile_kernel ker
 # The modes a kernel's body implements: hp column `column` of every active tensor must hold one
 # of them, or Plan.run/reduce refuse before anything is written. Kernels without modes skip it.
 cdef int register_modes(str name, bint reduce, int column, tuple modes) except -1
+# A chunk kernel that writes rank-1 normalized buffers (the bits of `columns`: its buffer
+# indices) and its scan kernel: on an ST_Q4R1 plan, Plan.run runs the scan first, in the same
+# parallel region, then the kernel, then rolls each active tensor's fresh maxima into its old.
+cdef int register_rank1(str name, str scan, int columns) except -1

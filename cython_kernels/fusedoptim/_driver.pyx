@@ -98,6 +98,46 @@ cdef extern from *:
     int fo_flag_get(int* f) noexcept nogil
     void fo_flag_raise(int* f) noexcept nogil
 
+cdef extern from *:
+    """
+    /* After a pass that wrote rank-1 normalized int4 state (cython_kernels/rank1.h, whose
+       descriptor layout this restates: R1_WORDS int64 words, [0] the number of dimensions k,
+       [1] the address of the old float32 maxima, [2] of the fresh uint32 ones, [3..3+k) the
+       dimensions): for every active tensor and every such buffer (bit c of `columns`: the
+       descriptor is in column ABSMAX_COL + c), old = fresh, an Inf or NaN maximum becoming
+       NaN, and fresh = 0. Serial: sum(d_a) values per tensor and buffer. */
+    #include <stdint.h>
+    #include <string.h>
+    static void fo_roll_rank1(char** ptrs, Py_ssize_t nbufs, const unsigned char* active,
+                              Py_ssize_t ntensors, int columns, int absmax_col) {
+        for (Py_ssize_t t = 0; t < ntensors; t++) {
+            if (!active[t]) continue;
+            for (int c = 0; columns >> c; c++) {
+                if (!((columns >> c) & 1)) continue;
+                const int64_t* d = (const int64_t*)ptrs[t * nbufs + absmax_col + c];
+                if (d == NULL || d[0] < 2) continue;
+                float* old = (float*)(uintptr_t)d[1];
+                uint32_t* fresh = (uint32_t*)(uintptr_t)d[2];
+                int64_t total = 0;
+                for (int64_t a = 0; a < d[0]; a++) total += d[3 + a];
+                for (int64_t k = 0; k < total; k++) {
+                    uint32_t u = fresh[k] >= 0x7f800000u ? 0x7fc00000u : fresh[k];
+                    memcpy(old + k, &u, 4);
+                    fresh[k] = 0;
+                }
+            }
+        }
+    }
+    """
+    void fo_roll_rank1(char** ptrs, Py_ssize_t nbufs, const unsigned char* active,
+                       Py_ssize_t ntensors, int columns, int absmax_col) noexcept nogil
+
+
+cdef inline void _roll_rank1(char** ptrs, Py_ssize_t nbufs, const unsigned char* active,
+                             Py_ssize_t ntensors, int columns) noexcept nogil:
+    fo_roll_rank1(ptrs, nbufs, active, ntensors, columns, ABSMAX_COL)
+
+
 # 16K elements: 64 KiB of float32 per buffer, so a unit's buffers stay in L2 while it runs.
 DEF_CHUNK = 16384
 cdef Py_ssize_t CHUNK = DEF_CHUNK
@@ -132,7 +172,7 @@ cdef enum:
 
 # by storage number (_driver.pxd)
 STORAGE_NAMES = ("float32", "float64", "bfloat16", "float16", "bfloat16+master",
-                 "float16+master", "int8", "int4", "bfloat16+sr")
+                 "float16+master", "int8", "int4", "bfloat16+sr", "int4+rank1")
 
 cdef chunk_kernel _chunk_table[MAX_KERNELS][N_STORAGES][N_STORAGES][N_STORAGES]
 cdef int _n_kernels = 0
@@ -167,6 +207,12 @@ cdef uint64_t _chunk_modes[MAX_KERNELS]
 cdef int _chunk_mode_col[MAX_KERNELS]
 cdef uint64_t _reduce_modes[MAX_REDUCE_KERNELS]
 cdef int _reduce_mode_col[MAX_REDUCE_KERNELS]
+
+# Rank-1 normalized int4 state (register_rank1): per chunk kernel, its scan kernel's id + 1
+# (0: none) and the bit mask of its buffers that are rank-1 normalized.
+cdef int _chunk_scan[MAX_KERNELS]
+cdef int _chunk_r1cols[MAX_KERNELS]
+RANK1_SCANS = {}      # kernel name -> its scan kernel's name
 
 
 cdef int _check_storages(str name, int param, int grad, int state) except -1:
@@ -276,6 +322,21 @@ cdef int register_modes(str name, bint reduce, int column, tuple modes) except -
     else:
         _chunk_modes[<int>kid] = mask
         _chunk_mode_col[<int>kid] = column
+    return 0
+
+
+cdef int register_rank1(str name, str scan, int columns) except -1:
+    kid = KERNEL_IDS.get(name)
+    sid = KERNEL_IDS.get(scan)
+    if kid is None or sid is None or not 0 < columns < (1 << MAX_BUFFERS):
+        raise RuntimeError(f"fusedoptim: rank-1 kernel {name!r} with scan {scan!r} and "
+                           f"columns {columns} registered before them, or bad columns")
+    if SCALARS[name] != SCALARS[scan] or MODES.get(name) != MODES.get(scan):
+        raise RuntimeError(f"fusedoptim: the scan {scan!r} must take {name!r}'s scalars and "
+                           f"modes")
+    _chunk_scan[<int>kid] = <int>sid + 1
+    _chunk_r1cols[<int>kid] = columns
+    RANK1_SCANS[name] = scan
     return 0
 
 
@@ -404,36 +465,40 @@ cdef inline void _run_unit(const Job* j, Py_ssize_t u) noexcept nogil:
 
 
 cdef struct Pass:
-    # What one parallel region runs: optionally a gate over every unit, then the job. The
-    # gate is a reduce job; the job shares its stop flag, so once the gate raises it (say, a
-    # non-finite grad), every unit of the job is skipped and nothing is written.
-    const Job* gate
-    const Job* job
+    # What one parallel region runs, one phase per job, with a barrier between phases:
+    # optionally a gate over every unit, optionally a scan (the rank-1 maxima a kernel's
+    # encode needs), then the job. The gate is a reduce job; the others share its stop flag,
+    # so once the gate raises it (say, a non-finite grad), every unit of the later phases is
+    # skipped and nothing is written.
+    const Job* jobs[3]
 
 
 cdef void _run_phase(void* ctx, int phase, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     cdef const Pass* p = <const Pass*>ctx
     cdef Py_ssize_t u
-    if phase == 0 and p.gate != NULL:
-        for u in range(lo, hi):
-            _run_unit(p.gate, u)
-    else:
-        for u in range(lo, hi):
-            _run_unit(p.job, u)
+    for u in range(lo, hi):
+        _run_unit(p.jobs[phase], u)
 
 
 cdef void _drive(const Job* j, const Job* gate, Py_ssize_t nunits, Py_ssize_t total,
-                 int num_threads) noexcept nogil:
-    # The one thread-count rule, for every kind of pass. With a gate, j.stop must be the
-    # gate's stop flag.
+                 int num_threads, const Job* pre=NULL) noexcept nogil:
+    # The one thread-count rule, for every kind of pass. With a gate, j.stop (and pre.stop)
+    # must be the gate's stop flag.
     cdef Pass p
-    p.gate = gate
-    p.job = j
+    cdef int nphases = 0
+    if gate != NULL:
+        p.jobs[nphases] = gate
+        nphases += 1
+    if pre != NULL:
+        p.jobs[nphases] = pre
+        nphases += 1
+    p.jobs[nphases] = j
+    nphases += 1
     if num_threads <= 1 or nunits <= 1 or total <= SERIAL_MAX:
         num_threads = 1
     elif num_threads > nunits:
         num_threads = <int>nunits
-    fo_run_phases(_run_phase, &p, 2 if gate != NULL else 1, nunits, num_threads)
+    fo_run_phases(_run_phase, &p, nphases, nunits, num_threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -990,8 +1055,9 @@ cdef class Plan:
         return "tripped" if was == GATE_TRIPPED else "passed" if was == GATE_PASSED \
             else "unused"
 
-    cdef int _drive_gated(self, Job* j, int num_threads) except -1:
-        """Drive job j under the gate's rules: vetoed -> nothing; armed -> gate, then j."""
+    cdef int _drive_gated(self, Job* j, int num_threads, Job* pre=NULL) except -1:
+        """Drive job j (after job `pre`, if any) under the gate's rules: vetoed -> nothing;
+        armed -> gate, then pre, then j."""
         cdef Job g
         cdef int stop = 0
         cdef Py_ssize_t nseg = self.seg_t.shape[0]
@@ -1003,7 +1069,7 @@ cdef class Plan:
                               _reduce_mode_col[self._gate_kernel])
         if self._gate_state != GATE_ARMED:
             with nogil:
-                _drive(j, NULL, self.nunits, self.total, num_threads)
+                _drive(j, NULL, self.nunits, self.total, num_threads, pre)
             return 0
         if self._gate_partials is None or self._gate_partials.shape[0] < nseg:
             self._gate_partials = np.zeros(max(nseg, 1), dtype=np.float64)
@@ -1015,11 +1081,13 @@ cdef class Plan:
         g.stop = &stop
         g.raise_to = &stop
         # The job reads the gate's flag; one that stops early on its own flag cannot.
-        if j.stop != NULL:
+        if j.stop != NULL or (pre != NULL and pre.stop != NULL):
             raise ValueError("a gated pass cannot also stop early")
         j.stop = &stop
+        if pre != NULL:
+            pre.stop = &stop
         with nogil:
-            _drive(j, &g, self.nunits, self.total, num_threads)
+            _drive(j, &g, self.nunits, self.total, num_threads, pre)
         j.stop = NULL
         self._gate_state = GATE_TRIPPED if stop else GATE_PASSED
         return 0
@@ -1190,8 +1258,16 @@ cdef class Plan:
         return 0
 
     def run(self, int kernel_id, int num_threads=0):
-        """Run a registered kernel over every active tensor, without the GIL."""
-        cdef Job j
+        """Run a registered kernel over every active tensor, without the GIL.
+
+        On an int4+rank1 plan, a kernel that writes rank-1 normalized buffers runs in two
+        phases of one parallel region: its scan kernel (the new values' marginal maxima,
+        max-accumulated into each tensor's fresh maxima), then the kernel (decode with the
+        old maxima, encode with the fresh ones); then, unless the gate vetoed the pass, each
+        active tensor's fresh maxima become its old ones and fresh is zeroed (rank1.h)."""
+        cdef Job j, scan
+        cdef int sid
+        cdef chunk_kernel skern = NULL
         if kernel_id < 0 or kernel_id >= _n_kernels:
             raise ValueError(f"unknown kernel id {kernel_id}")
         cdef chunk_kernel kern = _chunk_table[kernel_id][self.st_param][self.st_grad][self.st_state]
@@ -1199,13 +1275,28 @@ cdef class Plan:
             raise TypeError(_unregistered("chunk", kernel_id, self.st_param, self.st_grad,
                                           self.st_state))
         self._check_modes("chunk", kernel_id, _chunk_modes[kernel_id], _chunk_mode_col[kernel_id])
+        if self.st_state == ST_Q4R1 and _chunk_scan[kernel_id]:
+            sid = _chunk_scan[kernel_id] - 1
+            skern = _chunk_table[sid][self.st_param][self.st_grad][self.st_state]
+            if skern == NULL:
+                raise TypeError(_unregistered("chunk", sid, self.st_param, self.st_grad,
+                                              self.st_state))
         if num_threads <= 0:
             num_threads = fo_max_threads()
         if self.total == 0:
             return
         self._job(&j, 0)
         j.kern = kern
-        self._drive_gated(&j, num_threads)
+        if skern == NULL:
+            self._drive_gated(&j, num_threads)
+            return
+        self._job(&scan, 0)
+        scan.kern = skern
+        self._drive_gated(&j, num_threads, &scan)
+        if self._gate_state != GATE_TRIPPED:
+            with nogil:
+                _roll_rank1(<char**>&self.ptrs[0, 0], self.nbufs, &self.active[0],
+                            self.ntensors, _chunk_r1cols[kernel_id])
 
     cdef reduce_kernel _reduce_kernel(self, int reduce_id, Py_ssize_t column=0) except NULL:
         # Over the grad column alone (the gate, the gradient utilities' views), the grads'

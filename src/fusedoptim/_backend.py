@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
-from ._precision import ABSMAX, MASTER, GroupPrecision, compute_dtype, qmap, sr_keys, \
-    stochastic_round
+from ._precision import ABSMAX, MASTER, RANK1, GroupPrecision, compute_dtype, qmap, \
+    rank1_dims, sr_keys, stochastic_round
 
 if TYPE_CHECKING:
     from . import _kernels
@@ -158,7 +158,7 @@ class ReferenceBackend(Backend):
             for j, (t, st, buf) in enumerate(zip(active, states, lst)):
                 if j in stored:
                     continue
-                if buf is not None and slot + ABSMAX in st:
+                if buf is not None and (slot + ABSMAX in st or slot + RANK1 in st):
                     # quantized: requantize the updated moment, as the kernel's glue does
                     self._quantize_into(opt, prec, st, k, buf)
                 elif buf is not None and buf is not st.get(slot):
@@ -186,7 +186,7 @@ class ReferenceBackend(Backend):
             out = []
             for k, x in enumerate(values):
                 slot = opt._slots[k]
-                if slot + ABSMAX in st:
+                if slot + ABSMAX in st or slot + RANK1 in st:
                     ReferenceBackend._quantize_into(opt, prec, st, k, x)
                     out.append(ReferenceBackend._state_in(opt, prec, st, k, p, compute, True))
                 else:
@@ -199,12 +199,19 @@ class ReferenceBackend(Backend):
     @staticmethod
     def _quantize_into(opt: Optimizer, prec: GroupPrecision, st: ParamState, k: int,
                        x: FloatArray) -> None:
-        """Quantize float values x into slot k's codes and absmax, as the kernels' glue
-        does (the NumPy reference of the codec: the same bits)."""
-        from .reference import quantize_blockwise
+        """Quantize float values x into slot k's codes and absmax (or rank-1 maxima), as
+        the kernels' glue does (the NumPy reference of the codec: the same bits)."""
+        from .reference import quantize_blockwise, quantize_rank1
         assert prec.quant is not None
         bits, block = prec.quant
         slot = opt._slots[k]
+        if slot + RANK1 in st:
+            dims = rank1_dims(x.shape)
+            assert dims is not None
+            codes, maxima = quantize_rank1(x, dims)
+            st[slot].reshape(-1)[...] = codes
+            st[slot + RANK1][...] = maxima
+            return
         codes, absmax = quantize_blockwise(x, qmap(opt._kernel, k, bits), block, bits)
         st[slot].reshape(-1)[...] = codes
         st[slot + ABSMAX][...] = absmax
@@ -218,6 +225,12 @@ class ReferenceBackend(Backend):
         buf = st.get(slot)
         if buf is None:
             return None
+        if slot + RANK1 in st:
+            from .reference import dequantize_rank1
+            dims = rank1_dims(param.shape)
+            assert dims is not None
+            return dequantize_rank1(buf, st[slot + RANK1], dims,
+                                    qmap(opt._kernel, k, 4)).reshape(param.shape)
         if slot + ABSMAX in st:
             assert prec.quant is not None
             from .reference import dequantize_blockwise

@@ -20,8 +20,9 @@ _T = TypeVar("_T")
 _FloatArray = NDArray[np.floating[Any]]
 # Plan's state: per tensor, its state buffers in column order (None: not created), or None
 # for a tensor with no state yet. (A union of list types, as list is invariant: a table
-# where every tensor has state, or none has, is a list[list[...]] or a list[None].)
-_StateTable = (list[list[_FloatArray | None] | None] | list[list[_FloatArray | None]]
+# where every tensor has state, or none has, is a list[list[...]] or a list[None].) A column
+# may hold float state, quantized codes, absmaxes, step keys or rank-1 descriptors.
+_StateTable = (list[list[NDArray[Any] | None] | None] | list[list[NDArray[Any] | None]]
                | list[None])
 
 # -- the loader (src/fusedoptim/_kernels.py) ----------------------------------------------------
@@ -63,6 +64,10 @@ MASTER_COL: int
 ABSMAX_COL: int
 #: a stochastic-rounding plan's column of per-tensor step keys
 SR_COL: int
+#: int64 words of a rank-1 descriptor (cython_kernels/rank1.h)
+R1_WORDS: int
+#: kernel name -> its scan kernel, for kernels that write rank-1 normalized int4 state
+RANK1_SCANS: dict[str, str]
 #: kernel name -> its buffer roles as declared ("param", "grad", "state", "state+", "-")
 KERNEL_ROLES: dict[str, tuple[str, ...]]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _kernels
 from ._validation import label
-from ._precision import ABSMAX, FLOAT32, MASTER, SR_KEY, GroupPrecision
+from ._precision import ABSMAX, FLOAT32, MASTER, RANK1, RANK1_DESC, SR_KEY, GroupPrecision
 from ._state import sync_steps
 from .flat import ALIGNMENT, PAGE, FlatParams, aligned_bytes
 
@@ -142,7 +142,8 @@ class GroupLayout:
 
     __slots__ = ("params", "flat_param", "shapes", "offsets", "nbytes", "dtype", "arena",
                  "grad_views", "enabled", "buffers", "views", "use_flat", "lockstep",
-                 "precision", "slots", "plan_slots", "_layouts", "sr_keys")
+                 "precision", "slots", "plan_slots", "_layouts", "sr_keys", "rank1_slots",
+                 "rank1_fresh", "rank1_desc")
 
     params: list[FloatArray]
     flat_param: FloatArray | None
@@ -168,17 +169,25 @@ class GroupLayout:
     _layouts: dict[int, tuple[list[int], int]]
     #: stochastic rounding: each param's two uint32 step keys (the plan's SR_COL)
     sr_keys: NDArray[np.uint32] | None
+    #: int4+rank1: the non-negative slots (rank-1 normalized where the param allows)
+    rank1_slots: tuple[str, ...]
+    #: per rank-1 slot: each param's fresh maxima (uint32 bits; the scan pass's, see rank1.h),
+    #: and the descriptors the plan points at, a row of R1_WORDS int64 per param
+    rank1_fresh: dict[str, list[NDArray[np.uint32]]]
+    rank1_desc: dict[str, NDArray[np.int64]]
 
     def __init__(self, params: Sequence[FloatArray], flat_param: FloatArray | None,
                  arena: FlatParams | None, enabled: bool, precision: GroupPrecision,
-                 opt_slots: tuple[str, ...]) -> None:
+                 opt_slots: tuple[str, ...], rank1_slots: tuple[str, ...] = ()) -> None:
         self.params = list(params)
         self.flat_param = flat_param
         self.shapes = [p.shape for p in params]
         self.dtype = params[0].dtype
         self.precision = precision
+        self.rank1_slots = rank1_slots if precision.rank1 else ()
         absmax = tuple(s + ABSMAX for s in opt_slots) if precision.quant else ()
-        self.slots = opt_slots + ((MASTER,) if precision.master else ()) + absmax
+        self.slots = (opt_slots + ((MASTER,) if precision.master else ()) + absmax
+                      + tuple(s + RANK1 for s in self.rank1_slots))
         self.plan_slots = opt_slots
         if precision.master or precision.quant:
             # the driver's columns: MASTER_COL, then ABSMAX_COL + i for the kernel's buffer i
@@ -188,7 +197,10 @@ class GroupLayout:
             self.plan_slots = (opt_slots + (None,) * pad
                                + ((MASTER,) if precision.master else (None,)))
             if precision.quant:
-                self.plan_slots += (None, None) + absmax
+                # a rank-1 slot's column holds each param's descriptor (rank1.h), which
+                # points at its maxima or, for a blockwise param, at its absmax
+                self.plan_slots += (None, None) + tuple(
+                    s + (RANK1_DESC if s in self.rank1_slots else ABSMAX) for s in opt_slots)
         self.sr_keys = None
         if precision.sr:
             pad = _kernels.SR_COL - 2 - len(self.plan_slots)
@@ -228,6 +240,8 @@ class GroupLayout:
         state view must not see the loaded values written into it)."""
         self.buffers = {}           # slot -> the group's buffer
         self.views = {}             # slot -> its per-param views
+        self.rank1_fresh = {}
+        self.rank1_desc = {}
         self.use_flat = False       # the group's current plan is the flat one
         self.lockstep = None        # every param at the same step/state: True, False, None=unknown
 
@@ -264,7 +278,12 @@ class GroupLayout:
         specs: list[tuple[np.dtype[Any], tuple[int, ...]]] = []
         for p in self.params:
             q = prec.quantized(p.size)
-            if slot.endswith(ABSMAX):
+            if slot.endswith(RANK1):
+                dims = self.rank1_dims(slot[:-len(RANK1)], p.shape)
+                specs.append((FLOAT32, (sum(dims) if dims else 0,)))
+            elif slot.endswith(ABSMAX):
+                if self.rank1_dims(slot[:-len(ABSMAX)], p.shape):
+                    q = False                   # rank-1 maxima instead
                 specs.append((FLOAT32, (-(-p.size // block) if q else 0,)))
             elif not q:
                 specs.append((FLOAT32, p.shape))
@@ -279,6 +298,46 @@ class GroupLayout:
         self.buffers[slot] = raw
         return [raw[o:o + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(dt)
                 .reshape(shape) for o, (dt, shape) in zip(offsets, specs)]
+
+    # -- rank-1 normalized int4 state (cython_kernels/rank1.h) ------------------------------
+
+    def rank1_dims(self, slot: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The maxima dimensions of `slot` for a param of `shape`, or None (not rank-1)."""
+        if slot not in self.rank1_slots:
+            return None
+        return self.precision.rank1_of(shape)
+
+    def rank1_descriptor(self, slot: str, t: int, st: ParamState) -> NDArray[np.int64] | None:
+        """Param t's descriptor for rank-1 slot `slot` (rank1.h), pointing at its state in
+        `st` (its maxima and fresh maxima; or, blockwise, its absmax), or None where it has
+        no quantized state in that slot (float32 state, or the slot not in use)."""
+        from ._kernels import R1_WORDS
+        codes = st.get(slot)
+        if codes is None:
+            return None
+        desc = self.rank1_desc.get(slot)
+        if desc is None:
+            desc = self.rank1_desc[slot] = np.zeros((len(self.params), R1_WORDS), np.int64)
+        row: NDArray[np.int64] = desc[t]
+        row[:] = 0
+        dims = self.rank1_dims(slot, self.shapes[t])
+        if dims is not None and slot + RANK1 in st:
+            fresh = self.rank1_fresh.get(slot)
+            if fresh is None:
+                sizes = [sum(self.rank1_dims(slot, sh) or ()) for sh in self.shapes]
+                raw = np.zeros(sum(sizes), np.uint32)
+                ends = np.cumsum(sizes)
+                fresh = self.rank1_fresh[slot] = [raw[e - n:e] for n, e in zip(sizes, ends)]
+            row[0] = len(dims)
+            row[1] = st[slot + RANK1].ctypes.data
+            row[2] = fresh[t].ctypes.data
+            row[3:3 + len(dims)] = dims
+            return row
+        absmax = st.get(slot + ABSMAX)
+        if absmax is None:
+            return None                         # float32 state: no descriptor (NULL)
+        row[1] = absmax.ctypes.data             # blockwise int4 (a 1-D param)
+        return row
 
 
 # -- grads --------------------------------------------------------------------------------------

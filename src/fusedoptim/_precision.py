@@ -28,6 +28,19 @@ that quantizes to zero makes the update m / (sqrt(0) + eps) blow up, which is wh
 naive 4-bit Adam; with no zero in the map every v decodes to at least absmax/16. A quantized
 slot keeps its codes under the slot's name and its absmaxes under ``<slot>_absmax``.
 
+``rank1_normalization`` (default True; int4 only): Li et al.'s rank-1 normalization of the
+non-negative moments (the kernel's "state+" buffers: Adam's ``exp_avg_sq`` and
+``max_exp_avg_sq``, RMSprop's ``square_avg``, Adagrad's ``sum``, Adamax's ``exp_inf``, NAdam's,
+RAdam's and LAMB's ``exp_avg_sq``) of every param with at least two dimensions of size > 1
+(and at most RANK1_MAXDIM of them) and at least min_quantized_size elements: instead of an
+absmax per 128-element block, each element is scaled by the smallest of its marginal maxima
+(for a matrix: min(row max, column max) of |v|), kept as ``<slot>_rank1`` (float32, the
+maxima along each dimension of size > 1 in turn: an (m, n) param's m row maxima, then its n
+column maxima). Signed moments stay blockwise. On a (1000, 1000) AdamW param that takes the
+state from 1.0625 to 1.039 B/param (1.047 counting the scan's second set of maxima).
+``rank1_normalization=False`` keeps every int4 moment blockwise (torchao's layout). See
+cython_kernels/rank1.h for the codec and docs/precision.md for why every dimension's maxima.
+
 What a group may do is read off the kernel registry, never restated: a combination is
 accepted when its kernel registered the (param, grad, state) storage row for it, and the
 grads a group accepts are the grad storages registered beside its param and state storage.
@@ -70,6 +83,12 @@ SR_KEY = "<step keys>"
 QMAP = "_qmap"
 #: the state slot of the float32 master copy of a half-precision param
 MASTER = "master_param"
+#: a rank-1 normalized int4 slot keeps its marginal maxima under <slot>_rank1
+RANK1 = "_rank1"
+#: the plan column marker of a rank-1 slot's descriptor (rank1.h; never a state entry)
+RANK1_DESC = "_rank1_descriptor"
+#: rank1.h's FO_R1_MAXDIM: params with more dimensions of size > 1 stay blockwise
+RANK1_MAXDIM = 8
 
 
 class PrecisionOptions(TypedDict, total=False):
@@ -78,6 +97,7 @@ class PrecisionOptions(TypedDict, total=False):
     master_weights: bool | None
     state_dtype: str | None
     min_quantized_size: int
+    rank1_normalization: bool
     stochastic_rounding: bool
     seed: int
 
@@ -101,6 +121,23 @@ def check_options(master_weights: object = None, state_dtype: object = None,
                              f"{state_dtype!r}")
     return ((None if master_weights is None else bool(master_weights)), state_dtype,
             int(min_quantized_size))
+
+
+def check_rank1(rank1_normalization: object) -> bool:
+    if not isinstance(rank1_normalization, (bool, np.bool_)):
+        raise TypeError(f"rank1_normalization must be True or False (int4 state: normalize "
+                        f"the non-negative moments of 2-D and larger params by rank-1 "
+                        f"statistics), got {rank1_normalization!r}")
+    return bool(rank1_normalization)
+
+
+def rank1_dims(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The dimensions a rank-1 normalized buffer of a param of `shape` keeps maxima along
+    (its dimensions of size > 1), or None when it stays blockwise (fewer than 2 such
+    dimensions, or more than RANK1_MAXDIM). Leaving out a dimension of size 1 changes no
+    scale: its one maximum is the tensor's, never below any other marginal maximum."""
+    dims = tuple(int(d) for d in shape if d != 1)
+    return dims if 2 <= len(dims) <= RANK1_MAXDIM else None
 
 
 def compute_dtype(dtype: DTypeLike) -> np.dtype[Any]:
@@ -141,6 +178,8 @@ class GroupPrecision:
     min_quantized_size: int = MIN_QUANTIZED_SIZE
     #: bfloat16 params written with stochastic rounding
     sr: bool = False
+    #: int4 state with rank-1 normalized non-negative moments (storage "int4+rank1")
+    rank1: bool = False
 
     @property
     def default(self) -> bool:
@@ -155,12 +194,22 @@ class GroupPrecision:
         """Whether a param of `size` elements keeps quantized state."""
         return self.quant is not None and size >= self.min_quantized_size
 
+    def rank1_of(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The maxima dimensions of a param of `shape` whose non-negative moments are rank-1
+        normalized here, or None (blockwise, or float32 state)."""
+        if not self.rank1 or not self.quantized(int(np.prod(shape, dtype=np.int64))):
+            return None
+        return rank1_dims(shape)
+
 
 def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights: bool | None,
             state_dtype: str | None, min_quantized_size: int = MIN_QUANTIZED_SIZE,
-            stochastic_rounding: bool = False) -> GroupPrecision:
+            stochastic_rounding: bool = False,
+            shapes: tuple[tuple[int, ...], ...] = ()) -> GroupPrecision:
     """A group's precision for params of `param_dtype`, or a ValueError naming what the
-    optimizer `owner` accepts for such params."""
+    optimizer `owner` accepts for such params. `shapes`: the group's param shapes when
+    rank-1 normalization is on (int4 state then takes the "int4+rank1" rows, where the
+    kernel has them, for a group with a param that has rank-1 state); empty when it is off."""
     half = param_dtype in HALF_DTYPES
     if stochastic_rounding:
         if param_dtype != BFLOAT16 or master_weights:
@@ -198,12 +247,21 @@ def resolve(owner: str, kernel: str, param_dtype: np.dtype[Any], master_weights:
     own = str(param_dtype)
     grads.sort(key=lambda g: (g != own, g))
     gdt = tuple(BFLOAT16 if g == "bfloat16" else np.dtype(g) for g in grads)
+    rank1 = False
+    if state_dtype == "int4" and any(
+            rank1_dims(s) is not None and int(np.prod(s, dtype=np.int64)) >= min_quantized_size
+            for s in shapes):
+        r1_grads = [g for p, g, s in rows if p == pname and s == "int4+rank1"]
+        # kernels without a non-negative moment have nothing to normalize (SGD, Lion, LARS)
+        if r1_grads:
+            assert sorted(r1_grads) == sorted(grads), "int4+rank1 rows differ from int4's"
+            rank1, sname = True, "int4+rank1"
     if quant:
         load_qmaps()
     return GroupPrecision(param_dtype, master, sdt, gdt,
                           _kernels.STORAGE_NAMES.index(pname),
                           _kernels.STORAGE_NAMES.index(sname), quant, min_quantized_size,
-                          stochastic_rounding)
+                          stochastic_rounding, rank1)
 
 
 def _mix32(x: NDArray[np.uint32]) -> NDArray[np.uint32]:
@@ -288,3 +346,17 @@ def fill_quantized(codes: NDArray[np.uint8], absmax: NDArray[np.float32], value:
     from .quant import quantize_blockwise
     quantize_blockwise(np.full(n, value, np.float32), code, block, bits=bits,
                        out=(codes.reshape(-1), absmax))
+
+
+def fill_rank1(codes: NDArray[np.uint8], maxima: NDArray[np.float32], value: float,
+               n: int) -> None:
+    """Set the rank-1 normalized int4 state of a param of n elements to a constant (its
+    initial value), exactly as the kernels would quantize that constant: every maximum is
+    the value (NaN if it is not finite), every code the one of value / value (rank1.h)."""
+    from .reference import quantize_rank1
+    c, m = quantize_rank1(np.full(2, value, np.float32), (2, 1))
+    maxima.fill(m[0])
+    code = int(c[0]) >> 4
+    codes.fill(code << 4 | code)
+    if n % 2:
+        codes.reshape(-1)[-1] = code << 4

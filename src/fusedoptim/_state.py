@@ -11,14 +11,15 @@ and only on a step that is not skipped.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _kernels
 from . import _validation as _v
-from ._precision import ABSMAX, FLOAT32, MASTER, QMAP, SR_KEY, check_rounding, \
-    fill_quantized, qmap
+from ._precision import ABSMAX, FLOAT32, MASTER, QMAP, RANK1, RANK1_DESC, SR_KEY, \
+    RANK1_MAXDIM, check_rounding, fill_quantized, fill_rank1, qmap, rank1_dims
 from ._validation import label
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ def build_plan(opt: Optimizer, gi: int, cache: _GroupCache) -> _kernels.Plan:
     columns = layout.plan_slots
     keys = layout.sr_keys
     state = [None if st is None else
-             [None if s is None else keys[t] if s == SR_KEY and keys is not None else st.get(s)
+             [None if s is None else keys[t] if s == SR_KEY and keys is not None else
+              layout.rank1_descriptor(s[:-len(RANK1_DESC)], t, st)
+              if s.endswith(RANK1_DESC) else st.get(s)
               for s in columns]
              for t, st in enumerate(entries)]
     steps = [0 if st is None else st["step"] for st in entries]
@@ -138,6 +141,9 @@ def ensure_state(opt: Optimizer, gi: int, cache: _GroupCache, grads: list[FloatA
             st[s] = layout.slot_views(s)[t]     # its place in the group's buffer
             if s == MASTER:
                 st[s][...] = params[t]          # float16/bfloat16 -> float32 is exact
+            elif layout.rank1_dims(s, params[t].shape):
+                maxima = st[s + RANK1] = layout.slot_views(s + RANK1)[t]
+                fill_rank1(st[s], maxima, initial(s, hyper), params[t].size)
             elif prec.quantized(params[t].size):
                 absmax = st[s + ABSMAX] = layout.slot_views(s + ABSMAX)[t]
                 assert prec.quant is not None
@@ -172,7 +178,15 @@ def state_dict(opt: Optimizer, dequantize: bool = False) -> OptimizerStateDict:
         entry = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
         for k, slot in enumerate(opt._slots):
             absmax = st.get(slot + ABSMAX)
-            if absmax is not None:
+            maxima = st.get(slot + RANK1)
+            if maxima is not None:
+                code = _slot_qmap(opt, layout, k)
+                if dequantize:
+                    entry[slot] = _dequantize_rank1(st[slot], maxima, code, p)
+                    del entry[slot + RANK1]
+                else:
+                    entry[slot + QMAP] = code.copy()
+            elif absmax is not None:
                 code = _slot_qmap(opt, layout, k)
                 if dequantize:
                     entry[slot] = _dequantize(layout, st[slot], absmax, code, p)
@@ -213,6 +227,22 @@ def _dequantize(layout: GroupLayout, codes: NDArray[Any], absmax: NDArray[Any],
     bits, block = layout.precision.quant
     out: NDArray[np.float32] = dequantize_blockwise(
         codes, absmax, code, block, bits=bits, n=p.size).reshape(p.shape)
+    return out
+
+
+def _rank1_dims(p: FloatArray) -> tuple[int, ...]:
+    dims = rank1_dims(p.shape)
+    if dims is None:
+        raise ValueError(f"rank-1 normalized state needs a param with 2 to {RANK1_MAXDIM} "
+                         f"dimensions of size > 1; this one has shape {p.shape}")
+    return dims
+
+
+def _dequantize_rank1(codes: NDArray[Any], maxima: NDArray[Any], code: NDArray[np.float32],
+                      p: FloatArray) -> NDArray[np.float32]:
+    from .reference import dequantize_rank1
+    out: NDArray[np.float32] = dequantize_rank1(codes, maxima, _rank1_dims(p), code
+                                                ).reshape(p.shape)
     return out
 
 
@@ -327,6 +357,62 @@ def _checked_codes(opt: Optimizer, layout: GroupLayout, i: int, k: str, codes: N
     return c.reshape(p.shape) if bits == 8 else c, a
 
 
+@dataclass(frozen=True)
+class _Rank1Codes:
+    """Rank-1 normalized int4 state from a checkpoint, checked, in this optimizer's map."""
+
+    codes: NDArray[np.uint8]
+    maxima: NDArray[np.float32]
+
+
+def _checked_rank1(opt: Optimizer, layout: GroupLayout, i: int, k: str, codes: NDArray[Any],
+                   maxima: Any, code: Any, p: FloatArray
+                   ) -> _Rank1Codes | NDArray[np.float32]:
+    """Slot k's rank-1 normalized state from a checkpoint, checked: as it is where this
+    optimizer keeps the param's slot rank-1 normalized with the same map, else decoded to
+    float32 (to be quantized as this optimizer keeps it)."""
+    from ._precision import QUANTIZED
+    prec = layout.precision
+    where = f"state_dict['state'][{i}]"
+    if prec.quant != QUANTIZED["int4"]:
+        keeps = (f"state_dtype={opt.state_dtype!r}" if opt.state_dtype is not None
+                 else f"{prec.state_dtype}")
+        raise ValueError(f"{where} holds rank-1 normalized int4 {k!r} ({k + RANK1!r}), but "
+                         f"this optimizer keeps {keeps} state; build it with "
+                         f"state_dtype='int4', or save with state_dict(dequantize=True)")
+    dims = rank1_dims(p.shape)
+    if dims is None:
+        raise ValueError(f"{where}[{k + RANK1!r}]: a param of shape {p.shape} has no rank-1 "
+                         f"normalized state (it needs 2 to {RANK1_MAXDIM} dimensions of "
+                         f"size > 1)")
+    ncodes = (p.size + 1) // 2
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.size != ncodes:
+        raise ValueError(f"{where}[{k!r}] must be the uint8 codes of {ncodes} bytes (int4 "
+                         f"state of a {p.size}-element param), got "
+                         f"{getattr(codes, 'dtype', type(codes).__name__)} of size "
+                         f"{getattr(codes, 'size', '?')}")
+    if (not isinstance(maxima, np.ndarray) or maxima.dtype != np.float32
+            or maxima.size != sum(dims)):
+        raise ValueError(f"{where}[{k + RANK1!r}] must be float32 with the maxima along each "
+                         f"dimension of size > 1 of {p.shape} ({sum(dims)} values), got "
+                         f"{getattr(maxima, 'dtype', type(maxima).__name__)} of size "
+                         f"{getattr(maxima, 'size', '?')}")
+    ours = _slot_qmap(opt, layout, opt._slots.index(k))
+    c = np.array(codes, dtype=np.uint8, order="C").reshape(-1)
+    m = np.array(maxima, dtype=np.float32, order="C").reshape(-1)
+    theirs = ours
+    if code is not None:
+        code = np.asarray(code)
+        if code.dtype != np.float32 or code.shape != ours.shape:
+            raise ValueError(f"{where}[{k + QMAP!r}] must be a float32 map of {ours.size} "
+                             f"codes, got {code.dtype} of shape {code.shape}")
+        theirs = code
+    if (layout.rank1_dims(k, p.shape) is not None
+            and np.array_equal(theirs.view(np.uint32), ours.view(np.uint32))):
+        return _Rank1Codes(c, m)
+    return _dequantize_rank1(c, m, theirs, p)
+
+
 def _float_like(v: NDArray[Any], p: FloatArray, where: str, layout: GroupLayout
                 ) -> NDArray[np.float32]:
     """A float state buffer of the param's shape, read as float32 (to be quantized)."""
@@ -370,7 +456,7 @@ def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
     st = _bitsandbytes_names(opt, i, st)
     prec = layout.precision
     for k, v in st.items():
-        if k == "step" or k.endswith(ABSMAX) or k.endswith(QMAP):
+        if k == "step" or k.endswith(ABSMAX) or k.endswith(QMAP) or k.endswith(RANK1):
             continue           # (read with their slot below)
         if k in scalar_names:
             entry[k] = _v.scalar_state(v, f"state_dict['state'][{i}][{k!r}]")
@@ -384,18 +470,36 @@ def _load_entry(opt: Optimizer, i: int, st: Mapping[str, Any], p: FloatArray,
         if not isinstance(v, np.ndarray):
             raise TypeError(f"{where} must be an ndarray, got {type(v).__name__}")
         absmax = st.get(k + ABSMAX)
-        if absmax is not None:
+        maxima = st.get(k + RANK1)
+        if maxima is not None and k != MASTER:
+            # Rank-1 normalized in the checkpoint: checked; kept where this param is rank-1
+            # normalized here in the same map, else decoded (and quantized as it is here).
+            v = _checked_rank1(opt, layout, i, k, v, maxima, st.get(k + QMAP), p)
+        elif absmax is not None:
             # Quantized in the checkpoint: check codes, absmax and map, then keep the codes
             # (our map) or requantize (another map), or dequantize for float state here.
             v = _checked_codes(opt, layout, i, k, v, absmax, st.get(k + QMAP), p)
         if k != MASTER and prec.quantized(p.size):
             kq = opt._slots.index(k)
-            if isinstance(v, tuple):
+            code = _slot_qmap(opt, layout, kq)
+            dims = layout.rank1_dims(k, p.shape)
+            if isinstance(v, _Rank1Codes):
+                entry[k], entry[k + RANK1] = v.codes, v.maxima
+                continue
+            if isinstance(v, tuple) and dims is not None:     # blockwise -> rank-1
+                v = _dequantize(layout, v[0], v[1], code, p)
+            if dims is not None:
+                from .reference import quantize_rank1
+                entry[k], entry[k + RANK1] = quantize_rank1(
+                    _float_like(v, p, where, layout), dims)
+            elif isinstance(v, tuple):
                 entry[k], entry[k + ABSMAX] = v
             else:
                 entry[k], entry[k + ABSMAX] = _quantize_float(
-                    layout, _float_like(v, p, where, layout), _slot_qmap(opt, layout, kq), p)
+                    layout, _float_like(v, p, where, layout), code, p)
             continue
+        if isinstance(v, _Rank1Codes):            # (only returned for rank-1 state here)
+            raise AssertionError("rank-1 codes for a param kept otherwise")
         if isinstance(v, tuple):                  # quantized checkpoint, float state here
             v = _dequantize(layout, v[0], v[1], _slot_qmap(opt, layout,
                                                           opt._slots.index(k)), p)

@@ -669,9 +669,13 @@ def state_bytes_per_param(opt: fo.Optimizer, n: int) -> float:
 
 
 def _fo_adamw(n: int, dtype: DTypeLike = np.float32, grad_dtype: DTypeLike | None = None,
-              seed: int = 0, **kw: Any) -> tuple[fo.Optimizer, Callable[[], object]]:
-    """An AdamW over one fresh param of n elements, its state created: (optimizer, step)."""
+              seed: int = 0, shape: tuple[int, ...] | None = None,
+              **kw: Any) -> tuple[fo.Optimizer, Callable[[], object]]:
+    """An AdamW over one fresh param of n elements (1-D, or of `shape`), its state created:
+    (optimizer, step)."""
     p, g = _data(n, np.float32, seed)
+    if shape is not None:
+        p, g = p.reshape(shape), g.reshape(shape)
     p = p.astype(dtype)
     grads = [g.astype(grad_dtype if grad_dtype is not None else dtype)]
     opt = fo.AdamW([p], **PRECISION_KW, **kw)
@@ -791,6 +795,33 @@ def run_precision(n_single: int, n_all: int, threads_all: int, min_time: float =
         del fns
         gc.collect()
 
+        # 2b. int4 on a matrix: Li et al.'s rank-1 normalized second moment (the default) vs
+        # blockwise (rank1_normalization=False) vs float32, 1 thread, at 1e6 (1000 x 1000)
+        # and n_single (rows of 1000); below 1e6, one matrix of about n_single elements
+        shapes = ([(1000, 1000)] if n_single >= 1_000_000 else
+                  [(max(n_single // 64, 2), 64)])
+        if n_single >= 2_000_000:
+            shapes.append((n_single // 1000, 1000))
+        for shape in shapes:
+            n2 = shape[0] * shape[1]
+            fns = {}
+            notes = {}
+            opts = {}
+            for lab, rank1 in (("fo AdamW int4, rank-1 v", True),
+                               ("fo AdamW int4, blockwise v", False)):
+                opts[lab], fns[lab] = _fo_adamw(n2, shape=shape, state_dtype="int4",
+                                                rank1_normalization=rank1)
+                notes[lab] = f"state {state_bytes_per_param(opts[lab], n2):.4f} B/param"
+            _, fns["fo AdamW float32"] = _fo_adamw(n2, shape=shape)
+            best = section(f"[2b] int4 on a {shape} float32 param, 1 thread", n2, 1, fns,
+                           notes)
+            ratios[f"int4 rank-1 / blockwise at {shape} (x speed)"] = (
+                best["fo AdamW int4, blockwise v"] / best["fo AdamW int4, rank-1 v"])
+            ratios[f"int4 rank-1 / float32 at {shape} (x speed)"] = (
+                best["fo AdamW float32"] / best["fo AdamW int4, rank-1 v"])
+            del fns, opts
+            gc.collect()
+
         # 3. all threads, n_all params: int8 and int4 vs float32, and int8's own roofline
         fo.set_num_threads(threads_all)
         fns = {}
@@ -842,11 +873,13 @@ def run_precision(n_single: int, n_all: int, threads_all: int, min_time: float =
 
     # 5. state memory on a (1000, 1000) param
     state_bytes: dict[str, float] = {}
-    for sd in ("float32", "bfloat16", "int8", "int4"):
+    for label, sd, rank1 in (("float32", "float32", True), ("bfloat16", "bfloat16", True),
+                             ("int8", "int8", True), ("int4 (rank-1 v)", "int4", True),
+                             ("int4 (blockwise)", "int4", False)):
         p = np.zeros((1000, 1000), np.float32)
-        opt = fo.AdamW([p], **PRECISION_KW, state_dtype=sd)
+        opt = fo.AdamW([p], **PRECISION_KW, state_dtype=sd, rank1_normalization=rank1)
         opt.step([np.full_like(p, 1e-3)])
-        state_bytes[sd] = state_bytes_per_param(opt, p.size)
+        state_bytes[label] = state_bytes_per_param(opt, p.size)
     print("\n[5] AdamW state per param, (1000, 1000) float32 param, from the state buffers' "
           "nbytes:", file=out)
     print("  " + "   ".join(f"{k} {v:.4f} B" for k, v in state_bytes.items()), file=out)

@@ -27,7 +27,8 @@ from ._backend import FUSED, Backend
 from ._gate import apply_gated, grads_finite, gated_group, inv_grad_scale
 from ._layout import GroupLayout, check_new_params, group_arrays, parse_params, route_flat, \
     split_grads
-from ._precision import MIN_QUANTIZED_SIZE, check_options, check_rounding, resolve
+from ._precision import MIN_QUANTIZED_SIZE, check_options, check_rank1, check_rounding, \
+    resolve
 from ._spec import OptSpec, register
 from ._state import build_plan, ensure_state
 
@@ -111,7 +112,10 @@ class Optimizer:
     * ``state_dtype``: ``None`` (the params' dtype; float32 under master weights),
       ``"float32"``, ``"bfloat16"``, ``"int8"`` or ``"int4"`` (blockwise quantized moments,
       as in bitsandbytes and Li et al. 2023); ``min_quantized_size`` (default 4096): smaller params
-      keep float32 state.
+      keep float32 state; ``rank1_normalization`` (default True): under int4, the
+      non-negative moments of params with two or more dimensions (of size > 1) are scaled by
+      Li et al.'s rank-1 statistics (for a matrix, min(row max, column max)) instead of a
+      blockwise absmax; False keeps them blockwise.
     * ``stochastic_rounding`` and ``seed``: bfloat16 params without master weights rounded
       stochastically, reproducibly for any thread count.
 
@@ -153,6 +157,7 @@ class Optimizer:
                  skip_nonfinite: bool = False, master_weights: bool | None = None,
                  state_dtype: str | None = None,
                  min_quantized_size: int = MIN_QUANTIZED_SIZE,
+                 rank1_normalization: bool = True,
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
         if getattr(type(self), "spec", None) is None:
             raise TypeError(f"{type(self).__name__} has no spec: Optimizer is a base class, "
@@ -168,6 +173,8 @@ class Optimizer:
         #: params' dtype when it is added
         self.master_weights, self.state_dtype, self.min_quantized_size = check_options(
             master_weights, state_dtype, min_quantized_size)
+        #: int4 state: rank-1 normalized non-negative moments (fusedoptim._precision)
+        self.rank1_normalization = check_rank1(rank1_normalization)
         self.stochastic_rounding, self.seed = check_rounding(stochastic_rounding, seed)
         self.skipped_steps = 0
         self.defaults = dict(defaults)
@@ -209,7 +216,9 @@ class Optimizer:
         check_new_params(self, names, arrays)
         precision = resolve(type(self).__name__, self._kernel, arrays[0].dtype,
                             self.master_weights, self.state_dtype, self.min_quantized_size,
-                            self.stochastic_rounding)
+                            self.stochastic_rounding,
+                            tuple(a.shape for a in arrays) if self.rank1_normalization
+                            else ())
         group = dict(self.defaults)
         group.update({k: v for k, v in group_in.items() if k != "params"})
         cache = _GroupCache()
@@ -229,8 +238,10 @@ class Optimizer:
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
         self._caches.append(cache)
+        roles = _kernels.KERNEL_ROLES[self._kernel]
+        rank1_slots = tuple(s for k, s in enumerate(self._slots) if roles[2 + k].endswith("+"))
         self._layouts.append(GroupLayout(arrays, flat_param, arena, flat_ok, precision,
-                                         self._slots))
+                                         self._slots, rank1_slots))
         self._pinned.append(tuple(arrays))
         first = self._layouts[0]
         self._arena_grads = (first.arena.grads if len(self._layouts) == 1

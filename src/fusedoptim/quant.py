@@ -70,8 +70,9 @@ def dynamic_map(signed: bool, bits: int = 8) -> NDArray[np.float32]:
       of the second moment v quantize to exactly 0, and the Adam update m / (sqrt(v) + eps)
       then divides by eps alone, a huge step in those coordinates, which is what makes naive
       4-bit Adam diverge. With no zero code, every v dequantizes to at least absmax/16.
-      (Li et al. also normalize 2-D second moments by rank-1 statistics instead of blocks;
-      that is a choice of the optimizer, not of the map.)
+      (Li et al. also normalize 2-D second moments by rank-1 statistics instead of blocks,
+      as fusedoptim's int4 optimizer state does by default (``rank1_normalization``); that
+      is a choice of the optimizer, not of the map.)
 
     bitsandbytes builds its map from ``torch.linspace`` in float32. torch's CPU kernel
     computes each linspace point with a fused multiply-add in its AVX2 and AVX-512 builds (the

@@ -1004,3 +1004,72 @@ def dequantize_blockwise(codes: NDArray[np.uint8], absmax: NDArray[np.float32],
     scale = np.repeat(np.asarray(absmax, np.float32), block_size)[:n]
     x = np.asarray(code, np.float32)[idx[:n]] * scale       # float32 product
     return x.astype(dtype)
+
+
+# -- rank-1 normalized 4-bit state (Li et al. 2023; the reference of cython_kernels/rank1.h) ---
+
+def rank1_maxima(x: NDArray[Any], dims: tuple[int, ...]) -> NDArray[np.float32]:
+    """The marginal maxima of |x| (read as float32, reshaped to `dims`): for each dimension a
+    in turn, max |x| over every element whose index in dimension a is i, for each i. A NaN
+    wins; an Inf or NaN maximum is stored as NaN. float32, sum(dims) values."""
+    a = np.abs(np.ascontiguousarray(x).reshape(dims).astype(np.float32))
+    parts = []
+    for d in range(len(dims)):
+        others = tuple(k for k in range(len(dims)) if k != d)
+        parts.append(np.max(a, axis=others))                # NaN propagates
+    m = np.concatenate(parts).astype(np.float32)
+    return np.where(np.isfinite(m), m, np.float32(np.nan)).astype(np.float32)
+
+
+def rank1_scales(maxima: NDArray[np.float32], dims: tuple[int, ...]) -> NDArray[np.float32]:
+    """Each element's scale: the smallest of its marginal maxima (NaN if any is NaN), as an
+    array of shape `dims`."""
+    m = np.asarray(maxima, np.float32)
+    s: NDArray[np.float32] | None = None
+    off = 0
+    for d, n in enumerate(dims):
+        shape = [1] * len(dims)
+        shape[d] = n
+        part = m[off:off + n].reshape(shape)
+        off += n
+        s = part if s is None else np.minimum(s, part)      # np.minimum keeps a NaN
+    assert s is not None
+    return np.broadcast_to(s, dims).astype(np.float32)
+
+
+def quantize_rank1(x: NDArray[Any], dims: tuple[int, ...]
+                   ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Rank-1 normalized 4-bit quantization of x (flattened, read as float32, as an array of
+    shape `dims`) to the zero-free linear map k/16, k = 1..16:
+
+      maxima = rank1_maxima(x, dims); s = rank1_scales(maxima, dims)
+      valid  = s > 0                                (not 0, not NaN)
+      c      = clip(ceil(16 * (x / s) - 1/2), 1, 16) - 1   (float32 division), 0 where not
+               valid: the nearest code, ties to the lower index (cython_kernels/rank1.h)
+    Codes packed as quantize_blockwise's 4-bit ones. Returns (codes, maxima), both 1-D."""
+    xf = np.ascontiguousarray(x).reshape(-1).astype(np.float32)
+    maxima = rank1_maxima(xf, dims)
+    s = rank1_scales(maxima, dims).reshape(-1)
+    valid = s > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(valid, (xf / np.where(valid, s, np.float32(1))) * np.float32(16),
+                     np.float32(0)).astype(np.float32)
+    c = np.clip(np.ceil(t - np.float32(0.5)), 1, 16).astype(np.uint8) - np.uint8(1)
+    if c.size % 2:
+        c = np.append(c, np.uint8(0))
+    return ((c[0::2] << 4) | c[1::2]).astype(np.uint8), maxima
+
+
+def dequantize_rank1(codes: NDArray[np.uint8], maxima: NDArray[np.float32],
+                     dims: tuple[int, ...], code: NDArray[np.float32],
+                     dtype: Any = np.float32) -> NDArray[Any]:
+    """x = code[c] * its scale (rank1_scales), in float32, then cast to `dtype`. Returns a
+    1-D array of prod(dims) elements."""
+    n = int(np.prod(dims, dtype=np.int64))
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    idx = np.empty(2 * flat.size, np.uint8)
+    idx[0::2] = flat >> 4
+    idx[1::2] = flat & 15
+    s = rank1_scales(maxima, dims).reshape(-1)
+    x = np.asarray(code, np.float32)[idx[:n]] * s             # float32 product
+    return x.astype(dtype)

@@ -134,8 +134,8 @@ class LARS(Optimizer):
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
         **precision: ``master_weights``, ``state_dtype``, ``min_quantized_size``,
-            ``stochastic_rounding``, ``seed``: half-precision params, master weights and
-            bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
+            ``rank1_normalization``, ``stochastic_rounding``, ``seed``: half-precision params,
+            master weights and bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step`` and ``momentum_buffer`` (only when momentum != 0).
     """

@@ -96,8 +96,8 @@ class NAdam(Optimizer):
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
         **precision: ``master_weights``, ``state_dtype``, ``min_quantized_size``,
-            ``stochastic_rounding``, ``seed``: half-precision params, master weights and
-            bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
+            ``rank1_normalization``, ``stochastic_rounding``, ``seed``: half-precision params,
+            master weights and bfloat16/int8/int4 state (see :class:`fusedoptim.Optimizer`).
 
     State per param: ``step``, ``mu_product`` (starts at 1.0), ``exp_avg``, ``exp_avg_sq``.
     """
