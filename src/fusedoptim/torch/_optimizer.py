@@ -1,0 +1,380 @@
+"""The torch.optim.Optimizer subclass that steps torch CPU tensors through fusedoptim's
+fused kernels.
+
+Each ``fusedoptim.torch.X`` holds a ``fusedoptim.X`` (the *inner* optimizer) built over
+zero-copy NumPy views of the model's params. torch keeps what torch code touches: the param
+groups (schedulers write ``group["lr"]``), the hooks, ``zero_grad``. The inner optimizer keeps
+the state and runs the step. Three things are kept in sync, each as cheaply as it can be:
+
+* hyperparameters: copied from torch's groups to the inner groups at each step (a few dict
+  writes per group; the inner optimizer re-validates only values that changed);
+* grads: ``p.grad`` is read at each step; the NumPy views of grad tensors seen at the last
+  step are reused (one C-level identity check per group), so ``zero_grad(set_to_none=False)``
+  loops pay nothing and ``set_to_none=True`` loops pay one view per new grad;
+* state: ``opt.state`` (torch's format: ``param -> {name: tensor}``) is rebuilt from the inner
+  state when it is read after a step. Buffers are tensors sharing memory with the kernels'
+  buffers; ``step`` and scalar state are 0-d tensors, as torch keeps them.
+
+``state_dict()`` is torch's own, over that state. ``load_state_dict`` converts a torch-format
+checkpoint (torch.optim's, or ours) into the inner optimizer's, which checks everything before
+it changes anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .. import _kernels
+from .._precision import FLOAT32, MASTER, GroupPrecision
+from ..optimizer import Optimizer as _FusedOptimizer
+from ._tensors import NUMPY_DTYPES, as_array, as_tensor, device_error, param_array, scalar_dtype
+
+#: the NumPy dtypes of float tensors (ml_dtypes' bfloat16 is not of kind "f")
+_FLOAT_ARRAYS = frozenset(NUMPY_DTYPES.values())
+#: optimizers whose torch.optim twin keeps no ``step`` in its state
+_NO_STEP_IN_TORCH = frozenset({"SGD"})
+
+
+def _label(gi: int, i: int, name: str | None) -> str:
+    return f"param_groups[{gi}]['params'][{i}]" + (f" ({name!r})" if name else "")
+
+
+def _split_named(items: list[Any]) -> tuple[list[Any], list[str | None]]:
+    """Params and their names from a list of tensors or of (name, tensor) pairs (torch's
+    ``named_parameters()``)."""
+    params: list[Any] = []
+    names: list[str | None] = []
+    for it in items:
+        if isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str):
+            names.append(it[0])
+            params.append(it[1])
+        else:
+            names.append(None)
+            params.append(it)
+    return params, names
+
+
+def _float_state_dtype(prec: GroupPrecision, slot: str, size: int) -> np.dtype[Any]:
+    """The dtype in which the fused optimizer loads float state of `slot` for a param of
+    `size` elements: float32 where the state is quantized (it quantizes it) or under master
+    weights, else the group's state dtype."""
+    if slot == MASTER or prec.quant is not None:
+        return FLOAT32
+    return prec.slot_dtype(slot)
+
+
+def _plain(v: Any) -> Any:
+    """A hyperparameter as the inner optimizer takes it: a 0-d tensor becomes a number."""
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    return v
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of the torch.optim drop-ins. Each subclass names its fusedoptim optimizer
+    (``_fused_class``); construction takes that optimizer's arguments, with torch params.
+
+    Params are CPU, dense, contiguous tensors of float32, float64, bfloat16 or float16, given as
+    torch accepts them (``model.parameters()``, ``named_parameters()``, or param groups). Frozen
+    params (``requires_grad=False``) and params without a grad are skipped, as in torch.
+    ``step(closure=None)`` reads ``p.grad``. With ``torch.amp.GradScaler`` the grads are
+    unscaled inside the fused kernel (torch's protocol for fused optimizers:
+    ``_step_supports_amp_scaling``, ``grad_scale``, ``found_inf``), and a step with non-finite
+    grads is skipped without changing anything.
+    """
+
+    _fused_class: ClassVar[type[_FusedOptimizer]]
+    # GradScaler hands us grad_scale and found_inf instead of unscaling the grads itself.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
+        if getattr(type(self), "_fused_class", None) is None:
+            raise TypeError(f"{type(self).__name__} is a base class: use one of "
+                            f"fusedoptim.torch's optimizers, e.g. fusedoptim.torch.AdamW")
+        if isinstance(params, torch.Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            f"Tensors or dicts, but got {torch.typename(params)}")
+        items = list(params)
+        if not items:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = items if isinstance(items[0], dict) else [{"params": items}]
+        numpy_groups = []
+        for gi, g in enumerate(groups):
+            if not isinstance(g, dict) or "params" not in g:
+                raise TypeError(f"param group {gi} must be a dict with a 'params' entry, got "
+                                f"{type(g).__name__}")
+            numpy_groups.append(self._numpy_group(g, gi))
+        self._fused: _FusedOptimizer = self._fused_class(numpy_groups, *args, **kwargs)
+        self._ready = False
+        self._state_dirty = True
+        self._torch_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+        super().__init__(items, dict(self._fused.defaults))
+        self._hyper_keys = tuple(self._fused.defaults)
+        self._flat: list[torch.Tensor] = []
+        self._rebuild_caches()
+        self._ready = True
+
+    # -- params -----------------------------------------------------------------------------
+    @staticmethod
+    def _numpy_group(group: Mapping[str, Any], gi: int) -> dict[str, Any]:
+        """A torch param group as the inner optimizer takes it: NumPy views, plain numbers."""
+        raw = group["params"]
+        if isinstance(raw, torch.Tensor):
+            raw = [raw]
+        params, names = _split_named(list(raw))
+        out = {k: _plain(v) for k, v in group.items() if k not in ("params", "param_names")}
+        out["params"] = [param_array(p, _label(gi, i, n))
+                         for i, (p, n) in enumerate(zip(params, names))]
+        return out
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, as in torch (its unset hyperparameters take the defaults); the
+        fused optimizer gets it too, or neither does."""
+        if not getattr(self, "_ready", False):
+            super().add_param_group(param_group)    # from torch's __init__: already inside
+            return
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"param_group must be a dict with a 'params' entry, got "
+                            f"{type(param_group).__name__}")
+        numpy_group = self._numpy_group(param_group, len(self.param_groups))
+        super().add_param_group(param_group)
+        torch_group = self.param_groups[-1]
+        numpy_group.update({k: _plain(torch_group[k]) for k in self._hyper_keys
+                            if k in torch_group})
+        try:
+            self._fused.add_param_group(numpy_group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        self._rebuild_caches()
+
+    def _rebuild_caches(self) -> None:
+        """What each step compares against: the params (and their memory) the fused optimizer
+        points at, and the grad tensors last seen with their NumPy views."""
+        self._group_params = [tuple(g["params"]) for g in self.param_groups]
+        self._flat = [p for ps in self._group_params for p in ps]
+        self._ptrs = [p.data_ptr() for p in self._flat]
+        self._grad_tensors: tuple[Any, ...] = (None,) * len(self._flat)
+        self._grad_arrays: list[Any] = [None] * len(self._flat)
+        self._state_dirty = True
+
+    @property
+    def fused_optimizer(self) -> _FusedOptimizer:
+        """The fusedoptim optimizer that holds the state and runs the step (NumPy views)."""
+        return self._fused
+
+    # -- the step ---------------------------------------------------------------------------
+    def _grads(self) -> list[Any]:
+        """Each param's grad as a NumPy view (None: no grad), checked; views of grad tensors
+        seen at the last step are reused."""
+        flat = self._flat
+        for gi, g in enumerate(self.param_groups):
+            if not _kernels.same_items(g["params"], self._group_params[gi]):
+                raise ValueError(f"param_groups[{gi}]['params'] changed after the optimizer "
+                                 f"was built; add params with add_param_group, or build a new "
+                                 f"optimizer (load_state_dict carries the state over)")
+        if [p.data_ptr() for p in flat] != self._ptrs:
+            i = next(k for k, p in enumerate(flat) if p.data_ptr() != self._ptrs[k])
+            raise ValueError(f"param {i} ({tuple(flat[i].shape)}) now lives in other memory "
+                             f"(p.data was replaced, e.g. by model.to() or "
+                             f"load_state_dict(assign=True)); the optimizer steps the memory it "
+                             f"was built on: build a new optimizer after converting the model "
+                             f"(load_state_dict carries the state over)")
+        grads = [p.grad for p in flat]
+        if _kernels.same_items(grads, self._grad_tensors):
+            return self._grad_arrays
+        arrays = list(self._grad_arrays)
+        for i, g in enumerate(grads):
+            if g is None:
+                arrays[i] = None
+            elif g is not self._grad_tensors[i]:
+                arrays[i] = self._grad_array(g, flat[i], i)
+        # (cached only once every grad checked)
+        self._grad_tensors = tuple(grads)
+        self._grad_arrays = arrays
+        return arrays
+
+    def _grad_array(self, g: Any, p: torch.Tensor, i: int) -> Any:
+        what = f"the grad of param {i}"
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(g).__name__}")
+        if g.layout is not torch.strided and g.device.type == "cpu":
+            raise ValueError(f"{what} is sparse ({g.layout}); {type(self).__name__} takes "
+                             f"dense grads (only SparseAdam takes sparse ones): use a dense "
+                             f"embedding (sparse=False) or SparseAdam for it")
+        err = device_error(g, what)
+        if err is not None:
+            raise ValueError(err)
+        if g.dtype not in NUMPY_DTYPES:
+            raise TypeError(f"{what} has dtype {g.dtype}; grads must be float32, float64, "
+                            f"bfloat16 or float16 (param dtype {p.dtype})")
+        if g.shape != p.shape:
+            raise ValueError(f"{what} has shape {tuple(g.shape)}, but the param has shape "
+                             f"{tuple(p.shape)}; a grad must have its param's shape")
+        if not g.is_contiguous():
+            raise ValueError(f"{what} is not contiguous (strides {g.stride()}); the fused "
+                             f"kernels read contiguous grads: set p.grad = p.grad.contiguous()")
+        return as_array(g)
+
+    def _sync_hyperparameters(self) -> None:
+        keys = self._hyper_keys
+        for tg, fg in zip(self.param_groups, self._fused.param_groups):
+            for k in keys:
+                v = tg[k]
+                if type(v) is torch.Tensor:
+                    v = v.item()
+                fg[k] = v
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One fused, in-place update of every param that has a grad; returns the closure's
+        loss (None without a closure). Everything is checked before anything is written."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss         # GradScaler found Inf/NaN: skip, nothing changes
+        grad_scale = getattr(self, "grad_scale", None)
+        scale = None if grad_scale is None else float(grad_scale)
+        grads = self._grads()
+        self._sync_hyperparameters()
+        self._fused.step(grads, grad_scale=scale)
+        self._state_dirty = True
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``. With ``set_to_none`` the views of the dropped grads are
+        released too, so their memory is freed as soon as torch lets it go."""
+        super().zero_grad(set_to_none)
+        if set_to_none:
+            self._grad_tensors = (None,) * len(self._flat)
+            self._grad_arrays = [None] * len(self._flat)
+
+    # -- state ------------------------------------------------------------------------------
+    @property  # type: ignore[override]
+    def state(self) -> defaultdict[torch.Tensor, dict[str, Any]]:
+        """param -> its state, in torch's format: buffers are tensors sharing memory with the
+        fused optimizer's; ``step`` and scalar state are 0-d tensors (copies)."""
+        if self._state_dirty and getattr(self, "_ready", False):
+            self._torch_state = self._state_from_fused()
+            self._state_dirty = False
+        return self._torch_state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        # torch's __init__ assigns an empty state; ours is always derived from the fused one.
+        self._torch_state = value
+
+    def _state_from_fused(self) -> defaultdict[torch.Tensor, dict[str, Any]]:
+        out: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+        drop_step = type(self).__name__ in _NO_STEP_IN_TORCH
+        sdt = scalar_dtype()
+        for i, st in self._fused.state.items():
+            entry: dict[str, Any] = {}
+            for k, v in st.items():
+                if isinstance(v, np.ndarray):
+                    entry[k] = as_tensor(v)
+                elif not (k == "step" and drop_step):
+                    entry[k] = torch.tensor(float(v), dtype=sdt)
+            out[self._flat[i]] = entry
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a checkpoint in torch's format: torch.optim's (same keys) or ours. It is
+        checked in full before anything changes; a rejected one changes nothing."""
+        state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
+                            "Optimizer.state_dict() returns")
+        saved = list(state_dict["param_groups"])
+        groups = self.param_groups
+        if len(saved) != len(groups):
+            raise ValueError(f"loaded state dict has {len(saved)} parameter groups, this "
+                             f"optimizer has {len(groups)}")
+        for gi, (g, sg) in enumerate(zip(groups, saved)):
+            if len(sg["params"]) != len(g["params"]):
+                raise ValueError(f"loaded state dict's param group {gi} has "
+                                 f"{len(sg['params'])} params, this optimizer's has "
+                                 f"{len(g['params'])}: the checkpoint was saved from another "
+                                 f"model or param grouping")
+        self._fused.load_state_dict(self._fused_state_dict(state_dict, saved))
+        # Checked and loaded: now torch's side, as torch does it (the saved hyperparameters
+        # replace ours, the params stay); keys only fusedoptim has keep their values.
+        new_groups = []
+        for g, sg in zip(groups, saved):
+            ng = {k: g[k] for k in self._hyper_keys if k not in sg}
+            ng.update(sg)
+            ng["params"] = g["params"]
+            if "param_names" in g:
+                ng["param_names"] = g["param_names"]
+            new_groups.append(ng)
+        self.param_groups = new_groups
+        self._state_dirty = True
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _fused_state_dict(self, state_dict: Mapping[str, Any],
+                          saved: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """A torch-format state_dict as the fused optimizer's load_state_dict takes it."""
+        fused = self._fused
+        ids = {sid: i for i, sid in enumerate(itertools.chain.from_iterable(
+            sg["params"] for sg in saved))}
+        groups = []
+        for gi, sg in enumerate(saved):
+            d = {k: _plain(sg[k]) for k in self._hyper_keys if k in sg}
+            d["params"] = list(fused._group_slices[gi])
+            groups.append(d)
+        scalars = set(fused._scalar_state) | {"step"}
+        state: dict[int, dict[str, Any]] = {}
+        for sid, st in state_dict["state"].items():
+            if sid not in ids:
+                raise ValueError(f"loaded state dict has state for param id {sid!r}, which "
+                                 f"no param group lists")
+            i = ids[sid]
+            gi = next(k for k, sl in enumerate(fused._group_slices) if i in sl)
+            layout = fused._layouts[gi]
+            p = fused.param_groups[gi]["params"][i - fused._group_slices[gi].start]
+            entry: dict[str, Any] = {}
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    if v.device.type != "cpu" or v.layout is not torch.strided:
+                        v = v.to_dense() if v.layout is not torch.strided else v
+                        v = v.cpu()
+                    if k in scalars:
+                        v = v.item()
+                        entry[k] = int(v) if k == "step" and float(v).is_integer() else v
+                        continue
+                    if v.dtype not in NUMPY_DTYPES and v.is_floating_point():
+                        raise TypeError(f"state_dict['state'][{sid!r}][{k!r}] has dtype "
+                                        f"{v.dtype}, which no fusedoptim state uses")
+                    v = as_array(v.contiguous()).copy()
+                    if v.dtype in _FLOAT_ARRAYS and k in fused._slots + (MASTER,):
+                        # torch casts float state to the param's dtype on load; we cast it
+                        # to what this optimizer keeps (float32 under master weights)
+                        v = v.astype(_float_state_dtype(layout.precision, k, p.size))
+                entry[k] = v
+            if layout.precision.master and MASTER not in entry and len(entry) > 1:
+                # torch keeps no float32 master copy: start it from the (rounded) param
+                entry[MASTER] = np.asarray(p, dtype=np.float32).copy()
+            state[i] = entry
+        out: dict[str, Any] = {"state": state, "param_groups": groups}
+        if "seed" in state_dict:
+            out["seed"] = state_dict["seed"]
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(f"{type(self).__name__} cannot be pickled or deep-copied: it holds "
+                        f"pointer tables into the params' memory. Save opt.state_dict() "
+                        f"(torch.save works on it) and load it into a new optimizer")
+
