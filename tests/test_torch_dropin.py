@@ -534,6 +534,44 @@ def test_clip_grad_norm_matches_torch(norm_type):
     assert torch.isnan(bad.grad[1]) and bad.grad[0].item() == 1.0   # nothing changed
 
 
+def test_clip_grad_norm_over_an_optimizers_params_shares_its_grad_views():
+    """Over exactly the params of a drop-in optimizer, the clip reuses the optimizer's grad
+    views (and keeps its plans while the grads stay the same tensors): new grad tensors and
+    grads scaled in place between calls must still be seen."""
+    model, ref = _mlp(torch.float32), _mlp(torch.float32)
+    x, y = _data("mlp", torch.float32)
+    opt = fot.SGD(model.parameters(), lr=0.1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for step in range(6):
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad(set_to_none=bool(step % 2))
+            torch.nn.functional.mse_loss(m(x), y).backward()
+        if step == 4:
+            for q in model.parameters():
+                q.grad.mul_(3.0)             # in place: the cached views see it
+            for q in ref.parameters():
+                q.grad.mul_(3.0)
+        params = opt.param_groups[0]["params"]
+        total = fot.clip_grad_norm_(params, 0.05)
+        ref_total = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 0.05)
+        assert total.item() == pytest.approx(ref_total.item(), rel=1e-5)
+        for q, r in zip(model.parameters(), ref.parameters()):
+            np.testing.assert_allclose(q.grad.numpy(), r.grad.numpy(), rtol=1e-5, atol=1e-8)
+        opt.step()
+        ref_opt.step()
+
+
+def test_step_hooks_and_profiler_record_the_step():
+    model = _mlp(torch.float32)
+    x, y = _data("mlp", torch.float32)
+    opt = fot.Adam(model.parameters())
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = [e.name for e in prof.events()]
+    assert "Optimizer.step#Adam.step" in names
+
+
 def test_clip_grad_value_matches_torch():
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=gen) * 3 for s in [(7,), (30, 20)]]
@@ -653,8 +691,167 @@ def test_pickling_is_refused_with_the_way_out():
 
 def test_every_fusedoptim_optimizer_is_here_under_its_name():
     for name in fo.optim.__all__:
+        if name == "SparseGrad":
+            continue
         cls = getattr(fot, name)
         assert issubclass(cls, torch.optim.Optimizer) and issubclass(cls, fot.Optimizer)
         assert cls._fused_class is getattr(fo, name)
-    for name in itertools.chain(NAMES, ["LAMB", "LARS", "Lion", "SignSGD"]):
+    for name in itertools.chain(NAMES, ["LAMB", "LARS", "Lion", "SignSGD", "SparseAdam",
+                                        "Adafactor", "LBFGS", "Muon", "MuonWithAuxAdam"]):
         assert name in fot.__all__
+
+
+# ------------------------------------------------------ the optimizers that are not spec-built
+def _with_default_dtype(dtype, fn):
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return fn()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _adafactor_params(values=None):
+    """A (24, 6) matrix, a (24,) vector and a (2, 3, 4) tensor: every kind of Adafactor state."""
+    torch.manual_seed(0)
+    init = values or [torch.randn(24, 6), torch.randn(24), torch.randn(2, 3, 4)]
+    return [torch.nn.Parameter(v.detach().clone().double()) for v in init]
+
+
+def _adafactor_steps(params, opt, steps):
+    w, b, k = params
+    x, y = _data("mlp", torch.float64)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((torch.tanh(x @ w.t() + b).sum(1, keepdim=True) * k.sum() - y) ** 2).mean().backward()
+        opt.step()
+
+
+def test_adafactor_matches_torch_and_checkpoints_move_both_ways():
+    def check():
+        kw = dict(lr=1e-2, weight_decay=0.01)
+        runs = {}
+        for name, cls in (("torch", torch.optim.Adafactor), ("fot", fot.Adafactor)):
+            params = _adafactor_params()
+            opt = cls(params, **kw)
+            _adafactor_steps(params, opt, 20)
+            runs[name] = params, opt
+        for a, b in zip(runs["fot"][0], runs["torch"][0]):
+            _close64(a, b)
+        # each side's checkpoint (through a torch.save file) into the other, 10 more steps
+        for src, dst_cls in (("fot", torch.optim.Adafactor), ("torch", fot.Adafactor)):
+            params, opt = runs[src]
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            buf.seek(0)
+            sd = torch.load(buf, weights_only=True)
+            assert set(sd["state"][0]) == {"step", "row_var", "col_var"}
+            assert sd["state"][0]["step"].dtype == torch.float64   # torch's scalar dtype
+            twin = _adafactor_params(params)
+            dst = dst_cls(twin, **kw)
+            dst.load_state_dict(sd)
+            _adafactor_steps(params, opt, 10)
+            _adafactor_steps(twin, dst, 10)
+            for a, b in zip(twin, params):
+                _close64(a, b)
+        return True
+    assert _with_default_dtype(torch.float64, check)
+
+
+def test_sparse_adam_on_a_sparse_embedding_matches_torch():
+    def run(cls, steps=40):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(50, 8, sparse=True, dtype=torch.float64)
+        opt = cls(emb.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(steps):
+            idx = torch.randint(0, 50, (16,), generator=gen)   # duplicates included
+            opt.zero_grad()
+            emb(idx).square().sum().backward()
+            opt.step()
+        return emb.weight, opt
+
+    ref, topt = run(torch.optim.SparseAdam)
+    got, fopt = run(fot.SparseAdam)
+    _close64(got, ref)
+    tsd, fsd = topt.state_dict(), fopt.state_dict()
+    assert set(tsd["state"][0]) == set(fsd["state"][0])
+    assert fsd["state"][0]["step"] == tsd["state"][0]["step"]
+    emb = torch.nn.Embedding(4, 3, dtype=torch.float64)        # a dense grad: refused
+    opt = fot.SparseAdam(emb.parameters())
+    emb(torch.tensor([1])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        opt.step()
+    assert torch.equal(emb.weight, before)
+
+
+def test_lbfgs_with_torchs_closure_matches_torch():
+    def run(cls, line_search):
+        x0 = torch.tensor([-1.2, 1.0, 0.5, -0.3], dtype=torch.float64)
+        p = torch.nn.Parameter(x0.clone())
+        opt = cls([p], lr=1, max_iter=10, history_size=5, line_search_fn=line_search)
+
+        def closure():
+            opt.zero_grad()
+            loss = (100 * (p[1:] - p[:-1] ** 2) ** 2 + (1 - p[:-1]) ** 2).sum()
+            loss.backward()
+            return loss
+
+        losses = [opt.step(closure).item() for _ in range(3)]
+        return p, losses, opt
+
+    for ls in (None, "strong_wolfe"):
+        ref, ref_losses, topt = run(torch.optim.LBFGS, ls)
+        got, losses, fopt = run(fot.LBFGS, ls)
+        # 3 calls of 10 iterations on Rosenbrock: torch against itself drifts ~1e-9 here
+        # (test_lbfgs compares call by call at 1e-9); the first losses are the same numbers
+        np.testing.assert_allclose(losses[0], ref_losses[0], rtol=1e-12)
+        np.testing.assert_allclose(got.detach().numpy(), ref.detach().numpy(), rtol=1e-6)
+        assert fopt.state_dict()["state"][0]["n_iter"] == topt.state_dict()["state"][0]["n_iter"]
+    with pytest.raises(RuntimeError, match="closure"):
+        fopt.step()
+
+
+def test_muon_and_the_hybrid_step_torch_models():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    x, y = _data("mlp", torch.float32)
+    hidden = [model[0].weight]
+    rest = [model[0].bias, model[2].weight, model[2].bias]
+    opt = fot.MuonWithAuxAdam([dict(params=hidden, use_muon=True, lr=0.02),
+                               dict(params=rest, use_muon=False, lr=3e-3)])
+    # the same steps through fusedoptim on NumPy views: the drop-in adds nothing to the math
+    twin_model = _seeded(lambda: torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                                                    torch.nn.Linear(16, 1)), torch.float32)
+    torch.manual_seed(0)
+    twin_model.load_state_dict(model.state_dict())
+    views = [q.detach().numpy() for q in twin_model.parameters()]
+    twin = fo.MuonWithAuxAdam([dict(params=views[:1], use_muon=True, lr=0.02),
+                               dict(params=views[1:], use_muon=False, lr=3e-3)])
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        twin_model.zero_grad()
+        torch.nn.functional.mse_loss(twin_model(x), y).backward()
+        twin.step([q.grad.numpy() for q in twin_model.parameters()])
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(a, b)
+    assert opt.param_groups[0]["momentum"] == 0.95        # the hybrid's defaults, shown
+    with pytest.raises(ValueError, match="2-D"):
+        fot.Muon([torch.nn.Parameter(torch.zeros(3))])
+
+
+def test_import_without_torch_says_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import fusedoptim.torch\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert 'pip install "fusedoptim[torch]"' in out

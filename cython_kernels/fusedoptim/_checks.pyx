@@ -275,3 +275,43 @@ def same_items(object live, tuple pinned):
             return False
     return True
 
+
+
+def views_at(list templates, list addresses, list typenums, list owners):
+    """NumPy views of foreign memory (torch tensors' data), without a Python-level call per
+    array: view k has the shape of ndarray templates[k], dtype number typenums[k], its data at
+    addresses[k], and keeps owners[k] alive as its base. The caller has checked that each
+    address holds a C-contiguous run of templates[k].size elements of that dtype (what
+    fusedoptim.torch checks of a grad before asking for its view)."""
+    cdef Py_ssize_t k, n = len(templates)
+    cdef cnp.ndarray t
+    cdef list out = [None] * n
+    if len(addresses) != n or len(typenums) != n or len(owners) != n:
+        raise ValueError("views_at: templates, addresses, typenums and owners must have "
+                         "one entry each per view")
+    for k in range(n):
+        t = <cnp.ndarray?>templates[k]
+        view = cnp.PyArray_SimpleNewFromData(cnp.PyArray_NDIM(t), cnp.PyArray_DIMS(t),
+                                             <int>typenums[k],
+                                             <void*><uintptr_t>(<object>addresses[k]))
+        cnp.set_array_base(view, owners[k])
+        out[k] = view
+    return out
+
+
+def flat_views_at(list sizes, list addresses, list typenums, list owners):
+    """Like views_at, but view k is 1-D of sizes[k] elements (for reductions, where the shape
+    does not matter)."""
+    cdef Py_ssize_t k, n = len(sizes)
+    cdef cnp.npy_intp dims[1]
+    cdef list out = [None] * n
+    if len(addresses) != n or len(typenums) != n or len(owners) != n:
+        raise ValueError("flat_views_at: sizes, addresses, typenums and owners must have "
+                         "one entry each per view")
+    for k in range(n):
+        dims[0] = <cnp.npy_intp>sizes[k]
+        view = cnp.PyArray_SimpleNewFromData(1, dims, <int>typenums[k],
+                                             <void*><uintptr_t>(<object>addresses[k]))
+        cnp.set_array_base(view, owners[k])
+        out[k] = view
+    return out

@@ -1370,6 +1370,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "strong_wolfe, fused vs torch.optim.LBFGS, time outside the closure")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
+    p.add_argument("--torch", action="store_true",
+                   help="the fusedoptim.torch rows instead: AdamW steps of 1000 torch params "
+                        "and one 1e5 param vs torch.optim.AdamW(fused=True), clip_grad_norm_, "
+                        "a TransformerEncoder trained end to end, the step after a matmul")
     p.add_argument("--muon", action="store_true",
                    help="the Muon rows instead: one (1024, 1024) param, 64 of (256, 256) and "
                         "512 of (32, 32), against torch.optim.Muon with its iteration in "
@@ -1471,6 +1475,10 @@ def main(args: argparse.Namespace) -> int:
         run_precision(sizes[0], n_all, max(threads), min_time=args.min_time,
                       repeat=args.repeat, use_bnb=not args.no_bnb, use_torch=not args.no_torch,
                       compute_n=min(100_000, n_all))
+        return 0
+    if args.torch:
+        from .torch._bench import run_torch
+        run_torch(threads, min_time=args.min_time, repeat=args.repeat)
         return 0
     if args.muon:
         run_muon(threads, min_time=args.min_time, repeat=args.repeat,

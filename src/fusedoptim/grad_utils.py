@@ -162,11 +162,17 @@ def clip_grad_norm_(grads: ArraysArg, max_norm: float, norm_type: float | str = 
     tensor of the grads' dtype. Returns ``total`` as a Python float, accumulated in double
     (torch returns a tensor accumulated in the grads' dtype).
     """
+    items, n64 = _arrays(grads, "grads", True)
+    return clip_planned(_plans(items, n64), max_norm, norm_type, error_if_nonfinite)
+
+
+def clip_planned(plans: list[_kernels.Plan], max_norm: float, norm_type: float | str = 2.0,
+                 error_if_nonfinite: bool = False) -> float:
+    """clip_grad_norm_ over grads already checked and planned (``_plans``): what a caller
+    that keeps the plans of the same grads across steps (fusedoptim.torch) runs."""
     p = _norm_type(norm_type)
     max_norm_f = v.nonneg(max_norm, "max_norm", " (inf only measures the norm)")
     error_if_nonfinite = v.flag(error_if_nonfinite, "error_if_nonfinite")
-    items, n64 = _arrays(grads, "grads", True)
-    plans = _plans(items, n64)
     total = _total_norm(plans, p)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"The total norm of order {p} of the gradients is non-finite "

@@ -30,28 +30,38 @@ except ImportError as exc:  # pragma: no cover - exercised in a torch-free envir
         "fusedoptim.torch needs PyTorch: install it with pip install \"fusedoptim[torch]\" "
         f"(or pip install torch). Original error: {exc}") from None
 
+import inspect as _inspect
+
 from .. import optim as _optim
-from ..optimizer import Optimizer as _FusedOptimizer
 from ._grad_utils import clip_grad_norm_, clip_grad_value_
-from ._optimizer import Optimizer
+from ._optimizer import ClosureOptimizer, Optimizer, SparseGradOptimizer
 
 __all__ = ["Optimizer", "clip_grad_norm_", "clip_grad_value_"]
 
+#: fusedoptim optimizers whose step is not step(grads): the drop-in base that adapts them
+_BASES: dict[str, type[Optimizer]] = {"SparseAdam": SparseGradOptimizer,
+                                      "LBFGS": ClosureOptimizer}
 
-def _drop_in(fused: type[_FusedOptimizer]) -> type[Optimizer]:
+
+def _drop_in(fused: type) -> type[Optimizer]:
     """The torch.optim subclass stepping through `fused`."""
     doc = (f"``torch.optim``-compatible :class:`fusedoptim.{fused.__name__}` for torch CPU "
            f"tensors (see :class:`fusedoptim.torch.Optimizer`). Arguments, defaults and "
            f"update rule are fusedoptim.{fused.__name__}'s:\n\n" + (fused.__doc__ or ""))
-    cls = type(fused.__name__, (Optimizer,), {
-        "_fused_class": fused, "__doc__": doc, "__module__": __name__,
-        "__qualname__": fused.__name__})
-    return cls
+    base = _BASES.get(fused.__name__, Optimizer)
+    attrs: dict[str, object] = {"_fused_class": fused, "__doc__": doc, "__module__": __name__,
+                                "__qualname__": fused.__name__}
+    if base is Optimizer:
+        # GradScaler's fused protocol only where the step divides by a grad_scale itself;
+        # elsewhere GradScaler unscales the grads first, as for any torch optimizer.
+        attrs["_step_supports_amp_scaling"] = (
+            "grad_scale" in _inspect.signature(getattr(fused, "step")).parameters)
+    return type(fused.__name__, (base,), attrs)
 
 
 for _name in _optim.__all__:
     _cls = getattr(_optim, _name)
-    if isinstance(_cls, type) and issubclass(_cls, _FusedOptimizer):
+    if isinstance(_cls, type) and hasattr(_cls, "step") and hasattr(_cls, "state_dict"):
         globals()[_name] = _drop_in(_cls)
         __all__.append(_name)
 del _name, _cls, _torch

@@ -9,8 +9,12 @@ from typing import Any
 
 import torch
 
+from .. import _kernels
 from .. import grad_utils as _fused
-from ._tensors import NUMPY_DTYPES, as_array, device_error
+from ._optimizer import shared_grad_plans
+from ._tensors import NUMPY_DTYPES, device_error
+
+_TYPENUMS = {t: d.num for t, d in NUMPY_DTYPES.items()}
 
 
 def _grad_arrays(parameters: torch.Tensor | Iterable[torch.Tensor]) -> tuple[list[Any], Any]:
@@ -18,9 +22,18 @@ def _grad_arrays(parameters: torch.Tensor | Iterable[torch.Tensor]) -> tuple[lis
     grad's torch dtype (None: no grads)."""
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
-    arrays = []
-    first = None
-    for i, p in enumerate(parameters):
+    params = parameters if type(parameters) is list else list(parameters)
+    grads = [p.grad if isinstance(p, torch.Tensor) else p for p in params]
+    present = [g for g in grads if g is not None]
+    # The common case checked in one expression per grad and viewed in one C call (as the
+    # optimizer's step does); anything else is examined one by one for the precise error.
+    nums = [_TYPENUMS.get(g.dtype) if isinstance(g, torch.Tensor) else None for g in present]
+    if all(num is not None and g.is_cpu and g.layout is torch.strided and g.is_contiguous()
+           for g, num in zip(present, nums)):
+        arrays = _kernels.flat_views_at([g.numel() for g in present],
+                                        [g.data_ptr() for g in present], nums, present)
+        return arrays, (present[0].dtype if present else None)
+    for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"parameters[{i}] must be a torch.Tensor, got {type(p).__name__}")
         g = p.grad
@@ -36,10 +49,7 @@ def _grad_arrays(parameters: torch.Tensor | Iterable[torch.Tensor]) -> tuple[lis
         if not g.is_contiguous():
             raise ValueError(f"{what} is not contiguous (strides {g.stride()}); make it "
                              f"contiguous: p.grad = p.grad.contiguous()")
-        if first is None:
-            first = g.dtype
-        arrays.append(as_array(g))
-    return arrays, first
+    raise AssertionError("unreachable: a grad failed the fast check but none the slow one")
 
 
 def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float,
@@ -55,7 +65,17 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     last bits. ``foreach`` is accepted for torch compatibility and ignored: this is always one
     fused pass. With no grads, returns ``tensor(0.)`` as torch does.
     """
-    arrays, dtype = _grad_arrays(parameters)
+    params = parameters if type(parameters) is list else (
+        [parameters] if isinstance(parameters, torch.Tensor) else list(parameters))
+    shared = shared_grad_plans(params)
+    if shared is not None:
+        # the params of a drop-in optimizer: its grad views and their plans
+        plans, dtype = shared
+        if dtype is None:
+            return torch.tensor(0.0)
+        total = _fused.clip_planned(plans, max_norm, norm_type, error_if_nonfinite)
+        return torch.tensor(total, dtype=dtype)
+    arrays, dtype = _grad_arrays(params)
     if not arrays:
         return torch.tensor(0.0)
     total = _fused.clip_grad_norm_(arrays, max_norm, norm_type, error_if_nonfinite)

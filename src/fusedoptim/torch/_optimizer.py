@@ -22,7 +22,9 @@ it changes anything.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -37,8 +39,43 @@ from ._tensors import NUMPY_DTYPES, as_array, as_tensor, device_error, param_arr
 
 #: the NumPy dtypes of float tensors (ml_dtypes' bfloat16 is not of kind "f")
 _FLOAT_ARRAYS = frozenset(NUMPY_DTYPES.values())
+_STRIDED = torch.strided
+#: id(param) -> the live drop-in optimizer stepping it, whose grad views clip_grad_norm_ and
+#: clip_grad_value_ reuse (the optimizer keeps its params alive, so an id stays valid while
+#: its entry exists)
+_VIEW_OWNERS: weakref.WeakValueDictionary[int, Optimizer] = weakref.WeakValueDictionary()
+
+
+def shared_grad_plans(params: list[Any]) -> tuple[list[Any], Any] | None:
+    """The driver plans over the grads of `params` (those present) and the first grad's
+    dtype, from the drop-in optimizer built over exactly these params in this order: its grad
+    views (checked and cached as its step does, which its next step then reuses) and plans
+    kept while the grads stay the same tensors. None when there is no such optimizer."""
+    if not params:
+        return None
+    opt = _VIEW_OWNERS.get(id(params[0]))
+    if opt is None or opt._sparse_grads or not _kernels.same_items(params, opt._flat_tuple):
+        return None
+    arrays = opt._grads()
+    if arrays is not opt._clip_key:
+        from ..grad_utils import _plans
+        present = [a for a in arrays if a is not None]
+        items, n64 = _kernels.check_arrays(present, "grads", None, True)
+        opt._clip_plans = _plans(items, n64)
+        opt._clip_dtype = next((p.grad.dtype for p in params if p.grad is not None), None)
+        opt._clip_key = arrays
+    return opt._clip_plans, opt._clip_dtype
+#: torch dtype -> NumPy dtype number, for the grads' views
+_TYPENUMS = {t: d.num for t, d in NUMPY_DTYPES.items()}
 #: optimizers whose torch.optim twin keeps no ``step`` in its state
 _NO_STEP_IN_TORCH = frozenset({"SGD"})
+#: the scalar state torch keeps as 0-d tensors, by optimizer; spec-built optimizers: their
+#: ``step`` and declared scalar state (NAdam's mu_product, ASGD's eta and mu)
+_SPEC_TENSOR_SCALARS: frozenset[str] = frozenset()
+_TENSOR_SCALARS = {"Adafactor": frozenset({"step"}), "SparseAdam": frozenset(),
+                   "LBFGS": frozenset()}
+#: scalar state that is a count (loaded as int)
+_INTEGER_STATE = frozenset({"step", "func_evals", "n_iter"})
 
 
 def _label(gi: int, i: int, name: str | None) -> str:
@@ -69,11 +106,74 @@ def _float_state_dtype(prec: GroupPrecision, slot: str, size: int) -> np.dtype[A
     return prec.slot_dtype(slot)
 
 
+def _to_torch(v: Any) -> Any:
+    """Arrays (also inside lists) as tensors sharing their memory; a NumPy scalar as a 0-d
+    tensor; anything else as it is."""
+    if isinstance(v, np.ndarray):
+        return as_tensor(v)
+    if isinstance(v, np.generic):
+        return torch.tensor(v.item(), dtype=torch.float64 if v.dtype == np.float64
+                            else torch.float32)
+    if isinstance(v, list):
+        return [_to_torch(x) for x in v]
+    return v
+
+
+def _to_numpy(v: Any, what: str) -> Any:
+    """Tensors (also inside lists) as NumPy arrays (copies, on the CPU, dense)."""
+    if isinstance(v, torch.Tensor):
+        if v.layout is not torch.strided:
+            v = v.to_dense()
+        v = v.detach().cpu().contiguous()
+        if v.is_floating_point() and v.dtype not in NUMPY_DTYPES:
+            raise TypeError(f"{what} has dtype {v.dtype}, which no fusedoptim state uses")
+        return as_array(v).copy()
+    if isinstance(v, list):
+        return [_to_numpy(x, f"{what}[{j}]") for j, x in enumerate(v)]
+    return v
+
+
 def _plain(v: Any) -> Any:
     """A hyperparameter as the inner optimizer takes it: a 0-d tensor becomes a number."""
     if isinstance(v, torch.Tensor):
         return v.item()
     return v
+
+
+def _with_hooks(func: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's step wrapper (``Optimizer.profile_hook_step``: the global and per-optimizer
+    step pre/post hooks, in torch's order and with its argument rewriting), entering the
+    profiler's record_function only while a profiler runs: torch enters it on every step,
+    which costs more than a small model's whole fused step."""
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+    @functools.wraps(func)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if torch._C._autograd._profiler_enabled():
+            with torch.autograd.profiler.record_function(
+                    f"Optimizer.step#{type(self).__name__}.step"):
+                return _hooked(self, args, kwargs)
+        return _hooked(self, args, kwargs)
+
+    def _hooked(self: Any, args: Any, kwargs: Any) -> Any:
+        full = (self, *args)
+        for pre_hook in itertools.chain(_global_optimizer_pre_hooks.values(),
+                                        self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, full, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    full, kwargs = result
+                else:
+                    raise RuntimeError(f"{func} must return None or a tuple of (new_args, "
+                                       f"new_kwargs), but got {result}.")
+        out = func(*full, **kwargs)
+        for post_hook in itertools.chain(self._optimizer_step_post_hooks.values(),
+                                         _global_optimizer_post_hooks.values()):
+            post_hook(self, full, kwargs)
+        return out
+
+    wrapper.hooked = True          # type: ignore[attr-defined]  # torch then wraps no more
+    return wrapper
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -89,9 +189,17 @@ class Optimizer(torch.optim.Optimizer):
     grads is skipped without changing anything.
     """
 
-    _fused_class: ClassVar[type[_FusedOptimizer]]
+    _fused_class: ClassVar[type[Any]]
+    param_groups: list[dict[str, Any]]
+    #: grads are torch sparse tensors (SparseAdam): every grad goes through _grad_array
+    _sparse_grads: ClassVar[bool] = False
     # GradScaler hands us grad_scale and found_inf instead of unscaling the grads itself.
     _step_supports_amp_scaling = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            cls.step = _with_hooks(cls.__dict__["step"])  # type: ignore[method-assign]
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         if getattr(type(self), "_fused_class", None) is None:
@@ -110,12 +218,17 @@ class Optimizer(torch.optim.Optimizer):
                 raise TypeError(f"param group {gi} must be a dict with a 'params' entry, got "
                                 f"{type(g).__name__}")
             numpy_groups.append(self._numpy_group(g, gi))
-        self._fused: _FusedOptimizer = self._fused_class(numpy_groups, *args, **kwargs)
+        self._fused: Any = self._fused_class(numpy_groups, *args, **kwargs)
         self._ready = False
         self._state_dirty = True
         self._torch_state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
-        super().__init__(items, dict(self._fused.defaults))
-        self._hyper_keys = tuple(self._fused.defaults)
+        super().__init__(items, dict(getattr(self._fused, "defaults", {})))
+        # The fused side resolved every group's hyperparameters (defaults, per-group kinds
+        # such as MuonWithAuxAdam's): torch's groups show the same values.
+        for tg, fg in zip(self.param_groups, self._fused.param_groups):
+            for k, v in fg.items():
+                if k != "params":
+                    tg.setdefault(k, v)
         self._flat: list[torch.Tensor] = []
         self._rebuild_caches()
         self._ready = True
@@ -145,27 +258,42 @@ class Optimizer(torch.optim.Optimizer):
         numpy_group = self._numpy_group(param_group, len(self.param_groups))
         super().add_param_group(param_group)
         torch_group = self.param_groups[-1]
-        numpy_group.update({k: _plain(torch_group[k]) for k in self._hyper_keys
-                            if k in torch_group})
+        numpy_group.update({k: _plain(v) for k, v in torch_group.items()
+                            if k not in ("params", "param_names")})
         try:
             self._fused.add_param_group(numpy_group)
         except Exception:
             self.param_groups.pop()
             raise
+        for k, v in self._fused.param_groups[-1].items():
+            if k != "params":
+                torch_group.setdefault(k, v)
         self._rebuild_caches()
 
     def _rebuild_caches(self) -> None:
         """What each step compares against: the params (and their memory) the fused optimizer
         points at, and the grad tensors last seen with their NumPy views."""
         self._group_params = [tuple(g["params"]) for g in self.param_groups]
+        # per group: the hyperparameters copied to the fused side at each step
+        self._hyper_keys = [tuple(k for k in fg if k != "params")
+                            for fg in self._fused.param_groups]
         self._flat = [p for ps in self._group_params for p in ps]
+        # the fused side's views of the params: the shapes grads are viewed in
+        self._templates = [a for g in self._fused.param_groups for a in g["params"]]
+        self._sizes = [a.size for a in self._templates]
+        self._flat_tuple = tuple(self._flat)
+        self._clip_key: Any = None        # the grad views list the clip plans were built on
+        self._clip_plans: list[Any] = []
+        self._clip_dtype: Any = None
+        for q in self._flat:
+            _VIEW_OWNERS[id(q)] = self
         self._ptrs = [p.data_ptr() for p in self._flat]
         self._grad_tensors: tuple[Any, ...] = (None,) * len(self._flat)
         self._grad_arrays: list[Any] = [None] * len(self._flat)
         self._state_dirty = True
 
     @property
-    def fused_optimizer(self) -> _FusedOptimizer:
+    def fused_optimizer(self) -> Any:
         """The fusedoptim optimizer that holds the state and runs the step (NumPy views)."""
         return self._fused
 
@@ -187,14 +315,39 @@ class Optimizer(torch.optim.Optimizer):
                              f"was built on: build a new optimizer after converting the model "
                              f"(load_state_dict carries the state over)")
         grads = [p.grad for p in flat]
-        if _kernels.same_items(grads, self._grad_tensors):
+        cached = self._grad_tensors
+        if _kernels.same_items(grads, cached):
             return self._grad_arrays
-        arrays = list(self._grad_arrays)
-        for i, g in enumerate(grads):
-            if g is None:
-                arrays[i] = None
-            elif g is not self._grad_tensors[i]:
-                arrays[i] = self._grad_array(g, flat[i], i)
+        arrays = [None if g is None else a
+                  for g, a in zip(grads, self._grad_arrays)]
+        new = [i for i, g, c in zip(range(len(grads)), grads, cached)
+               if g is not c and g is not None]
+        if new:
+            # The common case (a dense, contiguous CPU grad of a supported dtype and the
+            # param's size) is checked in one expression per grad and viewed in one C call;
+            # anything else takes _grad_array, which raises the precise error or adapts it.
+            # (torch's .grad setter and autograd already hold a grad to its param's shape
+            # and device, and the param's memory was checked above; its size is checked
+            # again here because the view's bounds depend on it)
+            sizes = self._sizes
+            gs = [grads[i] for i in new]
+            nums = [_TYPENUMS.get(g.dtype) for g in gs]
+            fast = [] if self._sparse_grads else [
+                i for i, g, num in zip(new, gs, nums)
+                if num is not None and g.layout is _STRIDED and g.is_contiguous()
+                and g.numel() == sizes[i]]
+            if len(fast) != len(new):
+                slow = sorted(set(new) - set(fast))
+                for i in slow:
+                    arrays[i] = self._grad_array(grads[i], flat[i], i)
+            if fast:
+                if len(fast) != len(new):
+                    gs = [grads[i] for i in fast]
+                    nums = [_TYPENUMS[g.dtype] for g in gs]
+                views = _kernels.views_at([self._templates[i] for i in fast],
+                                          [g.data_ptr() for g in gs], nums, gs)
+                for i, v in zip(fast, views):
+                    arrays[i] = v
         # (cached only once every grad checked)
         self._grad_tensors = tuple(grads)
         self._grad_arrays = arrays
@@ -223,15 +376,14 @@ class Optimizer(torch.optim.Optimizer):
         return as_array(g)
 
     def _sync_hyperparameters(self) -> None:
-        keys = self._hyper_keys
-        for tg, fg in zip(self.param_groups, self._fused.param_groups):
+        for tg, fg, keys in zip(self.param_groups, self._fused.param_groups, self._hyper_keys):
             for k in keys:
                 v = tg[k]
                 if type(v) is torch.Tensor:
                     v = v.item()
                 fg[k] = v
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One fused, in-place update of every param that has a grad; returns the closure's
         loss (None without a closure). Everything is checked before anything is written."""
         loss = None
@@ -245,7 +397,10 @@ class Optimizer(torch.optim.Optimizer):
         scale = None if grad_scale is None else float(grad_scale)
         grads = self._grads()
         self._sync_hyperparameters()
-        self._fused.step(grads, grad_scale=scale)
+        if scale is None:
+            self._fused.step(grads)
+        else:
+            self._fused.step(grads, grad_scale=scale)
         self._state_dirty = True
         return loss
 
@@ -258,7 +413,7 @@ class Optimizer(torch.optim.Optimizer):
             self._grad_arrays = [None] * len(self._flat)
 
     # -- state ------------------------------------------------------------------------------
-    @property  # type: ignore[override]
+    @property
     def state(self) -> defaultdict[torch.Tensor, dict[str, Any]]:
         """param -> its state, in torch's format: buffers are tensors sharing memory with the
         fused optimizer's; ``step`` and scalar state are 0-d tensors (copies)."""
@@ -274,17 +429,26 @@ class Optimizer(torch.optim.Optimizer):
 
     def _state_from_fused(self) -> defaultdict[torch.Tensor, dict[str, Any]]:
         out: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
-        drop_step = type(self).__name__ in _NO_STEP_IN_TORCH
-        sdt = scalar_dtype()
         for i, st in self._fused.state.items():
-            entry: dict[str, Any] = {}
-            for k, v in st.items():
-                if isinstance(v, np.ndarray):
-                    entry[k] = as_tensor(v)
-                elif not (k == "step" and drop_step):
-                    entry[k] = torch.tensor(float(v), dtype=sdt)
-            out[self._flat[i]] = entry
+            out[self._flat[i]] = self._torch_entry(st)
         return out
+
+    def _torch_entry(self, st: Mapping[str, Any]) -> dict[str, Any]:
+        """A state entry in torch's format: arrays as tensors sharing their memory (also in
+        lists, as LBFGS's history), and the scalars torch keeps as 0-d tensors as those."""
+        name = type(self).__name__
+        tensor_scalars = _TENSOR_SCALARS.get(name, _SPEC_TENSOR_SCALARS)
+        if tensor_scalars is _SPEC_TENSOR_SCALARS:
+            tensor_scalars = frozenset(self._fused._scalar_state) | {"step"}
+        entry: dict[str, Any] = {}
+        for k, v in st.items():
+            if k == "step" and name in _NO_STEP_IN_TORCH:
+                continue
+            if k in tensor_scalars and not isinstance(v, np.ndarray):
+                entry[k] = torch.tensor(float(v), dtype=scalar_dtype())
+            else:
+                entry[k] = _to_torch(v)
+        return entry
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint in torch's format: torch.optim's (same keys) or ours. It is
@@ -312,8 +476,8 @@ class Optimizer(torch.optim.Optimizer):
         # Checked and loaded: now torch's side, as torch does it (the saved hyperparameters
         # replace ours, the params stay); keys only fusedoptim has keep their values.
         new_groups = []
-        for g, sg in zip(groups, saved):
-            ng = {k: g[k] for k in self._hyper_keys if k not in sg}
+        for g, sg, keys in zip(groups, saved, self._hyper_keys):
+            ng = {k: g[k] for k in keys if k not in sg}
             ng.update(sg)
             ng["params"] = g["params"]
             if "param_names" in g:
@@ -331,50 +495,115 @@ class Optimizer(torch.optim.Optimizer):
         ids = {sid: i for i, sid in enumerate(itertools.chain.from_iterable(
             sg["params"] for sg in saved))}
         groups = []
-        for gi, sg in enumerate(saved):
-            d = {k: _plain(sg[k]) for k in self._hyper_keys if k in sg}
-            d["params"] = list(fused._group_slices[gi])
+        start = 0
+        for sg, fg, keys in zip(saved, fused.param_groups, self._hyper_keys):
+            d = {k: _plain(sg[k]) for k in keys if k in sg}
+            d["params"] = list(range(start, start + len(fg["params"])))
+            start += len(fg["params"])
             groups.append(d)
-        scalars = set(fused._scalar_state) | {"step"}
         state: dict[int, dict[str, Any]] = {}
         for sid, st in state_dict["state"].items():
             if sid not in ids:
                 raise ValueError(f"loaded state dict has state for param id {sid!r}, which "
                                  f"no param group lists")
-            i = ids[sid]
-            gi = next(k for k, sl in enumerate(fused._group_slices) if i in sl)
-            layout = fused._layouts[gi]
-            p = fused.param_groups[gi]["params"][i - fused._group_slices[gi].start]
-            entry: dict[str, Any] = {}
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    if v.device.type != "cpu" or v.layout is not torch.strided:
-                        v = v.to_dense() if v.layout is not torch.strided else v
-                        v = v.cpu()
-                    if k in scalars:
-                        v = v.item()
-                        entry[k] = int(v) if k == "step" and float(v).is_integer() else v
-                        continue
-                    if v.dtype not in NUMPY_DTYPES and v.is_floating_point():
-                        raise TypeError(f"state_dict['state'][{sid!r}][{k!r}] has dtype "
-                                        f"{v.dtype}, which no fusedoptim state uses")
-                    v = as_array(v.contiguous()).copy()
-                    if v.dtype in _FLOAT_ARRAYS and k in fused._slots + (MASTER,):
-                        # torch casts float state to the param's dtype on load; we cast it
-                        # to what this optimizer keeps (float32 under master weights)
-                        v = v.astype(_float_state_dtype(layout.precision, k, p.size))
-                entry[k] = v
-            if layout.precision.master and MASTER not in entry and len(entry) > 1:
-                # torch keeps no float32 master copy: start it from the (rounded) param
-                entry[MASTER] = np.asarray(p, dtype=np.float32).copy()
-            state[i] = entry
+            state[ids[sid]] = self._fused_entry(ids[sid], sid, st)
         out: dict[str, Any] = {"state": state, "param_groups": groups}
         if "seed" in state_dict:
             out["seed"] = state_dict["seed"]
         return out
+
+    def _fused_entry(self, i: int, sid: Any, st: Mapping[str, Any]) -> dict[str, Any]:
+        """Param i's state entry (torch's format, id `sid` in the checkpoint) as the fused
+        optimizer loads it: tensors as arrays, 0-d tensors as numbers."""
+        fused = self._fused
+        spec_built = isinstance(fused, _FusedOptimizer)
+        layout: Any = None
+        p: Any = None
+        if spec_built:
+            gi = next(k for k, sl in enumerate(fused._group_slices) if i in sl)
+            layout = fused._layouts[gi]
+            p = fused.param_groups[gi]["params"][i - fused._group_slices[gi].start]
+        entry: dict[str, Any] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() == 0:
+                x = v.item()
+                entry[k] = (int(x) if k in _INTEGER_STATE and float(x).is_integer() else x)
+                continue
+            v = _to_numpy(v, f"state_dict['state'][{sid!r}][{k!r}]")
+            if (spec_built and isinstance(v, np.ndarray) and v.dtype in _FLOAT_ARRAYS
+                    and k in fused._slots + (MASTER,)):
+                # torch casts float state to the param's dtype on load; we cast it to what
+                # this optimizer keeps (float32 under master weights or quantized state)
+                v = v.astype(_float_state_dtype(layout.precision, k, p.size))
+            entry[k] = v
+        if (spec_built and layout.precision.master and MASTER not in entry
+                and len(entry) > 1):
+            # torch keeps no float32 master copy: start it from the (rounded) param
+            entry[MASTER] = np.asarray(p, dtype=np.float32).copy()
+        return entry
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError(f"{type(self).__name__} cannot be pickled or deep-copied: it holds "
                         f"pointer tables into the params' memory. Save opt.state_dict() "
                         f"(torch.save works on it) and load it into a new optimizer")
 
+
+
+Optimizer.step = _with_hooks(Optimizer.step)  # type: ignore[method-assign]
+
+
+class SparseGradOptimizer(Optimizer):
+    """The drop-in for ``SparseAdam``: grads are torch's row-sparse COO tensors (an
+    ``nn.Embedding(sparse=True)`` grad), handed to the kernel as
+    :class:`fusedoptim.SparseGrad` (indices and values, viewed, not copied; duplicate rows
+    are summed by the kernel, as torch's ``coalesce()`` sums them)."""
+
+    _sparse_grads = True
+
+    def _grad_array(self, g: Any, p: torch.Tensor, i: int) -> Any:
+        from ..optim.sparse_adam import SparseGrad
+        what = f"the grad of param {i}"
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(g).__name__}")
+        if g.layout is torch.strided:
+            raise RuntimeError(f"{type(self).__name__} does not support dense gradients "
+                               f"({what} is dense), please consider Adam instead")
+        if g.layout is not torch.sparse_coo or g.device.type != "cpu":
+            raise ValueError(f"{what} has layout {g.layout} on {g.device}; "
+                             f"{type(self).__name__} takes CPU sparse_coo grads")
+        if g.shape != p.shape or g.sparse_dim() != 1:
+            raise ValueError(f"{what} has shape {tuple(g.shape)} with {g.sparse_dim()} sparse "
+                             f"dims; it must be row-sparse (sparse_dim 1) of its param's "
+                             f"shape {tuple(p.shape)}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{what} has dtype {g.dtype}; it must be its param's {p.dtype}")
+        indices = g._indices()[0].contiguous().numpy()
+        values = as_array(g._values().contiguous())
+        return SparseGrad(indices, values)
+
+
+class ClosureOptimizer(Optimizer):
+    """The drop-in for ``LBFGS``: ``step(closure)`` with torch's closure, which re-evaluates
+    the model, calls ``backward()`` and returns the loss; the fused LBFGS reads ``p.grad``
+    after each evaluation."""
+
+    _step_supports_amp_scaling = False
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if closure is None:
+            raise RuntimeError(f"{type(self).__name__} requires a closure: step(closure), "
+                               f"where closure() zeroes the grads, evaluates the model, calls "
+                               f"backward() and returns the loss")
+        first: list[Any] = []
+
+        def fused_closure() -> tuple[float, list[Any]]:
+            with torch.enable_grad():
+                loss = closure()
+            if not first:
+                first.append(loss)
+            return float(loss), self._grads()
+
+        self._sync_hyperparameters()
+        self._fused.step(fused_closure)
+        self._state_dirty = True
+        return first[0] if first else None
