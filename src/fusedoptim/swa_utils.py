@@ -71,7 +71,7 @@ class AveragedParams:
     The copy starts as a copy of `params` (torch deep-copies the model). Each
     :meth:`update_parameters` call moves it toward the arrays it is given; the first copies
     them, as torch's does. With ``a`` an averaged array, ``p`` its param and ``n`` the
-    updates so far (:attr:`n_averaged`)::
+    updates so far (``n_averaged``)::
 
         n == 0:                a = p
         EMA (decay=d):         a = lerp(a, p, 1 - d)          (get_ema_multi_avg_fn(d))

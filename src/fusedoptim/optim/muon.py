@@ -1,7 +1,7 @@
 """Muon: momentum orthogonalized by Newton-Schulz (kernels "muon_momentum" + "muon").
 
 A step is two fused passes on the driver with the Newton-Schulz iteration between them, as
-matrix products in NumPy's BLAS (:mod:`fusedoptim._blas` on threads). The passes run over a
+matrix products in NumPy's BLAS (``fusedoptim._blas`` on threads). The passes run over a
 work plan: the group's plan (param, grad, momentum_buffer) plus a fourth column, the update
 (one work buffer per param, the iteration's input and output).
 """
@@ -374,7 +374,7 @@ class Muon(Optimizer):
     ``A A^T``, which BLAS computes as a symmetric product at about 0.7x a general product's
     cost); the weight decay and update are a second fused pass. BLAS runs at
     ``blas_threads`` threads while the OpenMP threads wait, so the cores are never
-    oversubscribed (see :mod:`fusedoptim._blas`). Results are bitwise identical for any
+    oversubscribed (see ``fusedoptim._blas``). Results are bitwise identical for any
     fusedoptim thread count when the BLAS thread count is held fixed; BLAS itself may round
     differently at another thread count. Memory: one work buffer the size of the params (the
     updates), plus the iteration's buffers per batch shape.
