@@ -855,3 +855,34 @@ def test_import_without_torch_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert 'pip install "fusedoptim[torch]"' in out
+
+
+@pytest.mark.parametrize("first", ["torch", "fusedoptim"])
+def test_torch_and_the_fused_step_share_one_thread_pool(first):
+    """No oversubscription: after torch's parallel matmul, a fused step on 2 threads starts
+    no OpenMP threads of its own (one runtime, one pool), whichever library loads first;
+    and the thread-count setting is shared."""
+    import subprocess
+    import sys
+    second = "fusedoptim" if first == "torch" else "torch"
+    code = f"""
+import os
+import {first}, {second}
+import torch, fusedoptim as fo, fusedoptim.torch as fot
+torch.set_num_threads(2)
+assert fo.get_num_threads() == 2, fo.get_num_threads()
+a = torch.randn(512, 512)
+for _ in range(3):
+    torch.mm(a, a)
+after_torch = len(os.listdir("/proc/self/task"))
+p = torch.nn.Parameter(torch.randn(2_000_000))
+p.grad = torch.randn(2_000_000)
+opt = fot.AdamW([p])
+for _ in range(3):
+    opt.step()
+torch.mm(a, a)
+print(after_torch, len(os.listdir("/proc/self/task")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[1]) == int(out[0]), out
