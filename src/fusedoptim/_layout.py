@@ -348,6 +348,17 @@ def split_grads(opt: Optimizer, grads: GradsArg) -> list[Any]:
     entry is a list of grads (an array or None per param) or ARENA."""
     if grads is None or grads is opt._arena_grads:
         return arena_marks(opt)
+    flat = grads_in_param_order(opt, grads)
+    if len(opt._group_slices) == 1:
+        return [flat if isinstance(flat, list) else list(flat)]
+    return [list(flat[s.start:s.stop]) for s in opt._group_slices]
+
+
+def grads_in_param_order(opt: Any, grads: Any) -> Sequence[Any]:
+    """The user's grads (a list or tuple in param order, a dict keyed by param name, or one
+    array for one param) as one sequence in param order, or a clear error. `opt` has the
+    params' ``_names`` and caches its name lookup in ``_grad_getter``; every optimizer
+    class with a torch-shaped ``step(grads)`` shares this."""
     names = opt._names
     n = len(names)
     if isinstance(grads, MAPPINGS):
@@ -359,30 +370,24 @@ def split_grads(opt: Optimizer, grads: GradsArg) -> list[Any]:
             # itemgetter looks all names up in C: no Python loop per tensor per step.
             getter = opt._grad_getter = (operator.itemgetter(*names) if n > 1 else
                                          lambda d, k=names[0]: (d[k],))
-        flat: Sequence[FloatArray | None] | None = None
         if len(grads) == n:
             try:
-                flat = list(getter(grads))  # n names found among n keys: same key set
+                return list(getter(grads))  # n names found among n keys: same key set
             except KeyError:
                 pass
-        if flat is None:
-            missing = [k for k in names if k not in grads]
-            extra = [k for k in grads if k not in set(names)]
-            raise ValueError(f"grads keys do not match the params: missing {missing}, "
-                             f"unexpected {extra}")
-    elif isinstance(grads, (list, tuple)):
+        missing = [k for k in names if k not in grads]
+        extra = [k for k in grads if k not in set(names)]
+        raise ValueError(f"grads keys do not match the params: missing {missing}, "
+                         f"unexpected {extra}")
+    if isinstance(grads, (list, tuple)):
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but there are {n} params; "
                              f"pass one grad (or None) per param, in param order")
-        flat = grads
-    elif isinstance(grads, np.ndarray) and n == 1:
-        flat = [grads]
-    else:
-        raise TypeError(f"grads must be a list of arrays (or a dict keyed by param name), "
-                        f"got {type(grads).__name__}")
-    if len(opt._group_slices) == 1:
-        return [flat if isinstance(flat, list) else list(flat)]
-    return [list(flat[s.start:s.stop]) for s in opt._group_slices]
+        return grads
+    if isinstance(grads, np.ndarray) and n == 1:
+        return [grads]
+    raise TypeError(f"grads must be a list of arrays (or a dict keyed by param name), "
+                    f"got {type(grads).__name__}")
 
 
 def arena_marks(opt: Optimizer) -> list[object]:

@@ -196,15 +196,7 @@ def state_dict(opt: Optimizer, dequantize: bool = False) -> OptimizerStateDict:
             elif dequantize and slot in entry and entry[slot].dtype != FLOAT32:
                 entry[slot] = entry[slot].astype(FLOAT32)
         state[i] = entry
-    groups = []
-    for gi, g in enumerate(opt.param_groups):
-        entry = {k: v for k, v in g.items() if k != "params"}
-        sl = opt._group_slices[gi]
-        entry["params"] = list(sl)
-        if any(opt._names[i] is not None for i in sl):
-            entry["param_names"] = [opt._names[i] for i in sl]
-        groups.append(entry)
-    out: OptimizerStateDict = {"state": state, "param_groups": groups}
+    out: OptimizerStateDict = {"state": state, "param_groups": saved_groups(opt)}
     if opt.stochastic_rounding:
         out["seed"] = opt.seed          # the rounding stream goes on where it was
     return out
@@ -244,6 +236,21 @@ def _dequantize_rank1(codes: NDArray[Any], maxima: NDArray[Any], code: NDArray[n
     out: NDArray[np.float32] = dequantize_rank1(codes, maxima, _rank1_dims(p), code
                                                 ).reshape(p.shape)
     return out
+
+
+def saved_groups(opt: Any) -> list[dict[str, Any]]:
+    """The param groups as a state_dict holds them, torch's way: the hyperparameters, the
+    params as their flat indices, and ``param_names`` where params were named. `opt` has
+    ``param_groups``, ``_group_slices`` and ``_names`` (every torch-shaped optimizer class)."""
+    groups = []
+    for gi, g in enumerate(opt.param_groups):
+        entry = {k: v for k, v in g.items() if k != "params"}
+        sl = opt._group_slices[gi]
+        entry["params"] = list(sl)
+        if any(opt._names[i] is not None for i in sl):
+            entry["param_names"] = [opt._names[i] for i in sl]
+        groups.append(entry)
+    return groups
 
 
 def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:

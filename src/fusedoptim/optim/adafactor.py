@@ -11,7 +11,6 @@ same kernels and the same parallel driver through a :class:`_GroupStep` per para
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -19,7 +18,8 @@ import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
-from .._layout import MAPPINGS, check_new_params, group_arrays, parse_params
+from .._layout import check_new_params, grads_in_param_order, group_arrays, parse_params
+from .._state import saved_groups
 from .._validation import label
 from ..flat import PAGE, aligned_bytes
 
@@ -385,36 +385,7 @@ class Adafactor:
         return True
 
     def _split(self, grads: Any) -> list[list[Any]]:
-        names = self._names
-        n = len(names)
-        if isinstance(grads, MAPPINGS):
-            if any(k is None for k in names):
-                raise TypeError("grads is a dict, but the params were not named; pass a "
-                                "list of grads in param order")
-            if self._grad_getter is None:
-                self._grad_getter = (operator.itemgetter(*names) if n > 1 else
-                                     lambda dct, k=names[0]: (dct[k],))
-            flat: Sequence[Any] | None = None
-            if len(grads) == n:
-                try:
-                    flat = list(self._grad_getter(grads))
-                except KeyError:
-                    pass
-            if flat is None:
-                missing = [k for k in names if k not in grads]
-                extra = [k for k in grads if k not in set(names)]
-                raise ValueError(f"grads keys do not match the params: missing {missing}, "
-                                 f"unexpected {extra}")
-        elif isinstance(grads, (list, tuple)):
-            if len(grads) != n:
-                raise ValueError(f"grads has {len(grads)} entries but there are {n} params; "
-                                 f"pass one grad (or None) per param, in param order")
-            flat = grads
-        elif isinstance(grads, np.ndarray) and n == 1:
-            flat = [grads]
-        else:
-            raise TypeError(f"grads must be a list of arrays (or a dict keyed by param name), "
-                            f"got {type(grads).__name__}")
+        flat = grads_in_param_order(self, grads)
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -437,15 +408,7 @@ class Adafactor:
         param index as in torch."""
         state = {i: {k: (x.copy() if isinstance(x, np.ndarray) else x) for k, x in st.items()}
                  for i, st in self.state.items()}
-        groups = []
-        for gi, g in enumerate(self.param_groups):
-            entry = {k: val for k, val in g.items() if k != "params"}
-            sl = self._group_slices[gi]
-            entry["params"] = list(sl)
-            if any(self._names[i] is not None for i in sl):
-                entry["param_names"] = [self._names[i] for i in sl]
-            groups.append(entry)
-        return {"state": state, "param_groups": groups}
+        return {"state": state, "param_groups": saved_groups(self)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
