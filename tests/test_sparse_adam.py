@@ -344,3 +344,54 @@ def test_load_state_dict_refuses_bad_checkpoints_and_keeps_its_state():
         assert after["param_groups"] == good["param_groups"]
         np.testing.assert_array_equal(after["state"][0]["exp_avg"], good["state"][0]["exp_avg"])
         assert after["state"][0]["step"] == 1
+
+
+def _numpy_row_table(idx):
+    """The row table from its definition, the slow way: head = the index at its first
+    occurrence (-1 at a repeat), nxt = the next position holding the same index (-1)."""
+    n = len(idx)
+    head, nxt = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    seen = {}
+    for j, k in enumerate(idx.tolist()):
+        if k in seen:
+            nxt[seen[k]] = j
+        else:
+            head[j] = k
+        seen[k] = j
+    return np.concatenate([head, nxt])
+
+
+@pytest.mark.parametrize("case", ["empty", "one", "sorted", "sorted_dups", "unsorted",
+                                  "dups", "collide"])
+def test_row_table_matches_its_definition(case):
+    from fusedoptim.optim.sparse_adam import row_table
+    rng = np.random.default_rng(1)
+    rows = 1 << 40
+    idx = {"empty": np.zeros(0, np.int64), "one": np.array([7]),
+           "sorted": np.sort(rng.choice(5000, 700, replace=False)),
+           "sorted_dups": np.sort(rng.integers(0, 300, 700)),
+           "unsorted": rng.choice(5000, 700, replace=False),
+           "dups": rng.integers(0, 300, 2000),
+           # multiples of 2^34 (and 0, rows - 1): keys that differ only in high bits
+           "collide": np.concatenate([np.arange(64) << 34, [0, rows - 1, 5 << 34]])[::-1]
+           }[case].astype(np.int64)
+    np.testing.assert_array_equal(row_table(idx, rows), _numpy_row_table(idx))
+    for bad in ([-1], [rows], [0, 1, rows + 5], [3, 2, -(1 << 62)]):
+        assert row_table(np.array(list(idx[:3]) + bad, np.int64), rows) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_wide_rows_with_duplicates_and_strided_indices_match_the_twin(dtype):
+    # rows of 300 elements: a duplicated row is summed in tiles of 256 columns; indices
+    # given as a strided view
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((40, 3, 100)).astype(dtype)
+    a, b = p.copy(), p.copy()
+    fused, ref = fo.SparseAdam([a], lr=0.01), fo.reference.SparseAdam([b], lr=0.01)
+    for _ in range(5):
+        idx = rng.integers(0, 40, 120).astype(np.int64)[::2]
+        g = SparseGrad(idx, rng.standard_normal((60, 3, 100)).astype(dtype))
+        fused.step([g])
+        ref.step([g])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fused.state[0]["exp_avg_sq"], ref.state[0]["exp_avg_sq"])

@@ -930,7 +930,8 @@ def sparse_adam_fns(rows: int, dim: int, nnz: int, torch: Any = None,
     grads = [fo.SparseGrad(idx, vals)]
     opt.step(grads)                      # creates the state
     st = opt.state[0]
-    table = row_table(idx)
+    table = row_table(idx, rows)
+    assert table is not None
     plan = _kernels.Plan([vals], [[p, st["exp_avg"], st["exp_avg_sq"], table]], 4,
                          len(_kernels.SCALARS["touch_rows"]), ["values"])
     plan.active_array[...] = 1

@@ -92,37 +92,30 @@ class _Work(NamedTuple):
     nnz: int
 
 
-def row_table(indices: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The kernel's row table for `indices` (checked, 1-D int64): a stable argsort (the
-    sorted positions' values rows), then at each run of equal indices its param row and its
-    end. O(nnz) memory."""
-    nnz = indices.shape[0]
-    table = np.empty(3 * nnz, dtype=np.int64)
-    perm, dst, end = table[:nnz], table[nnz:2 * nnz], table[2 * nnz:]
-    if nnz == 0:
-        return table
-    if nnz == 1 or bool(np.all(indices[1:] > indices[:-1])):
-        # sorted and unique: every position is its own run
-        perm[...] = np.arange(nnz)
-        dst[...] = indices
-        end[...] = np.arange(1, nnz + 1)
-        return table
-    perm[...] = np.argsort(indices, kind="stable")
-    rows = indices[perm]
-    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-    dst.fill(-1)
-    dst[starts] = rows[starts]
-    end.fill(0)
-    end[starts[:-1]] = starts[1:]
-    end[starts[-1]] = nnz
-    return table
+def row_table(indices: NDArray[np.int64], nrows: int) -> NDArray[np.int64] | None:
+    """The kernel's row table for `indices` (1-D int64, C-contiguous) into a param of `nrows`
+    rows, or None when an index is outside [0, nrows): ``head`` (the param row at each
+    index's first occurrence, -1 at a repeat) and ``nxt`` (the next position with the same
+    index, -1 at a run's last), 2 * nnz int64 built in O(nnz) by
+    fusedoptim._checks.sparse_row_table (see cython_kernels/sparse_adam.pxi.tp)."""
+    return _kernels.sparse_row_table(indices, nrows)
+
+
+_DENSE_TABLES: dict[int, NDArray[np.int64]] = {}
 
 
 def _dense_table(nrows: int) -> NDArray[np.int64]:
-    table = np.empty(3 * nrows, dtype=np.int64)
-    table[:nrows] = np.arange(nrows)
-    table[nrows:2 * nrows] = np.arange(nrows)
-    table[2 * nrows:] = np.arange(1, nrows + 1)
+    """The row table of every row once, in order (a dense grad), cached per row count (the
+    kernel only reads it)."""
+    table = _DENSE_TABLES.get(nrows)
+    if table is None:
+        table = np.empty(2 * nrows, dtype=np.int64)
+        table[:nrows] = np.arange(nrows)
+        table[nrows:] = -1
+        table.flags.writeable = False
+        if len(_DENSE_TABLES) >= 8:
+            _DENSE_TABLES.pop(next(iter(_DENSE_TABLES)))
+        _DENSE_TABLES[nrows] = table
     return table
 
 
@@ -166,15 +159,17 @@ def check_grad(grad: object, param: FloatArray, where: str) -> _Work | None:
     if not (vals.flags.c_contiguous and vals.flags.aligned):
         raise ValueError(f"{where}.values is not C-contiguous; pass "
                          f"np.ascontiguousarray(values)")
-    if nnz:
+    if not (idx.flags.c_contiguous and idx.flags.aligned):
+        idx = np.ascontiguousarray(idx)
+    table = row_table(idx, rows)            # checks the range too, in the same pass
+    if table is None:
         lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= rows:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{where}.indices holds {bad}, out of range for a param of "
-                             f"{rows} rows; indices must be in [0, {rows})")
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{where}.indices holds {bad}, out of range for a param of "
+                         f"{rows} rows; indices must be in [0, {rows})")
     if nnz == 0 or row_len == 0:
         return None
-    return _Work(vals.reshape(nnz, row_len), row_table(idx), row_len, nnz)
+    return _Work(vals.reshape(nnz, row_len), table, row_len, nnz)
 
 
 class _Written:
