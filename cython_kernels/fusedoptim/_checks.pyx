@@ -282,7 +282,7 @@ def same_items(object live, tuple pinned):
 # ---------------------------------------------------------------------------------------------
 # SparseAdam's row table (cython_kernels/sparse_adam.pxi.tp reads it)
 
-def sparse_row_table(cnp.ndarray indices, Py_ssize_t nrows):
+def sparse_row_table(cnp.ndarray indices, Py_ssize_t nrows, cnp.ndarray out=None):
     """The SparseAdam kernel's row table for `indices` (1-D C-contiguous int64, as
     fusedoptim.optim.sparse_adam checks them): an int64 array of 2 * nnz,
 
@@ -298,13 +298,21 @@ def sparse_row_table(cnp.ndarray indices, Py_ssize_t nrows):
     O(nnz) time and memory: one pass checks the range and whether the indices strictly
     increase (then every position is its own run); otherwise an open-addressing hash table
     of >= 2 * nnz slots finds each index's first occurrence, and the chain's tail for the
-    next one. No sort."""
+    next one. No sort. `out`: an int64 C-contiguous array of 2 * nnz to write the table
+    into (a buffer kept between steps), else a new one."""
     if (cnp.PyArray_TYPE(indices) != cnp.NPY_INT64 or cnp.PyArray_NDIM(indices) != 1
             or not cnp.PyArray_IS_C_CONTIGUOUS(indices)
             or not cnp.PyArray_ISNOTSWAPPED(indices)):
         raise TypeError("indices must be a 1-D C-contiguous native int64 array")
     cdef Py_ssize_t n = cnp.PyArray_DIM(indices, 0)
-    table = np.empty(2 * n, dtype=np.int64)
+    if out is None:
+        table = np.empty(2 * n, dtype=np.int64)
+    elif (cnp.PyArray_TYPE(out) != cnp.NPY_INT64 or cnp.PyArray_NDIM(out) != 1
+            or cnp.PyArray_DIM(out, 0) != 2 * n or not cnp.PyArray_IS_C_CONTIGUOUS(out)
+            or not cnp.PyArray_ISWRITEABLE(out) or not cnp.PyArray_ISNOTSWAPPED(out)):
+        raise ValueError(f"out must be a writeable C-contiguous int64 array of {2 * n}")
+    else:
+        table = out
     cdef const int64_t* idx = <const int64_t*>cnp.PyArray_DATA(indices)
     cdef int64_t* head = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>table)
     cdef int64_t* nxt = head + n
