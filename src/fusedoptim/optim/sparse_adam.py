@@ -352,7 +352,8 @@ class SparseAdam:
 
     The step is one fused, GIL-free pass per param group on the shared driver, parallel over
     the touched rows' elements, with no temporary the size of a param: the only temporary is
-    an O(nnz) row table (a stable sort of the indices).
+    an O(nnz) row table (each index's first occurrence and its repeats, found by hashing,
+    without a sort), kept between steps with the step's plan.
 
     Args (torch.optim.SparseAdam's):
         params: list or dict of float32/float64 C-contiguous arrays of >= 1 dimension, or
