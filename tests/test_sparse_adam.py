@@ -344,3 +344,146 @@ def test_load_state_dict_refuses_bad_checkpoints_and_keeps_its_state():
         assert after["param_groups"] == good["param_groups"]
         np.testing.assert_array_equal(after["state"][0]["exp_avg"], good["state"][0]["exp_avg"])
         assert after["state"][0]["step"] == 1
+
+
+def _numpy_row_table(idx):
+    """The row table from its definition, the slow way: head = the index at its first
+    occurrence (-1 at a repeat), nxt = the next position holding the same index (-1)."""
+    n = len(idx)
+    head, nxt = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    seen = {}
+    for j, k in enumerate(idx.tolist()):
+        if k in seen:
+            nxt[seen[k]] = j
+        else:
+            head[j] = k
+        seen[k] = j
+    return np.concatenate([head, nxt])
+
+
+@pytest.mark.parametrize("case", ["empty", "one", "sorted", "sorted_dups", "unsorted",
+                                  "dups", "collide"])
+def test_row_table_matches_its_definition(case):
+    from fusedoptim.optim.sparse_adam import row_table
+    rng = np.random.default_rng(1)
+    rows = 1 << 40
+    idx = {"empty": np.zeros(0, np.int64), "one": np.array([7]),
+           "sorted": np.sort(rng.choice(5000, 700, replace=False)),
+           "sorted_dups": np.sort(rng.integers(0, 300, 700)),
+           "unsorted": rng.choice(5000, 700, replace=False),
+           "dups": rng.integers(0, 300, 2000),
+           # multiples of 2^34 (and 0, rows - 1): keys that differ only in high bits
+           "collide": np.concatenate([np.arange(64) << 34, [0, rows - 1, 5 << 34]])[::-1]
+           }[case].astype(np.int64)
+    np.testing.assert_array_equal(row_table(idx, rows), _numpy_row_table(idx))
+    for bad in ([-1], [rows], [0, 1, rows + 5], [3, 2, -(1 << 62)]):
+        assert row_table(np.array(list(idx[:3]) + bad, np.int64), rows) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_wide_rows_with_duplicates_and_strided_indices_match_the_twin(dtype):
+    # rows of 300 elements: a duplicated row is summed in tiles of 256 columns; indices
+    # given as a strided view
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((40, 3, 100)).astype(dtype)
+    a, b = p.copy(), p.copy()
+    fused, ref = fo.SparseAdam([a], lr=0.01), fo.reference.SparseAdam([b], lr=0.01)
+    for _ in range(5):
+        idx = rng.integers(0, 40, 120).astype(np.int64)[::2]
+        g = SparseGrad(idx, rng.standard_normal((60, 3, 100)).astype(dtype))
+        fused.step([g])
+        ref.step([g])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fused.state[0]["exp_avg_sq"], ref.state[0]["exp_avg_sq"])
+
+
+def test_kept_plans_tables_and_hyperparameters_follow_every_change():
+    # nnz fixed, so the plan, the row tables, the checked hyperparameters and the write
+    # index are reused between steps; each of them must follow what changes: new values
+    # arrays (or the same one refilled), lr set between steps, betas as a list mutated in
+    # place, a dense grad in between, a checkpoint loaded mid-run, a group added. The oracle
+    # is the reference functional form with its own state and the hyperparameters spelled
+    # out (the class's twin shares the class's step logic, caches included).
+    rng = np.random.default_rng(11)
+    shapes = [(50, 6), (30,)]
+    params = [rng.standard_normal(s) for s in shapes]
+    a, b = [p.copy() for p in params], [p.copy() for p in params]
+    fused = fo.SparseAdam(a, lr=0.01)
+    ms, vs, steps = [np.zeros_like(p) for p in b], [np.zeros_like(p) for p in b], [0, 0]
+    hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8)
+    reused = np.zeros((40, 6))
+    for k in range(24):
+        grads = []
+        for p in params:
+            # param 0 at steps 4 and 6: as many indices as rows, the dense grad's size
+            nnz = 50 if p.ndim == 2 and k in (4, 6) else 40
+            idx = rng.integers(0, p.shape[0], nnz).astype(np.int64)
+            vals = rng.standard_normal((nnz,) + p.shape[1:])
+            if p.ndim == 2 and k % 2 and nnz == 40:
+                reused[...] = vals
+                vals = reused
+            grads.append(SparseGrad(idx, vals))
+        if k == 5:
+            grads[0] = rng.standard_normal(shapes[0])
+        if k == 8:
+            fused.param_groups[0]["lr"] = hyper["lr"] = 0.003
+        if k == 11:
+            fused.param_groups[0]["betas"] = [0.5, 0.9]
+            hyper.update(beta1=0.5, beta2=0.9)
+        if k == 12:
+            fused.param_groups[0]["betas"][0] = hyper["beta1"] = 0.7
+        if k == 14:
+            # new state buffers (copies): a kept plan must not go on writing the old ones
+            old = fused.state[0]["exp_avg"]
+            fused.load_state_dict(fused.state_dict())
+            assert fused.state[0]["exp_avg"] is not old
+        if k in (3, 14):
+            if k == 3:      # a state buffer replaced in place of the live state
+                fused.state[0]["exp_avg"] = fused.state[0]["exp_avg"].copy()
+                ms[0] = ms[0].copy()
+            # the new buffers are known as written: values inside one are refused
+            for i, key in ((0, "exp_avg"), (1, "exp_avg_sq")):
+                buf = fused.state[i][key]
+                bad = list(grads)
+                bad[i] = SparseGrad(np.arange(buf.shape[0], dtype=np.int64), buf)
+                with pytest.raises(ValueError, match="shares memory with the state"):
+                    fused.step(bad)
+        if k == 17:
+            extra = rng.standard_normal((20, 2))
+            fused.add_param_group({"params": [extra.copy()], "lr": 0.02})
+            b.append(extra.copy())
+            ms.append(np.zeros_like(extra))
+            vs.append(np.zeros_like(extra))
+            steps.append(0)
+        if k >= 17:
+            grads.append(SparseGrad(rng.integers(0, 20, 40).astype(np.int64),
+                                    rng.standard_normal((40, 2))))
+        fused.step(grads)
+        n = 2
+        fo.reference.sparse_adam(b[:n], grads[:n], ms[:n], vs[:n], steps, **hyper)
+        if k >= 17:
+            tail = steps[n:]
+            fo.reference.sparse_adam(b[n:], grads[n:], ms[n:], vs[n:], tail,
+                                     lr=0.02)      # the new group: the defaults but lr
+            steps[n:] = tail
+        ours = a + fused.param_groups[-1]["params"] if k >= 17 else a
+        for x, y in zip(ours, b):
+            np.testing.assert_array_equal(x, y)
+    for i, (m, v) in enumerate(zip(ms, vs)):
+        np.testing.assert_array_equal(fused.state[i]["exp_avg"], m)
+        np.testing.assert_array_equal(fused.state[i]["exp_avg_sq"], v)
+
+
+def test_plan_rebase_refuses_arrays_that_do_not_fit():
+    from fusedoptim import _kernels
+    p = np.zeros((4, 3), np.float32)
+    plan = _kernels.Plan([p], [None], 0, 1, ["p"])
+    for bad in (np.zeros((4, 3)), np.zeros((5, 3), np.float32),
+                np.zeros((3, 4), np.float32).T, [np.zeros((4, 3), np.float32)]):
+        with pytest.raises(ValueError, match="rebase: array 0 must be"):
+            plan.rebase([bad])
+    with pytest.raises(ValueError, match="expected 1 arrays"):
+        plan.rebase([])
+    q = np.ones(12, np.float32)
+    plan.rebase([q])
+    assert plan.params[0] is q

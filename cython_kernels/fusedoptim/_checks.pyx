@@ -5,7 +5,9 @@ Shared by the optimizer classes, the functional API and the gradient utilities. 
 (fusedoptim._driver) cimports check_like to validate grads in Plan.bind.
 """
 
-from libc.stdint cimport uintptr_t, uint64_t
+from libc.stdint cimport uintptr_t, uint64_t, int64_t
+from libc.string cimport memset
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.ref cimport PyObject
 
 cimport numpy as cnp
@@ -315,3 +317,94 @@ def flat_views_at(list sizes, list addresses, list typenums, list owners):
         cnp.set_array_base(view, owners[k])
         out[k] = view
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SparseAdam's row table (cython_kernels/sparse_adam.pxi.tp reads it)
+
+def sparse_row_table(cnp.ndarray indices, Py_ssize_t nrows, cnp.ndarray out=None):
+    """The SparseAdam kernel's row table for `indices` (1-D C-contiguous int64, as
+    fusedoptim.optim.sparse_adam checks them): an int64 array of 2 * nnz,
+
+        head[j] = table[j]        indices[j] if position j is its index's first occurrence,
+                                  else -1
+        nxt[j]  = table[nnz + j]  the next position with the same index, or -1
+
+    so each distinct row is updated once, by its first occurrence, which sums the values of
+    its chain in the order given (a fixed order: the sum is the same for any thread count,
+    and the same as NumPy's coalesce in fusedoptim.reference). None when an index is outside
+    [0, nrows): nothing else is done, and the caller says which.
+
+    O(nnz) time and memory: one pass checks the range and whether the indices strictly
+    increase (then every position is its own run); otherwise an open-addressing hash table
+    of >= 2 * nnz slots finds each index's first occurrence, and the chain's tail for the
+    next one. No sort. `out`: an int64 C-contiguous array of 2 * nnz to write the table
+    into (a buffer kept between steps), else a new one."""
+    if (cnp.PyArray_TYPE(indices) != cnp.NPY_INT64 or cnp.PyArray_NDIM(indices) != 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(indices)
+            or not cnp.PyArray_ISNOTSWAPPED(indices)):
+        raise TypeError("indices must be a 1-D C-contiguous native int64 array")
+    cdef Py_ssize_t n = cnp.PyArray_DIM(indices, 0)
+    if out is None:
+        table = np.empty(2 * n, dtype=np.int64)
+    elif (cnp.PyArray_TYPE(out) != cnp.NPY_INT64 or cnp.PyArray_NDIM(out) != 1
+            or cnp.PyArray_DIM(out, 0) != 2 * n or not cnp.PyArray_IS_C_CONTIGUOUS(out)
+            or not cnp.PyArray_ISWRITEABLE(out) or not cnp.PyArray_ISNOTSWAPPED(out)):
+        raise ValueError(f"out must be a writeable C-contiguous int64 array of {2 * n}")
+    else:
+        table = out
+    cdef const int64_t* idx = <const int64_t*>cnp.PyArray_DATA(indices)
+    cdef int64_t* head = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef int64_t* nxt = head + n
+    cdef Py_ssize_t j, cap, h, f
+    cdef uint64_t bad = 0, unsorted = 0, limit = <uint64_t>nrows
+    cdef int shift
+    cdef int64_t k
+    cdef int64_t* slots
+    cdef int64_t* tail
+    with nogil:
+        for j in range(n):          # no branches: vectorizes
+            bad |= <uint64_t>idx[j] >= limit
+        for j in range(1, n):
+            unsorted |= idx[j] <= idx[j - 1]
+    if bad:
+        return None
+    if not unsorted:
+        with nogil:
+            for j in range(n):
+                head[j] = idx[j]
+                nxt[j] = -1
+        return table
+    cap = 16
+    shift = 60
+    while cap < 2 * n:
+        cap *= 2
+        shift -= 1
+    slots = <int64_t*>PyMem_Malloc(cap * sizeof(int64_t))
+    tail = <int64_t*>PyMem_Malloc(n * sizeof(int64_t))
+    if slots == NULL or tail == NULL:
+        PyMem_Free(slots)
+        PyMem_Free(tail)
+        raise MemoryError()
+    with nogil:
+        memset(slots, 0xff, cap * sizeof(int64_t))          # every slot -1: empty
+        for j in range(n):
+            k = idx[j]
+            h = <Py_ssize_t>((<uint64_t>k * <uint64_t>0x9E3779B97F4A7C15ULL) >> shift)
+            while True:
+                f = slots[h]
+                if f < 0:                   # first occurrence: a new run
+                    slots[h] = j
+                    head[j] = k
+                    tail[j] = j
+                    break
+                if idx[f] == k:             # a repeat: append to its run's chain
+                    head[j] = -1
+                    nxt[tail[f]] = j
+                    tail[f] = j
+                    break
+                h = (h + 1) & (cap - 1)
+            nxt[j] = -1
+    PyMem_Free(slots)
+    PyMem_Free(tail)
+    return table

@@ -1192,6 +1192,34 @@ cdef class Plan:
         self.st_grad = self.st_param
         self.nactive = self.ntensors
 
+    def rebase(self, list params):
+        """Point column 0 at `params`: one C-contiguous, aligned, native-order array per
+        tensor, of the plan's dtype and of that tensor's size, so the work units stay valid.
+        For a gather kernel whose column 0 is a per-step input (SparseAdam's gradient
+        values): its plan then outlives a step. The new arrays are read through column 0;
+        the caller has checked that nothing the kernel writes overlaps them. A rejected call
+        changes nothing."""
+        cdef Py_ssize_t t
+        cdef object a
+        if len(params) != self.ntensors:
+            raise ValueError(f"expected {self.ntensors} arrays, got {len(params)}")
+        for t in range(self.ntensors):
+            a = params[t]
+            if not (cnp.PyArray_Check(a)
+                    and cnp.PyArray_TYPE(<cnp.ndarray>a) == self.typenum
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
+                    and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+                    and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+                    and cnp.PyArray_SIZE(<cnp.ndarray>a)
+                    == cnp.PyArray_SIZE(<cnp.ndarray>self.params[t])):
+                raise ValueError(f"rebase: array {t} must be a C-contiguous aligned array of "
+                                 f"the plan's dtype and {(<object>self.params[t]).size} "
+                                 f"elements")
+        for t in range(self.ntensors):
+            self.ptrs[t, 0] = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>params[t])
+        self.params = list(params)
+        self._written_indexed = False
+
     def column(self, Py_ssize_t b):
         """The arrays of buffer column `b`, one per tensor: 0 the params, 1 the grads bound
         last (None for a tensor skipped, and before any bind), 2.. the state buffers (None

@@ -138,6 +138,9 @@ def check_param(obj: _T, label: str) -> _T:
 def check_arrays(arrays: list[Any], name: str, keys: list[Any] | None = None,
                  writeable: bool = True) -> tuple[list[_FloatArray], int]: ...
 def find_overlap(arrays: list[_FloatArray]) -> tuple[int, int] | None: ...
+# SparseAdam's row table (2 * nnz int64: head, nxt), or None when an index is out of range.
+def sparse_row_table(indices: NDArray[np.int64], nrows: int,
+                     out: NDArray[np.int64] | None = None) -> NDArray[np.int64] | None: ...
 
 # -- buffers laid end to end --------------------------------------------------------------------
 
@@ -203,6 +206,9 @@ class Plan:
     def _index_written(self, state: _StateTable, nstate: int) -> None: ...
     def bind(self, grads: list[_FloatArray | None]) -> int: ...
     def alias_grads(self) -> None: ...
+    def rebase(self, params: list[_FloatArray]) -> None:
+        """Point column 0 at new arrays of the same dtype and sizes (a gather kernel's
+        per-step input)."""
     @property
     def storages(self) -> tuple[str, str, str]:
         """The (param, grad, state) storage names of the kernels this plan runs."""

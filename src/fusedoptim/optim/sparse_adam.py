@@ -92,44 +92,41 @@ class _Work(NamedTuple):
     nnz: int
 
 
-def row_table(indices: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The kernel's row table for `indices` (checked, 1-D int64): a stable argsort (the
-    sorted positions' values rows), then at each run of equal indices its param row and its
-    end. O(nnz) memory."""
-    nnz = indices.shape[0]
-    table = np.empty(3 * nnz, dtype=np.int64)
-    perm, dst, end = table[:nnz], table[nnz:2 * nnz], table[2 * nnz:]
-    if nnz == 0:
-        return table
-    if nnz == 1 or bool(np.all(indices[1:] > indices[:-1])):
-        # sorted and unique: every position is its own run
-        perm[...] = np.arange(nnz)
-        dst[...] = indices
-        end[...] = np.arange(1, nnz + 1)
-        return table
-    perm[...] = np.argsort(indices, kind="stable")
-    rows = indices[perm]
-    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-    dst.fill(-1)
-    dst[starts] = rows[starts]
-    end.fill(0)
-    end[starts[:-1]] = starts[1:]
-    end[starts[-1]] = nnz
-    return table
+def row_table(indices: NDArray[np.int64], nrows: int,
+              out: NDArray[np.int64] | None = None) -> NDArray[np.int64] | None:
+    """The kernel's row table for `indices` (1-D int64, C-contiguous) into a param of `nrows`
+    rows, or None when an index is outside [0, nrows): ``head`` (the param row at each
+    index's first occurrence, -1 at a repeat) and ``nxt`` (the next position with the same
+    index, -1 at a run's last), 2 * nnz int64 built in O(nnz) by
+    fusedoptim._checks.sparse_row_table (see cython_kernels/sparse_adam.pxi.tp), into
+    `out` when given (2 * nnz int64, a buffer kept between steps)."""
+    return _kernels.sparse_row_table(indices, nrows, out)
+
+
+_DENSE_TABLES: dict[int, NDArray[np.int64]] = {}
 
 
 def _dense_table(nrows: int) -> NDArray[np.int64]:
-    table = np.empty(3 * nrows, dtype=np.int64)
-    table[:nrows] = np.arange(nrows)
-    table[nrows:2 * nrows] = np.arange(nrows)
-    table[2 * nrows:] = np.arange(1, nrows + 1)
+    """The row table of every row once, in order (a dense grad), cached per row count (the
+    kernel only reads it)."""
+    table = _DENSE_TABLES.get(nrows)
+    if table is None:
+        table = np.empty(2 * nrows, dtype=np.int64)
+        table[:nrows] = np.arange(nrows)
+        table[nrows:] = -1
+        table.flags.writeable = False
+        if len(_DENSE_TABLES) >= 8:
+            _DENSE_TABLES.pop(next(iter(_DENSE_TABLES)))
+        _DENSE_TABLES[nrows] = table
     return table
 
 
-def check_grad(grad: object, param: FloatArray, where: str) -> _Work | None:
+def check_grad(grad: object, param: FloatArray, where: str,
+               scratch: NDArray[np.int64] | None = None) -> _Work | None:
     """Validate one param's gradient (a SparseGrad or a dense array of the param's shape);
     return its work, or None when it touches nothing (no rows, or rows of no elements).
-    Raises TypeError/ValueError naming `where` (``grads[0]``), the bad value and the fix."""
+    Raises TypeError/ValueError naming `where` (``grads[0]``), the bad value and the fix.
+    `scratch`: the row table of an earlier step, rewritten when its size fits."""
     rows = param.shape[0]
     row_len = param.size // rows if rows else 0
     if isinstance(grad, np.ndarray):
@@ -166,15 +163,18 @@ def check_grad(grad: object, param: FloatArray, where: str) -> _Work | None:
     if not (vals.flags.c_contiguous and vals.flags.aligned):
         raise ValueError(f"{where}.values is not C-contiguous; pass "
                          f"np.ascontiguousarray(values)")
-    if nnz:
+    if not (idx.flags.c_contiguous and idx.flags.aligned):
+        idx = np.ascontiguousarray(idx)
+    out = scratch if scratch is not None and scratch.shape[0] == 2 * nnz else None
+    table = row_table(idx, rows, out)       # checks the range too, in the same pass
+    if table is None:
         lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= rows:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{where}.indices holds {bad}, out of range for a param of "
-                             f"{rows} rows; indices must be in [0, {rows})")
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{where}.indices holds {bad}, out of range for a param of "
+                         f"{rows} rows; indices must be in [0, {rows})")
     if nnz == 0 or row_len == 0:
         return None
-    return _Work(vals.reshape(nnz, row_len), row_table(idx), row_len, nnz)
+    return _Work(vals.reshape(nnz, row_len), table, row_len, nnz)
 
 
 class _Written:
@@ -205,23 +205,42 @@ class _Written:
 
 def run_fused(params: Sequence[FloatArray], works: Sequence[_Work | None],
               exp_avgs: Sequence[FloatArray], exp_avg_sqs: Sequence[FloatArray],
-              steps: Sequence[int], hyper: SparseAdamHyper) -> None:
-    """One pass of the kernel over every param whose work is not None (checked already)."""
+              steps: Sequence[int], hyper: SparseAdamHyper,
+              cache: dict[tuple[Any, ...], _kernels.Plan] | None = None) -> None:
+    """One pass of the kernel over every param whose work is not None (checked already).
+    `cache` keeps the plan between steps (one entry): while the params, their state buffers,
+    their row tables and the values' sizes stay the same, a step only points the plan at the
+    new values (Plan.rebase) and writes the scalars."""
     todo = [t for t, w in enumerate(works) if w is not None]
     if not todo:
         return
     values: list[FloatArray] = []
-    state: list[list[Any] | None] = []
     rows = []
+    key: list[Any] = []
     for t in todo:
         w = works[t]
         assert w is not None
         values.append(w.values)
-        state.append([params[t], exp_avgs[t], exp_avg_sqs[t], w.table])
         rows.append(sparse_adam_scalars(steps[t], *hyper) + (float(w.row_len), float(w.nnz)))
-    plan = _kernels.Plan(values, state, 4, _NSCALARS, [f"grads[{t}]" for t in todo])
-    plan.active_array[...] = 1
-    plan.hp_array[...] = np.array(rows, dtype=np.float64)
+        # the plan holds every array named here, so no id is reused while it is cached
+        key.append((t, id(params[t]), id(exp_avgs[t]), id(exp_avg_sqs[t]), id(w.table),
+                    w.values.size))
+    k = tuple(key)
+    plan = None if cache is None else cache.get(k)
+    if plan is None:
+        state: list[list[Any] | None] = []
+        for t in todo:
+            w = works[t]
+            assert w is not None
+            state.append([params[t], exp_avgs[t], exp_avg_sqs[t], w.table])
+        plan = _kernels.Plan(values, state, 4, _NSCALARS, [f"grads[{t}]" for t in todo])
+        plan.active_array[...] = 1
+        if cache is not None:
+            cache.clear()
+            cache[k] = plan
+    else:
+        plan.rebase(values)
+    plan.hp_array[...] = rows
     plan.run(_KERNEL)
 
 
@@ -333,7 +352,8 @@ class SparseAdam:
 
     The step is one fused, GIL-free pass per param group on the shared driver, parallel over
     the touched rows' elements, with no temporary the size of a param: the only temporary is
-    an O(nnz) row table (a stable sort of the indices).
+    an O(nnz) row table (each index's first occurrence and its repeats, found by hashing,
+    without a sort), kept between steps with the step's plan.
 
     Args (torch.optim.SparseAdam's):
         params: list or dict of float32/float64 C-contiguous arrays of >= 1 dimension, or
@@ -360,6 +380,14 @@ class SparseAdam:
         self._names: list[str | None] = []
         self._group_slices: list[range] = []
         self._state: list[ParamState | None] = []
+        # Kept between steps, never part of the state: each param's last row table (rewritten
+        # when its size fits), each group's plan (run_fused's cache), each group's validated
+        # hyperparameters with the objects they came from, and the index of the buffers a
+        # step writes with the arrays it was built from.
+        self._tables: list[NDArray[np.int64] | None] = []
+        self._plans: list[dict[tuple[Any, ...], _kernels.Plan]] = []
+        self._hypers: list[tuple[tuple[Any, ...], SparseAdamHyper] | None] = []
+        self._written: tuple[list[Any], _Written] | None = None
         for group in parse_params(params):
             self._add_group(group)
 
@@ -411,6 +439,9 @@ class SparseAdam:
         self._names.extend(names)
         self._group_slices.append(range(start, start + len(arrays)))
         self._state.extend([None] * len(arrays))
+        self._tables.extend([None] * len(arrays))
+        self._plans.append({})
+        self._hypers.append(None)
 
     # -- the step ---------------------------------------------------------------------------
     def _grads_list(self, grads: object) -> list[object]:
@@ -438,25 +469,22 @@ class SparseAdam:
         (structure, each grad's type, indices, values, aliasing, every group's
         hyperparameters) is checked before anything is written. Returns True."""
         flat = self._grads_list(grads)
-        hypers = [self._check_group(g) for g in self.param_groups]
-        written = []
-        for gi, group in enumerate(self.param_groups):
-            for t, i in enumerate(self._group_slices[gi]):
-                written.append((group["params"][t], label("params", i, self._names[i])))
-                st = self._state[i]
-                if st is not None:
-                    written += [(st[k], f"the state of {label('params', i, self._names[i])}")
-                                for k in ("exp_avg", "exp_avg_sq")]
-        index = _Written(written)
+        hypers = [self._group_hyper(gi) for gi in range(len(self.param_groups))]
+        index = self._written_index()
         works: list[list[_Work | None]] = []
         for gi, group in enumerate(self.param_groups):
             row: list[_Work | None] = []
             for t, i in enumerate(self._group_slices[gi]):
                 g = flat[i]
+                if g is None:
+                    row.append(None)
+                    continue
                 where = label("grads", i, self._names[i])
-                work = None if g is None else check_grad(g, group["params"][t], where)
+                work = check_grad(g, group["params"][t], where, self._tables[i])
                 if work is not None:
                     index.check(work.values, where)
+                    if work.table.flags.writeable:      # not the shared dense table
+                        self._tables[i] = work.table
                 row.append(work)
             works.append(row)
         # Checked: create state, count the step, update.
@@ -480,7 +508,7 @@ class SparseAdam:
             steps = [0 if st is None else st["step"] for st in states]
             if self._reference is None:
                 run_fused(params, works[gi], exp_avgs, exp_avg_sqs, steps,  # type: ignore[arg-type]
-                          hypers[gi])
+                          hypers[gi], self._plans[gi])
             else:
                 h = hypers[gi]
                 before = [s - 1 for s in steps]
@@ -490,6 +518,46 @@ class SparseAdam:
                                 [before[t] for t in stepping], lr=h.lr, beta1=h.beta1,
                                 beta2=h.beta2, eps=h.eps, maximize=h.maximize)
         return True
+
+    def _group_hyper(self, gi: int) -> SparseAdamHyper:
+        """Group gi's validated hyperparameters; validated again only when one of them is
+        another object than last step (kept only for plain floats, a tuple of them, a bool)."""
+        g = self.param_groups[gi]
+        key = (g["lr"], g["betas"], g["eps"], g["maximize"])
+        cached = self._hypers[gi]
+        if cached is not None and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        hyper = self._check_group(g)
+        betas = key[1]
+        plain = (type(key[0]) is float and type(key[2]) is float and type(key[3]) is bool
+                 and type(betas) is tuple and all(type(b) is float for b in betas))
+        self._hypers[gi] = (key, hyper) if plain else None
+        return hyper
+
+    def _written_index(self) -> _Written:
+        """The buffers a step writes (every param and state buffer), indexed by address;
+        rebuilt only when one of them is another array than last step."""
+        arrays: list[Any] = []
+        for group in self.param_groups:
+            arrays += group["params"]
+        for st in self._state:
+            if st is not None:
+                arrays += (st["exp_avg"], st["exp_avg_sq"])
+        cached = self._written
+        if (cached is not None and len(cached[0]) == len(arrays)
+                and all(a is b for a, b in zip(cached[0], arrays))):
+            return cached[1]
+        written = []
+        for gi, group in enumerate(self.param_groups):
+            for t, i in enumerate(self._group_slices[gi]):
+                written.append((group["params"][t], label("params", i, self._names[i])))
+                st = self._state[i]
+                if st is not None:
+                    written += [(st[k], f"the state of {label('params', i, self._names[i])}")
+                                for k in ("exp_avg", "exp_avg_sq")]
+        index = _Written(written)
+        self._written = (arrays, index)     # holds the arrays: their ids stay theirs
+        return index
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Nothing to do: the grads are the caller's (kept for torch compatibility)."""
@@ -548,6 +616,9 @@ class SparseAdam:
         for g, merged in zip(self.param_groups, merged_groups):
             g.update({k: val for k, val in merged.items() if k != "params"})
         self._state = new_state
+        for plans in self._plans:       # they hold the replaced state buffers
+            plans.clear()
+        self._written = None
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
