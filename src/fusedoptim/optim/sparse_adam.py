@@ -19,6 +19,7 @@ import numpy as np
 from .. import _kernels
 from .. import _validation as v
 from .._layout import group_arrays, parse_params
+from .._state import saved_groups
 from .._validation import label
 
 if TYPE_CHECKING:
@@ -573,15 +574,7 @@ class SparseAdam:
         param index as in torch."""
         state = {i: {k: (val.copy() if isinstance(val, np.ndarray) else val)
                      for k, val in st.items()} for i, st in self.state.items()}
-        groups = []
-        for gi, g in enumerate(self.param_groups):
-            entry = {k: val for k, val in g.items() if k != "params"}
-            sl = self._group_slices[gi]
-            entry["params"] = list(sl)
-            if any(self._names[i] is not None for i in sl):
-                entry["param_names"] = [self._names[i] for i in sl]
-            groups.append(entry)
-        return {"state": state, "param_groups": groups}
+        return {"state": state, "param_groups": saved_groups(self)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
