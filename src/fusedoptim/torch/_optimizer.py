@@ -40,6 +40,7 @@ from ._tensors import NUMPY_DTYPES, as_array, as_tensor, device_error, param_arr
 #: the NumPy dtypes of float tensors (ml_dtypes' bfloat16 is not of kind "f")
 _FLOAT_ARRAYS = frozenset(NUMPY_DTYPES.values())
 _STRIDED = torch.strided
+_TORCH_DTYPES = {d: t for t, d in NUMPY_DTYPES.items()}
 #: id(param) -> the live drop-in optimizer stepping it, whose grad views clip_grad_norm_ and
 #: clip_grad_value_ reuse (the optimizer keeps its params alive, so an id stays valid while
 #: its entry exists)
@@ -56,13 +57,13 @@ def shared_grad_plans(params: list[Any]) -> tuple[list[Any], Any] | None:
     opt = _VIEW_OWNERS.get(id(params[0]))
     if opt is None or opt._sparse_grads or not _kernels.same_items(params, opt._flat_tuple):
         return None
-    arrays = opt._grads()
+    arrays = opt._grads(stepping=False)
     if arrays is not opt._clip_key:
         from ..grad_utils import _plans
         present = [a for a in arrays if a is not None]
         items, n64 = _kernels.check_arrays(present, "grads", None, True)
         opt._clip_plans = _plans(items, n64)
-        opt._clip_dtype = next((p.grad.dtype for p in params if p.grad is not None), None)
+        opt._clip_dtype = next((torch_dtype(a) for a in present), None)
         opt._clip_key = arrays
     return opt._clip_plans, opt._clip_dtype
 #: torch dtype -> NumPy dtype number, for the grads' views
@@ -131,6 +132,11 @@ def _to_numpy(v: Any, what: str) -> Any:
     if isinstance(v, list):
         return [_to_numpy(x, f"{what}[{j}]") for j, x in enumerate(v)]
     return v
+
+
+def torch_dtype(a: np.ndarray[Any, Any]) -> torch.dtype:
+    """The torch dtype of a view's NumPy dtype."""
+    return _TORCH_DTYPES[a.dtype]
 
 
 def _plain(v: Any) -> Any:
@@ -298,9 +304,21 @@ class Optimizer(torch.optim.Optimizer):
         return self._fused
 
     # -- the step ---------------------------------------------------------------------------
-    def _grads(self) -> list[Any]:
+    def _grads(self, stepping: bool = True) -> list[Any]:
         """Each param's grad as a NumPy view (None: no grad), checked; views of grad tensors
-        seen at the last step are reused."""
+        seen at the last step are reused. `stepping`: also check that the params are still
+        the ones (and the memory) the fused optimizer points at (the clip, which only reads
+        and scales grads, skips that)."""
+        flat = self._flat
+        if stepping:
+            self._check_params()
+        grads = [p.grad for p in flat]
+        cached = self._grad_tensors
+        if _kernels.same_items(grads, cached):
+            return self._grad_arrays
+        return self._new_grad_views(grads)
+
+    def _check_params(self) -> None:
         flat = self._flat
         for gi, g in enumerate(self.param_groups):
             if not _kernels.same_items(g["params"], self._group_params[gi]):
@@ -314,10 +332,10 @@ class Optimizer(torch.optim.Optimizer):
                              f"load_state_dict(assign=True)); the optimizer steps the memory it "
                              f"was built on: build a new optimizer after converting the model "
                              f"(load_state_dict carries the state over)")
-        grads = [p.grad for p in flat]
+
+    def _new_grad_views(self, grads: list[Any]) -> list[Any]:
+        flat = self._flat
         cached = self._grad_tensors
-        if _kernels.same_items(grads, cached):
-            return self._grad_arrays
         arrays = [None if g is None else a
                   for g, a in zip(grads, self._grad_arrays)]
         new = [i for i, g, c in zip(range(len(grads)), grads, cached)
