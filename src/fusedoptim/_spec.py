@@ -206,7 +206,10 @@ class OptSpec(Generic[H]):
                                  f"Annotated[type, validator] with one callable validator, "
                                  f"got {hint!r}")
             base = get_args(hint)[0]
-            types.append(getattr(base, "__name__", str(base)))
+            # a parameterized type (tuple[float, float, float]) by its full name, as the
+            # docs build reads it from the source; a plain one by its name
+            types.append(str(base) if get_origin(base) is not None
+                         else getattr(base, "__name__", str(base)))
             validators.append(meta[0])
         self.types, self.validators = tuple(types), tuple(validators)
         labels = dict.fromkeys(self.fields, "")

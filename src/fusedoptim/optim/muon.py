@@ -98,9 +98,11 @@ class MuonHyper(NamedTuple):
     weight_decay: Annotated[float, v.finite_nonneg] = 0.1
     momentum: Annotated[float, v.finite_nonneg] = 0.95
     nesterov: Annotated[bool, v.flag] = True
-    ns_coefficients: Annotated[tuple[float, float, float], _coefficients] = NS_COEFFICIENTS
+    # NS_COEFFICIENTS and NS_STEPS spelled out: the docs build reads these defaults as text
+    ns_coefficients: Annotated[tuple[float, float, float], _coefficients] = (3.4445, -4.775,
+                                                                            2.0315)
     eps: Annotated[float, v.finite_nonneg] = 1e-7
-    ns_steps: Annotated[int, _ns_steps] = NS_STEPS
+    ns_steps: Annotated[int, _ns_steps] = 5
     adjust_lr_fn: Annotated[str | None, _adjust_lr_fn] = None
     ns_dtype: Annotated[str | None, _ns_dtype] = None
 
