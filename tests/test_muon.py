@@ -44,26 +44,11 @@ def _sample(rng):
 # -- torch ----------------------------------------------------------------------------------------
 
 def _torch_zeropower_without_cast(torch):
-    """torch's _zeropower_via_newtonschulz with its bfloat16 cast removed: re-implemented
-    here operation for operation (torch's norm, clamp, div_, X @ X.T and the two addmm) with
-    `grad.bfloat16()` replaced by `grad.clone()`. A copy, not the tensor itself: dropping the
-    cast alone would make the in-place div_ scale the momentum buffer when nesterov=False."""
-    def zeropower(grad, ns_coefficients, ns_steps, eps):
-        if ns_steps >= 100:
-            raise ValueError("Number of steps must be less than 100 for computational efficiency")
-        a, b, c = ns_coefficients
-        ortho = grad.clone()
-        if grad.size(0) > grad.size(1):
-            ortho = ortho.T
-        ortho.div_(ortho.norm().clamp(min=eps))
-        for _ in range(ns_steps):
-            gram = ortho @ ortho.T
-            update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-            ortho = torch.addmm(ortho, update, ortho, beta=a)
-        if grad.size(0) > grad.size(1):
-            ortho = ortho.T
-        return ortho
-    return zeropower
+    """torch's _zeropower_via_newtonschulz with its bfloat16 cast removed: the bench's
+    re-implementation, operation for operation (torch's norm, clamp, div_, X @ X.T and the two
+    addmm), with `grad.bfloat16()` replaced by `grad.clone()`."""
+    from fusedoptim.bench import torch_zeropower_float32
+    return torch_zeropower_float32(torch)
 
 
 def _torch_tolerance(dtype, kw, steps):

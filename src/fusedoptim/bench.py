@@ -1229,7 +1229,12 @@ def torch_zeropower_float32(torch: Any) -> Callable[..., Any]:
     a CPU, where the cast makes torch's iteration take seconds."""
     def zeropower(grad: Any, ns_coefficients: tuple[float, float, float], ns_steps: int,
                   eps: float) -> Any:
+        if ns_steps >= 100:          # torch's own check
+            raise ValueError("Number of steps must be less than 100 for computational "
+                             "efficiency")
         a, b, c = ns_coefficients
+        # a copy, not the tensor itself: dropping the cast alone would make the in-place
+        # div_ below scale the momentum buffer when nesterov=False
         ortho = grad.clone()
         if grad.size(0) > grad.size(1):
             ortho = ortho.T
