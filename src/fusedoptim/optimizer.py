@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _kernels, _state
+from ._groups import ParamGroups
 from . import _validation as _v
 from ._backend import FUSED, Backend
 from ._gate import apply_gated, grads_finite, gated_group, inv_grad_scale
@@ -63,7 +64,7 @@ def _one_key(key: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     return lambda group: (group[key],)
 
 
-class Optimizer:
+class Optimizer(ParamGroups):
     """Base class, shaped like ``torch.optim.Optimizer``.
 
     Params may be a list of arrays, a dict name -> array, a :class:`FlatParams`, or a list
@@ -200,19 +201,9 @@ class Optimizer:
         for group in parse_params(params):
             self._add_group(group)
 
-    def add_param_group(self, param_group: ParamGroup) -> None:
-        """Add a group, as in torch. Its unset hyperparameters take the defaults."""
-        if not isinstance(param_group, dict) or "params" not in param_group:
-            raise TypeError(f"param_group must be a dict with a 'params' entry, got "
-                            f"{type(param_group).__name__}")
-        self._add_group(param_group)
-
     def _add_group(self, group_in: Mapping[str, Any]) -> None:
         arena, names, arrays = group_arrays(group_in)
-        unknown = set(group_in) - set(self.defaults) - {"params", "initial_lr"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in a param group; "
-                             f"accepted: {sorted(self.defaults)}")
+        self._check_group_keys(group_in)
         check_new_params(self, names, arrays)
         precision = resolve(type(self).__name__, self._kernel, arrays[0].dtype,
                             self.master_weights, self.state_dtype, self.min_quantized_size,
@@ -361,13 +352,3 @@ class Optimizer:
         ``step``, as NumPy arrays) loads as the first and second slot. A quantized checkpoint
         loads into float32 state dequantized."""
         _state.load_state_dict(self, state_dict)
-
-    def __repr__(self) -> str:
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        lines.append(")")
-        return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .. import _kernels
+from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import check_new_params, grads_in_param_order, group_arrays, parse_params
 from .._state import saved_groups
@@ -215,7 +216,7 @@ def _check_dtype(p: FloatArray, what: str) -> None:
                         f"no low-precision rows); convert it, e.g. p.astype(np.float32)")
 
 
-class Adafactor:
+class Adafactor(ParamGroups):
     r"""Adafactor (Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with Sublinear
     Memory Cost"), in torch.optim.Adafactor's variant, with its arguments and defaults.
 
@@ -289,19 +290,9 @@ class Adafactor:
             self._add_group(group)
 
     # -- construction -----------------------------------------------------------------------
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, as in torch. Its unset hyperparameters take the defaults."""
-        if not isinstance(param_group, dict) or "params" not in param_group:
-            raise TypeError(f"param_group must be a dict with a 'params' entry, got "
-                            f"{type(param_group).__name__}")
-        self._add_group(param_group)
-
     def _add_group(self, group_in: Mapping[str, Any]) -> None:
         _, names, arrays = group_arrays(group_in)
-        unknown = set(group_in) - set(self.defaults) - {"params", "initial_lr"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in a param group; "
-                             f"accepted: {sorted(self.defaults)}")
+        self._check_group_keys(group_in)
         check_new_params(self, names, arrays)   # type: ignore[arg-type]
         start = len(self._names)
         for k, p in enumerate(arrays):
@@ -387,9 +378,6 @@ class Adafactor:
     def _split(self, grads: Any) -> list[list[Any]]:
         flat = grads_in_param_order(self, grads)
         return [list(flat[s.start:s.stop]) for s in self._group_slices]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Grads are owned by the caller: nothing to do (kept for torch compatibility)."""
 
     # -- state ------------------------------------------------------------------------------
     def _sync(self) -> list[int]:
@@ -482,15 +470,6 @@ class Adafactor:
             arrays[k] = a
         return int(step), arrays
 
-    def __repr__(self) -> str:
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        lines.append(")")
-        return "\n".join(lines)
 
 
 # -- the functional entry -----------------------------------------------------------------------

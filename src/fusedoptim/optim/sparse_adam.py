@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .. import _kernels
+from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import group_arrays, parse_params
 from .._state import saved_groups
@@ -328,7 +329,7 @@ def check_param(p: object, where: str) -> None:
 
 # -- the class ----------------------------------------------------------------------------------
 
-class SparseAdam:
+class SparseAdam(ParamGroups):
     r"""SparseAdam: Adam on the rows a sparse gradient touches (torch.optim.SparseAdam;
     Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", masked as in torch).
 
@@ -398,22 +399,12 @@ class SparseAdam:
         b1, b2 = v.pair(group["betas"], "betas")
         return check_sparse_adam(group["lr"], b1, b2, group["eps"], group["maximize"])
 
-    def add_param_group(self, param_group: ParamGroup) -> None:
-        """Add a group, as in torch. Its unset hyperparameters take the defaults."""
-        if not isinstance(param_group, dict) or "params" not in param_group:
-            raise TypeError(f"param_group must be a dict with a 'params' entry, got "
-                            f"{type(param_group).__name__}")
-        self._add_group(param_group)
-
     def _add_group(self, group_in: Mapping[str, Any]) -> None:
         arena, names, arrays = group_arrays(group_in)
         if arena is not None:
             raise TypeError("SparseAdam takes arrays (a list or dict), not a FlatParams: its "
                             "gradients are sparse, not a flat buffer")
-        unknown = set(group_in) - set(self.defaults) - {"params", "initial_lr"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} in a param group; "
-                             f"accepted: {sorted(self.defaults)}")
+        self._check_group_keys(group_in)
         start = len(self._names)
         for i, a in enumerate(arrays):
             check_param(a, label("params", start + i, names[i]))
@@ -560,9 +551,6 @@ class SparseAdam:
         self._written = (arrays, index)     # holds the arrays: their ids stay theirs
         return index
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Nothing to do: the grads are the caller's (kept for torch compatibility)."""
-
     # -- state ------------------------------------------------------------------------------
     @property
     def state(self) -> dict[int, ParamState]:
@@ -613,15 +601,6 @@ class SparseAdam:
             plans.clear()
         self._written = None
 
-    def __repr__(self) -> str:
-        lines = [f"{type(self).__name__} ("]
-        for i, g in enumerate(self.param_groups):
-            lines.append(f"Parameter Group {i}")
-            for k in sorted(g):
-                if k != "params":
-                    lines.append(f"    {k}: {g[k]}")
-        lines.append(")")
-        return "\n".join(lines)
 
 
 def _load_entry(i: int, st: object, p: FloatArray) -> ParamState:
