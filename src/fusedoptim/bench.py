@@ -1392,6 +1392,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     return p
 
 
+_COUNT_SIZE = "COUNTxSIZE with both >= 1, e.g. 1000x1000"
+
+
+def _dims(text: str, option: str, expected: str, ndim: int | None = None) -> tuple[int, ...]:
+    """A positive shape written AxBx..., or exit naming the option, what it takes and the
+    value given."""
+    try:
+        dims = tuple(int(x) for x in text.lower().split("x"))
+        if not dims or any(x < 1 for x in dims) or (ndim is not None and len(dims) != ndim):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"fusedoptim bench: error: {option} takes {expected}; "
+                         f"got {text!r}") from None
+    return dims
+
+
 def _parse_list(text: str, conv: Callable[[str], _T], what: str) -> list[_T]:
     try:
         values = [conv(x) for x in text.split(",") if x.strip()]
@@ -1428,36 +1444,18 @@ def main(args: argparse.Namespace) -> int:
     fo.show_config()
     print()
     if args.adafactor:
-        try:
-            shape = tuple(int(x) for x in args.adafactor.lower().split("x"))
-            if not shape or any(x < 1 for x in shape):
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"fusedoptim bench: error: --adafactor takes a shape like "
-                             f"1024x1024 (each >= 1); got {args.adafactor!r}")
+        shape = _dims(args.adafactor, "--adafactor", "a shape like 1024x1024 (each >= 1)")
         run_adafactor(shape, threads if args.threads else [1], min_time=args.min_time,
                       repeat=args.repeat, reference=not args.no_reference,
                       use_torch=not args.no_torch)
         return 0
     if args.many_tensors:
-        try:
-            count, size = (int(x) for x in args.many_tensors.lower().split("x"))
-            if count < 1 or size < 1:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"fusedoptim bench: error: --many-tensors takes COUNTxSIZE with "
-                             f"both >= 1, e.g. 1000x1000; got {args.many_tensors!r}")
+        count, size = _dims(args.many_tensors, "--many-tensors", _COUNT_SIZE, 2)
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
         return 0
     if args.ema:
-        try:
-            count, size = (int(x) for x in args.ema.lower().split("x"))
-            if count < 1 or size < 1:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"fusedoptim bench: error: --ema takes COUNTxSIZE with both >= "
-                             f"1, e.g. 1000x1000; got {args.ema!r}")
+        count, size = _dims(args.ema, "--ema", _COUNT_SIZE, 2)
         run_ema(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                 use_torch=not args.no_torch)
         return 0
