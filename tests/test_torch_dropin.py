@@ -860,17 +860,20 @@ def test_import_without_torch_says_what_to_install():
 @pytest.mark.parametrize("first", ["torch", "fusedoptim"])
 def test_torch_and_the_fused_step_share_one_thread_pool(first):
     """No oversubscription: after torch's parallel matmul, a fused step on 2 threads starts
-    no OpenMP threads of its own (one runtime, one pool), whichever library loads first;
-    and the thread-count setting is shared."""
+    no OpenMP threads of its own (one runtime, one pool), and the thread-count setting is
+    shared. A source build links libgomp.so.1, the soname torch's copy has, so that holds in
+    either import order. The manylinux wheel vendors its libgomp under a hashed name
+    (auditwheel), so there it holds only with torch imported first, as docs/torch.md says;
+    imported the other way round there are two runtimes, and this test checks that the
+    documentation's account of it is still true."""
     import subprocess
     import sys
     second = "fusedoptim" if first == "torch" else "torch"
     code = f"""
-import os
+import os, re
 import {first}, {second}
 import torch, fusedoptim as fo, fusedoptim.torch as fot
 torch.set_num_threads(2)
-assert fo.get_num_threads() == 2, fo.get_num_threads()
 a = torch.randn(512, 512)
 for _ in range(3):
     torch.mm(a, a)
@@ -881,8 +884,17 @@ opt = fot.AdamW([p])
 for _ in range(3):
     opt.step()
 torch.mm(a, a)
-print(after_torch, len(os.listdir("/proc/self/task")))
+gomps = sorted(set(re.findall(r"/\\S*libgomp\\S*", open("/proc/self/maps").read())))
+print(after_torch, len(os.listdir("/proc/self/task")), fo.get_num_threads(), *gomps)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert int(out[1]) == int(out[0]), out
+    before, after, threads, gomps = int(out[0]), int(out[1]), int(out[2]), out[3:]
+    vendored = any("fusedoptim.libs" in g for g in gomps)
+    if vendored and first == "fusedoptim":
+        assert after > before, out          # two runtimes, two pools: the documented case
+        return
+    # (with the wheel and torch first, the vendored copy is mapped too, but torch's libgomp,
+    # loaded into the global scope, is the one whose symbols the kernels bind to)
+    assert after == before, out
+    assert threads == 2, out
