@@ -253,6 +253,30 @@ def saved_groups(opt: Any) -> list[dict[str, Any]]:
     return groups
 
 
+def merged_groups(opt: Any, saved: Any, ignore: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each of the optimizer's groups with a checkpoint's saved hyperparameters over it (not
+    yet validated), after checking that the checkpoint has the same groups of the same params
+    (by flat index). Saved keys in `ignore` (say, torch's ``foreach``) are dropped. `opt` has
+    ``param_groups`` and ``_group_slices``."""
+    if not isinstance(saved, (list, tuple)) or len(saved) != len(opt.param_groups):
+        count = len(saved) if isinstance(saved, (list, tuple)) else repr(saved)
+        raise ValueError(f"state_dict has {count} param groups, this optimizer has "
+                         f"{len(opt.param_groups)}")
+    out = []
+    for gi, (sg, g) in enumerate(zip(saved, opt.param_groups)):
+        sl = opt._group_slices[gi]
+        if not isinstance(sg, Mapping) or list(sg.get("params", [])) != list(sl):
+            got = sg.get("params") if isinstance(sg, Mapping) else sg
+            raise ValueError(f"state_dict param_groups[{gi}]['params'] is {got!r}, expected "
+                             f"{list(sl)}: the checkpoint was saved from a different param "
+                             f"layout")
+        merged = dict(g)
+        merged.update({k: v for k, v in sg.items()
+                       if k not in ("params", "param_names") + ignore})
+        out.append(merged)
+    return out
+
+
 def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
     """Check everything in `state_dict`, then replace the optimizer's hyperparameters and
     state at once (see Optimizer.load_state_dict)."""
@@ -260,22 +284,10 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
     if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
         raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
                         "returned by Optimizer.state_dict()")
-    saved_groups = state_dict["param_groups"]
-    if len(saved_groups) != len(opt.param_groups):
-        raise ValueError(f"state_dict has {len(saved_groups)} param groups, this "
-                         f"optimizer has {len(opt.param_groups)}")
-    new_groups: list[ParamGroup] = []
+    new_groups: list[ParamGroup] = merged_groups(opt, state_dict["param_groups"])
     new_state: list[ParamState | None] = [None] * len(opt._state)
-    for gi, (sg, g) in enumerate(zip(saved_groups, opt.param_groups)):
-        sl = opt._group_slices[gi]
-        if list(sg.get("params", [])) != list(sl):
-            raise ValueError(f"state_dict param_groups[{gi}]['params'] is "
-                             f"{sg.get('params')!r}, expected {list(sl)}: the checkpoint "
-                             f"was saved from a different param layout")
-        merged = dict(g)
-        merged.update({k: v for k, v in sg.items() if k not in ("params", "param_names")})
+    for merged in new_groups:
         opt._validate_group(merged, _GroupCache())
-        new_groups.append(merged)
     scalar_names = opt._scalar_state
     for i, st in state_dict["state"].items():
         if not isinstance(i, int) or not 0 <= i < len(opt._state):

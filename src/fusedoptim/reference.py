@@ -775,18 +775,13 @@ def lbfgs_sumabs(x: FloatArray) -> float:
     return _lanes_sum(np.abs(x.astype(np.float64)))
 
 
-class _LBFGSReferenceOps:
+class _LBFGSReferenceOps(_optim_lbfgs.OpsBase):
     """The vector work of fo.reference.LBFGS (the interface of
     fusedoptim.optim.lbfgs._FusedOps): torch's tensor operations in NumPy."""
 
     def __init__(self, params: list[FloatArray], labels: list[str],
                  flat_param: FloatArray | None) -> None:
-        self.params = params
-        self.labels = labels
-        self.flat_param = flat_param
-        self.dtype = params[0].dtype
-        self.D: Any = self.dtype.type
-        self.size = sum(p.size for p in params)
+        super().__init__(params, labels, flat_param)
         self.d = np.zeros(self.size, self.dtype)
         self.x: list[FloatArray] = []
 

@@ -20,7 +20,7 @@ from .. import _kernels
 from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import check_new_params, grads_in_param_order, group_arrays, parse_params
-from .._state import saved_groups
+from .._state import merged_groups as _merged_groups, saved_groups
 from .._validation import label
 from ..flat import PAGE, aligned_bytes
 
@@ -405,27 +405,13 @@ class Adafactor(ParamGroups):
         if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
             raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
                             "returned by Adafactor.state_dict()")
-        saved = state_dict["param_groups"]
-        if not isinstance(saved, (list, tuple)) or len(saved) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(saved) if isinstance(saved, (list, tuple)) else saved!r} "
-                             f"param groups, this optimizer has {len(self.param_groups)}")
-        merged_groups = []
-        for gi, (sg, g) in enumerate(zip(saved, self.param_groups)):
-            sl = self._group_slices[gi]
-            if not isinstance(sg, Mapping) or list(sg.get("params", [])) != list(sl):
-                raise ValueError(f"state_dict param_groups[{gi}]['params'] is "
-                                 f"{sg.get('params') if isinstance(sg, Mapping) else sg!r}, "
-                                 f"expected {list(sl)}: the checkpoint was saved from a "
-                                 f"different param layout")
-            merged = dict(g)
-            merged.update({k: val for k, val in sg.items()
-                           if k not in ("params", "param_names", "foreach")})
+        merged_groups = _merged_groups(self, state_dict["param_groups"], ("foreach",))
+        for gi, merged in enumerate(merged_groups):
             unknown = set(merged) - set(self.defaults) - {"params", "initial_lr"}
             if unknown:
                 raise ValueError(f"state_dict param_groups[{gi}] has unknown "
                                  f"hyperparameter(s) {sorted(unknown)}")
             _check_group(merged)
-            merged_groups.append(merged)
         loaded: dict[int, tuple[int, dict[str, NDArray[Any]]]] = {}
         states = state_dict["state"]
         if not isinstance(states, Mapping):

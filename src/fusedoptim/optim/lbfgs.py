@@ -23,20 +23,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
-from .._layout import group_arrays, parse_params
+from .._layout import MAPPINGS, group_arrays, parse_params
 from ..flat import FlatParams
 
 if TYPE_CHECKING:
     from .._typing import FloatArray, ParamGroup, ParamsArg
 
-_MAPPINGS = (dict, MappingProxyType)
 _GATHER = _kernels.REDUCE_IDS["lbfgs_gather"]
 _YS = _kernels.REDUCE_IDS["lbfgs_ys"]
 _AXPY = _kernels.REDUCE_IDS["lbfgs_axpy"]
@@ -219,7 +217,22 @@ def _gtd(g: Any) -> Any:
 
 # -- the fused vector work ----------------------------------------------------------------------
 
-class _FusedOps:
+class OpsBase:
+    """What the vector work of an LBFGS knows of its params, whichever implements it (the
+    fused passes here, or the NumPy twin's): the arrays, their labels for errors, the flat
+    view when they tile one buffer, the dtype and its scalar type, the total size."""
+
+    def __init__(self, params: list[FloatArray], labels: list[str],
+                 flat_param: FloatArray | None) -> None:
+        self.params = params
+        self.labels = labels
+        self.flat_param = flat_param
+        self.dtype = params[0].dtype
+        self.D: Any = self.dtype.type
+        self.size = sum(p.size for p in params)
+
+
+class _FusedOps(OpsBase):
     """The flat buffers of one LBFGS and the fused passes over them.
 
     Buffers (1-D, the params' total size, dtype): ``d`` (the direction), ``q`` (the
@@ -232,12 +245,7 @@ class _FusedOps:
 
     def __init__(self, params: list[FloatArray], labels: list[str],
                  flat_param: FloatArray | None) -> None:
-        self.params = params
-        self.labels = labels
-        self.flat_param = flat_param
-        self.dtype = params[0].dtype
-        self.D: Any = self.dtype.type
-        self.size = sum(p.size for p in params)
+        super().__init__(params, labels, flat_param)
         self.offsets = np.concatenate([[0], np.cumsum([p.size for p in params])]).tolist()
         self.d = self._new()
         self.q = self._new()
@@ -552,7 +560,7 @@ class LBFGS:
                                 "FlatParams; return (loss, grads) with grads a list of "
                                 "arrays in param order (or a dict keyed by param name)")
             return list(arena._grad_views), arena.flat_grad
-        if isinstance(grads, _MAPPINGS):
+        if isinstance(grads, MAPPINGS):
             if any(k is None for k in self._names):
                 raise TypeError("the closure returned grads as a dict, but the params were "
                                 "not named; return a list of grads in param order")

@@ -20,7 +20,7 @@ from .. import _kernels
 from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import group_arrays, parse_params
-from .._state import saved_groups
+from .._state import merged_groups as _merged_groups, saved_groups
 from .._validation import label
 
 if TYPE_CHECKING:
@@ -570,22 +570,9 @@ class SparseAdam(ParamGroups):
         if not isinstance(state_dict, dict) or set(state_dict) < {"state", "param_groups"}:
             raise TypeError("state_dict must be a dict with 'state' and 'param_groups', as "
                             "returned by SparseAdam.state_dict()")
-        saved = state_dict["param_groups"]
-        if not isinstance(saved, list) or len(saved) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(saved)} param groups, this optimizer has "
-                             f"{len(self.param_groups)}")
-        merged_groups = []
-        for gi, (sg, g) in enumerate(zip(saved, self.param_groups)):
-            sl = self._group_slices[gi]
-            if list(sg.get("params", [])) != list(sl):
-                raise ValueError(f"state_dict param_groups[{gi}]['params'] is "
-                                 f"{sg.get('params')!r}, expected {list(sl)}: the checkpoint "
-                                 f"was saved from a different param layout")
-            merged = dict(g)
-            merged.update({k: val for k, val in sg.items()
-                           if k not in ("params", "param_names")})
+        merged_groups = _merged_groups(self, state_dict["param_groups"])
+        for merged in merged_groups:
             self._check_group(merged)
-            merged_groups.append(merged)
         new_state: list[ParamState | None] = [None] * len(self._state)
         for i, st in state_dict["state"].items():
             if not isinstance(i, int) or not 0 <= i < len(self._state):
