@@ -91,6 +91,19 @@ def group_arrays(group_in: Mapping[str, Any]
     return arena, names, arrays
 
 
+def check_param_list(params: Sequence[Any]) -> None:
+    """The params of a functional call: each a usable param array, one dtype, no memory
+    shared (what the optimizer classes check of a new group, for a bare list)."""
+    for i, p in enumerate(params):
+        _kernels.check_param(p, f"params[{i}]")
+    if len({p.dtype for p in params}) > 1:
+        raise TypeError("params have mixed dtypes; call once per dtype")
+    clash = _kernels.find_overlap(list(params))
+    if clash is not None:
+        raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give each "
+                         f"param its own buffer")
+
+
 def check_new_params(opt: Optimizer, names: list[str | None], arrays: list[FloatArray]) -> None:
     """Raise unless `arrays` can join `opt` as a new group: each a usable param, one dtype,
     names unique across groups, no memory shared with any param."""

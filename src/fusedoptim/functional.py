@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _kernels, _spec
 from . import _validation as v
+from ._layout import check_param_list
 from . import optim  # noqa: F401  imported for its side effect: every spec is registered
 from .optim.sparse_adam import sparse_adam as sparse_adam
 
@@ -78,14 +79,7 @@ def _fused_step(spec: OptSpec[Any], hyper: Hyper, params: Sequence[FloatArray],
             raise ValueError(f"{name} must be a list with one entry per param ({n}), got "
                              f"{type(lst).__name__} of length "
                              f"{len(lst) if hasattr(lst, '__len__') else 'n/a'}")
-    for i, p in enumerate(params):
-        _kernels.check_param(p, f"params[{i}]")
-    if len({p.dtype for p in params}) > 1:
-        raise TypeError("params have mixed dtypes; call once per dtype")
-    clash = _kernels.find_overlap(list(params))
-    if clash is not None:
-        raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give each "
-                         f"param its own buffer")
+    check_param_list(params)
     steps = []
     keep_steps = state_steps is not None
     if state_steps is None:             # (not keep_steps, spelled so that mypy narrows)

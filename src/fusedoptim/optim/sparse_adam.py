@@ -19,7 +19,7 @@ import numpy as np
 from .. import _kernels
 from .._groups import ParamGroups
 from .. import _validation as v
-from .._layout import group_arrays, parse_params
+from .._layout import check_param_list, group_arrays, parse_params
 from .._state import merged_groups as _merged_groups, saved_groups
 from .._validation import label
 
@@ -276,14 +276,7 @@ def _check_functional(params: Sequence[FloatArray], grads: Sequence[object],
         if not isinstance(lst, (list, tuple, np.ndarray)) or len(lst) != n:
             raise ValueError(f"{name} must be a list with one entry per param ({n}), got "
                              f"{type(lst).__name__}")
-    for i, p in enumerate(params):
-        check_param(p, f"params[{i}]")
-    if len({p.dtype for p in params}) > 1:
-        raise TypeError("params have mixed dtypes; call once per dtype")
-    clash = _kernels.find_overlap(list(params))
-    if clash is not None:
-        raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give each "
-                         f"param its own buffer")
+    check_param_list(params)
     works: list[_Work | None] = []
     steps: dict[int, int] = {}
     written: list[tuple[Any, str]] = []
