@@ -64,6 +64,9 @@ class BenchCase:
     # Two-pass optimizers (LAMB, LARS) move more data than one touch_rw pass: the roofline
     # kernels run after touch_rw<rw_buffers> on the same buffers, in the same call.
     extra_roofline: tuple[str, ...] = ()
+    # Key in bench_external.EXTERNAL: the fastest outside implementation of an optimizer that
+    # torch.optim lacks (its official release, or Optax under jax.jit), for `--external`.
+    external: str | None = None
 
     def transfers(self) -> int:
         """Memory transfers per element: each rw buffer read + written, the grad read, plus
@@ -1380,6 +1383,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                         "strong_wolfe, fused vs torch.optim.LBFGS, time outside the closure")
     p.add_argument("--no-bnb", action="store_true",
                    help="with --precision: leave out the bitsandbytes rows")
+    p.add_argument("--external", action="store_true",
+                   help="time the optimizers torch.optim lacks against their official "
+                        "releases (or Optax under jax.jit), interleaved; default 1e5 "
+                        "elements, 1 thread (needs the conformance extra)")
     p.add_argument("--torch", action="store_true",
                    help="the fusedoptim.torch rows instead: AdamW steps of 1000 torch params "
                         "and one 1e5 param vs torch.optim.AdamW(fused=True), clip_grad_norm_, "
@@ -1483,6 +1490,12 @@ def main(args: argparse.Namespace) -> int:
         run_precision(sizes[0], n_all, max(threads), min_time=args.min_time,
                       repeat=args.repeat, use_bnb=not args.no_bnb, use_torch=not args.no_torch,
                       compute_n=min(100_000, n_all))
+        return 0
+    if args.external:
+        from .bench_external import run_external
+        run_external([c for c in cases if c.external], sizes if args.sizes else [100_000],
+                     threads if args.threads else [1], min_time=args.min_time,
+                     repeat=args.repeat)
         return 0
     if args.torch:
         from .torch._bench import run_torch

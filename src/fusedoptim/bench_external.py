@@ -1,0 +1,99 @@
+"""Outside implementations of the optimizers torch.optim lacks, for ``fusedoptim bench
+--external``: each optimizer's official PyTorch release where one is installable (the
+conformance extra), else Optax under ``jax.jit``, timed interleaved with the fused step.
+
+A factory takes float32 NumPy copies of the bench's param and grad and returns ``(step, label)``:
+``step()`` runs one whole optimizer step (for JAX, until the result is ready) and ``label``
+names the implementation and path. It raises ImportError when its package is absent, and the
+row then reads '-'. Register one with ``@external("key")`` and name the key in a
+``bench.BenchCase(..., external="key")``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+import numpy as np
+
+from . import bench
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._typing import FloatArray
+
+Factory = Callable[["FloatArray", "FloatArray"], "tuple[Callable[[], object], str]"]
+EXTERNAL: dict[str, Factory] = {}
+
+
+def external(key: str) -> Callable[[Factory], Factory]:
+    """Register a factory under `key` (see the module docstring)."""
+    def register(factory: Factory) -> Factory:
+        if key in EXTERNAL:
+            raise ValueError(f"external implementation {key!r} is registered twice")
+        EXTERNAL[key] = factory
+        return factory
+    return register
+
+
+def torch_step(torch: Any, cls: Any, p: FloatArray, g: FloatArray,
+               **kwargs: Any) -> Callable[[], object]:
+    """A torch optimizer class's step on one CPU tensor sharing memory with `p`, its grad
+    `g`; the first step (which allocates the state) runs here, outside the timing."""
+    tp = torch.from_numpy(p)
+    tp.grad = torch.from_numpy(g)
+    opt = cls([tp], **kwargs)
+    opt.step()
+    step: Callable[[], object] = opt.step
+    return step
+
+
+def jax_step(update: Callable[..., Any], params: Any, state: Any,
+             grad: Any) -> Callable[[], object]:
+    """A jitted ``(params, state, grad) -> (params, state)`` Optax step, carried from call to
+    call and waited for; compiled here, outside the timing."""
+    jax: Any = __import__("jax")     # untyped package: used through Any
+    jitted = jax.jit(update, donate_argnums=(0, 1))
+    carry = list(jitted(params, state, grad))
+    jax.block_until_ready(carry)
+
+    def step() -> object:
+        carry[:] = jitted(carry[0], carry[1], grad)
+        return jax.block_until_ready(carry[0])
+    return step
+
+
+def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
+                 threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
+                 out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+    """Fused step vs the outside implementation, interleaved, float32: one row per case,
+    size and thread count."""
+    torch = bench._optional_torch(True)
+    header = (f"{'optimizer':<20}{'n':>11}{'thr':>4}{'fused Gel/s':>13}{'ext Gel/s':>11}"
+              f"{'x ext':>8}  implementation")
+    print(header, file=out)
+    print("-" * (len(header) + 20), file=out)
+    rows: list[dict[str, Any]] = []
+    with bench._thread_counts(threads, torch) as thread_counts:
+        for case in cases:
+            assert case.external is not None
+            for n in sizes:
+                for nt in thread_counts():
+                    fns = {"fused": bench.fused_step_fn(case, n, np.float32)}
+                    label = "-"
+                    try:
+                        p, g = bench._data(n, np.float32)
+                        fns["ext"], label = EXTERNAL[case.external](p, g)
+                    except ImportError as exc:
+                        label = f"- ({exc.name or exc} not installed)"
+                    best = bench._timeit_interleaved(fns, min_time, repeat)
+                    row = dict(optimizer=case.name, n=n, threads=nt, fused_s=best["fused"],
+                               external_s=best.get("ext"), implementation=label)
+                    rows.append(row)
+                    ext = best.get("ext")
+                    print(f"{case.name:<20}{n:>11}{nt:>4}{n / best['fused'] / 1e9:>13.3f}"
+                          + (f"{n / ext / 1e9:>11.3f}{ext / best['fused']:>8.1f}"
+                             if ext else f"{'-':>11}{'-':>8}") + f"  {label}",
+                          file=out, flush=True)
+    return rows
