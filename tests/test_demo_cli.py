@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from fusedoptim.demo import OPTIMIZERS
+from fusedoptim.demo import DEFAULT_OPTIMIZERS, OPTIMIZERS, DemoError, parse_optimizer_names
 from fusedoptim.demo.cli import main
 from fusedoptim.demo.compare import REF_ATOL, REF_RTOL, CompareConfig, run_compare
 from fusedoptim.demo.landscape import FUNCTIONS, LandscapeConfig, run_landscape
@@ -21,6 +21,8 @@ from fusedoptim.demo.landscape import FUNCTIONS, LandscapeConfig, run_landscape
 AVAILABLE = [n for n, spec in OPTIMIZERS.items() if hasattr(fo, spec.cls)]
 _REFERENCE = getattr(fo, "reference", None)
 WITH_REFERENCE = [n for n in AVAILABLE if hasattr(_REFERENCE, OPTIMIZERS[n].cls)]
+# landscape runs the optimizers it has tuned learning rates for on every function.
+ON_LANDSCAPE = [n for n in AVAILABLE if all(n in fn.lrs for fn in FUNCTIONS.values())]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -31,6 +33,17 @@ def _in_tmp(tmp_path, monkeypatch):
 
 def test_this_build_has_optimizers_to_demo():
     assert AVAILABLE, "fusedoptim exposes none of the optimizers in the demo table"
+
+
+def test_default_set_is_the_notes_and_all_is_every_optimizer():
+    assert parse_optimizer_names(None) == (DEFAULT_OPTIMIZERS, False)
+    assert parse_optimizer_names("ALL") == (list(OPTIMIZERS), False)
+    assert parse_optimizer_names("adam, sgd") == (["adam", "sgd"], True)
+    assert set(DEFAULT_OPTIMIZERS) <= set(OPTIMIZERS)
+    assert CompareConfig().optimizers == DEFAULT_OPTIMIZERS
+    assert LandscapeConfig().optimizers == DEFAULT_OPTIMIZERS
+    with pytest.raises(DemoError, match="unknown optimizer 'adamz'"):
+        parse_optimizer_names("adamz")
 
 
 # ------------------------------------------------------------------------------ compare
@@ -236,7 +249,7 @@ def test_without_the_demo_extra_the_message_says_what_to_install(monkeypatch, ca
 # ------------------------------------------------------------------------------ landscape
 @pytest.fixture(scope="module")
 def landscape_paths():
-    return run_landscape(LandscapeConfig(optimizers=AVAILABLE, explicit=True, out=None))
+    return run_landscape(LandscapeConfig(optimizers=ON_LANDSCAPE, explicit=True, out=None))
 
 
 @pytest.mark.parametrize("function", list(FUNCTIONS))
@@ -247,6 +260,20 @@ def test_every_optimizer_descends_every_function(landscape_paths, function):
         assert not run["diverged"], name
         assert run["steps"] == fn.steps and run["path"].shape == (fn.steps + 1, 2)
         assert run["f"] < f0 - 0.25 * abs(f0), (name, run["f"], f0)
+
+
+def test_landscape_without_a_tuned_lr_skips_or_asks_for_one(monkeypatch, capsys):
+    name = ON_LANDSCAPE[0]
+    monkeypatch.delitem(FUNCTIONS["rosenbrock"].lrs, name)
+    cfg = dict(functions=["rosenbrock"], optimizers=[name, ON_LANDSCAPE[-1]], steps=5, out=None)
+    with pytest.raises(DemoError, match=f"no tuned learning rate for {name} on rosenbrock; "
+                                        f"give one with --lr {name}=VALUE"):
+        run_landscape(LandscapeConfig(explicit=True, **cfg))
+    result = run_landscape(LandscapeConfig(explicit=False, **cfg))
+    assert name not in result["rosenbrock"] and ON_LANDSCAPE[-1] in result["rosenbrock"]
+    assert f"skipping {name} on rosenbrock" in capsys.readouterr().err
+    result = run_landscape(LandscapeConfig(explicit=True, lr_per={name: 1e-3}, **cfg))
+    assert result["rosenbrock"][name]["lr"] == 1e-3
 
 
 def test_landscape_steps_the_public_class_in_place():

@@ -22,6 +22,7 @@ __all__ = [
     "DemoError",
     "OptimizerSpec",
     "OPTIMIZERS",
+    "DEFAULT_OPTIMIZERS",
     "require",
     "require_all",
     "parse_optimizer_names",
@@ -77,6 +78,12 @@ class OptimizerSpec:
     kwargs: dict = field(default_factory=dict)
     lr: float = 1e-3
     color: str = "black"
+    # In the default set (the lecture notes' optimizers); the rest run with ``--optimizers all``
+    # or when named.
+    default: bool = True
+    # A schedule this optimizer always runs under, whatever ``--schedule`` says: Schedule-Free
+    # replaces the schedule ("none"; its own warm-up is an argument).
+    schedule: str | None = None
 
 
 # CLI name -> class and arguments. Arguments use torch.optim names and semantics. Learning rates
@@ -103,13 +110,20 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-def parse_optimizer_names(text: str | None) -> tuple[list[str], bool]:
-    """Parse ``sgd,adam`` (or ``all``/None) into table names, in the order given.
+#: The default set of ``compare`` and ``landscape``: the lecture notes' optimizers.
+DEFAULT_OPTIMIZERS = [name for name, spec in OPTIMIZERS.items() if spec.default]
 
-    Returns ``(names, explicit)``; ``explicit`` is False for "all", in which case the caller skips
-    optimizers missing from this build instead of failing.
+
+def parse_optimizer_names(text: str | None) -> tuple[list[str], bool]:
+    """Parse ``sgd,adam`` (or ``all``, or None for the default set) into table names, in the
+    order given.
+
+    Returns ``(names, explicit)``; ``explicit`` is False for "all" and the default set, in which
+    case the caller skips optimizers missing from this build instead of failing.
     """
-    if text is None or text.strip().lower() == "all":
+    if text is None:
+        return DEFAULT_OPTIMIZERS[:], False
+    if text.strip().lower() == "all":
         return list(OPTIMIZERS), False
     names = []
     for raw in text.split(","):

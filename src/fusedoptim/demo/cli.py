@@ -20,7 +20,8 @@ import argparse
 import os
 import sys
 
-from . import OPTIMIZERS, DemoError, parse_lr_overrides, parse_optimizer_names
+from . import (DEFAULT_OPTIMIZERS, OPTIMIZERS, DemoError, parse_lr_overrides,
+               parse_optimizer_names)
 
 EXIT_USAGE = 2
 _DEBUG_ENV = "FUSEDOPTIM_DEBUG"  # set to 1 to get the traceback of an unexpected error
@@ -122,7 +123,8 @@ def _guarded(command, handler):
     return run
 
 
-_OPT_HELP = "comma-separated optimizers (default: all available): " + ",".join(OPTIMIZERS)
+_OPT_HELP = ("comma-separated optimizers, or all (default: the lecture notes' set, "
+             + ",".join(DEFAULT_OPTIMIZERS) + "); all: " + ",".join(OPTIMIZERS))
 _LR_HELP = ("learning rate: one number for every optimizer, or per optimizer as adam=0.01,sgd=0.1 "
             "(default: the table in fusedoptim.demo)")
 

@@ -14,7 +14,7 @@ params, and the grads the optimizer receives, in float32, bfloat16 or float16; h
 float32 master weights in the optimizer (``master_weights=True``), and the MLP computes in float32
 (:mod:`fusedoptim.demo.mlp`). ``state_dtype`` is passed to every optimizer. An optimizer that does
 not support it (its constructor raises ValueError, e.g. int8 state on Adadelta) is skipped with a
-note when the optimizers were not named (the default "all"), and is an error before any training
+note when the optimizers were not named (the default set or "all"), and is an error before any training
 when they were named. Every run reports its state memory: the ``nbytes`` of every array in
 ``opt.state`` (moments, the float32 ``master_param``, int8/int4 codes and their ``*_absmax``).
 """
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import ml_dtypes
 import numpy as np
 
-from . import OPTIMIZERS, DemoError, optimizer_class, require, require_all
+from . import DEFAULT_OPTIMIZERS, OPTIMIZERS, DemoError, optimizer_class, require, require_all
 from .data import DIGITS_NEEDS, load_dataset
 from .mlp import MLP, default_output
 from ..swa_utils import AveragedParams
@@ -127,7 +127,7 @@ def lr_trace(name, base_lr, epochs, steps_per_epoch):
 class CompareConfig:
     """Everything that defines a comparison; the CLI fills it, tests may build it directly."""
 
-    optimizers: list = field(default_factory=lambda: list(OPTIMIZERS))
+    optimizers: list = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))
     explicit: bool = False  # optimizers named by the user: a missing one is an error, not a skip
     epochs: int = 20
     batch_size: int = 64
@@ -270,7 +270,8 @@ def train_one(name, cfg, model, init_params, data, progress, index):
     params = _copy(init_params)
     prec = precision_kwargs(cfg)
     opt = optimizer_class(name)(params, lr=lr, **spec.kwargs, **prec)
-    schedule = Schedule(cfg.schedule, opt, cfg.epochs, steps_per_epoch)
+    schedule_name = spec.schedule or cfg.schedule
+    schedule = Schedule(schedule_name, opt, cfg.epochs, steps_per_epoch)
     ref = None
     if cfg.reference:
         ref_params = _copy(init_params)
@@ -290,7 +291,20 @@ def train_one(name, cfg, model, init_params, data, progress, index):
     if ema is not None:
         hist["ema_val_acc"] = []
 
+    # Schedule-Free trains at the y sequence and is evaluated at x: ``eval()`` swaps the params
+    # to x (one fused pass) for the measurement and ``train()`` swaps them back.
+    swaps = [o for o in (opt, ref and ref["opt"]) if hasattr(o, "eval")]
+
     def record():
+        for o in swaps:
+            o.eval()
+        try:
+            return _measure()
+        finally:
+            for o in swaps:
+                o.train()
+
+    def _measure():
         tl, _ = model.evaluate(params, data.X_train, data.Y_train, data.y_train)
         vl, va = model.evaluate(params, data.X_val, data.Y_val, data.y_val)
         hist["train_loss"].append(tl)
@@ -356,7 +370,7 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         "class": f"fusedoptim.{spec.cls}",
         "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()},
         "lr": lr,
-        "schedule": cfg.schedule,
+        "schedule": schedule_name,
         "status": status,
         "epochs_run": hist["epoch"][-1],
         "steps": t,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import OPTIMIZERS, DemoError, optimizer_class, require
+from . import DEFAULT_OPTIMIZERS, OPTIMIZERS, DemoError, optimizer_class, require
 
 # A path that leaves this radius is treated as diverged; it keeps float overflow out of the plot.
 _ESCAPE_RADIUS = 1e6
@@ -170,7 +170,7 @@ def run_path(cls, kwargs, lr, fn: TestFunction, start, steps, dtype=np.float64):
 @dataclass
 class LandscapeConfig:
     functions: list = field(default_factory=lambda: list(FUNCTIONS))
-    optimizers: list = field(default_factory=lambda: list(OPTIMIZERS))
+    optimizers: list = field(default_factory=lambda: list(DEFAULT_OPTIMIZERS))
     explicit: bool = False
     start: tuple | None = None
     steps: int | None = None
@@ -221,7 +221,14 @@ def run_landscape(cfg: LandscapeConfig, out=None, err=None):
         results[fname] = {}
         for name, cls in runnable:
             spec = OPTIMIZERS[name]
-            lr = cfg.lr_per.get(name, cfg.lr if cfg.lr is not None else fn.lrs[name])
+            lr = cfg.lr_per.get(name, cfg.lr if cfg.lr is not None else fn.lrs.get(name))
+            if lr is None:   # no learning rate tuned for this function (beyond the notes' set)
+                if cfg.explicit:
+                    raise DemoError(f"landscape has no tuned learning rate for {name} on "
+                                    f"{fname}; give one with --lr {name}=VALUE")
+                print(f"skipping {name} on {fname} (no tuned learning rate; name it with "
+                      f"--lr {name}=VALUE)", file=err)
+                continue
             path, diverged = run_path(cls, spec.kwargs, lr, fn, start, steps)
             x, y = path[-1]
             with np.errstate(all="ignore"):   # a diverged end point may overflow f: report inf
