@@ -528,6 +528,8 @@ class Optimizer(torch.optim.Optimizer):
         out: dict[str, Any] = {"state": state, "param_groups": groups}
         if "seed" in state_dict:
             out["seed"] = state_dict["seed"]
+        if hasattr(fused, "train_mode") and saved and "train_mode" in saved[0]:
+            out["train_mode"] = _plain(saved[0]["train_mode"])   # Schedule-Free's mode
         return out
 
     def _fused_entry(self, i: int, sid: Any, st: Mapping[str, Any]) -> dict[str, Any]:
