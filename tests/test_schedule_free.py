@@ -362,3 +362,31 @@ def test_the_torch_drop_in_trains_and_evaluates(rng):
     other.train()
     ours.train()
     torch.testing.assert_close(a.detach(), c.detach(), rtol=0, atol=0)
+
+
+def test_a_package_checkpoint_loads_into_the_drop_in_and_continues(rng):
+    """The package keeps k, weight_sum and lr_max per group: each param takes its group's."""
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    import fusedoptim.torch as fot
+    init = torch.randn(6, 5, dtype=torch.float64)
+    a = torch.nn.Parameter(init.clone())
+    pkg = schedulefree.SGDScheduleFree([a], lr=0.3, momentum=0.7, warmup_steps=4, r=1.0)
+    pkg.train()
+    grads = [torch.randn(6, 5, dtype=torch.float64) for _ in range(20)]
+    for g in grads[:10]:
+        a.grad = g.clone()
+        pkg.step()
+    pkg.eval()
+    sd = pkg.state_dict()
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = fot.ScheduleFreeSGD([b], lr=0.3, momentum=0.7, warmup_steps=4, r=1.0)
+    ours.load_state_dict(sd)
+    assert ours._fused.train_mode is False and ours._fused.state[0]["step"] == 10
+    pkg.train()
+    ours.train()
+    for g in grads[10:]:
+        a.grad, b.grad = g.clone(), g.clone()
+        pkg.step()
+        ours.step()
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-9, atol=1e-12)

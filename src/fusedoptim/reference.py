@@ -562,7 +562,7 @@ def schedule_free_adamw(params: Arrays, grads: BufferList, zs: list[FloatArray |
         z = _schedule_free_z(zs, i, p, k)
         v = exp_avg_sqs[i]
         v[...] = v * dt(beta2) + dt(1.0 - beta2) * g * g
-        u = g / (np.sqrt(v / dt(1.0 - beta2 ** k)) + dt(eps))
+        u = g / (np.sqrt(v * dt(1.0 / (1.0 - beta2 ** k))) + dt(eps))
         if weight_decay != 0:
             u = u + dt(weight_decay) * p
         _schedule_free_step(p, z, u, ckp1, lr_k, beta1)

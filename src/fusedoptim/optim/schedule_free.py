@@ -88,7 +88,7 @@ def schedule_free_adamw_scalars(step: int, weight_sum: float, lr_max: float, lr:
     this step), in double."""
     lr_t, ckp1, weight_sum, lr_max = schedule(step, weight_sum, lr_max, lr, warmup_steps, r,
                                               weight_lr_power)
-    row = (-1.0 if maximize else 1.0, beta2, 1.0 - beta2, 1.0 - beta2 ** step, eps,
+    row = (-1.0 if maximize else 1.0, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2 ** step), eps,
            weight_decay, ckp1, lr_t * (beta1 * (1.0 - ckp1) - 1.0), lr_t,
            _mode(weight_decay, ckp1, step))
     return row, (weight_sum, lr_max)
@@ -293,7 +293,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         w_k      = k^r * lr_max^weight_lr_power
         weight_sum += w_k;   c = w_k / weight_sum                 (0 when weight_sum is 0)
         v        = beta2 * v + (1 - beta2) * g * g
-        u        = g / (sqrt(v / (1 - beta2^k)) + eps) + weight_decay * y
+        u        = g / (sqrt(v * (1 / (1 - beta2^k))) + eps) + weight_decay * y
         y        = lerp(y, z, c) + lr_k * (beta1 * (1 - c) - 1) * u
         z        = z - lr_k * u
 
@@ -305,7 +305,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
     Weight decay is computed at y and added to the normalised gradient (an L2 term in the
     update of z and y, as the package does). Every operation follows the schedulefree
     1.4.1 package's ``AdamWScheduleFree`` (its foreach path: the same scalars in double,
-    torch's two-branch lerp, the division by the bias correction inside the root).
+    torch's two-branch lerp), except that v is multiplied by the inverse of the bias
+    correction (computed in double) where the package divides: a division less per element,
+    at most an ulp of difference.
 
     **train() / eval().** As in the package, call ``optimizer.train()`` before training
     steps and ``optimizer.eval()`` before evaluating, and save checkpoints in eval mode.
