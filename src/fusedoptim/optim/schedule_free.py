@@ -221,15 +221,21 @@ class _ScheduleFree(Optimizer):
             return
         cache = self._caches[gi]
         plan = cache.plan if cache.plan is not None else build_plan(self, gi, cache)
-        if plan.activate_ready() == 0:
-            return
-        row = [0.0] * plan.nscalars
-        row[0], row[1] = w, (1.0 if abs(w) >= 0.5 else 0.0)
-        plan.set_scalars(tuple(row))
-        keys = self._layouts[gi].sr_keys
-        if keys is not None:
-            sr_keys(self.seed, gi, plan.steps_array, keys)
-        plan.run(_SWAP)
+        # The active flags say which params the last step skipped (the flat path reads them
+        # to know whether the params are still in lockstep): put them back after the pass.
+        active = plan.active_array.copy()
+        try:
+            if plan.activate_ready() == 0:
+                return
+            row = [0.0] * plan.nscalars
+            row[0], row[1] = w, (1.0 if abs(w) >= 0.5 else 0.0)
+            plan.set_scalars(tuple(row))
+            keys = self._layouts[gi].sr_keys
+            if keys is not None:
+                sr_keys(self.seed, gi, plan.steps_array, keys)
+            plan.run(_SWAP)
+        finally:
+            plan.active_array[...] = active
 
     def _swap_reference(self, gi: int, w: float) -> None:
         """The twins' swap: the NumPy function on the params (or master copies), as the
