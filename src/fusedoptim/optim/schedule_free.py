@@ -291,7 +291,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     schedule by an average of the iterates. Three sequences: z takes AdamW-style steps,
     x is a weighted running average of the z's, and the gradient is taken at y, an
     interpolation of the two. The param holds y in train mode (``optimizer.train()``) and x
-    in eval mode (``optimizer.eval()``); z is state. For each param, at the group's step
+    in eval mode (``optimizer.eval()``); z is state. For each param, at its step
     k = 1, 2, ... (with g the gradient, negated when ``maximize``)::
 
         lr_k     = lr * min(1, k / warmup_steps)                  (linear warm-up)
@@ -386,7 +386,7 @@ class ScheduleFreeSGD(_ScheduleFree):
 
     No learning-rate scheduler is needed, nor a training length: the schedule is replaced
     by an average of the iterates (see :class:`fusedoptim.ScheduleFreeAdamW` for the three
-    sequences and the modes). For each param, at the group's step k = 1, 2, ... (with g the
+    sequences and the modes). For each param, at its step k = 1, 2, ... (with g the
     gradient, negated when ``maximize``)::
 
         lr_k     = lr * min(1, k / warmup_steps)                  (linear warm-up)
