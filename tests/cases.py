@@ -308,3 +308,43 @@ CASES += [
     Case("LARS", fo.LARS, fo.reference.LARS, _lars_sample, None, bad=_LARS_BAD,
          tensor_norms=True, flat_steps=False),
 ]
+
+
+# -- Schedule-Free (issue 13) ---------------------------------------------------------------------
+
+def _schedule_free_common(rng):
+    return dict(lr=_loguniform(rng, -3, 0),
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                warmup_steps=int(rng.choice([0, rng.integers(1, 8)])),
+                r=float(rng.choice([0.0, rng.uniform(0.0, 2.0)])),
+                weight_lr_power=float(rng.choice([2.0, 0.0, rng.uniform(0.0, 3.0)])),
+                maximize=_flag(rng))
+
+
+def _sf_adamw_sample(rng):
+    kw = _schedule_free_common(rng)
+    kw["lr"] *= 0.01
+    # beta1 below 2/3 makes eval()'s lerp weight 1 - 1/beta1 take torch's other branch
+    return dict(kw, betas=(float(rng.uniform(0.3, 0.99)), float(rng.uniform(0.9, 0.9999))),
+                eps=_loguniform(rng, -10, -6))
+
+
+def _sf_sgd_sample(rng):
+    return dict(_schedule_free_common(rng), momentum=float(rng.uniform(0.3, 0.99)))
+
+
+_SF_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(warmup_steps=-1), "warmup_steps"), (dict(warmup_steps=2.5), "warmup_steps"),
+    (dict(warmup_steps=True), "warmup_steps"), (dict(r=_NAN), "r"), (dict(r=_INF), "r"),
+    (dict(r="1"), "r"), (dict(weight_lr_power=-1.0), "weight_lr_power"),
+    (dict(weight_lr_power=_INF), "weight_lr_power")]
+_SF_ADAMW_BAD = _SF_BAD + _BETAS_BAD + _EPS_BAD + [(dict(betas=(0.0, 0.999)), "betas[0]")]
+_SF_SGD_BAD = _SF_BAD + [(dict(momentum=0.0), "momentum"), (dict(momentum=1.0), "momentum"),
+                         (dict(momentum=_NAN), "momentum")]
+
+CASES += [
+    Case("ScheduleFreeAdamW", fo.ScheduleFreeAdamW, fo.reference.ScheduleFreeAdamW,
+         _sf_adamw_sample, None, bad=_SF_ADAMW_BAD),
+    Case("ScheduleFreeSGD", fo.ScheduleFreeSGD, fo.reference.ScheduleFreeSGD, _sf_sgd_sample,
+         None, bad=_SF_SGD_BAD),
+]

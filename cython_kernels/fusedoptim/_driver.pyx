@@ -1192,6 +1192,20 @@ cdef class Plan:
         self.st_grad = self.st_param
         self.nactive = self.ntensors
 
+    def activate_ready(self):
+        """Make active exactly the tensors that have their state (ready), with no grad bound
+        (column 1 null): for a pass over the params and state that reads no grad
+        (Schedule-Free's train()/eval() swap). Returns how many are active. The next bind()
+        sets the flags and grads anew."""
+        cdef Py_ssize_t t
+        self.nactive = 0
+        for t in range(self.ntensors):
+            self.ptrs[t, 1] = 0
+            self.active[t] = self.ready[t]
+            self.nactive += self.ready[t]
+        self._grads = None
+        return self.nactive
+
     def rebase(self, list params):
         """Point column 0 at `params`: one C-contiguous, aligned, native-order array per
         tensor, of the plan's dtype and of that tensor's size, so the work units stay valid.

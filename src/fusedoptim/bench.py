@@ -119,6 +119,12 @@ BENCH_CASES = [
               extra_roofline=("touch_rw1",)),
     BenchCase("LARS", "LARS", dict(lr=1.0, momentum=0.9, weight_decay=1e-4), 2,
               extra_roofline=("touch_r2",)),
+    # Schedule-Free (issue 13): AdamW reads p, g, z, v and writes p, z, v; SGD reads p, g, z
+    # and writes p, z. Timed against the schedulefree package's foreach path (--external).
+    BenchCase("ScheduleFreeAdamW", "ScheduleFreeAdamW", dict(lr=2.5e-3, weight_decay=1e-2), 3,
+              external="schedulefree_adamw"),
+    BenchCase("ScheduleFreeSGD", "ScheduleFreeSGD", dict(lr=1.0, weight_decay=1e-4), 2,
+              external="schedulefree_sgd"),
 ]
 
 

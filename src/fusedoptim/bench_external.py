@@ -64,6 +64,34 @@ def jax_step(update: Callable[..., Any], params: Any, state: Any,
     return step
 
 
+# -- Schedule-Free: the schedulefree package (Meta's release), its foreach path ----------------
+
+def _schedulefree_step(cls_name: str, p: FloatArray, g: FloatArray,
+                       **kwargs: Any) -> tuple[Callable[[], object], str]:
+    torch: Any = __import__("torch")
+    schedulefree: Any = __import__("schedulefree")
+    tp = torch.from_numpy(p)
+    tp.grad = torch.from_numpy(g)
+    opt = getattr(schedulefree, cls_name)([tp], foreach=True, **kwargs)
+    opt.train()
+    opt.step()      # creates the state, outside the timing
+    # The package normalises p.grad in place each step, so its grad drifts from the bench's
+    # (it stays finite); the work per step is the same.
+    step: Callable[[], object] = opt.step
+    from importlib.metadata import version
+    return step, f"schedulefree {version('schedulefree')} {cls_name}, foreach"
+
+
+@external("schedulefree_adamw")
+def _schedulefree_adamw(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    return _schedulefree_step("AdamWScheduleFree", p, g, lr=2.5e-3, weight_decay=1e-2)
+
+
+@external("schedulefree_sgd")
+def _schedulefree_sgd(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    return _schedulefree_step("SGDScheduleFree", p, g, lr=1.0, weight_decay=1e-4)
+
+
 def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
                  threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
                  out: TextIO = sys.stdout) -> list[dict[str, Any]]:

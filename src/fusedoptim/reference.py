@@ -36,6 +36,8 @@ from .optim.adadelta import check_adadelta
 from .optim.rmsprop import check_rmsprop
 from .optim.adagrad import check_adagrad
 from .optim.sgd import check_sgd
+from .optim.schedule_free import check_schedule_free_adamw, check_schedule_free_sgd, \
+    schedule
 from .optim.signsgd import check_signsgd
 from .optim.lamb import check_lamb
 from .optim.lars import check_lars
@@ -514,6 +516,88 @@ def _lerp(start: FloatArray, end: FloatArray, weight: float, big: bool) -> Float
     else:
         out = start + w * (end - start)
     return out
+
+
+def _schedule_free_step(p: FloatArray, z: FloatArray, u: FloatArray, ckp1: float, lr: float,
+                        beta1: float) -> None:
+    """The y and z updates both Schedule-Free steps share, in the param's dtype: torch's
+    lerp of y toward z by c (its branch by |c| < 0.5), the step of y, the step of z."""
+    dt = p.dtype.type
+    c = dt(ckp1)
+    y = p + c * (z - p) if abs(ckp1) < 0.5 else z - (z - p) * (dt(1) - c)
+    p[...] = y + dt(lr * (beta1 * (1.0 - ckp1) - 1.0)) * u
+    z[...] = z - dt(lr) * u
+
+
+def _schedule_free_z(zs: list[FloatArray | None], i: int, p: FloatArray, step: int
+                     ) -> FloatArray:
+    """Param i's z: its first step starts z as a copy of the param (a None entry: created)."""
+    z = zs[i]
+    if z is None:
+        z = zs[i] = p.copy()
+    elif step == 1:
+        z[...] = p
+    return z
+
+
+def schedule_free_adamw(params: Arrays, grads: BufferList, zs: list[FloatArray | None],
+                        exp_avg_sqs: Arrays, weight_sums: list[float], lr_maxs: list[float],
+                        state_steps: StepList, *, lr: float, beta1: float, beta2: float,
+                        eps: float, weight_decay: float = 0.0, warmup_steps: int = 0,
+                        r: float = 0.0, weight_lr_power: float = 2.0,
+                        maximize: bool = False) -> None:
+    check_schedule_free_adamw(lr, beta1, beta2, eps, weight_decay, warmup_steps, r,
+                              weight_lr_power, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        state_steps[i] += 1
+        k = state_steps[i]
+        lr_k, ckp1, weight_sums[i], lr_maxs[i] = schedule(k, weight_sums[i], lr_maxs[i], lr,
+                                                          warmup_steps, r, weight_lr_power)
+        dt = p.dtype.type
+        if maximize:
+            g = -g
+        z = _schedule_free_z(zs, i, p, k)
+        v = exp_avg_sqs[i]
+        v[...] = v * dt(beta2) + dt(1.0 - beta2) * g * g
+        u = g / (np.sqrt(v * dt(1.0 / (1.0 - beta2 ** k))) + dt(eps))
+        if weight_decay != 0:
+            u = u + dt(weight_decay) * p
+        _schedule_free_step(p, z, u, ckp1, lr_k, beta1)
+
+
+def schedule_free_sgd(params: Arrays, grads: BufferList, zs: list[FloatArray | None],
+                      weight_sums: list[float], lr_maxs: list[float], state_steps: StepList,
+                      *, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                      warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+                      maximize: bool = False) -> None:
+    check_schedule_free_sgd(lr, momentum, weight_decay, warmup_steps, r, weight_lr_power,
+                            maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        state_steps[i] += 1
+        k = state_steps[i]
+        lr_k, ckp1, weight_sums[i], lr_maxs[i] = schedule(k, weight_sums[i], lr_maxs[i], lr,
+                                                          warmup_steps, r, weight_lr_power)
+        dt = p.dtype.type
+        u = -g if maximize else g
+        z = _schedule_free_z(zs, i, p, k)
+        if weight_decay != 0:
+            u = u + dt(weight_decay) * p
+        _schedule_free_step(p, z, u, ckp1, lr_k, momentum)
+
+
+def schedule_free_swap(params: Sequence[FloatArray], zs: Sequence[FloatArray],
+                       weight: float) -> None:
+    """Schedule-Free's train()/eval(): each param moved along the line through its z,
+    ``p = lerp(p, z, weight)`` in the param's dtype (torch's lerp: its branch by
+    |weight| < 0.5)."""
+    for p, z in zip(params, zs):
+        p[...] = _lerp(p, z, weight, abs(weight) >= 0.5)
 
 
 def _bf16(x: FloatArray) -> FloatArray:

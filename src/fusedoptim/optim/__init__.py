@@ -22,6 +22,8 @@ from .nadam import NAdam as NAdam
 from .radam import RAdam as RAdam
 from .rmsprop import RMSprop as RMSprop
 from .rprop import Rprop as Rprop
+from .schedule_free import ScheduleFreeAdamW as ScheduleFreeAdamW, \
+    ScheduleFreeSGD as ScheduleFreeSGD
 from .sgd import SGD as SGD
 from .signsgd import SignSGD as SignSGD
 from .sparse_adam import SparseAdam as SparseAdam, SparseGrad as SparseGrad
@@ -30,7 +32,7 @@ from .._spec import discover as _discover
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
-           "Muon", "MuonWithAuxAdam"]
+           "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:

@@ -56,7 +56,23 @@ def _drop_in(fused: type) -> type[Optimizer]:
         # elsewhere GradScaler unscales the grads first, as for any torch optimizer.
         attrs["_step_supports_amp_scaling"] = (
             "grad_scale" in _inspect.signature(getattr(fused, "step")).parameters)
+    for mode in ("train", "eval"):
+        # Schedule-Free's mode switches (the params move between its y and x sequences)
+        if callable(getattr(fused, mode, None)):
+            attrs[mode] = _forward(mode, getattr(fused, mode).__doc__)
     return type(fused.__name__, (base,), attrs)
+
+
+def _forward(name: str, doc: str | None) -> object:
+    """A method of the drop-in that calls the inner optimizer's method `name`."""
+    def method(self: Optimizer) -> None:
+        getattr(self._fused, name)()
+        # the mode in torch's groups, as the schedulefree package keeps it: in state_dict()
+        for group in self.param_groups:
+            group["train_mode"] = self._fused.train_mode
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
 
 
 for _name in _optim.__all__:

@@ -528,6 +528,17 @@ class Optimizer(torch.optim.Optimizer):
         out: dict[str, Any] = {"state": state, "param_groups": groups}
         if "seed" in state_dict:
             out["seed"] = state_dict["seed"]
+        if hasattr(fused, "train_mode") and saved and "train_mode" in saved[0]:
+            out["train_mode"] = _plain(saved[0]["train_mode"])   # Schedule-Free's mode
+            # A schedulefree package checkpoint keeps the step count and the schedule's
+            # running values per group: each param of the group takes them.
+            for sg, d in zip(saved, groups):
+                for key, name in (("k", "step"), ("weight_sum", "weight_sum"),
+                                  ("lr_max", "lr_max")):
+                    if key in sg:
+                        for i in d["params"]:
+                            if i in state:
+                                state[i].setdefault(name, _plain(sg[key]))
         return out
 
     def _fused_entry(self, i: int, sid: Any, st: Mapping[str, Any]) -> dict[str, Any]:
