@@ -106,13 +106,14 @@ class AdEMAMix(Optimizer):
 
     For each param, with g the gradient (negated when ``maximize``) and t the step::
 
-        alpha_t = min(t * alpha / t_alpha, alpha)                       (alpha = alpha if t_alpha is None)
-        beta3_t = min(exp(ln(b1) ln(b3) / ((1 - t/t_beta3) ln(b3) + (t/t_beta3) ln(b1))), b3)
-                                                                        (beta3_t = b3 if t_beta3 is None)
-        m1 = b1 * m1 + (1 - b1) * g                                     (fast EMA)
-        m2 = beta3_t * m2 + (1 - beta3_t) * g                           (slow EMA, no bias correction)
+        s       = t / t_beta3
+        alpha_t = min(t * alpha / t_alpha, alpha)             (alpha when t_alpha is None)
+        beta3_t = min(exp(ln(b1) ln(b3) / ((1 - s) ln(b3) + s ln(b1))), b3)
+                                                              (b3 when t_beta3 is None)
+        m1 = b1 * m1 + (1 - b1) * g                           (fast EMA)
+        m2 = beta3_t * m2 + (1 - beta3_t) * g                 (slow EMA, not bias-corrected)
         nu = b2 * nu + (1 - b2) * g * g
-        p  = p * (1 - lr * weight_decay)                                (decoupled, when weight_decay > 0)
+        p  = p * (1 - lr * weight_decay)                      (decoupled, if weight_decay > 0)
         p  = p - lr * (m1 / (1 - b1^t) + alpha_t * m2) / (sqrt(nu) / sqrt(1 - b2^t) + eps)
 
     The warm-ups are the paper's schedulers: alpha grows linearly from 0 over ``t_alpha``
