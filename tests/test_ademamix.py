@@ -1,5 +1,5 @@
 """AdEMAMix: against bitsandbytes 0.50.2 (its 32-bit CPU class, its float64-capable reference
-class, its 8-bit CPU path), the NumPy reference twin bitwise, the warm-up schedules, threads.
+class, its 8-bit CPU path) and optax.contrib.ademamix (float64, jax x64), the NumPy reference twin bitwise, the warm-up schedules, threads.
 
 The generic battery (tests/cases.py: random hyperparameters vs the twin, checkpoints, bad
 input, skip_nonfinite, precision rows, ISA levels) runs too."""
@@ -103,6 +103,58 @@ def test_float64_matches_bitsandbytes_reference_class(rng):
         ours, _ = _run_ours(starts, grads_seq, kw)
         theirs = _run_bnb(torch, ref_mod._ReferenceAdEMAMix, starts, grads_seq, kw,
                           torch.float64)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def optax_step():
+    """One jitted optax.contrib.ademamix step for every configuration: the hyperparameters
+    (this step's scheduled alpha and beta3 among them) are traced arguments, so it compiles
+    once per dtype and param structure. Mapping: optax.contrib.ademamix(lr, b1, b2, b3,
+    alpha, eps, eps_root=0, weight_decay=wd) with b3 and alpha the schedules evaluated at
+    Optax's 0-based count + 1 (see AdEMAMix's docstring)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("optax.contrib")
+    import optax
+    from optax import contrib
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+
+    def update(params, grads, state, lr, b1, b2, b3, alpha, eps, wd):
+        tx = contrib.ademamix(lr, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, weight_decay=wd)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    jitted = jax.jit(update)
+
+    def run(starts, grads_seq, kw):
+        import jax.numpy as jnp
+        b1, b2, b3 = kw["betas"]
+        sign = -1.0 if kw["maximize"] else 1.0
+        params = [jnp.asarray(p) for p in starts]
+        state = contrib.ademamix(1e-3).init(params)
+        for t, grads in enumerate(grads_seq, 1):
+            params, state = jitted(params, [jnp.asarray(sign * g) for g in grads], state,
+                                   kw["lr"], b1, b2, scheduled_beta3(t, b1, b3, kw["t_beta3"]),
+                                   scheduled_alpha(t, kw["alpha"], kw["t_alpha"]), kw["eps"],
+                                   kw["weight_decay"])
+        return [np.asarray(p) for p in params]
+
+    yield run
+    jax.config.update("jax_enable_x64", previous)
+
+
+def test_float64_matches_optax_contrib_ademamix(rng, optax_step):
+    """120 steps, 6 random configurations (both warm-ups on and off, decay, maximize)."""
+    for trial in range(6):
+        kw = _config(rng)
+        if trial == 0:
+            kw.update(t_alpha=40, t_beta3=90, weight_decay=0.05)
+        starts, grads_seq = _data(rng, np.float64)
+        ours, _ = _run_ours(starts, grads_seq, kw)
+        theirs = optax_step(starts, grads_seq, kw)
+        assert theirs[0].dtype == np.float64
         for a, b in zip(ours, theirs):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 

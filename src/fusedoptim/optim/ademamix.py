@@ -129,7 +129,14 @@ class AdEMAMix(Optimizer):
     is required (bnb's formula takes log(0) for betas[0] = 0 and overflows for betas[0] >
     betas[2]). ``state_dtype="int8"`` is bnb's ``AdEMAMix8bit``: the two EMAs with the
     signed dynamic map, nu with the unsigned one, blocks of 256 (``int4``: blocks of 128).
-    Optax has no AdEMAMix (its contrib module carries none in 0.2.8).
+
+    Optax: ``optax.contrib.ademamix(lr, b1=beta1, b2=beta2, b3=beta3, alpha=alpha, eps=eps,
+    eps_root=0.0, weight_decay=weight_decay)`` is the same rule (it takes sqrt(nu / (1 -
+    b2^t)) and adds ``weight_decay * p`` to the update: equal in exact arithmetic). Its
+    ``b3`` and ``alpha`` may be schedules of its 0-based count, so the warm-ups are
+    ``b3=lambda c: scheduled_beta3(c + 1, beta1, beta3, t_beta3)`` and ``alpha=lambda c:
+    scheduled_alpha(c + 1, alpha, t_alpha)`` (``fusedoptim.optim.ademamix``). Note Optax's
+    ``scale_by_ademamix`` defaults ``alpha=6.0``, its ``ademamix`` 5.0.
 
     Args (bitsandbytes' names and defaults):
         params: list or dict of float32/float64 C-contiguous arrays, or param groups.
