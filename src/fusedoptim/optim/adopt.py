@@ -31,7 +31,8 @@ class ADOPTHyper(NamedTuple):
 def clip_value(step: int) -> float:
     """The official release's clip at step t (1-based): (t - 1) ** 0.25, its ``step ** 0.25``
     with the step counted before the increment (0 on the first step, which only sets v)."""
-    return float(step - 1) ** 0.25
+    clip: float = float(step - 1) ** 0.25
+    return clip
 
 
 def adopt_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,
