@@ -256,7 +256,9 @@ def test_quantized_state_matches_reference_twin_bitwise(rng, state_dtype):
     twin's (which dequantizes, runs the float32 reference and requantizes), on 1-3 threads."""
     kw = dict(lr=1e-2, betas=(0.8, 0.99, 0.999), alpha=3.0, t_alpha=20, t_beta3=30,
               weight_decay=0.02)
-    starts, grads_seq = _data(rng, np.float32, sizes=(100, 5000, 24_001), steps=25)
+    # 33101 elements: above the driver's serial threshold (32768), so 2 and 3 threads split
+    # the work; the 100-element param keeps float32 state (below min_quantized_size)
+    starts, grads_seq = _data(rng, np.float32, sizes=(100, 33_001), steps=10)
     twin = [p.copy() for p in starts]
     ref = fo.reference.AdEMAMix(twin, **kw, state_dtype=state_dtype)
     for grads in grads_seq:
@@ -271,6 +273,7 @@ def test_quantized_state_matches_reference_twin_bitwise(rng, state_dtype):
                 if isinstance(v, np.ndarray):
                     assert v.tobytes() == ref.state[i][k].tobytes(), (k, threads)
     st = opt.state[1]
+    assert opt.state[0]["exp_avg"].dtype == np.float32
     assert st["exp_avg"].dtype == st["exp_avg_slow"].dtype == st["exp_avg_sq"].dtype == np.uint8
 
 
