@@ -378,3 +378,23 @@ def test_torch_drop_in_trains_as_bitsandbytes_reference(rng):
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
     for a, b in zip(p_ours, p_theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(t_alpha=0), "t_alpha"), (dict(t_beta3=2.5), "t_beta3"), (dict(beta3=1.0), "betas[2]"),
+    (dict(alpha=-1.0), "alpha"), (dict(t_beta3=10, beta1=0.0), "betas[0]"),
+    (dict(t_beta3=10, beta3=0.5), "betas[2]"), (dict(eps=0.0), "eps")])
+def test_functional_refuses_bad_hyperparameters_and_writes_nothing(rng, bad, name):
+    p = rng.standard_normal(50)
+    state = [np.full(50, 0.5), np.full(50, 0.25), np.full(50, 0.125)]
+    before = [p.copy()] + [s.copy() for s in state]
+    steps = [3]
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, beta3=0.9999)
+    kw.update(bad)
+    with pytest.raises((TypeError, ValueError)) as err:
+        fo.functional.ademamix([p], [rng.standard_normal(50)], [state[0]], [state[1]],
+                               [state[2]], steps, **kw)
+    assert name in str(err.value)      # beta_k is labelled betas[k-1], as in the class
+    assert steps == [3]
+    for a, b in zip([p] + state, before):
+        assert a.tobytes() == b.tobytes()

@@ -310,3 +310,21 @@ def test_torch_drop_in_trains_as_the_release_rule():
         np.testing.assert_allclose(ours, theirs, rtol=1e-9)
         for a, b in zip(p_ours, p_theirs):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(eps=0.0), "eps"), (dict(beta2=1.0), "betas[1]"), (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(decouple="no"), "decouple"), (dict(lr=float("nan")), "lr")])
+def test_functional_refuses_bad_hyperparameters_and_writes_nothing(rng, bad, name):
+    p = rng.standard_normal(50)
+    m, v = np.full(50, 0.5), np.full(50, 0.25)
+    before = [p.copy(), m.copy(), v.copy()]
+    steps = [3]
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.9999)
+    kw.update(bad)
+    with pytest.raises((TypeError, ValueError)) as err:
+        fo.functional.adopt([p], [rng.standard_normal(50)], [m], [v], steps, **kw)
+    assert name in str(err.value)
+    assert steps == [3]
+    for a, b in zip([p, m, v], before):
+        assert a.tobytes() == b.tobytes()
