@@ -1,5 +1,6 @@
 """AdEMAMix: against bitsandbytes 0.50.2 (its 32-bit CPU class, its float64-capable reference
-class, its 8-bit CPU path) and optax.contrib.ademamix (float64, jax x64), the NumPy reference twin bitwise, the warm-up schedules, threads.
+class, its 8-bit CPU path) and optax.contrib.ademamix (float64, jax x64), the NumPy reference
+twin bitwise, the warm-up schedules, threads.
 
 The generic battery (tests/cases.py: random hyperparameters vs the twin, checkpoints, bad
 input, skip_nonfinite, precision rows, ISA levels) runs too."""

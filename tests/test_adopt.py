@@ -313,7 +313,8 @@ def test_torch_drop_in_trains_as_the_release_rule():
 
 
 @pytest.mark.parametrize("bad, name", [
-    (dict(eps=0.0), "eps"), (dict(beta2=1.0), "betas[1]"), (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(eps=0.0), "eps"), (dict(beta2=1.0), "betas[1]"),
+    (dict(weight_decay=-1.0), "weight_decay"),
     (dict(decouple="no"), "decouple"), (dict(lr=float("nan")), "lr")])
 def test_functional_refuses_bad_hyperparameters_and_writes_nothing(rng, bad, name):
     p = rng.standard_normal(50)
