@@ -348,3 +348,45 @@ CASES += [
     Case("ScheduleFreeSGD", fo.ScheduleFreeSGD, fo.reference.ScheduleFreeSGD, _sf_sgd_sample,
          None, bad=_SF_SGD_BAD),
 ]
+
+
+# -- Issue 13: AdEMAMix, ADOPT (no torch class) ---------------------------------------------------
+
+def _ademamix_sample(rng):
+    beta1 = float(rng.uniform(0.05, 0.95))
+    return dict(lr=_loguniform(rng, -4, -2),
+                betas=(beta1, float(rng.uniform(0.9, 0.9999)), float(rng.uniform(beta1, 0.9999))),
+                alpha=float(rng.choice([0.0, rng.uniform(0.5, 10.0)])),
+                t_alpha=None if rng.integers(2) else int(rng.integers(1, 200)),
+                t_beta3=None if rng.integers(2) else int(rng.integers(1, 200)),
+                eps=_loguniform(rng, -10, -6), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                maximize=_flag(rng))
+
+
+def _adopt_sample(rng):
+    return dict(lr=_loguniform(rng, -4, -1.5),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.5, 0.9999))),
+                eps=_loguniform(rng, -8, -4), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                decouple=_flag(rng), maximize=_flag(rng))
+
+
+_ADEMAMIX_BAD = _LR_BAD + _EPS_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(betas=(1.0, 0.999, 0.9999)), "betas[0]"), (dict(betas=(0.9, -0.1, 0.9999)), "betas[1]"),
+    (dict(betas=(0.9, 0.999, 1.0)), "betas[2]"), (dict(betas=(0.9, 0.999, _NAN)), "betas[2]"),
+    (dict(betas=(0.9, 0.999)), "betas"), (dict(betas=0.9), "betas"),
+    (dict(alpha=-1.0), "alpha"), (dict(alpha=_INF), "alpha"), (dict(alpha=None), "alpha"),
+    (dict(t_alpha=0), "t_alpha"), (dict(t_alpha=2.5), "t_alpha"), (dict(t_alpha=True), "t_alpha"),
+    (dict(t_beta3=-1), "t_beta3"), (dict(t_beta3="100"), "t_beta3"),
+    # the beta3 warm-up takes log(beta1) and needs beta1 <= beta3
+    (dict(t_beta3=100, betas=(0.0, 0.999, 0.9999)), "betas[0]"),
+    (dict(t_beta3=100, betas=(0.99, 0.999, 0.9)), "betas[2]"),
+]
+_ADOPT_BAD = _LR_BAD + _BETAS_BAD + _EPS_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(eps=_NAN), "eps"), (dict(decouple="yes"), "decouple"), (dict(decouple=2), "decouple"),
+]
+
+CASES += [
+    Case("AdEMAMix", fo.AdEMAMix, fo.reference.AdEMAMix, _ademamix_sample, None,
+         bad=_ADEMAMIX_BAD),
+    Case("ADOPT", fo.ADOPT, fo.reference.ADOPT, _adopt_sample, None, bad=_ADOPT_BAD),
+]

@@ -15,7 +15,7 @@ NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, 
           "signsgd": 1, "average": 0, "adafactor": 3, "adafactor_norm": 3,
           "lbfgs_axpy": 2, "lbfgs_step": 3,
           "muon_momentum": 2, "schedule_free_adamw": 2, "schedule_free_sgd": 1,
-          "schedule_free_swap": 1}
+          "schedule_free_swap": 1, "ademamix": 3, "adopt": 2}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():

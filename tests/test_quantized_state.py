@@ -31,6 +31,8 @@ QUANTIZED = [
     ("RAdam", dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01)),
     ("LARS", dict(lr=1e-2, momentum=0.9)),
     ("LAMB", dict(lr=1e-2, weight_decay=0.01)),
+    ("AdEMAMix", dict(lr=1e-2, t_alpha=5, t_beta3=8)),
+    ("ADOPT", dict(lr=1e-2, weight_decay=0.01, decouple=True)),
 ]
 IDS = [f"{n}-{'-'.join(map(str, kw.values()))}" for n, kw in QUANTIZED]
 # Sizes: below min_quantized_size (float32 state in the same plan), odd, not a multiple of

@@ -32,6 +32,8 @@ RANK1 = [
     ("NAdam", dict(lr=1e-2)),
     ("RAdam", dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01)),
     ("LAMB", dict(lr=1e-2, weight_decay=0.01)),
+    ("AdEMAMix", dict(lr=1e-2, t_alpha=5, t_beta3=8)),
+    ("ADOPT", dict(lr=1e-2, weight_decay=0.01)),
 ]
 IDS = [f"{n}-{'-'.join(map(str, kw.values()))}" for n, kw in RANK1]
 # Odd 2-D and 3-D shapes (rows of 129 and 131 elements: tiles and work units start mid-row),

@@ -32,13 +32,15 @@ QUANTIZED_ROWS = {(p, g, q) for q in ("int8", "int4") for p, g in (
     ("float16", "float16"), ("bfloat16+master", "bfloat16"), ("bfloat16+master", "float32"),
     ("float16+master", "float16"), ("float16+master", "float32"))}
 QUANTIZED_KERNELS = {"adam", "sgd", "lion", "rmsprop", "adagrad", "adamax", "nadam", "radam",
-                     "lars", "lars_norms", "lamb", "lamb_store_moments", "lamb_norms"}
+                     "lars", "lars_norms", "lamb", "lamb_store_moments", "lamb_norms",
+                     "ademamix", "adopt"}
 # int4 with rank-1 normalized non-negative moments (Li et al. 2023): the same rows, for the
 # kernels with a "state+" buffer; those that write one also register a scan kernel.
 RANK1_ROWS = {(p, g, "int4+rank1") for p, g, q in QUANTIZED_ROWS if q == "int4"}
 RANK1_KERNELS = {"adam", "rmsprop", "adagrad", "adamax", "nadam", "radam", "lamb",
-                 "lamb_store_moments", "lamb_norms"}
-RANK1_SCANS = {"adam", "rmsprop", "adagrad", "adamax", "nadam", "radam", "lamb_store_moments"}
+                 "lamb_store_moments", "lamb_norms", "ademamix", "adopt"}
+RANK1_SCANS = {"adam", "rmsprop", "adagrad", "adamax", "nadam", "radam", "lamb_store_moments",
+               "ademamix", "adopt"}
 CODEC_KERNELS = {"quantize_signed", "quantize_unsigned", "dequantize_signed",
                  "dequantize_unsigned"}
 # The gradient utilities read arrays (or a plan's grads) of any of the four dtypes.
@@ -51,7 +53,7 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd", "schedule_free_adamw", "schedule_free_sgd",
-                     "schedule_free_swap"}
+                     "schedule_free_swap", "ademamix", "adopt"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
 FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
 

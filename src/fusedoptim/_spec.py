@@ -10,8 +10,9 @@ NumPy function in ``fusedoptim/reference.py``. The spec says, once:
   function's arguments and the functional entry's keyword arguments. Each is annotated
   ``Annotated[type, validator]``, where ``validator(value, label)`` returns the canonical value
   or raises (see ``fusedoptim._validation``); a field's default is its functional default
-  (no default: a required keyword). ``pairs`` groups two fields under one class argument
-  (``betas`` -> ``beta1``, ``beta2``, checked as ``betas[0]``, ``betas[1]``); ``class_only``
+  (no default: a required keyword). ``pairs`` groups two (or more) adjacent fields under one
+  class argument (``betas`` -> ``beta1``, ``beta2``, checked as ``betas[0]``, ``betas[1]``;
+  AdEMAMix's ``betas`` holds three); ``class_only``
   names trailing fields the class has but the functional call does not (they only set
   initial state, e.g. Rprop's ``lr``); ``relate(hyper, raw)`` checks what involves several
   fields, after each was checked alone (``raw`` holds the caller's values, for messages);
@@ -105,7 +106,7 @@ class OptSpec(Generic[H]):
     scalars: Callable[..., Any]
     state: tuple[Slot, ...]
     scalar_state: tuple[ScalarSlot, ...]
-    pairs: dict[str, tuple[str, str]]
+    pairs: dict[str, tuple[str, ...]]
     class_only: tuple[str, ...]
     relate: Callable[[H, H], H] | None
     run: Callable[[_kernels.Plan, H], None] | None
@@ -137,7 +138,7 @@ class OptSpec(Generic[H]):
     def __init__(self, name: str, hyper: type[H], scalars: Callable[..., Any], *,
                  kernel: str | None = None, state: Sequence[Slot] = (),
                  scalar_state: Sequence[ScalarSlot] = (),
-                 pairs: Mapping[str, tuple[str, str]] | None = None,
+                 pairs: Mapping[str, tuple[str, ...]] | None = None,
                  class_only: Sequence[str] = (), relate: Callable[[H, H], H] | None = None,
                  run: Callable[[_kernels.Plan, H], None] | None = None,
                  per_tensor: bool = False, optional_steps: bool = False, doc: str = "",
@@ -214,19 +215,22 @@ class OptSpec(Generic[H]):
         self.types, self.validators = tuple(types), tuple(validators)
         labels = dict.fromkeys(self.fields, "")
         for key, members in self.pairs.items():
-            if (len(members) != 2 or any(m not in labels for m in members)
-                    or self.fields.index(members[1]) != self.fields.index(members[0]) + 1):
-                raise self._fail(ValueError, f"pairs[{key!r}] must name two adjacent fields, "
-                                 f"got {members!r}")
-            labels[members[0]], labels[members[1]] = f"{key}[0]", f"{key}[1]"
+            if (len(members) < 2 or any(m not in labels for m in members)
+                    or [self.fields.index(m) for m in members] != list(range(
+                        self.fields.index(members[0]), self.fields.index(members[0])
+                        + len(members)))):
+                raise self._fail(ValueError, f"pairs[{key!r}] must name two adjacent "
+                                 f"fields (or more, in order), got {members!r}")
+            for k, m in enumerate(members):
+                labels[m] = f"{key}[{k}]"
         self.labels = tuple(labels[f] or f for f in self.fields)
         keys: list[str] = []
         firsts = {members[0]: key for key, members in self.pairs.items()}
-        seconds = {members[1] for members in self.pairs.values()}
+        rest = {m for members in self.pairs.values() for m in members[1:]}
         for f in self.fields:
             if f in firsts:
                 keys.append(firsts[f])
-            elif f not in seconds:
+            elif f not in rest:
                 keys.append(f)
         self.group_keys = tuple(keys)
         n = len(self.fields) - len(self.class_only)
@@ -315,7 +319,7 @@ class OptSpec(Generic[H]):
         raw: list[Any] = []
         for k, value in zip(self.group_keys, key):
             if k in self.pairs:
-                raw.extend(_v.pair(value, k))
+                raw.extend(_v.group_of(value, k, len(self.pairs[k])))
             else:
                 raw.append(value)
         return self._validate(self.hyper(*raw))

@@ -116,6 +116,19 @@ def pair(value: Any, name: str) -> tuple[object, object]:
     return a, b
 
 
+def group_of(value: Any, name: str, n: int) -> tuple[object, ...]:
+    """pair() for n values (a class argument that holds n fields, like AdEMAMix's betas)."""
+    if n == 2:
+        return pair(value, name)
+    try:
+        values = tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != n:
+        raise ValueError(f"{name} must be a tuple of {n} numbers, got {value!r}")
+    return values
+
+
 def betas(value: object, name: str = "betas") -> tuple[float, float]:
     b1, b2 = pair(value, name)
     return unit_interval(b1, f"{name}[0]"), unit_interval(b2, f"{name}[1]")

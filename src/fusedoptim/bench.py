@@ -112,6 +112,12 @@ BENCH_CASES = [
     BenchCase("RMSprop(mom)", "RMSprop", dict(lr=1e-2, momentum=0.9), 3, "RMSprop",
               dict(lr=1e-2, momentum=0.9)),
     BenchCase("Adadelta", "Adadelta", dict(), 3, "Adadelta", dict()),
+    # Issue 13: optimizers torch.optim lacks, timed against their outside implementations
+    # (`bench --external`). AdEMAMix moves p, m1, m2, nu in and out and g in (9 transfers);
+    # ADOPT p, m, v and g (7).
+    BenchCase("AdEMAMix", "AdEMAMix", dict(lr=1e-3, weight_decay=1e-2), 4,
+              external="bnb_ademamix"),
+    BenchCase("ADOPT", "ADOPT", dict(lr=1e-3), 3, external="optax_adopt"),
     # Two passes, no torch equivalent. LAMB: pass 1 moves p, g, m, v in and m, v out, pass 2
     # p, m, v in and p out (10 transfers = touch_rw3 + touch_rw1). LARS: pass 1 reads p and
     # g, pass 2 is SGD with momentum (7 = touch_r2 + touch_rw2).

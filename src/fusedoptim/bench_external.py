@@ -92,6 +92,32 @@ def _schedulefree_sgd(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object
     return _schedulefree_step("SGDScheduleFree", p, g, lr=1.0, weight_decay=1e-4)
 
 
+@external("bnb_ademamix")
+def _bnb_ademamix(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """bitsandbytes' 32-bit AdEMAMix on CPU (the issue's comparator; bnb's is the release)."""
+    torch: Any = __import__("torch")
+    bnb: Any = __import__("bitsandbytes")
+    step = torch_step(torch, bnb.optim.AdEMAMix, p, g, lr=1e-3, weight_decay=1e-2)
+    return step, f"bitsandbytes {bnb.__version__} AdEMAMix (32-bit, CPU)"
+
+
+@external("optax_adopt")
+def _optax_adopt(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """Optax's ADOPT under jax.jit: the authors' release (github.com/iShohei220/adopt,
+    torch-adopt) is not on PyPI, so it is not installable here."""
+    jnp: Any = __import__("jax.numpy").numpy
+    optax: Any = __import__("optax.contrib").contrib
+    apply_updates: Any = __import__("optax").apply_updates
+    tx = optax.adopt(1e-3, b1=0.9, b2=0.9999, eps=1e-6)
+    params = jnp.asarray(p)
+
+    def update(params: Any, state: Any, grad: Any) -> tuple[Any, Any]:
+        u, state = tx.update(grad, state, params)
+        return apply_updates(params, u), state
+    return (jax_step(update, params, tx.init(params), jnp.asarray(g)),
+            "optax.contrib.adopt under jax.jit (CPU)")
+
+
 def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
                  threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
                  out: TextIO = sys.stdout) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from . import _spec
 from . import optim  # noqa: F401  imported for its side effect: every spec is registered
 from ._backend import ReferenceBackend
 from .optim.adam import check_adam
+from .optim.ademamix import check_ademamix, scheduled_alpha, scheduled_beta3
+from .optim.adopt import check_adopt, clip_value
 from .optim.adamax import check_adamax
 from .optim.asgd import check_asgd
 from .optim.lion import check_lion
@@ -204,6 +206,65 @@ def lion(params: Arrays, grads: BufferList, exp_avgs: Arrays, state_steps: StepL
             p_decayed = p * (1.0 - lr * weight_decay)
         p[...] = p_decayed - lr * np.sign(c)
         m[...] = beta2 * m + (1.0 - beta2) * g
+
+
+def ademamix(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_slows: Arrays,
+             exp_avg_sqs: Arrays, state_steps: StepList, *, lr: float, beta1: float,
+             beta2: float, beta3: float, alpha: float = 5.0, t_alpha: int | None = None,
+             t_beta3: int | None = None, eps: float = 1e-8, weight_decay: float = 1e-2,
+             maximize: bool = False) -> None:
+    check_ademamix(lr, beta1, beta2, beta3, alpha, t_alpha, t_beta3, eps, weight_decay,
+                   maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m1, m2, nu = exp_avgs[i], exp_avg_slows[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        alpha_t = scheduled_alpha(t, alpha, t_alpha)
+        beta3_t = scheduled_beta3(t, beta1, beta3, t_beta3)
+        if maximize:
+            g = -g
+        p_decayed = p
+        if weight_decay > 0:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        m1[...] = beta1 * m1 + (1.0 - beta1) * g
+        m2[...] = beta3_t * m2 + (1.0 - beta3_t) * g
+        nu[...] = beta2 * nu + (1.0 - beta2) * g * g
+        inv_bias_correction1 = 1.0 / (1.0 - beta1 ** t)
+        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** t)
+        denom = np.sqrt(nu) * inv_bias_correction2_sqrt + eps
+        p[...] = p_decayed - lr * ((m1 * inv_bias_correction1 + alpha_t * m2) / denom)
+
+
+def adopt(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+          state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float = 1e-6,
+          weight_decay: float = 0.0, decouple: bool = False, maximize: bool = False) -> None:
+    check_adopt(lr, beta1, beta2, eps, weight_decay, decouple, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if maximize:
+            g = -g
+        if weight_decay != 0 and not decouple:
+            g = g + weight_decay * p
+        if t == 1:                      # the first step only sets v
+            v[...] = v + g * g
+            continue
+        p_decayed = p
+        if weight_decay != 0 and decouple:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        denom = np.maximum(np.sqrt(v), eps)         # NaN stays NaN, as torch.clamp
+        clip = clip_value(t)
+        u = np.minimum(np.maximum(g / denom, -clip), clip)
+        m[...] = beta1 * m + (1.0 - beta1) * u
+        p[...] = p_decayed - lr * m
+        v[...] = beta2 * v + (1.0 - beta2) * g * g
 
 
 def rprop(params: Arrays, grads: BufferList, prevs: Arrays, step_sizes: Arrays,

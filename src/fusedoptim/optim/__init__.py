@@ -11,6 +11,8 @@ from .adadelta import Adadelta as Adadelta
 from .adafactor import Adafactor as Adafactor
 from .adagrad import Adagrad as Adagrad
 from .adam import Adam as Adam, AdamW as AdamW
+from .ademamix import AdEMAMix as AdEMAMix
+from .adopt import ADOPT as ADOPT
 from .adamax import Adamax as Adamax
 from .asgd import ASGD as ASGD
 from .lamb import LAMB as LAMB
@@ -32,7 +34,8 @@ from .._spec import discover as _discover
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
-           "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+           "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD", "AdEMAMix",
+           "ADOPT"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
