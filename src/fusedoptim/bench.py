@@ -119,6 +119,11 @@ BENCH_CASES = [
               extra_roofline=("touch_rw1",)),
     BenchCase("LARS", "LARS", dict(lr=1.0, momentum=0.9, weight_decay=1e-4), 2,
               extra_roofline=("touch_r2",)),
+    # MADGRAD reads and writes p, grad_sum_sq and s, reads g and x0 (8 transfers =
+    # touch_rw3 + touch_r1); no torch.optim class, its official release is the `madgrad`
+    # package (no foreach path).
+    BenchCase("MADGRAD", "MADGRAD", dict(lr=1e-2), 3, extra_roofline=("touch_r1",),
+              external="madgrad"),
 ]
 
 

@@ -17,6 +17,7 @@ from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
 from .lbfgs import LBFGS as LBFGS
 from .lion import Lion as Lion
+from .madgrad import MADGRAD as MADGRAD
 from .muon import Muon as Muon, MuonWithAuxAdam as MuonWithAuxAdam
 from .nadam import NAdam as NAdam
 from .radam import RAdam as RAdam
@@ -30,7 +31,7 @@ from .._spec import discover as _discover
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
-           "Muon", "MuonWithAuxAdam"]
+           "Muon", "MuonWithAuxAdam", "MADGRAD"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
