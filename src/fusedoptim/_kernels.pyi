@@ -120,6 +120,9 @@ SGD_SCALARS: tuple[str, ...]
 SUMPOW_SCALARS: tuple[str, ...]
 SCALE_SCALARS: tuple[str, ...]
 CLAMP_SCALARS: tuple[str, ...]
+# The wrappers' passes (fusedoptim.wrappers): Lookahead's alpha, MultiSteps' mode.
+LOOKAHEAD_SCALARS: tuple[str, ...]
+ACCUMULATE_SCALARS: tuple[str, ...]
 
 # -- threads ------------------------------------------------------------------------------------
 

@@ -1392,6 +1392,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="time the optimizers torch.optim lacks against their official "
                         "releases (or Optax under jax.jit), interleaved; default 1e5 "
                         "elements, 1 thread (needs the conformance extra)")
+    p.add_argument("--wrappers", action="store_true",
+                   help="the extra pass of Lookahead and MultiSteps against a roofline kernel "
+                        "of the same traffic, interleaved; default 1e8 elements, all threads")
     p.add_argument("--torch", action="store_true",
                    help="the fusedoptim.torch rows instead: AdamW steps of 1000 torch params "
                         "and one 1e5 param vs torch.optim.AdamW(fused=True), clip_grad_norm_, "
@@ -1501,6 +1504,14 @@ def main(args: argparse.Namespace) -> int:
         run_external([c for c in cases if c.external], sizes if args.sizes else [100_000],
                      threads if args.threads else [1], min_time=args.min_time,
                      repeat=args.repeat)
+        return 0
+    if args.wrappers:
+        from .bench_wrappers import run_wrappers
+        run_wrappers(sizes if args.sizes else [100_000_000],
+                     threads if args.threads else [all_threads], min_time=args.min_time,
+                     repeat=args.repeat)
+        print("\n'% roofline': a trivial kernel moving the same bytes, timed interleaved; "
+              ">= 100% means the wrapper's pass costs no more than the roofline time.")
         return 0
     if args.torch:
         from .torch._bench import run_torch
