@@ -207,6 +207,10 @@ def test_bad_optimizers(rng):
     h = np.zeros(4, ml_dtypes.bfloat16)
     with pytest.raises(TypeError, match="float32/float64 params"):
         fo.Lookahead(fo.Adam([h], lr=1e-3))
+    la = fo.Lookahead(fo.Adam([rng.standard_normal(3)], lr=1e-3))
+    with pytest.raises(TypeError, match="float32/float64 params"):
+        la.add_param_group({"params": {"h": h}})
+    assert len(la.param_groups) == 1 and len(la.slow_weights) == 1
 
 
 def test_a_bad_checkpoint_changes_nothing(rng):

@@ -17,7 +17,8 @@ from .wrappers import Lookahead, MultiSteps
 
 
 def _touch(arrays: list[Any], name: str, grads: list[Any] | None = None) -> Callable[[], object]:
-    plan = _kernels.Plan(arrays, [None] * len(arrays), 0, 1, None)
+    plan = _kernels.Plan(arrays, [None] * len(arrays), 0, 1,
+                         [f"roofline buffer {i}" for i in range(len(arrays))])
     if grads is not None:
         plan.bind(grads)
     plan.active_array[...] = 1

@@ -585,7 +585,7 @@ def madgrad_cbrt(x: FloatArray) -> FloatArray:
     own roots)."""
     x = np.asarray(x)
     dt = x.dtype.type
-    one, two, three = dt(1), dt(2), dt(3)
+    one, two, third = dt(1), dt(2), dt(1.0 / 3.0)
     with np.errstate(all="ignore"):     # 1/0, inf/inf on the lanes the last line discards
         if x.dtype == np.float32:
             tiny = x < dt(1.1754943508222875e-38)
@@ -604,7 +604,7 @@ def madgrad_cbrt(x: FloatArray) -> FloatArray:
         for _ in range(rounds):
             t = y * y * r * y
             y = y * (t + two) / (two * t + one)
-        y = y - (y - xs / (y * y)) / three          # one Newton step
+        y = y - (y - xs / (y * y)) * third          # one Newton step
         y = np.where(tiny, y * back, y)
         out: FloatArray = np.where((x > 0) & (x < np.inf), y, x)
     return out
@@ -635,9 +635,7 @@ def madgrad(params: Arrays, grads: BufferList,
         dt = p.dtype.type
         sign, lamb, wd, e, mom, ck, dc, _ = (dt(x) for x in madgrad_scalars(
             state_steps[i], lr, momentum, weight_decay, eps, decouple_decay, maximize, fresh))
-        g = sign * g
-        if weight_decay != 0 and not decouple_decay:
-            g = g + wd * p
+        g = sign * g + wd * p       # wd is 0 without the L2 term, as in the kernel
         gs, s = grad_sum_sqs[i], ss[i]
         # The twin gets None for buffers created this step (the spec's x0 slot is fresh):
         # they start at zero.
@@ -658,9 +656,7 @@ def madgrad(params: Arrays, grads: BufferList,
         s_new = s + lamb * g
         z = x0 - s_new / _madgrad_rms(gs_new, e)
         p_new = p * mom + ck * z if momentum != 0 else z
-        if weight_decay != 0 and decouple_decay:
-            p_new = p_new - dc * p
-        p[...] = p_new
+        p[...] = p_new - dc * p     # dc is 0 without decoupled decay, as in the kernel
         gs[...] = gs_new
         s[...] = s_new
 

@@ -168,8 +168,12 @@ class Lookahead(_Wrapper):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer; its slow weights start as its params."""
-        _check_float_params([param_group] if isinstance(param_group, dict)
-                            and isinstance(param_group.get("params"), list) else [],
+        params = param_group.get("params") if isinstance(param_group, dict) else None
+        if isinstance(params, dict):
+            params = list(params.values())
+        elif not isinstance(params, (list, tuple)):
+            params = [getattr(params, "flat", None)]     # a FlatParams: its one buffer
+        _check_float_params([{"params": [p for p in params if isinstance(p, np.ndarray)]}],
                             "Lookahead")
         self.optimizer.add_param_group(param_group)
         self._sync_plans()

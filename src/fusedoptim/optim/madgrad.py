@@ -44,14 +44,13 @@ def madgrad_scalars(step: int, lr: float, momentum: float, weight_decay: float, 
     lamb = lr_e * math.pow(step, 0.5)          # the release's lr * (k + 1) ** 0.5, k = step - 1
     ck = 1.0 - momentum
     mode = 0
-    if weight_decay != 0.0:
-        mode |= 2 if decouple_decay else 1
     if momentum != 0.0:
-        mode |= 4
-        if fresh:
-            mode |= 8
-    return (-1.0 if maximize else 1.0, lamb, weight_decay, eps, 1.0 - ck, ck,
-            lr_e * weight_decay, float(mode))
+        mode = 3 if fresh else 1
+    # The kernel adds wd * p to the grad and subtracts decay_coef * p from the update
+    # unconditionally: the one not in use is 0.
+    l2 = 0.0 if decouple_decay else weight_decay
+    decoupled = lr_e * weight_decay if decouple_decay else 0.0
+    return (-1.0 if maximize else 1.0, lamb, l2, eps, 1.0 - ck, ck, decoupled, float(mode))
 
 
 MADGRAD_SPEC = OptSpec(
