@@ -390,3 +390,25 @@ CASES += [
          bad=_ADEMAMIX_BAD),
     Case("ADOPT", fo.ADOPT, fo.reference.ADOPT, _adopt_sample, None, bad=_ADOPT_BAD),
 ]
+
+
+# -- MADGRAD ------------------------------------------------------------------------------------
+
+def _madgrad_sample(rng):
+    # momentum 0 (no x0 buffer) a quarter of the time; eps 0 (rms = 0 read as inf) sometimes.
+    momentum = float(rng.choice([0.0, rng.uniform(0.0, 0.99), 0.9, 0.9]))
+    return dict(lr=_loguniform(rng, -4, -1), momentum=momentum,
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                eps=float(rng.choice([1e-6, 0.0, _loguniform(rng, -8, -4)])),
+                decouple_decay=_flag(rng), maximize=_flag(rng))
+
+
+_MADGRAD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
+    (dict(momentum=1.0), "momentum"), (dict(momentum=-0.1), "momentum"),
+    (dict(momentum=_NAN), "momentum"), (dict(eps=-1e-8), "eps"), (dict(eps=_INF), "eps"),
+    (dict(eps=_NAN), "eps"), (dict(decouple_decay="yes"), "decouple_decay"),
+]
+
+CASES += [
+    Case("MADGRAD", fo.MADGRAD, fo.reference.MADGRAD, _madgrad_sample, None, bad=_MADGRAD_BAD),
+]

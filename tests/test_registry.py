@@ -53,7 +53,9 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd", "schedule_free_adamw", "schedule_free_sgd",
-                     "schedule_free_swap", "ademamix", "adopt"}
+                     "schedule_free_swap", "ademamix", "adopt", "madgrad"}
+# The optimizer wrappers' passes (fusedoptim.wrappers): float32 and float64 params only.
+WRAPPER_KERNELS = {"lookahead", "accumulate"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
 FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
 
@@ -74,7 +76,7 @@ def test_every_kernel_registers_exactly_its_rows(name):
         assert set(rows) == {r for r in OPTIMIZER_ROWS if r[2] in ("float32", "float64")}
     elif name in OPTIMIZER_KERNELS:
         assert set(rows) == OPTIMIZER_ROWS
-    elif name in FLOAT_OPTIMIZER_KERNELS:
+    elif name in FLOAT_OPTIMIZER_KERNELS or name in WRAPPER_KERNELS:
         assert set(rows) == FLOAT_ROWS
     elif name in GRAD_UTILITIES:
         assert set(rows) == GRAD_UTILITY_ROWS

@@ -110,6 +110,7 @@ ASGD_SCALARS: tuple[str, ...]
 LAMB_SCALARS: tuple[str, ...]
 LARS_SCALARS: tuple[str, ...]
 LION_SCALARS: tuple[str, ...]
+MADGRAD_SCALARS: tuple[str, ...]
 NADAM_SCALARS: tuple[str, ...]
 RADAM_SCALARS: tuple[str, ...]
 RMSPROP_SCALARS: tuple[str, ...]
@@ -119,6 +120,9 @@ SGD_SCALARS: tuple[str, ...]
 SUMPOW_SCALARS: tuple[str, ...]
 SCALE_SCALARS: tuple[str, ...]
 CLAMP_SCALARS: tuple[str, ...]
+# The wrappers' passes (fusedoptim.wrappers): Lookahead's alpha, MultiSteps' mode.
+LOOKAHEAD_SCALARS: tuple[str, ...]
+ACCUMULATE_SCALARS: tuple[str, ...]
 
 # -- threads ------------------------------------------------------------------------------------
 

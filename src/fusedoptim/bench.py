@@ -131,6 +131,11 @@ BENCH_CASES = [
               external="schedulefree_adamw"),
     BenchCase("ScheduleFreeSGD", "ScheduleFreeSGD", dict(lr=1.0, weight_decay=1e-4), 2,
               external="schedulefree_sgd"),
+    # MADGRAD reads and writes p, grad_sum_sq and s, reads g and x0 (8 transfers =
+    # touch_rw3 + touch_r1); no torch.optim class, its official release is the `madgrad`
+    # package (no foreach path).
+    BenchCase("MADGRAD", "MADGRAD", dict(lr=1e-2), 3, extra_roofline=("touch_r1",),
+              external="madgrad"),
 ]
 
 
@@ -1399,6 +1404,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="time the optimizers torch.optim lacks against their official "
                         "releases (or Optax under jax.jit), interleaved; default 1e5 "
                         "elements, 1 thread (needs the conformance extra)")
+    p.add_argument("--wrappers", action="store_true",
+                   help="the extra pass of Lookahead and MultiSteps against a roofline kernel "
+                        "of the same traffic, interleaved; default 1e8 elements, all threads")
     p.add_argument("--torch", action="store_true",
                    help="the fusedoptim.torch rows instead: AdamW steps of 1000 torch params "
                         "and one 1e5 param vs torch.optim.AdamW(fused=True), clip_grad_norm_, "
@@ -1508,6 +1516,14 @@ def main(args: argparse.Namespace) -> int:
         run_external([c for c in cases if c.external], sizes if args.sizes else [100_000],
                      threads if args.threads else [1], min_time=args.min_time,
                      repeat=args.repeat)
+        return 0
+    if args.wrappers:
+        from .bench_wrappers import run_wrappers
+        run_wrappers(sizes if args.sizes else [100_000_000],
+                     threads if args.threads else [all_threads], min_time=args.min_time,
+                     repeat=args.repeat)
+        print("\n'% roofline': a trivial kernel moving the same bytes, timed interleaved; "
+              ">= 100% means the wrapper's pass costs no more than the roofline time.")
         return 0
     if args.torch:
         from .torch._bench import run_torch

@@ -118,6 +118,16 @@ def _optax_adopt(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], st
             "optax.contrib.adopt under jax.jit (CPU)")
 
 
+@external("madgrad")
+def _madgrad(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """The official release (facebookresearch's `madgrad` package): a per-tensor loop, no
+    foreach or fused path."""
+    madgrad: Any = __import__("madgrad")     # untyped package: used through Any
+    torch = __import__("torch")
+    return (torch_step(torch, madgrad.MADGRAD, p, g, lr=1e-2),
+            "madgrad.MADGRAD (official release, torch, per tensor)")
+
+
 def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
                  threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
                  out: TextIO = sys.stdout) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from .optim.adopt import check_adopt, clip_value
 from .optim.adamax import check_adamax
 from .optim.asgd import check_asgd
 from .optim.lion import check_lion
+from .optim.madgrad import check_madgrad, madgrad_scalars
 from .optim.nadam import check_nadam
 from .optim.radam import check_radam
 from .optim.rprop import check_rprop
@@ -720,6 +721,89 @@ def muon(params: Arrays, grads: BufferList, muon_momentum_bufs: Arrays, state_st
         step = lr * adjusted_ratio(p.shape, adjust_lr_fn)
         p[...] = p * p.dtype.type(1.0 - lr * weight_decay)
         p[...] = p - p.dtype.type(step) * x.astype(p.dtype)
+
+
+def madgrad_cbrt(x: FloatArray) -> FloatArray:
+    """The fused kernels' cube root (cython_kernels/madgrad.pxi.tp ``_cbrt``), bit for bit: of
+    x >= 0 in x's dtype (float32 or float64), from the bit pattern's first guess, Halley's
+    iteration and a Newton step, with + - * / only (within 1 ulp; 0, +inf and NaN are their
+    own roots)."""
+    x = np.asarray(x)
+    dt = x.dtype.type
+    one, two, third = dt(1), dt(2), dt(1.0 / 3.0)
+    with np.errstate(all="ignore"):     # 1/0, inf/inf on the lanes the last line discards
+        if x.dtype == np.float32:
+            tiny = x < dt(1.1754943508222875e-38)
+            xs = np.where(tiny, x * dt(16777216.0), x)
+            w = xs.view(np.uint32) // np.uint32(3) + np.uint32(709958130)
+            y = w.view(np.float32)
+            rounds, back = 1, dt(0.00390625)
+        else:
+            tiny = x < dt(2.2250738585072014e-308)
+            xs = np.where(tiny, x * dt(18014398509481984.0), x)
+            hi = (xs.view(np.uint64) >> np.uint64(32)).astype(np.uint32)
+            hi = hi // np.uint32(3) + np.uint32(715094163)
+            y = (hi.astype(np.uint64) << np.uint64(32)).view(np.float64)
+            rounds, back = 2, dt(3.814697265625e-06)
+        r = one / xs
+        for _ in range(rounds):
+            t = y * y * r * y
+            y = y * (t + two) / (two * t + one)
+        y = y - (y - xs / (y * y)) * third          # one Newton step
+        y = np.where(tiny, y * back, y)
+        out: FloatArray = np.where((x > 0) & (x < np.inf), y, x)
+    return out
+
+
+def _madgrad_rms(gs: FloatArray, eps: Any) -> FloatArray:
+    """cbrt(grad_sum_sq) + eps, with +inf where that is 0 (so that s / rms is 0 there)."""
+    rms = madgrad_cbrt(gs) + eps
+    out: FloatArray = np.where(rms == 0, np.inf, rms).astype(gs.dtype)
+    return out
+
+
+def madgrad(params: Arrays, grads: BufferList,
+            # an array, or None (created here), per param; NDArray[Any] as list is invariant
+            grad_sum_sqs: list[NDArray[Any]] | list[NDArray[Any] | None],
+            ss: list[NDArray[Any]] | list[NDArray[Any] | None],
+            x0s: list[NDArray[Any]] | list[NDArray[Any] | None] | None,
+            state_steps: StepList, *, lr: float, momentum: float = 0.9,
+            weight_decay: float = 0.0, eps: float = 1e-6, decouple_decay: bool = False,
+            maximize: bool = False) -> None:
+    check_madgrad(lr, momentum, weight_decay, eps, decouple_decay, maximize)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        state_steps[i] += 1
+        fresh = momentum != 0 and x0s is not None and x0s[i] is None
+        dt = p.dtype.type
+        sign, lamb, wd, e, mom, ck, dc, _ = (dt(x) for x in madgrad_scalars(
+            state_steps[i], lr, momentum, weight_decay, eps, decouple_decay, maximize, fresh))
+        g = sign * g + wd * p       # wd is 0 without the L2 term, as in the kernel
+        gs, s = grad_sum_sqs[i], ss[i]
+        # The twin gets None for buffers created this step (the spec's x0 slot is fresh):
+        # they start at zero.
+        if gs is None:
+            gs = grad_sum_sqs[i] = np.zeros_like(p)
+        if s is None:
+            s = ss[i] = np.zeros_like(p)
+        if momentum != 0 and not fresh:
+            assert x0s is not None
+            x0 = x0s[i]
+        else:
+            # without momentum the release recomputes x0; a new x0 is computed the same way
+            x0 = p + s / _madgrad_rms(gs, e)
+            if fresh:
+                assert x0s is not None
+                x0s[i] = x0
+        gs_new = gs + lamb * g * g
+        s_new = s + lamb * g
+        z = x0 - s_new / _madgrad_rms(gs_new, e)
+        p_new = p * mom + ck * z if momentum != 0 else z
+        p[...] = p_new - dc * p     # dc is 0 without decoupled decay, as in the kernel
+        gs[...] = gs_new
+        s[...] = s_new
 
 
 # -- gradient utilities -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
 from .lbfgs import LBFGS as LBFGS
 from .lion import Lion as Lion
+from .madgrad import MADGRAD as MADGRAD
 from .muon import Muon as Muon, MuonWithAuxAdam as MuonWithAuxAdam
 from .nadam import NAdam as NAdam
 from .radam import RAdam as RAdam
@@ -35,7 +36,7 @@ __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
            "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD", "AdEMAMix",
-           "ADOPT"]
+           "ADOPT", "MADGRAD"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
