@@ -50,9 +50,10 @@ MIXED_ROOFLINES = {"touch_q8": {("float32", "float32", "int8")},
 OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "lamb_moments",
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
-                     "signsgd"}
+                     "signsgd", "yogi"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
-FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
+# Prodigy's two passes: float32 and float64 (its twin folds the driver's segments itself).
+FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum", "prodigy", "prodigy_stats"}
 
 
 @pytest.mark.parametrize("name", sorted(set(_kernels.KERNEL_IDS) - {"_thread_id_f32_only"})

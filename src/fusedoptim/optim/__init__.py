@@ -19,18 +19,20 @@ from .lbfgs import LBFGS as LBFGS
 from .lion import Lion as Lion
 from .muon import Muon as Muon, MuonWithAuxAdam as MuonWithAuxAdam
 from .nadam import NAdam as NAdam
+from .prodigy import Prodigy as Prodigy
 from .radam import RAdam as RAdam
 from .rmsprop import RMSprop as RMSprop
 from .rprop import Rprop as Rprop
 from .sgd import SGD as SGD
 from .signsgd import SignSGD as SignSGD
 from .sparse_adam import SparseAdam as SparseAdam, SparseGrad as SparseGrad
+from .yogi import Yogi as Yogi
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
-           "Muon", "MuonWithAuxAdam"]
+           "Muon", "MuonWithAuxAdam", "Yogi", "Prodigy"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
