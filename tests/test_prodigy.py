@@ -157,10 +157,12 @@ def test_matches_optax_contrib_prodigy_with_the_mapping(rng):
             return (optax.apply_updates(p, updates), state), None
         (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), grads)
         return params
-    jitted = {s: jax.jit(lambda *a, s=s: run(*a, safeguard=s)) for s in (False, True)}
+    # safeguard_warmup is a Python flag in Optax: one compile, for the value drawn here
+    safeguard = bool(rng.integers(2))
+    jitted = {safeguard: jax.jit(lambda *a: run(*a, safeguard=safeguard))}
     for trial in range(3):
         kw = _config(rng)
-        kw.update(use_bias_correction=True, growth_rate=math.inf)
+        kw.update(use_bias_correction=True, growth_rate=math.inf, safeguard_warmup=safeguard)
         if kw["betas"][0] == 0:     # Optax's m = d g uses the old d there (see the docstring)
             kw["betas"] = (0.9, kw["betas"][1])
         b3 = kw["beta3"] if kw["beta3"] is not None else math.sqrt(kw["betas"][1])
@@ -378,7 +380,7 @@ def test_unequal_group_lrs_and_bad_d_state_are_refused_before_any_write():
                                          r"group's is 1.0: .*the same, or 0"):
         opt.step([np.ones(4), np.ones(3)])
     opt.param_groups[1]["lr"] = 1.0
-    for key, bad in (("d", 0.0), ("d_max", float("inf")), ("d_numerator", float("nan")),
+    for key, bad in (("d", 0.0), ("d_max", float("nan")), ("d_numerator", "0.5"),
                      ("k", -1), ("k", 1.5)):
         saved = opt.param_groups[0][key]
         opt.param_groups[0][key] = bad
@@ -459,3 +461,32 @@ def test_first_step_keeps_p0_and_frozen_group_moves_only_by_decay(rng):
     assert not opt.state[1]["exp_avg"].any() and not opt.state[1]["s"].any()
     dlr = 1e-6 * 1.0
     np.testing.assert_array_equal(p[1], start[1] + (-0.1 * dlr) * start[1])
+
+
+def test_torch_drop_in_matches_prodigyopt_and_keeps_d_in_its_groups():
+    """fusedoptim.torch.Prodigy on a torch model against prodigyopt: the drop-in copies its
+    groups' values to the inner optimizer at each step, and reads back the D state the step
+    writes (or D would restart at d0 every step)."""
+    torch = pytest.importorskip("torch")
+    prodigyopt = pytest.importorskip("prodigyopt")
+    fot = pytest.importorskip("fusedoptim.torch")
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    models = [torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(),
+                                  torch.nn.Linear(8, 1)).double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    kw = dict(weight_decay=0.01, use_bias_correction=True, d_coef=1.5)
+    opts = [fot.Prodigy(models[0].parameters(), **kw),
+            prodigyopt.Prodigy(models[1].parameters(), **kw)]
+    for _ in range(30):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-9)
+    g, tg = opts[0].param_groups[0], opts[1].param_groups[0]
+    assert g["d"] > 1e-6 and g["k"] == tg["k"] == 30
+    np.testing.assert_allclose(g["d"], tg["d"], rtol=1e-9)
+    saved = opts[0].state_dict()
+    assert saved["param_groups"][0]["d"] == g["d"]

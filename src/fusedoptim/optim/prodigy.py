@@ -221,14 +221,16 @@ check_prodigy = PRODIGY_SPEC.check
 
 
 def _check_d_state(group: Mapping[str, Any], label: str) -> None:
+    """A group's D state, as a step reads it: d and d_max numbers > 0 (inf allowed: a run
+    may diverge, as prodigyopt's may), d_numerator any number, k an integer >= 0."""
     for key in ("d", "d_max"):
         x = group.get(key)
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < math.inf:
-            raise ValueError(f"{label}[{key!r}] must be a finite number > 0 (Prodigy's D "
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
+            raise ValueError(f"{label}[{key!r}] must be a number > 0 (Prodigy's D "
                              f"estimate), got {x!r}")
     x = group.get("d_numerator")
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"{label}['d_numerator'] must be a finite number, got {x!r}")
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{label}['d_numerator'] must be a number, got {x!r}")
     x = group.get("k")
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 0:
         raise ValueError(f"{label}['k'] must be an integer >= 0 (the steps taken), got {x!r}")
