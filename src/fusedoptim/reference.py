@@ -765,17 +765,19 @@ def _prodigy_pass1(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray,
 
 def _prodigy_pass2(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray, st: Any,
                    hyper: Any, d_new: float) -> None:
-    c = st.pass2_columns(hyper, d_new)
-    mode = int(c["mode"])
+    row = st.pass1_row(hyper)
+    decay, dlr, wd = row[8], row[9], row[7]
+    d_eps, step_b, mode_f = st.pass2_tail(hyper, d_new)
+    mode = int(mode_f)
     p_decayed = p
     if mode & _optim_prodigy.DECOUPLED:
-        p_decayed = p + c["decay"] * p
+        p_decayed = p + decay * p
     if mode & _optim_prodigy.MOMENTUM:
-        p[...] = p_decayed - c["dlr"] * (m / (np.sqrt(v) + c["d_eps"]))
+        p[...] = p_decayed - dlr * (m / (np.sqrt(v) + d_eps))
     else:
         if mode & _optim_prodigy.L2:
-            g = g + c["weight_decay"] * p_decayed
-        p[...] = p_decayed - c["step_b"] * (g / (np.sqrt(v) + c["d_eps"]))
+            g = g + wd * p_decayed
+        p[...] = p_decayed - step_b * (g / (np.sqrt(v) + d_eps))
 
 
 def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
@@ -1220,7 +1222,7 @@ class Prodigy(_optim_prodigy.Prodigy):
     """NumPy reference twin of :class:`fusedoptim.Prodigy`: the same step, its two passes
     in NumPy, its sums folded over the same driver segments (bitwise the fused step)."""
 
-    _backend = _ProdigyTwinBackend(prodigy)
+    _backend = _ProdigyTwinBackend(prodigy)    # type: ignore[assignment]
 
     def _buffers(self, gi: int, t: int) -> list[FloatArray]:
         st = self._state[self._group_slices[gi].start + t]

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
+from .._backend import FusedBackend
 from .._gate import NONFINITE
 from .._spec import OptSpec, ScalarSlot, Slot
 from ..optimizer import Optimizer
@@ -30,6 +31,9 @@ _STATS = _kernels.REDUCE_IDS["prodigy_stats"]
 _APPLY = _kernels.KERNEL_IDS["prodigy"]
 _COLS = {name: k for k, name in enumerate(_kernels.SCALARS["prodigy"])}
 _MODE = _COLS["mode"]
+# pass 2's own columns, the row's last three: d_eps, step_b, mode
+_PASS2 = slice(_COLS["d_eps"], _MODE + 1)
+assert _PASS2.stop == len(_COLS) and _COLS["step_b"] == _PASS2.start + 1
 # pass 1 mode bits (prodigy.pxi.tp)
 L2, MOMENTUM, FIRST = 1, 2, 4
 # pass 2 mode bits
@@ -99,8 +103,8 @@ class _Step:
         return (self.d / hyper.d0) * self.dlr
 
     def pass1_row(self, hyper: ProdigyHyper) -> tuple[float, ...]:
-        """Pass 1's scalars for a group (mode without the first-step bit); the pass 2
-        columns are filled by pass2_columns."""
+        """Pass 1's scalars for a group (mode without the first-step bit); pass 2's own
+        three columns are filled by pass2_tail."""
         h, d, dlr = self.first, self.d, self.dlr
         wd = hyper.weight_decay
         sc = (d / hyper.d0) * d if hyper.safeguard_warmup else (d / hyper.d0) * dlr
@@ -119,39 +123,40 @@ class _Step:
         d = min(d_max, d * self.first.growth_rate)
         return d, d_max, d_numerator, d_hat
 
-    def pass2_columns(self, hyper: ProdigyHyper, d_new: float) -> dict[str, float]:
-        """Pass 2's scalars for a group, given the new D."""
+    def pass2_tail(self, hyper: ProdigyHyper, d_new: float) -> tuple[float, float, float]:
+        """Pass 2's own scalars for a group, given the new D: (d_eps, step_b, mode); the
+        others (decay, dlr, weight_decay) are pass 1's."""
         h, dlr = self.first, self.dlr
         wd = hyper.weight_decay
         mode = ((L2 if wd != 0 and not h.decouple else 0) | (MOMENTUM if h.beta1 > 0 else 0)
                 | (DECOUPLED if wd != 0 and h.decouple else 0))
-        return {"decay": -wd * dlr, "dlr": dlr, "d_eps": d_new * hyper.eps,
-                "step_b": dlr * d_new, "weight_decay": wd, "mode": float(mode)}
+        return (d_new * hyper.eps, dlr * d_new, float(mode))
 
 
-def _set_columns(plan: _kernels.Plan, values: Mapping[str, float]) -> None:
+def _set_row(plan: _kernels.Plan, hyper: ProdigyHyper, st: _Step, sign: float,
+             first: Any) -> None:
+    """A group's scalars for pass 1 (pass 2 then sets only its last three columns);
+    ``sign``: 1/grad_scale; `first`: the tensors on their first step (p0 = p), or None."""
     hp = plan.hp_array
-    for name, x in values.items():
-        hp[:, _COLS[name]] = x
+    row = st.pass1_row(hyper)
+    hp[:] = row
+    if sign != 1.0:
+        hp[:, 0] = sign
+    if first:
+        for t in first:
+            hp[t, _MODE] = row[_MODE] + FIRST
 
 
 def _fused_stats(plan: _kernels.Plan, hyper: ProdigyHyper, st: _Step) -> None:
-    """Pass 1 over a bound plan: the group's row, the first-step bit per tensor, the kernel;
-    its sums into `st`."""
-    hp = plan.hp_array
-    row = st.pass1_row(hyper)
-    sign = hp[:, 0].copy()                     # 1/grad_scale, folded in by the backend
-    hp[:, :] = row
-    hp[:, 0] = sign
-    first = plan.steps_array == 1              # p0 = p on a tensor's first step
-    hp[first, _MODE] = row[_MODE] + FIRST
+    """Pass 1 over a bound plan whose row is set; its sums into `st`."""
     _, (numerator, denom) = plan.reduce(_STATS)
     st.numerator += st.coef(hyper) * numerator
     st.denom += denom
 
 
 def _fused_apply(plan: _kernels.Plan, hyper: ProdigyHyper, st: _Step, d_new: float) -> None:
-    _set_columns(plan, st.pass2_columns(hyper, d_new))
+    """Pass 2: d' eps, dlr d' and the pass's mode into the row pass 1 used, then the update."""
+    plan.hp_array[:, _PASS2] = st.pass2_tail(hyper, d_new)
     plan.run(_APPLY)
 
 
@@ -175,9 +180,11 @@ def _functional_run(plan: _kernels.Plan, hyper: ProdigyHyper) -> None:
     t0 = int(np.argmax(active))
     d, d_max, d_numerator, k = (float(x) for x in plan.sstate_array[t0])
     st = _Step(d, d_max, d_numerator, int(k), hyper.lr, hyper, hyper.d0)
+    first = np.flatnonzero(active & (plan.steps_array == 1)).tolist()
+    _set_row(plan, hyper, st, float(plan.hp_array[t0, 0]), first)  # (1/grad_scale: none here)
     if hyper.lr > 0:
         _fused_stats(plan, hyper, st)
-    elif (plan.steps_array[active] == 1).any():
+    elif first:
         _copy_p0(plan)
     if st.denom == 0.0:                        # prodigyopt returns here: no step is counted
         plan.steps_array[active] -= 1
@@ -234,6 +241,18 @@ def _check_d_state(group: Mapping[str, Any], label: str) -> None:
     x = group.get("k")
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 0:
         raise ValueError(f"{label}['k'] must be an integer >= 0 (the steps taken), got {x!r}")
+
+
+class _ProdigyBackend(FusedBackend):
+    """The fused kernels, without the per-step scalars call: Prodigy's passes set every
+    scalar themselves from the step's shared D (Prodigy._run)."""
+
+    def apply(self, opt: Any, gi: int, plan: _kernels.Plan, cache: Any, grads: Any,
+              fresh: Any, inv_scale: float | None) -> None:
+        if plan.advance() == 0:
+            return                  # no param of this group has a grad
+        # A tensor whose state was just created is on its first step (its p0 = p).
+        opt._run(plan, cache.hyper, 1.0 if inv_scale is None else inv_scale, fresh)
 
 
 class Prodigy(Optimizer):
@@ -317,6 +336,7 @@ class Prodigy(Optimizer):
     """
 
     spec = PRODIGY_SPEC
+    _backend = _ProdigyBackend()
     group_state_keys = ("d", "d_max", "d_numerator", "d_denom", "d_hat", "k")
     _step_state: _Step | None = None
 
@@ -345,7 +365,10 @@ class Prodigy(Optimizer):
         hypers: list[ProdigyHyper] = [self._validate_group(g, c)  # type: ignore[misc]
                                       for g, c in zip(groups, self._caches)]
         for gi, g in enumerate(groups):
-            _check_d_state(g, f"param_groups[{gi}]")
+            d, d_max, k = g["d"], g["d_max"], g["k"]
+            if not (type(d) is float and type(d_max) is float and d > 0 and d_max > 0
+                    and type(g["d_numerator"]) is float and type(k) is int and k >= 0):
+                _check_d_state(g, f"param_groups[{gi}]")
         lr = max(h.lr for h in hypers)
         for gi, h in enumerate(hypers):
             if h.lr not in (lr, 0.0):
@@ -378,16 +401,19 @@ class Prodigy(Optimizer):
                 cache.plan.sstate_array[:] = (d, d_max, d_numerator, k)
         return True
 
-    def _run(self, plan: _kernels.Plan, hyper: Any) -> None:
-        """Pass 1 of one group (the step loop calls this per group that has grads)."""
+    def _run(self, plan: _kernels.Plan, hyper: Any, sign: float = 1.0,
+             first: Any = None) -> None:
+        """Pass 1 of one group (the step loop calls this per group that has grads);
+        ``sign``: 1/grad_scale; `first`: the tensors on their first step."""
         st = self._step_state
         if st is None:
             raise RuntimeError("Prodigy._run runs only inside Prodigy.step")
         st.pending.append((plan, hyper, None))
+        _set_row(plan, hyper, st, sign, first)
         if hyper.lr > 0:
             _fused_stats(plan, hyper, st)
             return
-        if (plan.steps_array[plan.active_array.astype(bool)] == 1).any():
+        if first:
             _copy_p0(plan)
         if self.skip_nonfinite:
             plan.reduce(NONFINITE, 1, True)    # the armed check needs a pass to run in
