@@ -63,7 +63,8 @@ def test_matches_prodigyopt_over_110_steps_two_groups(rng, dtype):
     eps, safeguard_warmup, and lr equal or 0), grads sometimes missing.
     float64: rtol 1e-9. float32: the D estimate's sums run in float32 in torch (torch.dot,
     then .item()) and in double here, so D differs by ~1e-6 relative and every step by as
-    much: params within 2e-4 of each tensor's largest magnitude, D within rtol 1e-4."""
+    much: params within 2e-5 of each tensor's largest magnitude, D within rtol 1e-5 (measured:
+    1.2e-6 and 3e-7 at worst over six random configurations)."""
     torch = pytest.importorskip("torch")
     prodigyopt = pytest.importorskip("prodigyopt")
     tdtype = torch.float32 if dtype == np.float32 else torch.float64
@@ -89,9 +90,9 @@ def test_matches_prodigyopt_over_110_steps_two_groups(rng, dtype):
             if dtype == np.float64:
                 np.testing.assert_allclose(p, e, rtol=1e-9, atol=1e-300)
             else:
-                np.testing.assert_allclose(p, e, rtol=0, atol=2e-4 * np.abs(e).max())
+                np.testing.assert_allclose(p, e, rtol=0, atol=2e-5 * np.abs(e).max())
         assert any(not np.array_equal(p, s) for p, s in zip(params, start))
-        rtol = 1e-9 if dtype == np.float64 else 1e-4
+        rtol = 1e-9 if dtype == np.float64 else 1e-5
         for g, tg in zip(opt.param_groups, topt.param_groups):
             for key in ("d", "d_max", "d_numerator", "d_denom", "d_hat"):
                 np.testing.assert_allclose(g[key], float(tg[key]), rtol=rtol, err_msg=key)

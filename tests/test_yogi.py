@@ -52,10 +52,10 @@ def _optax_run():
 def test_matches_optax_yogi_over_120_steps(rng, dtype):
     """Optax's yogi (float64 under jax_enable_x64), 120 steps, random configurations that
     cover every option (weight decay through the stated add_decayed_weights mapping).
-    float64: rtol 1e-9. float32: rtol 2e-4 of each tensor's largest magnitude. Both sides
-    round differently (Optax divides by the corrections, we fold them into scalars), and in
-    float32 an element whose v sits next to g^2 can take the other sign(v - g^2), which
-    moves its v by 2 (1 - beta2) g^2 and its steps by a small fraction thereafter."""
+    float64: rtol 1e-9. float32: within 4e-6 of each tensor's largest magnitude (measured:
+    2.7e-7 at worst over eight random configurations). Both sides round differently (Optax
+    divides by the corrections, we fold them into scalars in double), by an ulp or so per
+    step, and an element whose v sits next to g^2 could take the other sign(v - g^2)."""
     jnp = pytest.importorskip("jax.numpy")
     run = _optax_run()
     for trial in range(4):
@@ -75,7 +75,7 @@ def test_matches_optax_yogi_over_120_steps(rng, dtype):
             if dtype == np.float64:
                 np.testing.assert_allclose(p, e, rtol=1e-9, atol=1e-300)
             else:
-                np.testing.assert_allclose(p, e, rtol=0, atol=2e-4 * np.abs(e).max())
+                np.testing.assert_allclose(p, e, rtol=0, atol=4e-6 * np.abs(e).max())
         assert not np.array_equal(params[2], start[2])     # the trajectory moved
 
 
