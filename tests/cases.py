@@ -412,3 +412,23 @@ _MADGRAD_BAD = _LR_BAD + _WD_BAD + _MAXIMIZE_BAD + [
 CASES += [
     Case("MADGRAD", fo.MADGRAD, fo.reference.MADGRAD, _madgrad_sample, None, bad=_MADGRAD_BAD),
 ]
+
+
+# -- Yogi, Prodigy (issue 13) -------------------------------------------------------------------
+
+def _yogi_sample(rng):
+    return dict(lr=_loguniform(rng, -4, -1),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.9, 0.9999))),
+                eps=float(rng.choice([1e-3, _loguniform(rng, -8, -2)])),
+                initial_accumulator=float(rng.choice([1e-6, 0.0, _loguniform(rng, -4, -1)])),
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)))
+
+
+_YOGI_BAD = _LR_BAD + _BETAS_BAD + _WD_BAD + [
+    (dict(eps=-1e-3), "eps"), (dict(eps=_INF), "eps"), (dict(eps="1e-3"), "eps"),
+    (dict(initial_accumulator=-1e-6), "initial_accumulator"),
+    (dict(initial_accumulator=_NAN), "initial_accumulator")]
+
+CASES += [
+    Case("Yogi", fo.Yogi, fo.reference.Yogi, _yogi_sample, None, bad=_YOGI_BAD),
+]

@@ -57,7 +57,9 @@ def test_the_docs_see_each_entry_as_it_is(static_entries):
         assert [p.name for p in params] == [n for n, _, _ in declared], name
         for p, (n, annotation, default) in zip(params, declared):
             assert p.annotation == annotation, (name, n)
-            expected = inspect.Parameter.empty if default is None else ast.literal_eval(default)
+            # a literal, or math.inf (Prodigy's growth_rate)
+            expected = (inspect.Parameter.empty if default is None else
+                        float("inf") if default == "math.inf" else ast.literal_eval(default))
             assert p.default == expected, (name, n)
         keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
         assert keyword_only == [n for n, _, _ in entry.keywords], name

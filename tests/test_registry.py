@@ -53,11 +53,12 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd", "schedule_free_adamw", "schedule_free_sgd",
-                     "schedule_free_swap", "ademamix", "adopt", "madgrad"}
+                     "schedule_free_swap", "ademamix", "adopt", "madgrad", "yogi"}
 # The optimizer wrappers' passes (fusedoptim.wrappers): float32 and float64 params only.
 WRAPPER_KERNELS = {"lookahead", "accumulate"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
-FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
+# Prodigy's two passes: float32 and float64 (its twin folds the driver's segments itself).
+FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum", "prodigy", "prodigy_stats"}
 
 
 @pytest.mark.parametrize("name", sorted(set(_kernels.KERNEL_IDS) - {"_thread_id_f32_only"})

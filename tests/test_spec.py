@@ -27,7 +27,9 @@ CASE_OF = {c.fused: c for c in CASES}
 # matrices, and its BLAS part is compared at a stated tolerance, not ulps). Each runs the same
 # battery in its own module, including this module's checks that need a Case (the functional
 # entry against the class and the reference, and its fast check).
-OWN_BATTERY = {"muon": "test_muon.py"}
+# Prodigy shares one step size across groups (every lr equal or 0), which the generic
+# battery's two-lr groups cannot be: test_prodigy.py runs the battery for it.
+OWN_BATTERY = {"muon": "test_muon.py", "prodigy": "test_prodigy.py"}
 CASED = [s for s in SPECS if s.name not in OWN_BATTERY]
 cased_ids = [s.name for s in CASED]
 

@@ -136,6 +136,12 @@ BENCH_CASES = [
     # package (no foreach path).
     BenchCase("MADGRAD", "MADGRAD", dict(lr=1e-2), 3, extra_roofline=("touch_r1",),
               external="madgrad"),
+    # Yogi: p, m, v read and written, g read (7 transfers), in one pass.
+    BenchCase("Yogi", "Yogi", dict(lr=1e-2), 3, external="optax.yogi"),
+    # Prodigy's two passes: the first reads p, g, m, v, s, p0 and writes m, v, s (9), the
+    # second reads p, m, v and writes p (4): 13 transfers = touch_rw4 + g, then 2 x touch_r2.
+    BenchCase("Prodigy", "Prodigy", dict(lr=1.0, weight_decay=1e-2), 4,
+              extra_roofline=("touch_r2", "touch_r2"), external="prodigyopt"),
 ]
 
 

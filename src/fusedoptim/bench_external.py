@@ -128,6 +128,32 @@ def _madgrad(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
             "madgrad.MADGRAD (official release, torch, per tensor)")
 
 
+@external("optax.yogi")
+def _optax_yogi(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """Yogi has no official PyTorch release on PyPI: Optax's, under jax.jit."""
+    jnp: Any = __import__("jax.numpy", fromlist=["numpy"])
+    optax: Any = __import__("optax")
+    tx = optax.yogi(1e-2)
+
+    def update(params: Any, state: Any, grad: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(grad, state, params)
+        return optax.apply_updates(params, updates), state
+    params = jnp.asarray(p)
+    return (jax_step(update, params, tx.init(params), jnp.asarray(g)),
+            f"optax {optax.__version__} yogi, jax.jit")
+
+
+@external("prodigyopt")
+def _prodigyopt(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """The official release (prodigyopt); it has no foreach or fused path: a per-tensor
+    loop of torch ops, with two .item() syncs per tensor."""
+    torch: Any = __import__("torch")
+    prodigyopt: Any = __import__("prodigyopt")
+    from importlib.metadata import version
+    return (torch_step(torch, prodigyopt.Prodigy, p, g, lr=1.0, weight_decay=1e-2),
+            f"prodigyopt {version('prodigyopt')} Prodigy (no foreach path)")
+
+
 def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
                  threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
                  out: TextIO = sys.stdout) -> list[dict[str, Any]]:

@@ -139,6 +139,9 @@ class Optimizer(ParamGroups):
     _hyper_keys: ClassVar[tuple[str, ...]] = ()
     #: names of per-tensor scalar state (Python floats in ``state``; doubles in the plan)
     _scalar_state: ClassVar[tuple[str, ...]] = ()
+    #: param-group entries that the step itself writes (Prodigy's shared D state), which a
+    #: wrapper that keeps its own copy of the groups (fusedoptim.torch) must read back
+    group_state_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

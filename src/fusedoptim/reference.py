@@ -43,6 +43,9 @@ from .optim.schedule_free import check_schedule_free_adamw, check_schedule_free_
     schedule
 from .optim.signsgd import check_signsgd
 from .optim.lamb import check_lamb
+from .optim.yogi import check_yogi
+from .optim import prodigy as _optim_prodigy
+from .optim.prodigy import check_prodigy
 from .optim.lars import check_lars
 from .optim.adafactor import Adafactor as _Adafactor, _GroupStep, check_adafactor
 from .optim import lbfgs as _optim_lbfgs
@@ -905,6 +908,107 @@ def sparse_adam(params: Arrays, grads: Sequence[Any], exp_avgs: Arrays, exp_avg_
 
 # -- the twins of the optimizer classes ---------------------------------------------------------
 
+def yogi(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+         state_steps: StepList, *, lr: float, beta1: float, beta2: float, eps: float,
+         weight_decay: float = 0.0) -> None:
+    check_yogi(lr, beta1, beta2, eps, weight_decay)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        g2 = g * g
+        v[...] = v + -(1.0 - beta2) * np.sign(v - g2) * g2
+        step_size = lr / (1.0 - beta1 ** t)
+        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** t)
+        p[...] = p - step_size * m / (np.sqrt(v) * inv_bias_correction2_sqrt + eps)
+
+
+def prodigy(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+            ss: Arrays, p0s: Arrays, ds: list[float], d_maxs: list[float],
+            d_numerators: list[float], ks: list[float], state_steps: StepList, *, lr: float,
+            beta1: float, beta2: float, beta3: float | None = None, eps: float = 1e-8,
+            weight_decay: float = 0.0, decouple: bool = True, use_bias_correction: bool = False,
+            safeguard_warmup: bool = False, d0: float = 1e-6, d_coef: float = 1.0,
+            growth_rate: float = math.inf) -> None:
+    """One group's Prodigy step (the functional entry's; the twin class runs the passes
+    over every group, :class:`Prodigy` below). The sums are each tensor's, added in order
+    (the fused step folds the driver's segments instead: equal up to rounding)."""
+    hyper = check_prodigy(lr, beta1, beta2, beta3, eps, weight_decay, decouple,
+                          use_bias_correction, safeguard_warmup, d0, d_coef, growth_rate)
+    active = [i for i, g in enumerate(grads) if g is not None]
+    if not active:
+        return
+    i0 = active[0]
+    st = _optim_prodigy._Step(ds[i0], d_maxs[i0], d_numerators[i0], int(ks[i0]), lr, hyper,
+                              d0)
+    for i in active:
+        state_steps[i] += 1
+    numerator = denom = 0.0
+    for i in active:
+        if state_steps[i] == 1:
+            p0s[i][...] = params[i]
+        if lr > 0:
+            g = grads[i]
+            assert g is not None
+            num_terms, s_abs = _prodigy_pass1(params[i], g, exp_avgs[i],
+                                              exp_avg_sqs[i], ss[i], p0s[i], st, hyper)
+            numerator += _lanes_sum(num_terms.reshape(-1))
+            denom += _lanes_sum(s_abs.reshape(-1))
+    st.numerator = st.coef(hyper) * numerator
+    st.denom = denom
+    if denom == 0.0:
+        for i in active:
+            state_steps[i] -= 1
+        return
+    d, d_max, d_numerator, _ = st.update()
+    for i in active:
+        g = grads[i]
+        assert g is not None
+        _prodigy_pass2(params[i], g, exp_avgs[i], exp_avg_sqs[i], st, hyper, d)
+        ds[i], d_maxs[i], d_numerators[i], ks[i] = d, d_max, d_numerator, st.k + 1
+
+
+def _prodigy_pass1(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray,
+                   s: FloatArray, p0: FloatArray, st: Any, hyper: Any
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The first pass on one tensor, as the kernel does it (p0 already set on a first
+    step); returns the terms of its two sums in double: g (p0 - p) and |s|."""
+    row = st.pass1_row(hyper)
+    beta1, d1, beta2, d2, beta3, sc, wd, mode = (row[1], row[2], row[3], row[4], row[5],
+                                                 row[6], row[7], int(row[12]))
+    if mode & _optim_prodigy.L2:
+        g = g + wd * p
+    diff = p0 - p
+    if mode & _optim_prodigy.MOMENTUM:
+        m[...] = beta1 * m + d1 * g
+    v[...] = beta2 * v + d2 * g * g
+    s[...] = beta3 * s + sc * g
+    return g.astype(np.float64) * diff.astype(np.float64), np.abs(s.astype(np.float64))
+
+
+def _prodigy_pass2(p: FloatArray, g: FloatArray, m: FloatArray, v: FloatArray, st: Any,
+                   hyper: Any, d_new: float) -> None:
+    row = st.pass1_row(hyper)
+    decay, dlr, wd = row[8], row[9], row[7]
+    d_eps, step_b, mode_f = st.pass2_tail(hyper, d_new)
+    mode = int(mode_f)
+    p_decayed = p
+    if mode & _optim_prodigy.DECOUPLED:
+        p_decayed = p + decay * p
+    if mode & _optim_prodigy.MOMENTUM:
+        p[...] = p_decayed - dlr * (m / (np.sqrt(v) + d_eps))
+    else:
+        if mode & _optim_prodigy.L2:
+            g = g + wd * p_decayed
+        p[...] = p_decayed - step_b * (g / (np.sqrt(v) + d_eps))
+
+
 def _twin(spec: _spec.OptSpec[Any]) -> type[Any]:
     """The NumPy reference twin of `spec`'s class: the class itself, stepped by the
     ReferenceBackend through the reference function of the spec (of its base, for a
@@ -1297,3 +1401,88 @@ def dequantize_rank1(codes: NDArray[np.uint8], maxima: NDArray[np.float32],
     s = rank1_scales(maxima, dims).reshape(-1)
     x = np.asarray(code, np.float32)[idx[:n]] * s             # float32 product
     return x.astype(dtype)
+
+
+# -- Prodigy's twin: the two passes over every group in NumPy ------------------------------------
+
+def _segment_total(terms: NDArray[np.float64]) -> float:
+    """One driver segment's sum of `terms`: 32 lanes in order, folded pairwise."""
+    rows = np.zeros((-(-terms.size // _LANES), _LANES))
+    rows.reshape(-1)[:terms.size] = terms
+    acc = np.add.reduce(rows, axis=0)
+    w = _LANES // 2
+    while w >= 1:
+        acc = acc[:w] + acc[w:2 * w]
+        w //= 2
+    return float(acc[0])
+
+
+def _plan_total(plan: _kernels.Plan, terms: list[NDArray[np.float64] | None]) -> float:
+    """Plan.reduce's total of per-element `terms` (None: an inactive tensor): each tensor's
+    segments in order, then the tensors in order."""
+    seg_t, seg_start, seg_len, _ = plan.segments()
+    per_tensor = [0.0] * len(terms)
+    for t, a, n in zip(seg_t.tolist(), seg_start.tolist(), seg_len.tolist()):
+        x = terms[t]
+        if x is not None:
+            per_tensor[t] = per_tensor[t] + _segment_total(x[a:a + n])
+    total = 0.0
+    for x in per_tensor:
+        total = total + x
+    return total
+
+
+class _ProdigyTwinBackend(ReferenceBackend):
+    """Pass 1 of a group in NumPy, on the optimizer's own buffers (float32/float64)."""
+
+    def apply(self, opt: Any, gi: int, plan: _kernels.Plan, cache: Any,
+              grads: list[FloatArray | None], fresh: Any, inv_scale: float | None) -> None:
+        active = [t for t, g in enumerate(grads) if g is not None]
+        if not active:
+            return
+        for t in active:
+            plan.steps_array[t] += 1
+        if inv_scale is not None:
+            grads = [None if g is None else g * g.dtype.type(inv_scale) for g in grads]
+        opt._twin_stats(gi, plan, cache.hyper, grads)
+
+
+class Prodigy(_optim_prodigy.Prodigy):
+    """NumPy reference twin of :class:`fusedoptim.Prodigy`: the same step, its two passes
+    in NumPy, its sums folded over the same driver segments (bitwise the fused step)."""
+
+    _backend = _ProdigyTwinBackend(prodigy)    # type: ignore[assignment]
+
+    def _buffers(self, gi: int, t: int) -> list[FloatArray]:
+        st = self._state[self._group_slices[gi].start + t]
+        assert st is not None
+        return [st[name] for name in self._slots]
+
+    def _twin_stats(self, gi: int, plan: _kernels.Plan, hyper: Any,
+                    grads: list[FloatArray | None]) -> None:
+        st = self._step_state
+        assert st is not None
+        st.pending.append((plan, hyper, (gi, grads)))
+        params = self.param_groups[gi]["params"]
+        num: list[NDArray[np.float64] | None] = [None] * len(params)
+        den: list[NDArray[np.float64] | None] = [None] * len(params)
+        for t, (p, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            m, v, s, p0 = self._buffers(gi, t)
+            if plan.steps_array[t] == 1:
+                p0[...] = p
+            if hyper.lr > 0:
+                a, b = _prodigy_pass1(p, g, m, v, s, p0, st, hyper)
+                num[t], den[t] = a.reshape(-1), b.reshape(-1)
+        if hyper.lr > 0:
+            st.numerator += st.coef(hyper) * _plan_total(plan, num)
+            st.denom += _plan_total(plan, den)
+
+    def _apply(self, plan: _kernels.Plan, hyper: Any, st: Any, d_new: float,
+               extra: Any) -> None:
+        gi, grads = extra
+        for t, (p, g) in enumerate(zip(self.param_groups[gi]["params"], grads)):
+            if g is not None:
+                m, v, _, _ = self._buffers(gi, t)
+                _prodigy_pass2(p, g, m, v, st, hyper, d_new)

@@ -22,6 +22,7 @@ from .lion import Lion as Lion
 from .madgrad import MADGRAD as MADGRAD
 from .muon import Muon as Muon, MuonWithAuxAdam as MuonWithAuxAdam
 from .nadam import NAdam as NAdam
+from .prodigy import Prodigy as Prodigy
 from .radam import RAdam as RAdam
 from .rmsprop import RMSprop as RMSprop
 from .rprop import Rprop as Rprop
@@ -30,13 +31,14 @@ from .schedule_free import ScheduleFreeAdamW as ScheduleFreeAdamW, \
 from .sgd import SGD as SGD
 from .signsgd import SignSGD as SignSGD
 from .sparse_adam import SparseAdam as SparseAdam, SparseGrad as SparseGrad
+from .yogi import Yogi as Yogi
 from .._spec import discover as _discover
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
            "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD", "AdEMAMix",
-           "ADOPT", "MADGRAD"]
+           "ADOPT", "MADGRAD", "Yogi", "Prodigy"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:

@@ -419,6 +419,14 @@ class Optimizer(torch.optim.Optimizer):
             self._fused.step(grads)
         else:
             self._fused.step(grads, grad_scale=scale)
+        # Group entries the step itself writes (Prodigy's shared D state) go back to torch's
+        # groups, so that the next sync does not overwrite them with stale values.
+        written = getattr(self._fused, "group_state_keys", ())
+        if written:
+            for tg, fg in zip(self.param_groups, self._fused.param_groups):
+                for k in written:
+                    if k in fg:
+                        tg[k] = fg[k]
         self._state_dirty = True
         return loss
 
