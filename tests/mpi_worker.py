@@ -225,6 +225,45 @@ def check_clip():
     say("ok max_grad_norm: global clip bitwise, last_grad_norm")
 
 
+# int8 state: param 0 (20000, quantized) leaves a 3616-element piece, below
+# min_quantized_size, on the next rank; param 2 (3000, float32 state) is cut at 768 between
+# units 1 and 2 (ranks 1 and 2 of 3).
+INT8_SHAPES = [(20000,), (12000,), (3000,), (100, 50)]
+
+
+def check_int8():
+    """int8 state: each piece quantized as its whole param; bitwise, and the consolidated
+    state_dict is the plain optimizer's (codes, absmax, map); a plain one loads back."""
+    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1)), (fo.Lion, dict(lr=1e-4))):
+        for stage in (1, 2):
+            ps = params0(shapes=INT8_SHAPES)
+            ref_ps = [p.copy() for p in ps]
+            zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, state_dtype="int8", **kw)
+            ref = cls(ref_ps, state_dtype="int8", **kw)
+            for step in range(20):
+                zero.step(grads_of(rank, step, shapes=INT8_SHAPES))
+                ref.step(mean_grads(step, shapes=INT8_SHAPES))
+                assert_equal(ps, ref_ps, f"int8 {cls.__name__} stage {stage} step {step}")
+            zero.consolidate_state_dict(to=size - 1)
+            want = ref.state_dict()
+            if rank == size - 1:
+                sd = zero.state_dict()
+                assert sd["state"].keys() == want["state"].keys()
+                for i, st in want["state"].items():
+                    assert st.keys() == sd["state"][i].keys(), (st.keys(), sd["state"][i].keys())
+                    for k, x in st.items():
+                        assert np.array_equal(sd["state"][i][k], x), (i, k)
+            zero2 = ZeroRedundancyOptimizer([p.copy() for p in ref_ps], cls, stage=stage,
+                                            state_dtype="int8", **kw)
+            zero2.load_state_dict(want)
+            zero2.consolidate_state_dict(to=0)
+            if rank == 0:
+                for i, st in want["state"].items():
+                    for k, x in st.items():
+                        assert np.array_equal(zero2.state_dict()["state"][i][k], x), (i, k)
+    say("ok int8 state: bitwise, consolidated and loaded")
+
+
 def check_skip_nonfinite():
     """A NaN on one rank only: every rank skips, nothing changes, skipped_steps counts."""
     for stage in (1, 2):
@@ -371,6 +410,7 @@ else:
     check_skip_nonfinite()
     check_flat_groups_scheduler_scale()
     check_clip()
+    check_int8()
     run_checkpoint()
     if size > 2:
         check_normal_grads_tolerance()

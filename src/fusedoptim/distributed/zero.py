@@ -16,6 +16,7 @@ from .._layout import group_arrays, parse_params
 from .._validation import label
 from ..flat import FlatParams
 from ..grad_utils import CLIP_EPS
+from .._precision import ABSMAX
 from ..optimizer import Optimizer
 from ._collectives import Shards, fold, gather_parts, mpi_type, scale_, shard_units, \
     sharded_norm, slices, world
@@ -115,7 +116,10 @@ class _Group:
         self.lo, self.hi = shards.elem[rank], shards.elem[rank + 1]
         self.dtype = arrays[0].dtype
         self.size = shards.elem[-1]
-        self.inner: Optimizer | None = None
+        #: the inner optimizers stepping this rank's pieces, each with the indices (into
+        #: pieces) of its own: one, or under int8/int4 state two, so that each piece is
+        #: quantized as its whole param is (min_quantized_size decides by the param's size)
+        self.inners: list[tuple[Optimizer, list[int]]] = []
         self.gathered: _Gathered | None = None
         self.grad_shard: FloatArray | None = None        # stage 2: this shard's mean grad
         self.grad_views: list[FloatArray] = []
@@ -167,8 +171,13 @@ class ZeroRedundancyOptimizer:
     L2 norm first; ``last_grad_norm`` holds the norm), ``skip_nonfinite`` (checked on every
     shard, one allreduce: every rank skips together), ``grad_scale``.
 
-    Not supported yet: optimizers that need whole tensors in a step (Muon), int8/int4 state
-    and stochastic rounding (blocks and rounding streams are per param), grads of None.
+    ``state_dtype="int8"`` (element-wise optimizers): each piece is quantized as its whole
+    param is (``min_quantized_size`` decides by the param's size, and pieces start on
+    quantization blocks), so the state is bitwise the single-process one.
+
+    Not supported yet: optimizers that need whole tensors in a step (Muon), int4 state,
+    int8 state with LAMB/LARS, stochastic rounding (its stream is keyed by each param's own
+    element indices), grads of None.
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
@@ -219,11 +228,15 @@ class ZeroRedundancyOptimizer:
                              f"reduce-scatter the grads), got {stage!r}")
         defaults = dict(defaults)
         self.skip_nonfinite = v.flag(defaults.pop("skip_nonfinite", False), "skip_nonfinite")
-        if defaults.get("state_dtype") in ("int8", "int4"):
-            raise ValueError(f"state_dtype={defaults['state_dtype']!r} is not supported by "
-                             f"ZeroRedundancyOptimizer yet (quantization blocks and the "
-                             f"min_quantized_size rule are per param); use None, 'float32' "
-                             f"or 'bfloat16'")
+        if defaults.get("state_dtype") == "int4":
+            raise ValueError("state_dtype='int4' is not supported by ZeroRedundancyOptimizer "
+                             "yet (its rank-1 normalization takes whole matrices); use "
+                             "'int8', 'bfloat16', 'float32' or None")
+        if defaults.get("state_dtype") == "int8" and optimizer_class.spec.run is not None:
+            raise ValueError(f"state_dtype='int8' with {optimizer_class.__name__} is not "
+                             f"supported by ZeroRedundancyOptimizer yet (its per-tensor "
+                             f"norms and the split by min_quantized_size do not mix); use "
+                             f"'bfloat16', 'float32' or None")
         if defaults.get("stochastic_rounding"):
             raise ValueError("stochastic_rounding=True is not supported by "
                              "ZeroRedundancyOptimizer yet (its rounding stream is keyed by "
@@ -260,6 +273,10 @@ class ZeroRedundancyOptimizer:
         probe = optimizer_class([{"params": [np.zeros(1, dtype=a[0].dtype)], **o}
                                  for a, _, o, _ in parsed], **defaults)
         self.defaults = probe.defaults
+        self.min_quantized_size = probe.min_quantized_size
+        quant = probe._layouts[0].precision.quant
+        #: elements per absmax of quantized state (None: no quantized state)
+        self._block = None if quant is None else quant[1]
         self._probe_groups = [{k: x for k, x in g.items() if k != "params"}
                               for g in probe.param_groups]
         self._parsed = parsed
@@ -286,15 +303,36 @@ class ZeroRedundancyOptimizer:
             start += len(arrays)
             if self.optimizer_class.spec.run is not None:
                 g.gathered = _Gathered(self.comm, g.shards, g.pieces)
-            if g.views:
-                g.inner = self.optimizer_class([{"params": g.views, **hyper}], **self._options)
+            for options, idx in self._inner_split(g):
+                inner = self.optimizer_class([{"params": [g.views[j] for j in idx], **hyper}],
+                                             **options)
                 if g.gathered is not None:
-                    self._gather_norms(g.inner, g.gathered)
+                    self._gather_norms(inner, g.gathered)
+                g.inners.append((inner, idx))
             if self.stage == 2:
                 g.grad_shard = np.empty(g.hi - g.lo, dtype=g.dtype)
                 g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
                                 self._local_offsets(g)]
         del self._parsed, self._probe_groups
+
+    def _inner_split(self, g: _Group) -> list[tuple[dict[str, Any], list[int]]]:
+        """The inner optimizers' options and pieces. Quantized state: a piece of a param
+        that is quantized whole (size >= min_quantized_size) is quantized however small the
+        piece (min_quantized_size=1), the pieces of smaller params keep float32 state."""
+        idx = list(range(len(g.pieces)))
+        if not idx:
+            return []
+        if self._options.get("state_dtype") not in ("int8", "int4"):
+            return [(self._options, idx)]
+        limit = self.min_quantized_size
+        big = [j for j in idx if g.arrays[g.pieces[j][0]].size >= limit]
+        small = [j for j in idx if g.arrays[g.pieces[j][0]].size < limit]
+        out = []
+        if big:
+            out.append(({**self._options, "min_quantized_size": 1}, big))
+        if small:
+            out.append(({**self._options, "min_quantized_size": 1 << 62}, small))
+        return out
 
     @staticmethod
     def _local_offsets(g: _Group) -> list[tuple[int, int]]:
@@ -382,8 +420,8 @@ class ZeroRedundancyOptimizer:
                 raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
         per_group = self._grad_list(grads)
         for gi, g in enumerate(self._groups):
-            if g.inner is not None:
-                inner_group = g.inner.param_groups[0]
+            for inner, _ in g.inners:
+                inner_group = inner.param_groups[0]
                 for k, x in self.param_groups[gi].items():
                     if k != "params":
                         inner_group[k] = x
@@ -402,9 +440,11 @@ class ZeroRedundancyOptimizer:
                     if sg:
                         scale_(sg, coef)
         for gi, g in enumerate(self._groups):
-            if g.inner is not None:
-                g.inner.step(shard_grads[gi], grad_scale=scale)
-            elif g.gathered is not None:
+            for inner, idx in g.inners:
+                sg = shard_grads[gi]
+                inner.step(sg if len(idx) == len(sg) else [sg[j] for j in idx],
+                           grad_scale=scale)
+            if not g.inners and g.gathered is not None:
                 spec = self.optimizer_class.spec
                 group = self.param_groups[gi]
                 hyper = spec.check_group(tuple(group[k] for k in spec.group_keys))
@@ -502,22 +542,19 @@ class ZeroRedundancyOptimizer:
         param's piece on this rank (its buffers are 1-D slices' state)."""
         out = {}
         for gi, g in enumerate(self._groups):
-            if g.inner is None:
-                continue
-            for j, st in g.inner.state.items():
-                out[self._group_slices[gi].start + g.pieces[j][0]] = st
+            for inner, idx in g.inners:
+                for j, st in inner.state.items():
+                    out[self._group_slices[gi].start + g.pieces[idx[j]][0]] = st
         return out
 
     def _pieces(self) -> list[tuple[int, int, int, dict[str, Any]]]:
         """This rank's state as (global param index, start, stop, entry) pieces."""
         out = []
         for gi, g in enumerate(self._groups):
-            if g.inner is None:
-                continue
-            sd = g.inner.state_dict()
-            for j, entry in sd["state"].items():
-                t, a, b = g.pieces[j]
-                out.append((self._group_slices[gi].start + t, a, b, entry))
+            for inner, idx in g.inners:
+                for j, entry in inner.state_dict()["state"].items():
+                    t, a, b = g.pieces[idx[j]]
+                    out.append((self._group_slices[gi].start + t, a, b, entry))
         return out
 
     def _saved_groups(self) -> list[dict[str, Any]]:
@@ -550,7 +587,8 @@ class ZeroRedundancyOptimizer:
         state: dict[int, Any] = {}
         for i in sorted({p[0] for p in pieces}):
             p = self._param(i)
-            state[i] = _assemble([x for x in pieces if x[0] == i], 0, p.size, p.shape)
+            state[i] = _assemble([x for x in pieces if x[0] == i], 0, p.size, p.shape,
+                                 self._block)
         self._consolidated = {"state": state, "param_groups": self._saved_groups()}
 
     def state_dict(self) -> OptimizerStateDict:
@@ -619,38 +657,36 @@ class ZeroRedundancyOptimizer:
                 raise ValueError(f"checkpoint param_groups[{gi}]['params'] is "
                                  f"{sg.get('params')!r}, expected "
                                  f"{list(self._group_slices[gi])}: a different param layout")
-        staged: list[tuple[int, dict[str, Any], dict[str, Any] | None]] = []
+        staged: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
         for gi, g in enumerate(self._groups):
             sg = saved_groups[gi]
             hyper = {k: x for k, x in sg.items() if k not in ("params", "param_names")}
-            if g.inner is None:
-                staged.append((gi, hyper, None))
-                continue
             start = self._group_slices[gi].start
-            state = {}
-            for j, (t, a, b) in enumerate(g.pieces):
-                mine = [x for x in pieces if x[0] == start + t and x[1] < b and x[2] > a]
-                if mine:
-                    state[j] = _assemble(mine, a, b, (b - a,))
-            part: dict[str, Any] = {"state": state, "param_groups": [
-                {**hyper, "params": list(range(len(g.pieces)))}]}
-            staged.append((gi, hyper, part))
-        # Every inner optimizer checks its part before any is changed.
-        probes = []
-        for gi, hyper, inner_sd in staged:
+            parts = []
+            for _, idx in g.inners:
+                state = {}
+                for j, pj in enumerate(idx):
+                    t, a, b = g.pieces[pj]
+                    mine = [x for x in pieces if x[0] == start + t and x[1] < b and x[2] > a]
+                    if mine:
+                        state[j] = _assemble(mine, a, b, (b - a,), self._block)
+                parts.append({"state": state, "param_groups": [
+                    {**hyper, "params": list(range(len(idx)))}]})
+            staged.append((gi, hyper, parts))
+        # Every inner optimizer checks its part (on a stand-in of its shape) before any
+        # state is changed, so a rejected checkpoint leaves this optimizer as it was.
+        for gi, hyper, parts in staged:
             g = self._groups[gi]
-            if g.inner is not None and inner_sd is not None:
-                trial = self.optimizer_class([{"params": [np.zeros(b - a, dtype=g.dtype) for
-                                                          _, a, b in g.pieces],
-                                               **{k: x for k, x in self.param_groups[gi].items()
-                                                  if k != "params"}}], **self._options)
-                trial.load_state_dict(inner_sd)
-                probes.append(trial)
-        for gi, hyper, inner_sd in staged:
+            for (options, idx), part in zip(self._inner_split(g), parts):
+                trial = self.optimizer_class(
+                    [{"params": [np.zeros(g.pieces[j][2] - g.pieces[j][1], dtype=g.dtype)
+                                 for j in idx], **hyper}], **options)
+                trial.load_state_dict(part)
+        for gi, hyper, parts in staged:
             g = self._groups[gi]
             self.param_groups[gi].update(hyper)
-            if g.inner is not None and inner_sd is not None:
-                g.inner.load_state_dict(inner_sd)
+            for (inner, _), part in zip(g.inners, parts):
+                inner.load_state_dict(part)
         self._consolidated = None
 
 
@@ -661,25 +697,32 @@ def _flattened(entry: Mapping[str, Any], n: int) -> dict[str, Any]:
 
 
 def _assemble(pieces: list[tuple[int, int, int, dict[str, Any]]], lo: int, hi: int,
-              shape: tuple[int, ...]) -> dict[str, Any]:
-    """One param's state entry for its elements [lo, hi), from pieces that cover them; the
-    per-element buffers shaped `shape`, scalars taken from the first piece."""
+              shape: tuple[int, ...], block: int | None) -> dict[str, Any]:
+    """One param's state entry for its elements [lo, hi), from pieces that cover them: the
+    per-element buffers shaped `shape`, quantized state's absmax (one per `block` elements;
+    every piece starts on a block boundary) cut by blocks, the rest (step, scalar state,
+    the quantization map) taken from the first piece."""
     pieces = sorted(pieces, key=lambda x: x[1])
     first = pieces[0][3]
     out: dict[str, Any] = {}
     for k, x in first.items():
-        if isinstance(x, np.ndarray) and x.ndim >= 1 and x.size == pieces[0][2] - pieces[0][1]:
-            buf = np.empty(hi - lo, dtype=x.dtype)
+        a0, b0 = pieces[0][1], pieces[0][2]
+        per_block = (block is not None and k.endswith(ABSMAX) and isinstance(x, np.ndarray)
+                     and x.size == -(-(b0 - a0) // block))
+        if per_block or (isinstance(x, np.ndarray) and x.ndim >= 1 and x.size == b0 - a0):
+            unit = block if per_block and block is not None else 1
+            ulo, uhi = lo // unit, -(-hi // unit)
+            buf = np.empty(uhi - ulo, dtype=x.dtype)
             covered = 0
             for _, a, b, entry in pieces:
-                s, e = max(a, lo), min(b, hi)
+                s, e = max(a // unit, ulo), min(-(-b // unit), uhi)
                 if s < e:
-                    buf[s - lo:e - lo] = entry[k].reshape(-1)[s - a:e - a]
+                    buf[s - ulo:e - ulo] = entry[k].reshape(-1)[s - a // unit:e - a // unit]
                     covered += e - s
-            if covered != hi - lo:
+            if covered != uhi - ulo:
                 raise ValueError(f"the checkpoint's pieces do not cover elements {lo}..{hi} "
                                  f"of a param's {k!r}")
-            out[k] = buf.reshape(shape)
+            out[k] = buf if per_block else buf.reshape(shape)
         elif isinstance(x, np.ndarray):
             out[k] = x.copy()
         else:
