@@ -285,6 +285,64 @@ def check_skip_nonfinite():
     say("ok skip_nonfinite: a NaN on one rank skips on every rank")
 
 
+def raises(exc, words, fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except exc as e:
+        for w in words:
+            assert w in str(e), (w, str(e))
+    else:
+        raise AssertionError(f"{fn.__name__}{args} did not raise {exc.__name__}")
+
+
+def check_bad_input():
+    """Every bad argument raises on every rank before any collective (so no rank waits),
+    naming the argument and the value, and leaves params and state as they were."""
+    Z = ZeroRedundancyOptimizer
+    raises(TypeError, ["optimizer_class=Muon", "whole tensors"], Z, params0(), fo.Muon)
+    raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
+    raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
+    raises(ValueError, ["int4"], Z, params0(), fo.AdamW, state_dtype="int4")
+    raises(ValueError, ["int8", "LAMB"], Z, params0(), fo.LAMB, state_dtype="int8")
+    raises(ValueError, ["lr"], Z, params0(), fo.AdamW, lr=-1.0)
+    raises(TypeError, ["comm"], Z, params0(), fo.AdamW, comm="world")
+    ps = params0()
+    zero = Z(ps, fo.Adam, stage=1, lr=1e-3)
+    zero.step(grads_of(rank, 0))
+    before = [p.copy() for p in ps]
+    state = {i: {k: (x.copy() if isinstance(x, np.ndarray) else x) for k, x in st.items()}
+             for i, st in zero.state.items()}
+    g = grads_of(rank, 1)
+    raises(ValueError, ["expected 5 grads", "got 4"], zero.step, g[:4])
+    raises(ValueError, ["grads[2]", "(70, 130)"], zero.step, g[:2] + [g[2].T] + g[3:])
+    raises(ValueError, ["grads[1] is None"], zero.step, [g[0], None] + g[2:])
+    raises(TypeError, ["grads[0]", "float16"], zero.step,
+           [g[0].astype(np.float16)] + g[1:])
+    ro = [x.copy() for x in g]
+    ro[3].flags.writeable = False
+    raises(ValueError, ["grads[3]", "read-only"], zero.step, ro)
+    raises(ValueError, ["max_grad_norm", "-1"], zero.step, g, max_grad_norm=-1.0)
+    raises(ValueError, ["grad_scale"], zero.step, g, grad_scale=0.0)
+    raises(ValueError, ["to must be a rank", "7"], zero.consolidate_state_dict, to=7)
+    raises(RuntimeError, ["consolidate_state_dict"], zero.state_dict)
+    bad_sd = {"state": {}, "param_groups": [{"params": [0, 1], "lr": 1.0}]}
+    raises(ValueError, ["param_groups[0]['params']"], zero.load_state_dict, bad_sd)
+    raises(TypeError, ["sharded_state_dict"], zero.load_sharded_state_dict, [{"x": 1}])
+    part = zero.sharded_state_dict()
+    if size > 1:
+        raises(ValueError, ["all", "ranks"], zero.load_sharded_state_dict, [part])
+    raises(ValueError, ["op", "'max'"], allreduce_, g, op="max")
+    raises(ValueError, ["bucket_bytes", "0"], allreduce_, g, bucket_bytes=0)
+    raises(TypeError, ["float16"], allreduce_, [g[0].astype(np.float16)])
+    raises(ValueError, ["max_norm"], clip_grad_norm_, g, -1.0)
+    assert_equal(ps, before, "params after rejected calls")
+    for i, st in zero.state.items():
+        for k, x in st.items():
+            assert np.array_equal(x, state[i][k]), (i, k)
+    assert np.array_equal(g[0], grads_of(rank, 1)[0])
+    say("ok bad input: every argument, nothing changed")
+
+
 def check_mismatch_raises():
     shapes = list(SHAPES)
     if rank == size - 1:
@@ -405,6 +463,7 @@ if MODE == "load":
     run_reshard()
 else:
     check_mismatch_raises()
+    check_bad_input()
     check_collectives()
     check_lamb_spans_shards()
     check_skip_nonfinite()

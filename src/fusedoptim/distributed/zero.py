@@ -398,6 +398,10 @@ class ZeroRedundancyOptimizer:
                 if not gr.flags.c_contiguous:
                     raise ValueError(f"{lab} must be C-contiguous; pass "
                                      f"np.ascontiguousarray(grad)")
+                if self.stage == 1 and not gr.flags.writeable:
+                    raise ValueError(f"{lab} is read-only; stage 1 averages the grads in "
+                                     f"place: pass a writeable array (or use stage=2, which "
+                                     f"only reads them)")
             out.append(list(mine))
         return out
 
