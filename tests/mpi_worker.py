@@ -173,14 +173,19 @@ def check_flat_groups_scheduler_scale():
     GradScaler's: exact, so bitwise)."""
     names = {f"w{k}": s for k, s in enumerate(SHAPES)}
     shapes = SHAPES + [(20000,)]
-    for stage in (1, 2):
+    # small ring messages: several per block, and blocks of unequal sizes (the ring must
+    # pair every call with its neighbour's)
+    from fusedoptim.distributed import _collectives
+    _collectives.RING_CHUNK = 1000
+    for stage, how in ((1, "ring"), (2, "ring"), (2, "mpi")):
         arena = fo.FlatParams(names)
         for k, p in zip(names, params0()):
             arena.params[k][...] = p
         extra = params0(shapes=[(20000,)], seed=3)
         ref_ps = [p.copy() for p in arena.params.values()] + [extra[0].copy()]
         groups = [{"params": arena}, {"params": extra, "lr": 5e-4}]
-        zero = ZeroRedundancyOptimizer(groups, fo.AdamW, stage=stage, lr=1e-3)
+        zero = ZeroRedundancyOptimizer(groups, fo.AdamW, stage=stage, lr=1e-3,
+                                       reduce_scatter=how)
         ref = fo.AdamW([{"params": ref_ps[:-1]}, {"params": ref_ps[-1:], "lr": 5e-4}],
                        lr=1e-3)
         sched = fo.lr_scheduler.StepLR(zero, step_size=5, gamma=0.5)
@@ -198,7 +203,8 @@ def check_flat_groups_scheduler_scale():
                          f"arena stage {stage} step {step}")
         same_everywhere(list(arena.params.values()) + extra, f"arena stage {stage}")
         assert zero.param_groups[1]["lr"] == ref.param_groups[1]["lr"] == 5e-4 * 0.5 ** 4
-    say("ok FlatParams arena, two groups, StepLR, grad_scale")
+    _collectives.RING_CHUNK = 1 << 18
+    say("ok FlatParams arena, two groups, StepLR, grad_scale, reduce_scatter ring and mpi")
 
 
 def check_clip():
@@ -302,6 +308,8 @@ def check_bad_input():
     raises(TypeError, ["optimizer_class=Muon", "whole tensors"], Z, params0(), fo.Muon)
     raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
     raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
+    raises(ValueError, ["reduce_scatter", "'tree'"], Z, params0(), fo.AdamW,
+           reduce_scatter="tree")
     raises(ValueError, ["int4"], Z, params0(), fo.AdamW, state_dtype="int4")
     raises(ValueError, ["int8", "LAMB"], Z, params0(), fo.LAMB, state_dtype="int8")
     raises(ValueError, ["lr"], Z, params0(), fo.AdamW, lr=-1.0)

@@ -18,8 +18,8 @@ from ..flat import FlatParams
 from ..grad_utils import CLIP_EPS
 from .._precision import ABSMAX
 from ..optimizer import Optimizer
-from ._collectives import Shards, fold, gather_parts, mpi_type, scale_, shard_units, \
-    sharded_norm, slices, world
+from ._collectives import Shards, fold, gather_parts, mpi_type, ring_reduce_scatter, \
+    scale_, shard_units, sharded_norm, slices, world
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -154,7 +154,10 @@ class ZeroRedundancyOptimizer:
       steps its shard, and the params are all-gathered;
     * stage 2: the grads are reduce-scattered, so this rank receives only its shard's mean
       (into a buffer of the shard's size; the grads passed in are only read), then it steps
-      and the params are all-gathered.
+      and the params are all-gathered. ``reduce_scatter="ring"`` (default) runs the ring
+      algorithm on MPI point-to-point calls, which measured 6-8x faster than
+      ``MPI_Reduce_scatter`` on Open MPI's shared-memory transport here; ``"mpi"`` calls
+      ``Ireduce_scatter`` (docs/distributed.md has the numbers).
 
     When a group's params tile one buffer (a :class:`~fusedoptim.FlatParams`, or views laid
     end to end) the reduce-scatter reads and the all-gather writes that buffer in place;
@@ -181,13 +184,19 @@ class ZeroRedundancyOptimizer:
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
-                 stage: int = 1, **defaults: Any) -> None:
+                 stage: int = 1, reduce_scatter: str = "ring", **defaults: Any) -> None:
         c = self.comm = world(comm)
         self.rank, self.world_size = c.Get_rank(), c.Get_size()
         error: BaseException | None = None
         description = ""
         try:
+            if reduce_scatter not in ("ring", "mpi"):
+                raise ValueError(f"reduce_scatter must be 'ring' (point-to-point ring, the "
+                                 f"default) or 'mpi' (MPI_Reduce_scatter), got "
+                                 f"{reduce_scatter!r}")
+            self.reduce_scatter = reduce_scatter
             description = self._check_local(params, optimizer_class, stage, defaults)
+            description += f"; reduce_scatter={reduce_scatter}"
         except (TypeError, ValueError) as e:
             error = e
         # One allgather, so that a rank whose layout or options differ (or are invalid)
@@ -207,6 +216,10 @@ class ZeroRedundancyOptimizer:
                 f"every rank must build it with the same param groups (shapes, dtypes, "
                 f"names, order) and options. Rank 0 has {seen[0][0]}; rank(s) {differ} "
                 f"differ, e.g. rank {differ[0]} has {seen[differ[0]][0]}")
+        # The ring's point-to-point messages go over a communicator of their own, so they
+        # never match the caller's messages on `comm`.
+        self._p2p = c.Dup()
+        self._ring_buffers: dict[np.dtype[Any], list[FloatArray]] = {}
         self._build()
 
     # -- construction -----------------------------------------------------------------------
@@ -469,6 +482,7 @@ class ZeroRedundancyOptimizer:
                 out.append(slices(grads, g.pieces))
             return out
         requests = []
+        ring = self.reduce_scatter == "ring"
         for g, grads in zip(self._groups, per_group):
             flat = _kernels.tile_view(grads) if len(grads) > 1 else grads[0].reshape(-1)
             if flat is None:
@@ -479,15 +493,30 @@ class ZeroRedundancyOptimizer:
                 g.grad_shard = np.empty(g.hi - g.lo, dtype=flat.dtype)
                 g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
                                 self._local_offsets(g)]
-            requests.append(c.Ireduce_scatter([flat, mt], [g.grad_shard, mt], g.counts,
-                                              op=MPI.SUM))
+            if ring:
+                ring_reduce_scatter(self._p2p, flat, g.grad_shard, g.counts, g.displs, n,
+                                    self._scratch(g, flat.dtype))
+            else:
+                requests.append(c.Ireduce_scatter([flat, mt], [g.grad_shard, mt], g.counts,
+                                                  op=MPI.SUM))
         MPI.Request.Waitall(requests)
         for g in self._groups:
             assert g.grad_shard is not None
-            if n != 1:
+            if n != 1 and not ring:
                 np.divide(g.grad_shard, n, out=g.grad_shard)
             out.append(list(g.grad_views))
         return out
+
+    def _scratch(self, g: _Group, dtype: np.dtype[Any]) -> list[FloatArray]:
+        """The ring's two running-sum buffers (only with 3 or more ranks: with 2 the one step
+        receives straight into the shard's grad buffer), shared by the groups."""
+        if self.world_size <= 2:
+            return []
+        need = max(g.counts)
+        have = self._ring_buffers.get(dtype)
+        if have is None or have[0].size < need:
+            have = self._ring_buffers[dtype] = [np.empty(need, dtype=dtype) for _ in (0, 1)]
+        return have
 
     def _all_finite(self, shard_grads: list[list[FloatArray]]) -> bool:
         bad = 0
