@@ -11,7 +11,8 @@ With 2 ranks the mean of two grads is exact whatever the order, so everything is
 bitwise. With 3 ranks MPI's sum order is its own: the equivalence runs then use grads on a
 grid of multiples of 2**-10 with |g| <= 2, whose sums are exact in float32 in any order (so
 those stay bitwise too), and one run with normal grads is compared within a tolerance.
-``save`` (3 ranks) writes a sharded checkpoint to DIR; ``load`` (2 ranks) resumes from it.
+``save`` (3 ranks) writes a sharded checkpoint to DIR; ``load`` (2 ranks) resumes from it;
+``die``: one rank exits mid-training (the launch must fail, not hang).
 """
 
 import os
@@ -467,7 +468,22 @@ def run_reshard():
     say(f"ok sharded checkpoint resharded {len(files)} -> {size} ranks")
 
 
-if MODE == "load":
+def run_die():
+    """The last rank dies mid-training; the others are in a collective. Open MPI's launcher
+    sees the exit and ends the job, so the test sees a failure, not a hang."""
+    ps = params0()
+    zero = ZeroRedundancyOptimizer(ps, fo.AdamW, stage=2, lr=1e-3)
+    zero.step(grads_of(rank, 0))
+    if rank == size - 1:
+        os._exit(3)
+    for step in range(1, 1000):
+        zero.step(grads_of(rank, step))
+    say("survived")
+
+
+if MODE == "die":
+    run_die()
+elif MODE == "load":
     run_reshard()
 else:
     check_mismatch_raises()

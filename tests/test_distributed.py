@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,7 +25,7 @@ def _mpirun():
     return found
 
 
-def _launch(n, *args):
+def _launch(n, *args, expect_ok=True):
     cmd = [_mpirun(), "--oversubscribe", "-n", str(n)]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
@@ -40,6 +41,8 @@ def _launch(n, *args):
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"mpirun -n {n} did not finish in {TIMEOUT} s (a hang?)\n"
                     f"{e.stdout}\n{e.stderr}")
+    if not expect_ok:
+        return out
     assert out.returncode == 0, f"mpirun -n {n} failed:\n{out.stdout}\n{out.stderr}"
     assert "\ndone" in "\n" + out.stdout, out.stdout
     return out.stdout
@@ -65,6 +68,14 @@ def test_two_ranks_and_reshard_from_three(checkpoint_dir):
     assert "ok equivalence" in out and "ok max_grad_norm" in out, out
     out = _launch(2, checkpoint_dir, "load")
     assert "ok sharded checkpoint resharded 3 -> 2" in out, out
+
+
+def test_a_dead_rank_fails_the_job_instead_of_hanging(tmp_path):
+    t0 = time.monotonic()
+    out = _launch(2, str(tmp_path), "die", expect_ok=False)
+    assert out.returncode != 0 and "survived" not in out.stdout, out.stdout
+    # Open MPI ends the job about 2 s after the rank exits; the bound leaves room for load.
+    assert time.monotonic() - t0 < 60
 
 
 def test_import_without_mpi4py_says_what_to_install():
