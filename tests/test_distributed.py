@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,6 +79,37 @@ def test_a_dead_rank_fails_the_job_instead_of_hanging(tmp_path):
     assert time.monotonic() - t0 < 60
 
 
+def test_compare_distributed_matches_one_process(tmp_path):
+    """The main job data-parallel: mpirun -n 2 fusedoptim compare --distributed (--zero 2)
+    gives the single-process curves within float32 tolerance (each rank's grads are its
+    half-batch mean, weighted; the sums differ from the whole batch's in rounding only)."""
+    import json
+    args = ["--dataset", "spirals", "--epochs", "3", "--no-plot", "--quiet", "--optimizers",
+            "adamw,nesterov,lion"]
+    cmd = [_mpirun(), "--oversubscribe", "-n", "2"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    runs = {}
+    for name, extra in (("one", None), ("allreduce", []), ("zero2", ["--zero", "2"])):
+        out = str(tmp_path / f"{name}.json")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_mpi_yield_when_idle="1")
+        what = ([sys.executable, "-m", "fusedoptim", "compare"] if extra is None else
+                cmd + [sys.executable, "-m", "mpi4py", "-m", "fusedoptim", "compare",
+                       "--distributed", *extra])
+        res = subprocess.run(what + args + ["--json", out], capture_output=True, text=True,
+                             timeout=TIMEOUT, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        with open(out) as fh:
+            runs[name] = json.load(fh)
+    for name in ("allreduce", "zero2"):
+        assert runs[name]["distributed"]["ranks"] == 2
+        for opt, rec in runs["one"]["optimizers"].items():
+            got = runs[name]["optimizers"][opt]
+            np.testing.assert_allclose(got["history"]["train_loss"],
+                                       rec["history"]["train_loss"], rtol=1e-5)
+            assert got["state_bytes"] == rec["state_bytes"]
+
+
 def test_import_without_mpi4py_says_what_to_install():
     code = ("import sys; sys.modules['mpi4py'] = None\n"
             "try:\n    import fusedoptim.distributed\n"
@@ -85,3 +117,13 @@ def test_import_without_mpi4py_says_what_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=dict(os.environ))
     assert 'pip install "fusedoptim[mpi]"' in out.stdout, out.stdout + out.stderr
+
+
+def test_compare_distributed_bad_flags():
+    from fusedoptim.demo import DemoError
+    from fusedoptim.demo.compare import CompareConfig, run_compare
+    for cfg, words in ((CompareConfig(zero=2, dataset="spirals"), "--zero needs --distributed"),
+                       (CompareConfig(distributed=True, reference=True, dataset="spirals"),
+                        "--reference does not run with --distributed")):
+        with pytest.raises(DemoError, match=words):
+            run_compare(cfg)

@@ -37,6 +37,17 @@ _GATHERED_RUNS = ("lamb", "lars")
 SHARDED_FORMAT = "fusedoptim.zero.sharded/1"
 
 
+def shardable(optimizer_class: object) -> bool:
+    """Whether ZeroRedundancyOptimizer can shard `optimizer_class`: a fusedoptim optimizer
+    class on the fused kernels whose step is element-wise, or LAMB or LARS."""
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
+            and getattr(optimizer_class, "spec", None) is not None):
+        return False
+    spec = optimizer_class.spec
+    return optimizer_class._backend is FUSED and (spec.run is None
+                                                  or spec.name in _GATHERED_RUNS)
+
+
 class _NullPlan:
     """A rank's stand-in for a group it owns no element of, so that a step whose ``run``
     gathers per-tensor sums (LAMB, LARS) makes the same collective calls on every rank."""
@@ -229,9 +240,7 @@ class ZeroRedundancyOptimizer:
                 and getattr(optimizer_class, "spec", None) is not None):
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
                             f"fo.AdamW, got {optimizer_class!r}")
-        spec = optimizer_class.spec
-        if optimizer_class._backend is not FUSED or (
-                spec.run is not None and spec.name not in _GATHERED_RUNS):
+        if not shardable(optimizer_class):
             raise TypeError(f"optimizer_class={optimizer_class.__name__} steps whole tensors "
                             f"at once, which a shard of the params cannot; "
                             f"ZeroRedundancyOptimizer takes element-wise optimizers and "
