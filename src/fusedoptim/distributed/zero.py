@@ -208,7 +208,7 @@ class ZeroRedundancyOptimizer:
             self.reduce_scatter = reduce_scatter
             description = self._check_local(params, optimizer_class, stage, defaults)
             description += f"; reduce_scatter={reduce_scatter}"
-        except (TypeError, ValueError) as e:
+        except Exception as e:      # any failure here is reported on every rank below
             error = e
         # One allgather, so that a rank whose layout or options differ (or are invalid)
         # makes every rank raise, instead of a hang in the first collective.
