@@ -84,8 +84,8 @@ def test_compare_distributed_matches_one_process(tmp_path):
     gives the single-process curves within float32 tolerance (each rank's grads are its
     half-batch mean, weighted; the sums differ from the whole batch's in rounding only)."""
     import json
-    args = ["--dataset", "spirals", "--epochs", "3", "--no-plot", "--quiet", "--optimizers",
-            "adamw,nesterov,lion"]
+    args = ["--dataset", "spirals", "--epochs", "2", "--no-plot", "--quiet", "--optimizers",
+            "adamw,nesterov"]
     cmd = [_mpirun(), "--oversubscribe", "-n", "2"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
