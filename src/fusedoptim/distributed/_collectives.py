@@ -272,7 +272,8 @@ def _messages(items: list[FloatArray], bucket_bytes: int
     k, n = 0, len(items)
     while k < n:
         j = k + 1
-        while j < n and _kernels.tile_view(items[k:j + 1]) is not None:
+        # neighbours that tile pairwise tile together (same owner, each where the last ends)
+        while j < n and _kernels.tile_view([items[j - 1], items[j]]) is not None:
             j += 1
         run = items[k:j]
         flat = _kernels.tile_view(run) if len(run) > 1 else run[0].reshape(-1)
