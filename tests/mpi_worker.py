@@ -229,7 +229,19 @@ def check_clip():
             assert zero.last_grad_norm == norm, (zero.last_grad_norm, norm)
             ref.step(mg)
             assert_equal(list(arena.params.values()), ref_ps, f"clip stage {stage} {step}")
-    say("ok max_grad_norm: global clip bitwise, last_grad_norm")
+        # With grad_scale: the norm is of grads / grad_scale; the kernel's (1/s) * g differs
+        # from the division by an ulp, so float32 within rtol 1e-6 over these 3 steps.
+        for step in range(10, 13):
+            for k, gk in zip(names, grads_of(rank, step)):
+                arena.grads[k][...] = gk
+            zero.step(max_grad_norm=0.5, grad_scale=3.0)
+            mg = [m / np.float32(3.0) for m in mean_grads(step)]
+            norm = fo.clip_grad_norm_(mg, 0.5)
+            np.testing.assert_allclose(zero.last_grad_norm, norm, rtol=1e-6)
+            ref.step(mg)
+            for a, b in zip(arena.params.values(), ref_ps):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    say("ok max_grad_norm: global clip bitwise, last_grad_norm, with grad_scale")
 
 
 # int8 state: param 0 (20000, quantized) leaves a 3616-element piece, below
@@ -344,6 +356,15 @@ def check_bad_input():
     raises(ValueError, ["bucket_bytes", "0"], allreduce_, g, bucket_bytes=0)
     raises(TypeError, ["float16"], allreduce_, [g[0].astype(np.float16)])
     raises(ValueError, ["max_norm"], clip_grad_norm_, g, -1.0)
+    # A rank owning no element (one small param: one work unit) raises with the others.
+    small = [np.ones(10, dtype=np.float32)]
+    zs = Z(small, fo.Adam, lr=1e-3)
+    assert sum(len(zs._groups[0].shards.pieces[r]) == 0 for r in range(size)) == size - 1
+    zs.param_groups[0]["lr"] = -1.0
+    raises(ValueError, ["lr"], zs.step, [np.ones(10, dtype=np.float32)])
+    zs.param_groups[0]["lr"] = 1e-3
+    raises(ValueError, ["grad_scale", "out of range"], zs.step,
+           [np.ones(10, dtype=np.float32)], grad_scale=1e-45)
     assert_equal(ps, before, "params after rejected calls")
     for i, st in zero.state.items():
         for k, x in st.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from .._backend import FUSED
 from .._layout import group_arrays, parse_params
 from .._validation import label
 from ..flat import FlatParams
+from .._gate import inv_grad_scale
 from ..grad_utils import CLIP_EPS
 from .._precision import ABSMAX
 from ..optimizer import Optimizer
@@ -314,6 +314,7 @@ class ZeroRedundancyOptimizer:
         self.skipped_steps = 0
         self.last_grad_norm: float | None = None
         self._consolidated: OptimizerStateDict | None = None
+        self._checked: list[tuple[Any, ...] | None] = [None] * len(self._parsed)
         start = 0
         for (arrays, names, over, arena), hyper in zip(self._parsed, self._probe_groups):
             g = _Group(arrays, arena, shard_units(arrays, self.world_size), self.rank)
@@ -436,15 +437,24 @@ class ZeroRedundancyOptimizer:
         clip the mean grad by its global L2 norm first (torch's clip_grad_norm_ rule;
         ``last_grad_norm`` keeps the norm, of the grads divided by ``grad_scale``). Returns
         False when ``skip_nonfinite`` skipped the step on every rank, else True. Under
-        stage 1 the grads passed in hold the mean afterwards."""
+        stage 1 the grads passed in hold the mean afterwards (clipped on this rank's shard
+        only). Every argument and hyperparameter is checked before the first collective."""
         max_norm = None if max_grad_norm is None else v.nonneg(
             max_grad_norm, "max_grad_norm", " (None: no clipping)")
         scale = None
         if grad_scale is not None:
-            scale = v.positive(grad_scale, "grad_scale")
-            if not math.isfinite(scale):
-                raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
+            # the plain optimizers' check (1/grad_scale normal in every group's dtype), here
+            # before any collective: a rank owning no element must raise with the others
+            scale = 1.0 / inv_grad_scale(grad_scale, self.param_groups)
         per_group = self._grad_list(grads)
+        spec = self.optimizer_class.spec
+        for gi, group in enumerate(self.param_groups):
+            # Hyperparameters (a scheduler may have changed them), checked on every rank
+            # before any collective, as above.
+            key = tuple(group[k] for k in spec.group_keys)
+            if key != self._checked[gi]:
+                spec.check_group(key)
+                self._checked[gi] = key
         for gi, g in enumerate(self._groups):
             for inner, _ in g.inners:
                 inner_group = inner.param_groups[0]
