@@ -178,7 +178,7 @@ def check_flat_groups_scheduler_scale():
     # pair every call with its neighbour's)
     from fusedoptim.distributed import _collectives
     chunk, _collectives.RING_CHUNK = _collectives.RING_CHUNK, 1000
-    for stage, how in ((1, "ring"), (2, "ring"), (2, "mpi")):
+    for stage, how in ((1, "ring"), (1, "mpi"), (2, "ring"), (2, "mpi")):
         arena = fo.FlatParams(names)
         for k, p in zip(names, params0()):
             arena.params[k][...] = p
@@ -354,6 +354,7 @@ def check_bad_input():
         raises(ValueError, ["all", "ranks"], zero.load_sharded_state_dict, [part])
     raises(ValueError, ["op", "'max'"], allreduce_, g, op="max")
     raises(ValueError, ["bucket_bytes", "0"], allreduce_, g, bucket_bytes=0)
+    raises(ValueError, ["algorithm", "'tree'"], allreduce_, g, algorithm="tree")
     raises(TypeError, ["float16"], allreduce_, [g[0].astype(np.float16)])
     raises(ValueError, ["max_norm"], clip_grad_norm_, g, -1.0)
     # A rank owning no element (one small param: one work unit) raises with the others.
@@ -401,6 +402,15 @@ def check_collectives():
                                                               dtype=np.float64)
               + mean_grads(2, shapes=[(1000,), (20, 30)]))
     assert_equal(big + small + list(arena.grads.values()), expect, "allreduce_ mean")
+    # the ring: in-place runs (one large array, the arena) and packed buckets, blocking
+    big = grads_of(rank, 0, shapes=[(300_000,)])
+    small = grads_of(rank, 1, shapes=[(5,), (700,), (3, 3)], dtype=np.float64)
+    for gk, v in zip(arena.grads.values(), grads_of(rank, 2, shapes=[(1000,), (20, 30)])):
+        gk[...] = v
+    work = allreduce_(big + small + list(arena.grads.values()), async_op=True,
+                      bucket_bytes=4096, algorithm="ring")
+    assert work.is_completed()
+    assert_equal(big + small + list(arena.grads.values()), expect, "ring allreduce_ mean")
     s = grads_of(rank, 3, shapes=[(50,)])
     allreduce_(s, op="sum")
     total = sum(grads_of(r, 3, shapes=[(50,)])[0].astype(np.float64) for r in range(size))
@@ -411,7 +421,7 @@ def check_collectives():
     ref_norm = fo.clip_grad_norm_(ref, 1.0)
     assert norm == ref_norm, (norm, ref_norm)
     assert_equal(g, ref, "clip_grad_norm_")
-    say("ok allreduce_ (bucketed, in place, async) and clip_grad_norm_")
+    say("ok allreduce_ (bucketed, in place, async; Iallreduce and ring) and clip_grad_norm_")
 
 
 def run_checkpoint(stage=2):

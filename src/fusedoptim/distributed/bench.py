@@ -157,6 +157,7 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
         gather()
 
     zero1 = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3)
+    zero1_mpi = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3, reduce_scatter="mpi")
     t = _interleaved(comm, {
         "ZeRO-2 step": zero.step,
         "its parts back to back, without the wrapper": sequence,
@@ -164,7 +165,8 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
         "reduce-scatter (ring)": ring,
         "all-gather": gather,
         "reduce-scatter (MPI_Reduce_scatter)": mpi_rs,
-        "ZeRO-1 step (allreduce_ + step + all-gather)": zero1.step}, repeat)
+        "ZeRO-1 step (ring allreduce_ + step + all-gather)": zero1.step,
+        "ZeRO-1 step, reduce_scatter='mpi' (Iallreduce)": zero1_mpi.step}, repeat)
     parts = t["local shard step"] + t["reduce-scatter (ring)"] + t["all-gather"]
     peer = _torch_peer(comm, size, arena.flat_grad, repeat) if use_torch else None
     if rank == 0:

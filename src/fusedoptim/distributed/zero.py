@@ -168,7 +168,8 @@ class ZeroRedundancyOptimizer:
       and the params are all-gathered. ``reduce_scatter="ring"`` (default) runs the ring
       algorithm on MPI point-to-point calls, which measured 6-8x faster than
       ``MPI_Reduce_scatter`` on Open MPI's shared-memory transport here; ``"mpi"`` calls
-      ``Ireduce_scatter`` (docs/distributed.md has the numbers).
+      ``Ireduce_scatter`` (docs/distributed.md has the numbers). The same choice picks stage
+      1's allreduce (``allreduce_(..., algorithm=...)``: the ring, or ``Iallreduce``).
 
     When a group's params tile one buffer (a :class:`~fusedoptim.FlatParams`, or views laid
     end to end) the reduce-scatter reads and the all-gather writes that buffer in place;
@@ -203,7 +204,7 @@ class ZeroRedundancyOptimizer:
         try:
             if reduce_scatter not in ("ring", "mpi"):
                 raise ValueError(f"reduce_scatter must be 'ring' (point-to-point ring, the "
-                                 f"default) or 'mpi' (MPI_Reduce_scatter), got "
+                                 f"default) or 'mpi' (MPI_Reduce_scatter and Iallreduce), got "
                                  f"{reduce_scatter!r}")
             self.reduce_scatter = reduce_scatter
             description = self._check_local(params, optimizer_class, stage, defaults)
@@ -496,7 +497,8 @@ class ZeroRedundancyOptimizer:
         out: list[list[FloatArray]] = []
         if self.stage == 1:
             from ._collectives import allreduce_
-            allreduce_([gr for grads in per_group for gr in grads], c)
+            allreduce_([gr for grads in per_group for gr in grads], c,
+                       algorithm=self.reduce_scatter)
             for g, grads in zip(self._groups, per_group):
                 out.append(slices(grads, g.pieces))
             return out
