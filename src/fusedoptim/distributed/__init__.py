@@ -1,13 +1,13 @@
 """Data-parallel training over MPI (mpi4py): gradient averaging, global clipping and the
 ZeRO-sharded optimizer (docs/distributed.md).
 
-* :func:`allreduce_`: average (or sum) grads across ranks in place, bucketed into few large
+* ``allreduce_``: average (or sum) grads across ranks in place, bucketed into few large
   non-blocking ``Iallreduce`` messages (one on a :class:`~fusedoptim.FlatParams` arena);
-  ``async_op=True`` returns a :class:`Work` to overlap with.
-* :func:`clip_grad_norm_`: torch's clip_grad_norm_ over grads every rank holds, each rank
+  ``async_op=True`` returns a ``Work`` to overlap with.
+* ``clip_grad_norm_``: torch's clip_grad_norm_ over grads every rank holds, each rank
   reducing a share of the work units and one collective combining the partial sums; the
   norm is bitwise the single-process one.
-* :class:`ZeroRedundancyOptimizer`: each rank keeps and steps the optimizer state of one
+* ``ZeroRedundancyOptimizer``: each rank keeps and steps the optimizer state of one
   contiguous shard of every param group (ZeRO stage 1 and 2).
 
 Needs mpi4py and an MPI library: ``pip install "fusedoptim[mpi]"`` (mpi4py and the

@@ -320,7 +320,7 @@ def allreduce_(grads: Any, comm: Any = None, op: str = "mean", *, async_op: bool
     number of ranks (bitwise the mean of two ranks' grads in any order; with more ranks the
     sum's order is MPI's).
 
-    ``async_op=True`` returns a :class:`Work` at once: compute something else, then call
+    ``async_op=True`` returns a ``Work`` at once: compute something else, then call
     ``work.wait()`` before using the grads. Otherwise waits and returns None.
 
     ``algorithm="ring"`` reduces each message by the ring algorithm on point-to-point calls
@@ -438,7 +438,7 @@ def scale_(arrays: list[FloatArray], coef: float) -> None:
 def clip_grad_norm_(grads: Any, max_norm: float, norm_type: float | str = 2.0,
                     comm: Any = None, error_if_nonfinite: bool = False) -> float:
     """:func:`fusedoptim.clip_grad_norm_` for a data-parallel loop: `grads` are the same on
-    every rank (after :func:`allreduce_`). Each rank reduces only its share of the work units
+    every rank (after ``allreduce_``). Each rank reduces only its share of the work units
     (1/N of the read pass); one ``Allgatherv`` of the per-segment partial sums lets every
     rank fold them in the single-process order, so the norm, and the clipped grads, are
     bitwise those of ``fusedoptim.clip_grad_norm_`` on one process. Every rank then scales its

@@ -161,7 +161,7 @@ class ZeroRedundancyOptimizer:
     optimizer state for its shard only and steps it with the usual fused kernel, on views of
     its slices of the params (no copies). ``step(grads)`` takes this rank's local grads:
 
-    * stage 1: the grads are averaged across ranks in place (:func:`allreduce_`), this rank
+    * stage 1: the grads are averaged across ranks in place (``allreduce_``), this rank
       steps its shard, and the params are all-gathered;
     * stage 2: the grads are reduce-scattered, so this rank receives only its shard's mean
       (into a buffer of the shard's size; the grads passed in are only read), then it steps
