@@ -283,6 +283,24 @@ def check_int8():
     say("ok int8 state: bitwise, consolidated and loaded")
 
 
+def check_bfloat16_params():
+    """bfloat16 params with float32 master weights (in each rank's state) and float32 grads:
+    the params all-gathered as 16-bit words, bitwise the plain optimizer's."""
+    import ml_dtypes
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for stage in (1, 2):
+        ps = [p.astype(bf16) for p in params0()]
+        ref_ps = [p.copy() for p in ps]
+        zero = ZeroRedundancyOptimizer(ps, fo.AdamW, stage=stage, lr=1e-3)
+        ref = fo.AdamW(ref_ps, lr=1e-3)
+        for step in range(10):
+            zero.step(grads_of(rank, step))
+            ref.step(mean_grads(step))
+            assert_equal(ps, ref_ps, f"bfloat16 stage {stage} step {step}")
+        same_everywhere(ps, f"bfloat16 stage {stage}")
+    say("ok bfloat16 params, float32 master weights")
+
+
 def check_skip_nonfinite():
     """A NaN on one rank only: every rank skips, nothing changes, skipped_steps counts."""
     for stage in (1, 2):
@@ -525,6 +543,7 @@ else:
     check_flat_groups_scheduler_scale()
     check_clip()
     check_int8()
+    check_bfloat16_params()
     run_checkpoint()
     if size > 2:
         check_normal_grads_tolerance()

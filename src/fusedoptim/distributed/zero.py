@@ -33,6 +33,9 @@ _REDUCE_NAMES = {i: k for k, i in _kernels.REDUCE_IDS.items()}
 #: gathered across the ranks); other runs (Muon's Newton-Schulz on whole matrices) need
 #: whole tensors and are refused.
 _GATHERED_RUNS = ("lamb", "lars")
+#: element width -> (NumPy view type, MPI type) for moving params without arithmetic
+_WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
+                8: (np.uint64, MPI.UINT64_T)}
 #: the format tag of sharded_state_dict()
 SHARDED_FORMAT = "fusedoptim.zero.sharded/1"
 
@@ -563,25 +566,25 @@ class ZeroRedundancyOptimizer:
         return sharded_norm(self.comm, planned, 2.0)
 
     def _gather_params(self) -> None:
-        requests = []
-        unpack = []
+        """Every rank's shard of the params to every rank: one in-place Allgatherv per group
+        (blocking: Open MPI's tuned Allgatherv measured faster here than the non-blocking
+        one). Counted in elements of an unsigned type of the params' width (no arithmetic
+        happens), so half-precision params go too and counts stay 4x below bytes."""
         for g in self._groups:
             flat = g.flat
+            packed = flat is None
             if flat is None:
                 flat = np.empty(g.size, dtype=g.dtype)
-                flat[g.lo:g.hi] = np.concatenate(g.views) if g.views else flat[g.lo:g.hi]
-                unpack.append((g, flat))
-            item = flat.dtype.itemsize
-            b = flat.view(np.uint8)
-            requests.append(self.comm.Iallgatherv(
-                MPI.IN_PLACE, [b, ([k * item for k in g.counts],
-                                   [d * item for d in g.displs]), MPI.BYTE]))
-        MPI.Request.Waitall(requests)
-        for g, flat in unpack:
-            pos = 0
-            for a in g.arrays:
-                a.reshape(-1)[...] = flat[pos:pos + a.size]
-                pos += a.size
+                if g.views:
+                    flat[g.lo:g.hi] = np.concatenate(g.views)
+            width = _WIDTH_TYPES[flat.dtype.itemsize]
+            self.comm.Allgatherv(MPI.IN_PLACE, [flat.view(width[0]), (g.counts, g.displs),
+                                                width[1]])
+            if packed:
+                pos = 0
+                for a in g.arrays:
+                    a.reshape(-1)[...] = flat[pos:pos + a.size]
+                    pos += a.size
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the grad buffer of every FlatParams the optimizer was built from."""
