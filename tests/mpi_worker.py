@@ -23,6 +23,7 @@ import numpy as np
 
 import fusedoptim as fo
 from fusedoptim.distributed import ZeroRedundancyOptimizer, allreduce_, clip_grad_norm_
+from fusedoptim.distributed.zero import shardable
 from mpi4py import MPI
 
 comm = MPI.COMM_WORLD
@@ -52,6 +53,12 @@ OPTIMIZERS = [
     (fo.LAMB, dict(lr=1e-2, weight_decay=0.01)),
     (fo.LARS, dict(lr=0.1, momentum=0.9, weight_decay=1e-4)),
 ]
+# Every other optimizer class ZeroRedundancyOptimizer shards (new ones included), with its
+# defaults; Muon and the other whole-tensor steps are refused (check_bad_input).
+_LISTED = {cls for cls, _ in OPTIMIZERS}
+OPTIMIZERS += [(cls, {}) for cls in sorted({c for c in vars(fo).values()
+                                            if isinstance(c, type) and shardable(c)},
+                                           key=lambda c: c.__name__) if cls not in _LISTED]
 
 
 _T0 = [MPI.Wtime()]
