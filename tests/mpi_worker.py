@@ -215,6 +215,29 @@ def check_flat_groups_scheduler_scale():
     say("ok FlatParams arena, two groups, StepLR, grad_scale, reduce_scatter ring and mpi")
 
 
+def check_add_param_group():
+    """add_param_group: a collective; the new group is sharded and steps like the others;
+    a group that differs between ranks raises on every rank."""
+    for stage in (1, 2):
+        ps = params0()
+        ref_ps = [p.copy() for p in ps]
+        zero = ZeroRedundancyOptimizer(ps[:2], fo.AdamW, stage=stage, lr=1e-3)
+        ref = fo.AdamW(ref_ps[:2], lr=1e-3)
+        for step in range(8):
+            if step == 3:
+                zero.add_param_group({"params": ps[2:], "lr": 5e-4})
+                ref.add_param_group({"params": ref_ps[2:], "lr": 5e-4})
+            g, mg = grads_of(rank, step), mean_grads(step)
+            n = 2 if step < 3 else len(ps)
+            zero.step(g[:n])
+            ref.step(mg[:n])
+            assert_equal(ps, ref_ps, f"add_param_group stage {stage} step {step}")
+    extra = [np.zeros(10 + (rank == size - 1), dtype=np.float32)]
+    raises(ValueError, ["add_param_group", "disagree"], zero.add_param_group,
+           {"params": extra})
+    say("ok add_param_group, and a mismatched one raises on every rank")
+
+
 def check_clip():
     """step(max_grad_norm=...) equals fusedoptim.clip_grad_norm_ of the mean grad, then the
     step, bitwise; last_grad_norm is that norm. step() without grads reads the arena."""
@@ -586,6 +609,7 @@ else:
     check_skip_nonfinite()
     check_flat_groups_scheduler_scale()
     check_clip()
+    check_add_param_group()
     check_int8()
     check_bfloat16_params()
     run_checkpoint()

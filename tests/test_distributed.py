@@ -58,6 +58,7 @@ def test_three_ranks(checkpoint_dir):
     out = _launch(3, checkpoint_dir, "save")
     for check in ("equivalence", "mismatched layout", "skip_nonfinite", "max_grad_norm",
                   "bad input", "int8 state", "bfloat16 params", "shards follow",
+                  "add_param_group",
                   "normal grads", "consolidate", "LAMB tensor 0 spans", "allreduce_"):
         assert f"ok {check}" in out, out
 

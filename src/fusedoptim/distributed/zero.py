@@ -139,6 +139,27 @@ class _Group:
         self.grad_views: list[FloatArray] = []
 
 
+def _agree(comm: MPI.Intracomm, description: str, error: BaseException | None,
+           what: str) -> None:
+    """One allgather, so that a rank whose layout or options differ (or are invalid) makes
+    every rank raise, instead of a hang in the next collective."""
+    seen = comm.allgather((description, None if error is None else
+                           f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    failed = [(r, e) for r, (_, e) in enumerate(seen) if e is not None]
+    if failed:
+        raise ValueError(f"ZeroRedundancyOptimizer: {what} failed on rank(s) "
+                         + "; ".join(f"{r}: {e}" for r, e in failed))
+    differ = [r for r, (d, _) in enumerate(seen) if d != seen[0][0]]
+    if differ:
+        raise ValueError(
+            f"ZeroRedundancyOptimizer ({what}): the ranks disagree on the params or options; "
+            f"every rank must give the same param groups (shapes, dtypes, names, order) and "
+            f"options. Rank 0 has {seen[0][0]}; rank(s) {differ} differ, e.g. rank "
+            f"{differ[0]} has {seen[differ[0]][0]}")
+
+
 def _describe(optimizer_class: type, stage: int, defaults: Mapping[str, Any],
               groups: list[tuple[list[FloatArray], list[str | None], dict[str, Any]]]) -> str:
     parts = [f"{optimizer_class.__module__}.{optimizer_class.__qualname__}", f"stage={stage}",
@@ -214,23 +235,7 @@ class ZeroRedundancyOptimizer:
             description += f"; reduce_scatter={reduce_scatter}"
         except Exception as e:      # any failure here is reported on every rank below
             error = e
-        # One allgather, so that a rank whose layout or options differ (or are invalid)
-        # makes every rank raise, instead of a hang in the first collective.
-        seen = c.allgather((description, None if error is None else
-                            f"{type(error).__name__}: {error}"))
-        if error is not None:
-            raise error
-        failed = [(r, e) for r, (_, e) in enumerate(seen) if e is not None]
-        if failed:
-            raise ValueError("ZeroRedundancyOptimizer: construction failed on rank(s) "
-                             + "; ".join(f"{r}: {e}" for r, e in failed))
-        differ = [r for r, (d, _) in enumerate(seen) if d != seen[0][0]]
-        if differ:
-            raise ValueError(
-                f"ZeroRedundancyOptimizer: the ranks disagree on the params or options; "
-                f"every rank must build it with the same param groups (shapes, dtypes, "
-                f"names, order) and options. Rank 0 has {seen[0][0]}; rank(s) {differ} "
-                f"differ, e.g. rank {differ[0]} has {seen[differ[0]][0]}")
+        _agree(c, description, error, "construction")
         # The ring's point-to-point messages go over a communicator of their own, so they
         # never match the caller's messages on `comm`.
         self._p2p = c.Dup()
@@ -319,28 +324,71 @@ class ZeroRedundancyOptimizer:
         self.last_grad_norm: float | None = None
         self._consolidated: OptimizerStateDict | None = None
         self._checked: list[tuple[Any, ...] | None] = [None] * len(self._parsed)
-        start = 0
-        for (arrays, names, over, arena), hyper in zip(self._parsed, self._probe_groups):
-            g = _Group(arrays, arena, shard_units(arrays, self.world_size), self.rank)
-            group: ParamGroup = dict(hyper)
-            group["params"] = arrays
-            self.param_groups.append(group)
-            self._groups.append(g)
-            self._group_slices.append(range(start, start + len(arrays)))
-            start += len(arrays)
-            if self.optimizer_class.spec.run is not None:
-                g.gathered = _Gathered(self.comm, g.shards, g.pieces)
-            for options, idx in self._inner_split(g):
-                inner = self.optimizer_class([{"params": [g.views[j] for j in idx], **hyper}],
-                                             **options)
-                if g.gathered is not None:
-                    self._gather_norms(inner, g.gathered)
-                g.inners.append((inner, idx))
-            if self.stage == 2:
-                g.grad_shard = np.empty(g.hi - g.lo, dtype=g.dtype)
-                g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
-                                self._local_offsets(g)]
+        for (arrays, _, _, arena), hyper in zip(self._parsed, self._probe_groups):
+            self._add_group(arrays, arena, hyper)
         del self._parsed, self._probe_groups
+
+    def _add_group(self, arrays: list[FloatArray], arena: FlatParams | None,
+                   hyper: dict[str, Any]) -> None:
+        """Shard a checked group and build its inner optimizer(s)."""
+        start = self._group_slices[-1].stop if self._group_slices else 0
+        g = _Group(arrays, arena, shard_units(arrays, self.world_size), self.rank)
+        group: ParamGroup = dict(hyper)
+        group["params"] = arrays
+        self.param_groups.append(group)
+        self._groups.append(g)
+        self._group_slices.append(range(start, start + len(arrays)))
+        if len(self._checked) < len(self._groups):
+            self._checked.append(None)
+        if self.optimizer_class.spec.run is not None:
+            g.gathered = _Gathered(self.comm, g.shards, g.pieces)
+        for options, idx in self._inner_split(g):
+            inner = self.optimizer_class([{"params": [g.views[j] for j in idx], **hyper}],
+                                         **options)
+            if g.gathered is not None:
+                self._gather_norms(inner, g.gathered)
+            g.inners.append((inner, idx))
+        if self.stage == 2:
+            g.grad_shard = np.empty(g.hi - g.lo, dtype=g.dtype)
+            g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
+                            self._local_offsets(g)]
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a param group (torch's ``add_param_group``), sharded like the others. A
+        collective: every rank adds the same group, which is checked as the constructor
+        checks its groups (one allgather; a mismatch or a bad group raises on every rank)."""
+        error: BaseException | None = None
+        description = ""
+        try:
+            if not isinstance(param_group, Mapping) or "params" not in param_group:
+                raise TypeError("param_group must be a dict with a 'params' entry")
+            arena, names, arrays = group_arrays(param_group)
+            start = len(self._names)
+            for i, a in enumerate(arrays):
+                _kernels.check_param(a, label("params", start + i, names[i]))
+            if len({a.dtype for a in arrays}) > 1:
+                raise TypeError("params of one group have mixed dtypes; put params of each "
+                                "dtype in a param group of their own")
+            named = [n for n in self._names + names if n is not None]
+            if len(set(named)) != len(named):
+                raise ValueError("param names must be unique across groups")
+            clash = _kernels.find_overlap([p for g in self._groups for p in g.arrays]
+                                          + arrays)
+            if clash is not None:
+                raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; "
+                                 f"give each param its own buffer")
+            over = {k: x for k, x in param_group.items() if k != "params"}
+            probe = self.optimizer_class(
+                [{"params": [np.zeros(1, dtype=arrays[0].dtype)], **over}], **self._options)
+            hyper = {k: x for k, x in probe.param_groups[0].items() if k != "params"}
+            description = _describe(self.optimizer_class, self.stage, {},
+                                    [(arrays, names, over)])
+        except Exception as e:      # reported on every rank by _agree
+            error = e
+        _agree(self.comm, description, error, "add_param_group")
+        self._names.extend(names)
+        self._add_group(arrays, arena, hyper)
+        self._consolidated = None
 
     def _inner_split(self, g: _Group) -> list[tuple[dict[str, Any], list[int]]]:
         """The inner optimizers' options and pieces. Quantized state: a piece of a param
