@@ -202,10 +202,12 @@ class ZeroRedundancyOptimizer:
     Since each shard's step is the single-process computation on those elements (element-wise
     kernels; LAMB's and LARS's per-tensor norms are folded from every rank's per-segment
     partial sums in the single-process order), the params equal a single process stepping
-    the mean gradient: bitwise with 2 ranks, and with more whenever MPI's sum of the grads
-    is (the all-gather makes them bitwise the same on every rank in any case).
+    the mean gradient: bitwise with 2 ranks, and with more whenever the sum of the ranks'
+    grads is exact, whatever its order (the all-gather makes the params bitwise the same on
+    every rank in any case).
 
-    Also kept, with global meaning: ``param_groups`` (the whole params; schedulers work),
+    Also kept, with global meaning: ``param_groups`` (the whole params; schedulers work;
+    ``add_param_group`` is a collective),
     ``step(grads, *, grad_scale=None, max_grad_norm=None)`` (clip the mean grad by its global
     L2 norm first; ``last_grad_norm`` holds the norm), ``skip_nonfinite`` (checked on every
     shard, one allreduce: every rank skips together), ``grad_scale``.
@@ -213,6 +215,11 @@ class ZeroRedundancyOptimizer:
     ``state_dtype="int8"`` (element-wise optimizers): each piece is quantized as its whole
     param is (``min_quantized_size`` decides by the param's size, and pieces start on
     quantization blocks), so the state is bitwise the single-process one.
+
+    Checkpoints: ``consolidate_state_dict(to=0)`` (a collective), then ``state_dict()`` on
+    that rank, give the single-process format; ``load_state_dict`` takes that format at any
+    world size; ``sharded_state_dict()`` / ``load_sharded_state_dict(parts)`` save each
+    rank's part and reshard from any world size.
 
     Not supported yet: optimizers that need whole tensors in a step (Muon), int4 state,
     int8 state with LAMB/LARS, stochastic rounding (its stream is keyed by each param's own
