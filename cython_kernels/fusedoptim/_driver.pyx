@@ -765,6 +765,7 @@ cdef class Plan:
     cdef Py_ssize_t[::1] w_owner, w_kind
     cdef bint _written_indexed      # the four arrays above are built (by the first bind)
     cdef object _partials           # reduce(): per-segment partial results, reused
+    cdef Py_ssize_t _last_nout      # outputs per segment of the last reduce() (0: none yet)
     cdef _TileTable _tiles          # reduce_tiles(): the tiles, built on first use
     # The gate (arm_gate): a reduce kernel run over the grads in the same parallel region as
     # the next pass, before it; a nonzero return from any unit vetoes that pass and every
@@ -1393,6 +1394,7 @@ cdef class Plan:
             j.stop = &stop if stop_early else NULL
             j.raise_to = j.stop
             self._drive_gated(&j, num_threads)
+        self._last_nout = nout
         # The fixed-order fold: segments into their tensor, then tensors into the total.
         for k in range(nout):
             tot[k] = 0.0
@@ -1405,6 +1407,18 @@ cdef class Plan:
                 tot[k] = _combine(comb[k], tot[k], pt[t, k])
         return per_tensor, tuple([tot[k] for k in range(nout)])
 
+
+    def partials(self):
+        """The per-segment partial results of the last reduce(): a float64 copy of shape
+        (segments, outputs), in the order of segments(). For a caller that folds the
+        segments of several plans in one fixed order: fusedoptim.distributed, where each
+        rank's plan holds a run of the whole group's segments, and folding every rank's runs
+        in segment order gives the single-process result bitwise."""
+        if self._last_nout <= 0:
+            raise ValueError("partials() needs a reduce() on this plan first")
+        nseg = self.seg_t.shape[0]
+        return np.array(self._partials[:nseg * self._last_nout]).reshape(
+            nseg, self._last_nout)
 
     def tile_shape(self):
         """(rows, cols): the lengths of the row and column results of reduce_tiles, over the

@@ -235,6 +235,8 @@ class Plan:
     def run(self, kernel_id: int, num_threads: int = 0) -> None: ...
     def reduce(self, reduce_id: int, column: int = 0, stop_early: bool = False,
                num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]: ...
+    def partials(self) -> NDArray[np.float64]:
+        """The last reduce()'s per-segment partials (segments x outputs), a copy."""
     def tile_shape(self) -> tuple[int, int]:
         """The lengths of reduce_tiles' row and column results."""
     def reduce_tiles(self, tile_id: int, rows: NDArray[np.float64], cols: NDArray[np.float64],

@@ -1421,6 +1421,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="the Muon rows instead: one (1024, 1024) param, 64 of (256, 256) and "
                         "512 of (32, 32), against torch.optim.Muon with its iteration in "
                         "float32 (and as shipped, in bfloat16, timed once)")
+    p.add_argument("--distributed", action="store_true",
+                   help="under mpirun -n N: ZeroRedundancyOptimizer's state memory per rank "
+                        "and step time against its parts and torch's ZeRO over gloo "
+                        "(float32 AdamW, --sizes default 1e7; needs the mpi extra)")
     p.set_defaults(func=main)
     return p
 
@@ -1452,6 +1456,12 @@ def _parse_list(text: str, conv: Callable[[str], _T], what: str) -> list[_T]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.distributed:
+        from .distributed.bench import run_distributed
+        sizes = _parse_list(args.sizes or "1e7", lambda s: int(float(s)), "sizes")
+        if len(sizes) != 1 or sizes[0] < 1:
+            raise SystemExit("fusedoptim bench: error: --distributed takes one size >= 1")
+        return run_distributed(sizes[0], repeat=args.repeat, use_torch=not args.no_torch)
     cases = BENCH_CASES
     if args.optimizers:
         wanted = _parse_list(args.optimizers, str, "optimizer")

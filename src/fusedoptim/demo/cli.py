@@ -207,6 +207,15 @@ def add_compare_parser(subparsers):
     g.add_argument("--json", default=None, metavar="OUT.json",
                    help="write every number to this JSON file")
     g.add_argument("--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group("data-parallel (under mpirun; needs the mpi extra)")
+    g.add_argument("--distributed", action="store_true",
+                   help="run data-parallel over the MPI ranks (mpirun -n N fusedoptim compare "
+                        "--distributed): each rank takes its slice of every mini-batch, the "
+                        "grads are averaged with fusedoptim.distributed.allreduce_; rank 0 "
+                        "prints the table and writes the plot")
+    g.add_argument("--zero", type=int, default=0, choices=[1, 2],
+                   help="with --distributed: average the grads and shard the optimizer state "
+                        "with ZeroRedundancyOptimizer at this stage instead")
     p.set_defaults(func=_guarded("compare", _compare))
     return p
 
@@ -224,7 +233,7 @@ def _compare(args):
         precision=args.precision, state_dtype=args.state_dtype,
         min_quantized_size=args.min_quantized_size,
         reference=args.reference, ema=args.ema, plot=None if args.no_plot else args.plot, json=args.json,
-        progress=not args.quiet)
+        progress=not args.quiet, distributed=args.distributed, zero=args.zero)
     run_compare(cfg)
     return 0
 

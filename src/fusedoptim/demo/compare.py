@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import ml_dtypes
 import numpy as np
@@ -152,6 +152,11 @@ class CompareConfig:
     plot: str | None = None
     json: str | None = None
     progress: bool = True
+    # Data-parallel under mpirun (fusedoptim.distributed): each rank takes its slice of every
+    # mini-batch; grads are averaged by allreduce_ (zero=0) or ZeroRedundancyOptimizer
+    # (zero=1 or 2). Rank 0 prints the table and writes the outputs.
+    distributed: bool = False
+    zero: int = 0
 
 
 # --------------------------------------------------------------------------------- progress
@@ -198,6 +203,44 @@ class _Progress:
         if note and self.enabled:
             print(f"[{self.index}/{self.n_runs}] {self.name:<9} {note}", file=self.stream,
                   flush=True)
+
+
+# ------------------------------------------------------------------------------ data-parallel
+class _DataParallel:
+    """compare --distributed: this rank's slice of each mini-batch, its grads weighted so that
+    their mean over the ranks is the whole batch's mean gradient."""
+
+    def __init__(self, cfg):
+        from mpi4py import MPI
+
+        from ..distributed import ZeroRedundancyOptimizer, allreduce_
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.stage = cfg.zero
+        self._zero, self.allreduce_ = ZeroRedundancyOptimizer, allreduce_
+
+    def zero(self, params, cls, **kwargs):
+        return self._zero(params, cls, stage=self.stage, **kwargs)
+
+    def loss_and_grad(self, model, params, data, idx):
+        mine = np.array_split(idx, self.size)[self.rank]
+        if len(mine):
+            loss, grads = model.loss_and_grad(params, data.X_train[mine], data.Y_train[mine])
+            w = len(mine) * self.size / len(idx)
+            if w != 1.0:
+                for g in grads.values():
+                    g *= g.dtype.type(w)
+        else:                   # a last batch smaller than the number of ranks
+            loss, grads = 0.0, {k: np.zeros_like(v) for k, v in params.items()}
+        # The batch's mean loss on every rank, so that all of them stop together.
+        loss = self.comm.allreduce(loss * len(mine)) / len(idx)
+        return loss, grads
+
+
+def zero_supported(name):
+    """Whether ZeroRedundancyOptimizer shards this compare optimizer's class."""
+    from ..distributed.zero import shardable
+    return shardable(optimizer_class(name))
 
 
 # --------------------------------------------------------------------------------- training
@@ -269,7 +312,11 @@ def train_one(name, cfg, model, init_params, data, progress, index):
 
     params = _copy(init_params)
     prec = precision_kwargs(cfg)
-    opt = optimizer_class(name)(params, lr=lr, **spec.kwargs, **prec)
+    dp = _DataParallel(cfg) if cfg.distributed else None
+    if dp is not None and cfg.zero:
+        opt = dp.zero(params, optimizer_class(name), lr=lr, **spec.kwargs, **prec)
+    else:
+        opt = optimizer_class(name)(params, lr=lr, **spec.kwargs, **prec)
     schedule_name = spec.schedule or cfg.schedule
     schedule = Schedule(schedule_name, opt, cfg.epochs, steps_per_epoch)
     ref = None
@@ -331,12 +378,18 @@ def train_one(name, cfg, model, init_params, data, progress, index):
             order = rng.permutation(n)
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss, grads = model.loss_and_grad(params, data.X_train[idx], data.Y_train[idx])
+                if dp is not None:
+                    loss, grads = dp.loss_and_grad(model, params, data, idx)
+                else:
+                    loss, grads = model.loss_and_grad(params, data.X_train[idx],
+                                                      data.Y_train[idx])
                 if not math.isfinite(loss):  # never hand NaN/inf gradients to the optimizer
                     status = "diverged"
                     break
                 last_lr = opt.param_groups[0]["lr"]
                 t0 = time.perf_counter()
+                if dp is not None and not cfg.zero:
+                    dp.allreduce_(grads)        # the mean over the ranks, timed with the step
                 opt.step(grads)
                 step_s += time.perf_counter() - t0
                 if ema is not None:
@@ -364,6 +417,14 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         wall_s -= ref["step_s"]  # the reference's own steps are not part of this run's cost
     progress.finish(f"diverged at epoch {hist['epoch'][-1]}" if status == "diverged" else None)
     state_by_slot = state_nbytes(opt)
+    per_rank = None
+    if dp is not None and cfg.zero:
+        # Sharded: every rank holds a part; the column shows the whole (comparable with one
+        # process), the JSON each rank's part.
+        per_rank = dp.comm.allgather(sum(state_by_slot.values()))
+        parts = dp.comm.allgather(state_by_slot)
+        state_by_slot = {k: sum(p.get(k, 0) for p in parts)
+                         for k in dict.fromkeys(k for p in parts for k in p)}
     state_bytes = sum(state_by_slot.values())
 
     rec = {
@@ -387,6 +448,8 @@ def train_one(name, cfg, model, init_params, data, progress, index):
         "state_bytes_by_slot": state_by_slot,
         "history": hist,
     }
+    if per_rank is not None:
+        rec["state_bytes_per_rank"] = per_rank
     if ema is not None:
         rec["ema"] = {"decay": cfg.ema, "final_val_acc": hist["ema_val_acc"][-1],
                       "update_s": ema_s, "update_us": 1e6 * ema_s / max(t, 1)}
@@ -405,6 +468,27 @@ def train_one(name, cfg, model, init_params, data, progress, index):
                         "train_loss": ref["train_loss"]},
         }
     return rec
+
+
+def _check_distributed(cfg):
+    """--distributed/--zero: checked before anything runs; returns rank and size."""
+    if cfg.zero not in (0, 1, 2):
+        raise DemoError(f"--zero takes 1 or 2, got {cfg.zero}")
+    if not cfg.distributed:
+        if cfg.zero:
+            raise DemoError("--zero needs --distributed (and mpirun -n N)")
+        return {"rank": 0, "size": 1}
+    if cfg.reference:
+        raise DemoError("--reference does not run with --distributed; drop one of them")
+    if cfg.precision in ("bf16", "fp16"):
+        raise DemoError(f"--precision {cfg.precision} does not run with --distributed: MPI "
+                        f"sums float32/float64 grads only")
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise DemoError('--distributed needs mpi4py: pip install "fusedoptim[mpi]", then '
+                        'mpirun -n 2 fusedoptim compare --distributed') from None
+    return {"rank": MPI.COMM_WORLD.Get_rank(), "size": MPI.COMM_WORLD.Get_size()}
 
 
 def resolve_optimizers(cfg):
@@ -556,6 +640,11 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
         raise DemoError(f"unknown schedule {cfg.schedule!r}; choose from: {', '.join(SCHEDULES)}")
     _check_precision(cfg)
     _check_ema(cfg)
+    dist_note = _check_distributed(cfg)
+    if cfg.distributed and dist_note["rank"] != 0:
+        # Every rank trains; rank 0 alone prints, and writes the plot and the JSON.
+        out = err = open(os.devnull, "w")
+        cfg = replace(cfg, plot=None, json=None, progress=False)
     # Fail before training, not after a minute of it, if an output cannot be produced.
     if cfg.plot:
         _check_writable(cfg.plot, "--plot")
@@ -567,6 +656,15 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
     require_all(needs)  # one message naming everything that is missing
     runnable, skipped = resolve_optimizers(cfg)
     runnable, unsupported = resolve_precision(cfg, runnable)
+    if cfg.zero:
+        unsharded = [n for n in runnable if not zero_supported(n)]
+        if unsharded and cfg.explicit:
+            raise DemoError(f"--zero {cfg.zero}: ZeroRedundancyOptimizer cannot shard "
+                            f"{', '.join(unsharded)} (it needs whole tensors in a step); "
+                            f"drop --zero to average their grads with allreduce_")
+        runnable = [n for n in runnable if n not in unsharded]
+        if unsharded:
+            print(f"skipping (not sharded by --zero): {', '.join(unsharded)}", file=err)
     dtype = np.dtype(cfg.dtype)
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_frac, cfg.seed, dtype)
     # Only now, with all input validated: a rejected run prints its one error line and nothing else.
@@ -583,6 +681,12 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
           flush=True)
     if precision_kwargs(cfg) or cfg.precision is not None:
         print(describe_precision(cfg, init), file=out, flush=True)
+    if cfg.distributed:
+        how = (f"ZeroRedundancyOptimizer stage {cfg.zero}" if cfg.zero
+               else "allreduce_ of the grads")
+        print(f"data-parallel over {dist_note['size']} MPI ranks: each takes its slice of "
+              f"every mini-batch; {how} (the step time includes the communication)",
+              file=out, flush=True)
 
     progress = _Progress(cfg.progress, len(runnable), err)
     runs = {}
@@ -607,6 +711,10 @@ def run_compare(cfg: CompareConfig, out=None, err=None):
         "unsupported": unsupported,
         "optimizers": runs,
     }
+    if cfg.distributed:
+        result["distributed"] = {"ranks": dist_note["size"], "zero": cfg.zero,
+                                 "state_bytes": "summed over the ranks; each rank's part in "
+                                                "state_bytes_per_rank (under --zero)"}
     if cfg.reference:
         result["reference_tolerance"] = {
             "rtol": REF_RTOL, "atol": REF_ATOL,

@@ -1,0 +1,197 @@
+"""``fusedoptim bench --distributed``: ZeRO's memory and time per step under mpirun.
+
+    mpirun -n 2 fusedoptim bench --distributed [--sizes 1e7] [--repeat 5]
+
+float32 AdamW on one FlatParams arena of `size` params, random grads per rank. Rank 0 prints:
+
+* memory: each rank's optimizer state bytes (from its state buffers) over the single-process
+  AdamW's (target: at most 1/N + 1%);
+* time: a ZeRO-2 step against its parts, each timed alone in the same run (the local shard
+  step, the reduce-scatter, the all-gather; target: step <= 1.25x their sum), with the
+  reduce-scatter both as our ring of point-to-point calls and as MPI_Reduce_scatter;
+* peer: torch.distributed.optim.ZeroRedundancyOptimizer over gloo with
+  torch.optim.AdamW(fused=True) on the same params (its step alone, and with the gloo
+  all_reduce of the grads that a DDP step adds), when torch is installed.
+
+Times are the best of `repeat` runs, each between barriers, the candidates taken in turn. The machine is shared: read
+ratios within one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import _kernels
+from ..flat import FlatParams
+from ..optim import AdamW
+from ._collectives import ring_reduce_scatter
+from .zero import ZeroRedundancyOptimizer
+
+
+def _best(comm: MPI.Intracomm, fn: Callable[[], object], repeat: int) -> float:
+    """Best time of `fn` in ms, each run between barriers (the slowest rank's time)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        fn()
+        comm.Barrier()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def _interleaved(comm: MPI.Intracomm, fns: dict[str, Callable[[], object]], repeat: int
+                 ) -> dict[str, float]:
+    """Best time of each function in ms, taken round-robin (one run of each per round), so
+    that a busy spell on the shared machine hits every candidate alike."""
+    best = {k: float("inf") for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            comm.Barrier()
+            t0 = time.perf_counter()
+            fn()
+            comm.Barrier()
+            best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
+    return best
+
+
+def _state_bytes(state: dict[int, dict[str, Any]]) -> int:
+    return sum(x.nbytes for st in state.values() for x in st.values()
+               if isinstance(x, np.ndarray))
+
+
+def _torch_peer(comm: MPI.Intracomm, n: int, grad: np.ndarray[Any, Any], repeat: int
+                ) -> tuple[float, float] | None:
+    try:
+        import torch
+        import torch.distributed as dist
+        from torch.distributed.optim import ZeroRedundancyOptimizer as TorchZero
+    except ImportError:
+        return None
+    port = 0
+    if comm.Get_rank() == 0:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = comm.bcast(port, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=comm.Get_rank(), world_size=comm.Get_size())
+    try:
+        torch.set_num_threads(max(1, _kernels.get_num_threads()))
+        p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
+        p.grad = torch.from_numpy(grad.copy())
+        opt = TorchZero([p], optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
+        step = _best(comm, opt.step, repeat)
+
+        def with_allreduce() -> None:
+            assert p.grad is not None
+            dist.all_reduce(p.grad)
+            p.grad.div_(comm.Get_size())
+            opt.step()
+        both = _best(comm, with_allreduce, repeat)
+    finally:
+        dist.destroy_process_group()
+    return step, both
+
+
+def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) -> int:
+    comm = MPI.COMM_WORLD
+    rank, nranks = comm.Get_rank(), comm.Get_size()
+    rng = np.random.default_rng(rank)
+    arena = FlatParams({"w": (size,)})
+    arena.flat[...] = np.random.default_rng(1234).standard_normal(size, dtype=np.float32)
+    arena.flat_grad[...] = rng.standard_normal(size, dtype=np.float32)
+    lines = []
+    zero = ZeroRedundancyOptimizer(arena, AdamW, stage=2, lr=1e-3)
+    zero.step()
+    mine = _state_bytes(zero.state)
+    single = 2 * size * 4 + 0      # exp_avg and exp_avg_sq of float32 AdamW
+    if rank == 0:
+        plain = AdamW([arena.flat.copy()], lr=1e-3)
+        plain.step([arena.flat_grad.copy()])
+        single = _state_bytes(plain.state)
+        del plain
+    single = comm.bcast(single, root=0)
+    everyone = comm.gather(mine, root=0)
+    if rank == 0:
+        assert everyone is not None
+        worst = max(everyone) / single
+        lines.append(f"memory: optimizer state per rank {[f'{b / 2**20:.1f}' for b in everyone]}"
+                     f" MiB, single process {single / 2**20:.1f} MiB; worst rank "
+                     f"{worst:.4f} of it (target <= 1/N + 1% = {1 / nranks + 0.01:.4f}: "
+                     f"{'met' if worst <= 1 / nranks + 0.01 else 'MISSED'})")
+    g = zero._groups[0]
+    inner = g.inners[0][0] if g.inners else None
+    assert g.grad_shard is not None
+    shard = g.grad_shard
+    scratch = zero._scratch(g, np.dtype(np.float32))
+    p2p = zero._p2p
+
+    def ring() -> None:
+        ring_reduce_scatter(p2p, arena.flat_grad, shard, g.counts, g.displs, nranks, scratch)
+
+    def mpi_rs() -> None:
+        comm.Reduce_scatter([arena.flat_grad, MPI.FLOAT], [shard, MPI.FLOAT], g.counts,
+                            op=MPI.SUM)
+
+    def gather() -> None:
+        comm.Allgatherv(MPI.IN_PLACE, [arena.flat, (g.counts, g.displs), MPI.FLOAT])
+
+    def local() -> None:
+        if inner is not None:
+            inner.step(g.grad_views)
+
+    def sequence() -> None:       # the parts back to back, without the wrapper
+        ring()
+        local()
+        gather()
+
+    zero1 = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3)
+    zero1_mpi = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3, reduce_scatter="mpi")
+    t = _interleaved(comm, {
+        "ZeRO-2 step": zero.step,
+        "its parts back to back, without the wrapper": sequence,
+        "local shard step": local,
+        "reduce-scatter (ring)": ring,
+        "all-gather": gather,
+        "reduce-scatter (MPI_Reduce_scatter)": mpi_rs,
+        "ZeRO-1 step (ring allreduce_ + step + all-gather)": zero1.step,
+        "ZeRO-1 step, reduce_scatter='mpi' (Iallreduce)": zero1_mpi.step}, repeat)
+    parts = t["local shard step"] + t["reduce-scatter (ring)"] + t["all-gather"]
+    peer = _torch_peer(comm, size, arena.flat_grad, repeat) if use_torch else None
+    if rank == 0:
+        threads = _kernels.get_num_threads()
+        print(f"fusedoptim bench --distributed: float32 AdamW, {size:.0e} params, {nranks} "
+              f"ranks x {threads} thread(s) (OMP_NUM_THREADS="
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), best of {repeat}")
+        for line in lines:
+            print(line)
+        for k, x in t.items():
+            print(f"  {k:48s} {x:9.2f} ms")
+        ratio = t["ZeRO-2 step"] / parts
+        print(f"overhead: ZeRO-2 step / (local step + ring reduce-scatter + all-gather, each "
+              f"alone) = {ratio:.2f} (target <= 1.25: {'met' if ratio <= 1.25 else 'MISSED'})")
+        print(f"          ZeRO-2 step / the same parts back to back = "
+              f"{t['ZeRO-2 step'] / t['its parts back to back, without the wrapper']:.2f} "
+              f"(the wrapper's own cost)")
+        if peer is None:
+            print("peer: torch not installed (or --no-torch): skipped")
+        else:
+            step, both = peer
+            print(f"  {'torch ZeroRedundancyOptimizer step (gloo)':48s} {step:9.2f} ms")
+            print(f"  {'torch all_reduce (gloo) + that step':48s} {both:9.2f} ms")
+            sp = step / t["ZeRO-2 step"]
+            print(f"peer: torch's ZeRO step / ours = {sp:.2f}x; with its gradient all_reduce "
+                  f"{both / t['ZeRO-2 step']:.2f}x (target >= 2x: "
+                  f"{'met' if sp >= 2 else 'MISSED'})")
+    return 0
