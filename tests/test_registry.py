@@ -50,7 +50,7 @@ MIXED_ROOFLINES = {"touch_q8": {("float32", "float32", "int8")},
 OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "lamb_moments",
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
-                     "signsgd"}
+                     "signsgd", "adan", "adabelief"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.
 FLOAT_OPTIMIZER_KERNELS = {"muon", "muon_momentum"}
 

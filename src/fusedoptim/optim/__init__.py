@@ -7,11 +7,13 @@ edit here. The imports below name the classes for static type checkers and the d
 cannot see what is found at run time.
 """
 
+from .adabelief import AdaBelief as AdaBelief
 from .adadelta import Adadelta as Adadelta
 from .adafactor import Adafactor as Adafactor
 from .adagrad import Adagrad as Adagrad
 from .adam import Adam as Adam, AdamW as AdamW
 from .adamax import Adamax as Adamax
+from .adan import Adan as Adan
 from .asgd import ASGD as ASGD
 from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
@@ -30,7 +32,7 @@ from .._spec import discover as _discover
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
-           "Muon", "MuonWithAuxAdam"]
+           "Muon", "MuonWithAuxAdam", "Adan", "AdaBelief"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
