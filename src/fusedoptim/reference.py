@@ -234,11 +234,12 @@ def adabelief(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_vars:
         m, s = exp_avgs[i], exp_avg_vars[i]
         state_steps[i] += 1
         t = state_steps[i]
-        p_decayed = p
+        decay = 1.0
         if weight_decay != 0 and weight_decouple:
-            p_decayed = p * (1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay)
+            decay = 1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay
         if weight_decay != 0 and not weight_decouple:
             g = g + weight_decay * p
+        p_decayed = p * decay
         m[...] = beta1 * m + (1.0 - beta1) * g
         residual = g - m
         s[...] = beta2 * s + (1.0 - beta2) * residual * residual
@@ -249,23 +250,26 @@ def adabelief(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_vars:
             np.maximum(max_exp_avg_vars[i], s, out=max_exp_avg_vars[i])
             if not rectify:
                 s_hat = max_exp_avg_vars[i]
+        # p = p_decayed - step_size * m / (sqrt(s_hat) * denom_scale + denom_add), the three
+        # scalars giving adabelief-pytorch's update for the step (as the kernel has them)
+        denom_scale, denom_add = 1.0, eps
         if not rectify:
             step_size = lr / (1 - beta1 ** t)
-            inv_bias_correction2_sqrt = 1.0 / math.sqrt(1 - beta2 ** t)
-            p[...] = p_decayed - step_size * m / (np.sqrt(s_hat) * inv_bias_correction2_sqrt + eps)
-            continue
-        # RAdam's rectification, in adabelief-pytorch's expression order
-        beta2_t = beta2 ** t
-        n_sma_max = 2 / (1 - beta2) - 1
-        n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
-        if n_sma >= 5:
-            rect = math.sqrt((1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2) / n_sma
-                             * n_sma_max / (n_sma_max - 2)) / (1 - beta1 ** t)
-            p[...] = p_decayed - rect * lr * m / (np.sqrt(s) * 1.0 + eps)
-        elif degenerated_to_sgd:
-            p[...] = p_decayed - 1.0 / (1 - beta1 ** t) * lr * m
+            denom_scale = 1.0 / math.sqrt(1 - beta2 ** t)
         else:
-            p[...] = p_decayed
+            # RAdam's rectification, in adabelief-pytorch's expression order
+            beta2_t = beta2 ** t
+            n_sma_max = 2 / (1 - beta2) - 1
+            n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
+            if n_sma >= 5:
+                step_size = math.sqrt(
+                    (1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2) / n_sma
+                    * n_sma_max / (n_sma_max - 2)) / (1 - beta1 ** t) * lr
+            else:
+                # the SGD-style step p - lr / (1 - beta1^t) m, or (not degenerated_to_sgd) none
+                step_size = 1.0 / (1 - beta1 ** t) * lr if degenerated_to_sgd else 0.0
+                denom_scale, denom_add = 0.0, 1.0
+        p[...] = p_decayed - step_size * m / (np.sqrt(s_hat) * denom_scale + denom_add)
 
 
 def lion(params: Arrays, grads: BufferList, exp_avgs: Arrays, state_steps: StepList, *,

@@ -57,30 +57,28 @@ def adabelief_scalars(step: int, lr: float, beta1: float, beta2: float, eps: flo
     """The kernel's scalars for one step count (order: _kernels.SCALARS['adabelief']); the
     step's update (adaptive, SGD-style or none) is picked here, as adabelief-pytorch does."""
     mode = 0
-    decay = 1.0
+    decay = 1.0                          # p *= 1 exactly without decoupled decay
     if weight_decay != 0.0:
         if weight_decouple:
             decay = 1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay
-            mode = 2
         else:
-            mode = 1
-    ams = 4 if amsgrad else 0
-    inv_bias_correction2_sqrt = 1.0
+            mode |= 1                    # L2
+    if amsgrad:
+        mode |= 2
+    denom_scale, denom_add = 1.0, eps
     if not rectify:
         step_size = lr / (1 - beta1 ** step)
-        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1 - beta2 ** step)
-        mode |= ams | (8 if amsgrad else 0)
+        denom_scale = 1.0 / math.sqrt(1 - beta2 ** step)
+        if amsgrad:
+            mode |= 4                    # the denominator takes the running max
     else:
+        # the rectified step divides by s, not by the max, as there
         n_sma, rect = rectification(step, beta1, beta2, degenerated_to_sgd)
         step_size = rect * lr if rect > 0 else 0.0
-        if n_sma >= 5:
-            mode |= ams                  # the denominator takes s itself, as there
-        elif rect > 0:
-            mode |= ams | 16
-        else:
-            mode |= ams | 32
+        if n_sma < 5:                    # p -= step_size * m (step_size 0: no update)
+            denom_scale, denom_add = 0.0, 1.0
     return (1.0, beta1, 1.0 - beta1, beta2, 1.0 - beta2, weight_decay, decay, eps, step_size,
-            inv_bias_correction2_sqrt, float(mode))
+            denom_scale, denom_add, float(mode))
 
 
 ADABELIEF_SPEC = OptSpec(
@@ -122,7 +120,12 @@ class AdaBelief(Optimizer):
     step uses s, not s_max, even under amsgrad (which still keeps s_max), and the decay and
     the moments update on every step, including those without a param update. The kernel
     multiplies by the precomputed ``1 / sqrt(1 - beta2^t)``, so float32 results differ from
-    adabelief-pytorch's by rounding.
+    adabelief-pytorch's by rounding. Every step runs the one vectorised formula
+    ``p * decay - step_size * m / (sqrt(s') * denom_scale + denom_add)``: an SGD-style step
+    divides by ``sqrt(s) * 0 + 1``, a step without update has ``step_size = 0``. These agree
+    with adabelief-pytorch's except in floating-point corners: there a non-finite m or s (from
+    non-finite or overflowing grads) makes the param NaN where adabelief-pytorch keeps it, and
+    a param of -0.0 may become +0.0.
 
     Differences from adabelief-pytorch: ``weight_decouple``, ``fixed_decay``, ``rectify`` and
     ``degenerated_to_sgd`` are per-group hyperparameters here (optimizer-wide there); the L2
