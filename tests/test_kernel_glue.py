@@ -14,7 +14,7 @@ NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, 
           "lamb_norms": 2,
           "signsgd": 1, "average": 0, "adafactor": 3, "adafactor_norm": 3,
           "lbfgs_axpy": 2, "lbfgs_step": 3,
-          "muon_momentum": 2}
+          "muon_momentum": 2, "adan": 4, "adabelief": 3}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():
@@ -43,7 +43,8 @@ def test_one_scalars_declaration_gives_the_tuple_every_user_registers():
              "ADAGRAD": ["adagrad"], "RMSPROP": ["rmsprop"], "ADADELTA": ["adadelta"],
              "LAMB": ["lamb", "lamb_moments", "lamb_store_moments", "lamb_norms"], "LARS": ["lars", "lars_norms"],
              "SUMPOW": ["sumpow"], "SCALE": ["scale"], "CLAMP": ["clamp"],
-             "SIGNSGD": ["signsgd"], "MUON": ["muon", "muon_momentum"]}
+             "SIGNSGD": ["signsgd"], "MUON": ["muon", "muon_momentum"],
+             "ADAN": ["adan"], "ADABELIEF": ["adabelief"]}
     for family, kernels in users.items():
         names = getattr(_kernels, family + "_SCALARS")
         assert names[0] == "sign" or family in ("SUMPOW", "SCALE", "CLAMP")
