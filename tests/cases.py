@@ -432,3 +432,41 @@ _YOGI_BAD = _LR_BAD + _BETAS_BAD + _WD_BAD + [
 CASES += [
     Case("Yogi", fo.Yogi, fo.reference.Yogi, _yogi_sample, None, bad=_YOGI_BAD),
 ]
+
+
+# -- Adan, AdaBelief (issue 13; no torch class) --------------------------------------------------
+
+def _adan_sample(rng):
+    return dict(lr=_loguniform(rng, -4, -1.5),
+                betas=(float(rng.uniform(0.0, 0.99)), float(rng.uniform(0.0, 0.99)),
+                       float(rng.uniform(0.9, 0.9999))),
+                eps=_loguniform(rng, -10, -6), weight_decay=_maybe(rng, rng.uniform(0, 0.1)),
+                no_prox=_flag(rng))
+
+
+def _adabelief_sample(rng):
+    # beta2 < 0.6 keeps N_max <= 5: never rectified; otherwise both sides of N_t >= 5 occur.
+    beta2 = float(rng.uniform(0.9, 0.9999) if rng.integers(4) else rng.uniform(0.0, 0.6))
+    return dict(lr=_loguniform(rng, -4, -1.5), betas=(float(rng.uniform(0.0, 0.99)), beta2),
+                eps=float(rng.choice([1e-16, 1e-8, _loguniform(rng, -16, -6)])),
+                weight_decay=_maybe(rng, rng.uniform(0, 0.1)), amsgrad=_flag(rng),
+                weight_decouple=_flag(rng), fixed_decay=_flag(rng), rectify=_flag(rng),
+                degenerated_to_sgd=_flag(rng))
+
+
+_NONNEG_EPS_BAD = [(dict(eps=-1e-8), "eps"), (dict(eps=_NAN), "eps"), (dict(eps=_INF), "eps"),
+                   (dict(eps="1e-8"), "eps")]
+_ADAN_BAD = _LR_BAD + _WD_BAD + _NONNEG_EPS_BAD + [
+    (dict(betas=(1.0, 0.92, 0.99)), "betas[0]"), (dict(betas=(0.98, -0.1, 0.99)), "betas[1]"),
+    (dict(betas=(0.98, 0.92, _NAN)), "betas[2]"), (dict(betas=(0.9, 0.999)), "betas"),
+    (dict(betas=0.9), "betas"), (dict(no_prox="yes"), "no_prox")]
+_ADABELIEF_BAD = _LR_BAD + _BETAS_BAD + _WD_BAD + _NONNEG_EPS_BAD + [
+    (dict(amsgrad="yes"), "amsgrad"), (dict(weight_decouple=2), "weight_decouple"),
+    (dict(fixed_decay=None), "fixed_decay"), (dict(rectify="no"), "rectify"),
+    (dict(degenerated_to_sgd=0.5), "degenerated_to_sgd")]
+
+CASES += [
+    Case("Adan", fo.Adan, fo.reference.Adan, _adan_sample, None, bad=_ADAN_BAD),
+    Case("AdaBelief", fo.AdaBelief, fo.reference.AdaBelief, _adabelief_sample, None,
+         bad=_ADABELIEF_BAD),
+]

@@ -16,7 +16,7 @@ NSTATE = {"adam": 3, "adamax": 2, "nadam": 2, "radam": 2, "lion": 1, "asgd": 1, 
           "lbfgs_axpy": 2, "lbfgs_step": 3,
           "muon_momentum": 2, "schedule_free_adamw": 2, "schedule_free_sgd": 1,
           "schedule_free_swap": 1, "ademamix": 3, "adopt": 2, "madgrad": 3, "accumulate": 0,
-          "yogi": 2, "prodigy": 4, "prodigy_stats": 4}
+          "yogi": 2, "prodigy": 4, "prodigy_stats": 4, "adan": 4, "adabelief": 3}
 
 
 def test_every_kernel_that_branches_on_a_mode_registers_its_modes():
@@ -46,7 +46,8 @@ def test_one_scalars_declaration_gives_the_tuple_every_user_registers():
              "LAMB": ["lamb", "lamb_moments", "lamb_store_moments", "lamb_norms"], "LARS": ["lars", "lars_norms"],
              "SUMPOW": ["sumpow"], "SCALE": ["scale"], "CLAMP": ["clamp"],
              "SIGNSGD": ["signsgd"], "MUON": ["muon", "muon_momentum"], "MADGRAD": ["madgrad"],
-             "YOGI": ["yogi"], "PRODIGY": ["prodigy", "prodigy_stats"]}
+             "YOGI": ["yogi"], "PRODIGY": ["prodigy", "prodigy_stats"], "ADAN": ["adan"],
+             "ADABELIEF": ["adabelief"]}
     for family, kernels in users.items():
         names = getattr(_kernels, family + "_SCALARS")
         assert names[0] == "sign" or family in ("SUMPOW", "SCALE", "CLAMP")

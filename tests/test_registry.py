@@ -53,7 +53,8 @@ OPTIMIZER_KERNELS = {"adadelta", "adagrad", "adam", "adamax", "asgd", "lamb", "l
                      "lamb_store_moments", "lamb_norms",
                      "lars", "lars_norms", "lion", "nadam", "radam", "rmsprop", "rprop", "sgd",
                      "signsgd", "schedule_free_adamw", "schedule_free_sgd",
-                     "schedule_free_swap", "ademamix", "adopt", "madgrad", "yogi"}
+                     "schedule_free_swap", "ademamix", "adopt", "madgrad", "yogi", "adan",
+                     "adabelief"}
 # The optimizer wrappers' passes (fusedoptim.wrappers): float32 and float64 params only.
 WRAPPER_KERNELS = {"lookahead", "accumulate"}
 # Muon (its element-wise passes around BLAS): float32 and float64 only, as its iteration is.

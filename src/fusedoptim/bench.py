@@ -142,6 +142,15 @@ BENCH_CASES = [
     # second reads p, m, v and writes p (4): 13 transfers = touch_rw4 + g, then 2 x touch_r2.
     BenchCase("Prodigy", "Prodigy", dict(lr=1.0, weight_decay=1e-2), 4,
               extra_roofline=("touch_r2", "touch_r2"), external="prodigyopt"),
+    # Issue 13, no torch class. Adan reads g and reads and writes p, m, n, d and the previous
+    # grad: 11 transfers, timed as touch_rw4 + touch_w1 (a one-loop touch_rw5 over six buffers
+    # is not vectorised by gcc: more alias pairs than it versions a loop for, see design.md);
+    # its outside implementation is optax.adan under jax.jit (the official release is not on
+    # PyPI). AdaBelief (rectified, past N_t = 5): p, m, s; outside, adabelief-pytorch.
+    BenchCase("Adan", "Adan", dict(lr=1e-3, weight_decay=2e-2), 4, external="adan",
+              extra_roofline=("touch_w1",)),
+    BenchCase("AdaBelief", "AdaBelief", dict(lr=1e-3, weight_decay=1e-2), 3,
+              external="adabelief"),
 ]
 
 

@@ -187,3 +187,37 @@ def run_external(cases: Sequence[bench.BenchCase], sizes: Sequence[int],
                              if ext else f"{'-':>11}{'-':>8}") + f"  {label}",
                           file=out, flush=True)
     return rows
+
+
+# -- Adan, AdaBelief ----------------------------------------------------------------------------
+
+@external("adan")
+def _adan_optax(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """optax.adan under jax.jit: the official release (github.com/sail-sg/Adan) is not on PyPI.
+    The bench row's lr and weight decay; eps_root=0 as the official rule (Optax's decay is the
+    no_prox form, the row's the proximal one: the same traffic and arithmetic)."""
+    jax: Any = __import__("jax")        # untyped packages: used through Any
+    optax: Any = __import__("optax")
+    tx = optax.adan(learning_rate=1e-3, eps_root=0.0, weight_decay=2e-2)
+    params, grad = jax.numpy.asarray(p), jax.numpy.asarray(g)
+
+    def update(params: Any, state: Any, grad: Any) -> tuple[Any, Any]:
+        u, state = tx.update(grad, state, params)
+        return optax.apply_updates(params, u), state
+    return (jax_step(update, params, tx.init(params), grad),
+            "optax.adan, jax.jit (sail-sg/Adan is not on PyPI)")
+
+
+@external("adabelief")
+def _adabelief_official(p: FloatArray, g: FloatArray) -> tuple[Callable[[], object], str]:
+    """The official adabelief-pytorch (0.2.1): a per-tensor for-loop, it has no foreach or
+    fused path. Its construction prints flag lines even with print_change_log=False: dropped."""
+    import contextlib
+    import io
+
+    torch: Any = __import__("torch")
+    adabelief_pytorch: Any = __import__("adabelief_pytorch")
+    with contextlib.redirect_stdout(io.StringIO()):
+        step = torch_step(torch, adabelief_pytorch.AdaBelief, p, g, lr=1e-3, weight_decay=1e-2,
+                          print_change_log=False)
+    return step, "adabelief-pytorch 0.2.1 (for-loop; no foreach path)"

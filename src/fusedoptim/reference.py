@@ -25,9 +25,11 @@ import numpy as np
 from . import _spec
 from . import optim  # noqa: F401  imported for its side effect: every spec is registered
 from ._backend import ReferenceBackend
+from .optim.adabelief import check_adabelief
 from .optim.adam import check_adam
 from .optim.ademamix import check_ademamix, scheduled_alpha, scheduled_beta3
 from .optim.adopt import check_adopt, clip_value
+from .optim.adan import check_adan
 from .optim.adamax import check_adamax
 from .optim.asgd import check_asgd
 from .optim.lion import check_lion
@@ -190,6 +192,92 @@ def radam(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arra
         else:
             step_size = lr / bias_correction1
             p[...] = p_decayed - step_size * m
+
+
+def adan(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+         exp_avg_diffs: Arrays, neg_pre_grads: Arrays, state_steps: StepList, *, lr: float,
+         betas: tuple[float, float, float] = (0.98, 0.92, 0.99), eps: float = 1e-8,
+         weight_decay: float = 0.0, no_prox: bool = False) -> None:
+    check_adan(lr, betas, eps, weight_decay, no_prox)
+    beta1, beta2, beta3 = betas
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, n, d, neg_prev = exp_avgs[i], exp_avg_sqs[i], exp_avg_diffs[i], neg_pre_grads[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        # the official release starts neg_pre_grad at -g: the first difference is g - g
+        diff = g - g if t == 1 else g + neg_prev
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        d[...] = beta2 * d + (1.0 - beta2) * diff
+        nesterov = g + beta2 * diff
+        n[...] = beta3 * n + (1.0 - beta3) * nesterov * nesterov
+        neg_prev[...] = -g
+        step_size = lr / (1.0 - beta1 ** t)
+        step_size_diff = lr * beta2 / (1.0 - beta2 ** t)
+        inv_bias_correction3_sqrt = 1.0 / math.sqrt(1.0 - beta3 ** t)
+        denom = np.sqrt(n) * inv_bias_correction3_sqrt + eps
+        p_decayed = p
+        if weight_decay != 0 and no_prox:
+            p_decayed = p * (1.0 - lr * weight_decay)
+        p_new = p_decayed - (step_size * m + step_size_diff * d) / denom
+        if weight_decay != 0 and not no_prox:
+            p_new = p_new * (1.0 / (1.0 + lr * weight_decay))
+        p[...] = p_new
+
+
+def adabelief(params: Arrays, grads: BufferList, exp_avgs: Arrays, exp_avg_vars: Arrays,
+              max_exp_avg_vars: Arrays | None, state_steps: StepList, *, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16,
+              weight_decay: float = 0.0, amsgrad: bool = False, weight_decouple: bool = True,
+              fixed_decay: bool = False, rectify: bool = True,
+              degenerated_to_sgd: bool = True) -> None:
+    check_adabelief(lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple,
+                    fixed_decay, rectify, degenerated_to_sgd)
+    for i, p in enumerate(params):
+        g = grads[i]
+        if g is None:
+            continue
+        m, s = exp_avgs[i], exp_avg_vars[i]
+        state_steps[i] += 1
+        t = state_steps[i]
+        decay = 1.0
+        if weight_decay != 0 and weight_decouple:
+            decay = 1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay
+        if weight_decay != 0 and not weight_decouple:
+            g = g + weight_decay * p
+        p_decayed = p * decay
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        residual = g - m
+        s[...] = beta2 * s + (1.0 - beta2) * residual * residual
+        s[...] = s + eps
+        s_hat = s
+        if amsgrad:
+            assert max_exp_avg_vars is not None      # amsgrad needs them
+            np.maximum(max_exp_avg_vars[i], s, out=max_exp_avg_vars[i])
+            if not rectify:
+                s_hat = max_exp_avg_vars[i]
+        # p = p_decayed - step_size * m / (sqrt(s_hat) * denom_scale + denom_add), the three
+        # scalars giving adabelief-pytorch's update for the step (as the kernel has them)
+        denom_scale, denom_add = 1.0, eps
+        if not rectify:
+            step_size = lr / (1 - beta1 ** t)
+            denom_scale = 1.0 / math.sqrt(1 - beta2 ** t)
+        else:
+            # RAdam's rectification, in adabelief-pytorch's expression order
+            beta2_t = beta2 ** t
+            n_sma_max = 2 / (1 - beta2) - 1
+            n_sma = n_sma_max - 2 * t * beta2_t / (1 - beta2_t)
+            if n_sma >= 5:
+                step_size = math.sqrt(
+                    (1 - beta2_t) * (n_sma - 4) / (n_sma_max - 4) * (n_sma - 2) / n_sma
+                    * n_sma_max / (n_sma_max - 2)) / (1 - beta1 ** t) * lr
+            else:
+                # the SGD-style step p - lr / (1 - beta1^t) m, or (not degenerated_to_sgd) none
+                step_size = 1.0 / (1 - beta1 ** t) * lr if degenerated_to_sgd else 0.0
+                denom_scale, denom_add = 0.0, 1.0
+        p[...] = p_decayed - step_size * m / (np.sqrt(s_hat) * denom_scale + denom_add)
 
 
 def lion(params: Arrays, grads: BufferList, exp_avgs: Arrays, state_steps: StepList, *,

@@ -7,6 +7,7 @@ edit here. The imports below name the classes for static type checkers and the d
 cannot see what is found at run time.
 """
 
+from .adabelief import AdaBelief as AdaBelief
 from .adadelta import Adadelta as Adadelta
 from .adafactor import Adafactor as Adafactor
 from .adagrad import Adagrad as Adagrad
@@ -14,6 +15,7 @@ from .adam import Adam as Adam, AdamW as AdamW
 from .ademamix import AdEMAMix as AdEMAMix
 from .adopt import ADOPT as ADOPT
 from .adamax import Adamax as Adamax
+from .adan import Adan as Adan
 from .asgd import ASGD as ASGD
 from .lamb import LAMB as LAMB
 from .lars import LARS as LARS
@@ -38,7 +40,7 @@ __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD",
            "RMSprop", "Adadelta", "LAMB", "LARS", "SignSGD", "SparseAdam", "SparseGrad",
            "Adafactor", "LBFGS",
            "Muon", "MuonWithAuxAdam", "ScheduleFreeAdamW", "ScheduleFreeSGD", "AdEMAMix",
-           "ADOPT", "MADGRAD", "Yogi", "Prodigy"]
+           "ADOPT", "MADGRAD", "Yogi", "Prodigy", "Adan", "AdaBelief"]
 
 for _name, _cls in _discover(__name__, __path__).items():
     if _name not in __all__:
