@@ -497,3 +497,32 @@ def test_bad_ema_is_one_error_line(argv, msg, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and len(err.strip().splitlines()) == 1
     assert __import__("re").search(msg, err)
+
+
+@pytest.mark.skipif("schedulefree-adamw" not in AVAILABLE, reason="no ScheduleFreeAdamW")
+def test_schedule_free_runs_unscheduled_and_is_measured_at_x(monkeypatch):
+    # Schedule-Free replaces the schedule (whatever --schedule says) and is evaluated at its x
+    # sequence: eval() before each measurement, train() after, for the fused and the
+    # reference optimizer alike.
+    calls = []
+    owner = next(k for k in fo.ScheduleFreeAdamW.__mro__ if "eval" in k.__dict__)
+    for method in ("eval", "train"):
+        real = owner.__dict__[method]
+        monkeypatch.setattr(owner, method, lambda self, _r=real, _m=method: (calls.append(
+            ("reference" if type(self).__module__ == "fusedoptim.reference" else "fused", _m)),
+            _r(self))[1])
+    cfg = CompareConfig(optimizers=["schedulefree-adamw", "adam"], explicit=True,
+                        dataset="spirals", epochs=3, schedule="cosine", reference=True,
+                        progress=False)
+    out = io.StringIO()
+    result = run_compare(cfg, out=out)
+    sf, adam = result["optimizers"]["schedulefree-adamw"], result["optimizers"]["adam"]
+    assert sf["schedule"] == "none" and adam["schedule"] == "cosine"
+    assert len(set(sf["history"]["lr"])) == 1       # no scheduler touched its lr
+    assert len(set(adam["history"]["lr"])) > 1
+    # 4 measurements (epoch 0 and 3 epochs), each eval then train, on both optimizers
+    assert sorted(calls) == sorted([(w, m) for _ in range(4) for w in ("fused", "reference")
+                                    for m in ("eval", "train")])
+    assert calls[:2] == [("fused", "eval"), ("reference", "eval")]
+    assert sf["reference"]["agree"]
+    assert "schedule none for schedulefree-adamw" in out.getvalue()

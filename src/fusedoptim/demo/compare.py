@@ -783,6 +783,13 @@ def format_table(result) -> str:
     total_step = sum(r["step_s"] for r in runs.values())
     text.append(f"total: {total_wall:.2f} s of training, {total_step:.3f} s inside step()")
     text.append(STATE_MB_NOTE)
+    own = {}
+    for name, r in runs.items():
+        if r["schedule"] != result["config"]["schedule"]:
+            own.setdefault(r["schedule"], []).append(name)
+    for schedule, names in own.items():
+        text.append(f"schedule {schedule} for {', '.join(names)}: Schedule-Free replaces the "
+                    f"learning-rate schedule (a linear warm-up is its own argument)")
     if with_ema:
         decay = next(r["ema"]["decay"] for r in runs.values() if "ema" in r)
         us = [r["ema"]["update_us"] for r in runs.values() if "ema" in r]
