@@ -638,7 +638,9 @@ class ClosureOptimizer(Optimizer):
                 loss = closure()
             if not first:
                 first.append(loss)
-            return float(loss), self._grads()
+            # detach(): float() of a tensor that requires grad warns in torch
+            value = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            return float(value), self._grads()
 
         self._sync_hyperparameters()
         self._fused.step(fused_closure)
