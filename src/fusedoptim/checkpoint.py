@@ -301,6 +301,8 @@ def _atomic_write(path: str, tensors: dict[str, NDArray[Any]],
 # -- reading -------------------------------------------------------------------------------------
 
 def _open_error(path: str, exc: BaseException) -> CheckpointError:
+    if isinstance(exc, OSError) and exc.strerror:
+        return CheckpointError(f"{path}: cannot read it: {exc.strerror}")
     return CheckpointError(f"{path}: not a readable checkpoint file: it is truncated, "
                            f"corrupted, or not a safetensors file (a pickle, say, which is "
                            f"never loaded) ({type(exc).__name__}: {exc})")
