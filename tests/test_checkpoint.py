@@ -60,6 +60,17 @@ CONFIGS = {
                   dtype=np.float64),
     "Muon": dict(kw=dict(lr=1e-2), shapes=MATRICES),
     "MuonWithAuxAdam": dict(kind="aux"),
+    # Issue 13's optimizers, written from their signatures on main while they were being merged
+    # (they passed there, through an overlay of main's built package): used once they exist.
+    "ScheduleFreeAdamW": dict(kw=dict(lr=1e-2, warmup_steps=2)),
+    "ScheduleFreeSGD": dict(kw=dict(lr=1e-2, warmup_steps=2)),
+    "AdEMAMix": dict(kw=dict(lr=1e-2, t_alpha=4, t_beta3=4)),
+    "ADOPT": dict(kw=dict(lr=1e-2, weight_decay=0.01)),
+    "MADGRAD": dict(kw=dict(lr=1e-2, weight_decay=0.01)),
+    "Yogi": dict(kw=dict(lr=1e-2)),
+    "Prodigy": dict(kw=dict(lr=1.0)),
+    "Adan": dict(kw=dict(lr=1e-2, weight_decay=0.02)),
+    "AdaBelief": dict(kw=dict(lr=1e-2, weight_decay=0.01)),
 }
 #: names exported by fusedoptim.optim that are not optimizers
 NOT_OPTIMIZERS = {"SparseGrad"}
