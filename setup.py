@@ -24,6 +24,11 @@ the driver's parallel region compiles out, every pass runs on the calling thread
 Environment:
     FUSEDOPTIM_NATIVE=1     build a single "native" level with -march=native (local builds only)
     FUSEDOPTIM_BUILD_JOBS=N parallel compile jobs (default: the CPUs this process may use)
+    FUSEDOPTIM_SANITIZE=address,undefined
+                            build every extension with -fsanitize=address,undefined (any of
+                            address, undefined, leak, thread; thread excludes address and
+                            leak), -fno-omit-frame-pointer and -g, for testing only: Python
+                            must run with the sanitizer runtime preloaded (docs/install.md)
 """
 
 import glob
@@ -133,6 +138,32 @@ def _openmp_flags(compiler):
     return None
 
 
+SANITIZERS = ("address", "undefined", "leak", "thread")
+
+
+def _sanitize_flags(family):
+    """(compile flags, link flags) for FUSEDOPTIM_SANITIZE, e.g. "address,undefined"."""
+    raw = os.environ.get("FUSEDOPTIM_SANITIZE", "").strip()
+    if not raw:
+        return [], []
+    kinds = [k.strip() for k in raw.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in SANITIZERS]
+    if bad or not kinds:
+        raise SystemExit(f"FUSEDOPTIM_SANITIZE={raw!r}: unknown sanitizer(s) {bad}; give a "
+                         f"comma-separated list of {', '.join(SANITIZERS)}, e.g. "
+                         f"FUSEDOPTIM_SANITIZE=address,undefined")
+    if "thread" in kinds and ({"address", "leak"} & set(kinds)):
+        raise SystemExit("FUSEDOPTIM_SANITIZE: 'thread' cannot be combined with 'address' or "
+                         "'leak' (the runtimes exclude each other); build them separately")
+    if family != "unix":
+        raise SystemExit("FUSEDOPTIM_SANITIZE needs gcc or clang (-fsanitize=...)")
+    flag = "-fsanitize=" + ",".join(kinds)
+    # -g after BASE_FLAGS' -g0 wins: reports need line numbers. -fno-sanitize-recover: a
+    # UBSan finding stops the process, as halt_on_error does for ASan.
+    return ([flag, "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g"],
+            [flag])
+
+
 def _build_jobs():
     jobs = os.environ.get("FUSEDOPTIM_BUILD_JOBS", "")
     if jobs.isdigit() and int(jobs) > 0:
@@ -160,6 +191,9 @@ class BuildExt(build_ext):
         else:
             warnings.warn("fusedoptim: the C compiler has no OpenMP support; building serial "
                           "kernels (fusedoptim.show_config() will report openmp: False).")
+        sanitize_compile, sanitize_link = _sanitize_flags(family)
+        compile_flags += sanitize_compile
+        link_flags += sanitize_link
         built = []
         for ext in list(self.extensions):
             level = _isa_level(ext.name)

@@ -739,6 +739,8 @@ cdef class Plan:
     cdef list state                 # state[t]: list of state arrays, or None (not created yet)
     cdef list _grads                # keeps the bound grads alive until the next bind
     cdef readonly Py_ssize_t ntensors, nbufs, nscalars, total, nunits
+    # the row length of ptrs: nbufs, padded with NULL columns (see __init__)
+    cdef Py_ssize_t _stride
     cdef readonly int typenum
     cdef int st_param, st_grad, st_state   # the registry key of the kernels this plan runs
     cdef tuple _grad_dtypes         # the dtypes bind() accepts for grads (all of one per bind)
@@ -790,6 +792,13 @@ cdef class Plan:
         self._grads = None
         self.ntensors = len(params)
         self.nbufs = 2 + nstate
+        # A kernel's tiled glue (any row with a half or quantized buffer, which the grads'
+        # dtype can select at bind time) reads the absmax column ABSMAX_COL + i of each of its
+        # buffers i, counted from the column it starts at, whether or not the plan has it.
+        # Rows padded with NULL columns to hold every such column (and SR_COL) keep those
+        # reads inside the table: an AddressSanitizer build found the last tensor's reading
+        # past its end (a bfloat16 AdamW with master weights).
+        self._stride = max(self.nbufs + ABSMAX_COL, SR_COL + 1)
         self.nscalars = nscalars
         self.typenum = cnp.PyArray_TYPE(<cnp.ndarray>params[0]) if params else cnp.NPY_FLOAT32
         if storages is None:
@@ -815,7 +824,7 @@ cdef class Plan:
         self.st_grad = _storage_of(self._grad_dtypes[0].num)
         self.grad_dtype = None
         self._grad_type_bound = -1
-        self.ptrs = np.zeros((self.ntensors, self.nbufs), dtype=np.uintp)
+        self.ptrs = np.zeros((self.ntensors, self._stride), dtype=np.uintp)
         self.hp_array = np.zeros((self.ntensors, max(nscalars, 1)), dtype=np.float64)
         self.hp = self.hp_array
         self.active_array = np.zeros(self.ntensors, dtype=np.uint8)
@@ -1266,7 +1275,7 @@ cdef class Plan:
         j.kern = NULL
         j.rkern = NULL
         j.ptrs = <char**>&self.ptrs[0, 0]
-        j.nbufs = self.nbufs
+        j.nbufs = self._stride
         j.col = column
         j.hp = &self.hp[0, 0]
         j.nscal = self.nscalars
@@ -1338,7 +1347,7 @@ cdef class Plan:
         self._drive_gated(&j, num_threads, &scan)
         if self._gate_state != GATE_TRIPPED:
             with nogil:
-                _roll_rank1(<char**>&self.ptrs[0, 0], self.nbufs, &self.active[0],
+                _roll_rank1(<char**>&self.ptrs[0, 0], self._stride, &self.active[0],
                             self.ntensors, _chunk_r1cols[kernel_id])
 
     cdef reduce_kernel _reduce_kernel(self, int reduce_id, Py_ssize_t column=0) except NULL:
@@ -1467,7 +1476,7 @@ cdef class Plan:
         if tb.ntiles:
             j.kern = kern
             j.ptrs = <char**>&self.ptrs[0, 0]
-            j.nbufs = self.nbufs
+            j.nbufs = self._stride
             j.hp = &self.hp[0, 0]
             j.nscal = self.nscalars
             j.active = &self.active[0]

@@ -22,7 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
         demo_cli.add_landscape_parser(sub)
     sub.add_parser("config", help="print how the kernels were built").set_defaults(
         func=lambda args: _show_config())
+    ins = sub.add_parser("inspect", help="print what a checkpoint file (fo.save) holds, "
+                         "without loading it into anything")
+    ins.add_argument("path", help="a checkpoint written by fusedoptim.save")
+    ins.set_defaults(func=_inspect)
     return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, describe
+    try:
+        describe(args.path)
+    except (CheckpointError, OSError) as exc:
+        print(f"fusedoptim inspect: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _show_config() -> int:

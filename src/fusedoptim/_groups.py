@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._exclusive import exclusive
+
 
 class ParamGroups:
     """Base of the optimizer classes: they have ``defaults`` and ``param_groups`` and add a
@@ -16,6 +18,7 @@ class ParamGroups:
     defaults: dict[str, Any]
     param_groups: list[dict[str, Any]]
 
+    @exclusive
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, as in torch. Its unset hyperparameters take the defaults."""
         if not isinstance(param_group, dict) or "params" not in param_group:

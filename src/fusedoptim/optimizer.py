@@ -25,6 +25,7 @@ from . import _kernels, _state
 from ._groups import ParamGroups
 from . import _validation as _v
 from ._backend import FUSED, Backend
+from ._exclusive import BUSY, concurrent_error, exclusive
 from ._gate import apply_gated, grads_finite, gated_group, inv_grad_scale
 from ._layout import GroupLayout, check_new_params, group_arrays, parse_params, route_flat, \
     split_grads
@@ -263,53 +264,65 @@ class Optimizer(ParamGroups):
         Without grads, each group reads the grad buffer of the FlatParams it was built from.
         ``grad_scale``: the grads are divided by it inside the kernel (see the class doc).
         Returns False when ``skip_nonfinite`` skipped the step, else True.
+
+        One call at a time per optimizer: a call while another is running on the same
+        optimizer (another thread) raises RuntimeError before touching anything
+        (:mod:`fusedoptim._exclusive`).
         """
-        per_group = split_grads(self, grads)
-        inv_scale = None if grad_scale is None else inv_grad_scale(grad_scale,
-                                                                   self.param_groups)
-        groups = self.param_groups
-        caches = self._caches
-        pending = []
-        for gi in range(len(groups)):
-            cache = caches[gi]
-            self._validate_group(groups[gi], cache)
-            layout = self._layouts[gi]
-            if layout.flat_param is not None:
-                per_group[gi] = route_flat(self, gi, cache, layout, per_group[gi])
-            # The plan points at these arrays: a param swapped in later would be ignored (and
-            # the old one, if freed, written after its release). One C-level pass per step.
-            if not _kernels.same_items(groups[gi]["params"], self._pinned[gi]):
-                raise ValueError(f"param_groups[{gi}]['params'] changed after the optimizer "
-                                 f"was built; fusedoptim keeps pointer tables per group, so "
-                                 f"build a new optimizer for new params (load_state_dict "
-                                 f"carries the state over) or add them with add_param_group")
-            plan = cache.plan
-            if plan is None:
-                plan = build_plan(self, gi, cache)
-            missing = plan.bind(per_group[gi])
-            if cache.wanted != cache.slots_in_use:
-                cache.slots_in_use = cache.wanted
-                missing = 1
-            pending.append(missing)
-        gated = -1
-        if self.skip_nonfinite:
-            gated = gated_group(caches, pending, self._backend.gate_in_pass)
-            if not grads_finite(caches, but=gated):
-                self.skipped_steps += 1
-                return False
-        apply = self._backend.apply
-        for gi in range(len(groups)):
-            cache = caches[gi]
-            plan, fresh = cache.plan, None
-            if pending[gi]:
-                plan, fresh = ensure_state(self, gi, cache, per_group[gi])
-            assert plan is not None        # bound by the loop above
-            if gi != gated:
-                apply(self, gi, plan, cache, per_group[gi], fresh, inv_scale)
-            elif not apply_gated(self, gi, plan, cache, per_group[gi], fresh, inv_scale):
-                self.skipped_steps += 1
-                return False
-        return True
+        # One call at a time (fusedoptim._exclusive), inline: this is the hot path.
+        d = self.__dict__
+        token: list[Any] = []
+        if d.setdefault(BUSY, token) is not token:
+            raise concurrent_error(self, "step")
+        try:
+            per_group = split_grads(self, grads)
+            inv_scale = None if grad_scale is None else inv_grad_scale(grad_scale,
+                                                                       self.param_groups)
+            groups = self.param_groups
+            caches = self._caches
+            pending = []
+            for gi in range(len(groups)):
+                cache = caches[gi]
+                self._validate_group(groups[gi], cache)
+                layout = self._layouts[gi]
+                if layout.flat_param is not None:
+                    per_group[gi] = route_flat(self, gi, cache, layout, per_group[gi])
+                # The plan points at these arrays: a param swapped in later would be ignored (and
+                # the old one, if freed, written after its release). One C-level pass per step.
+                if not _kernels.same_items(groups[gi]["params"], self._pinned[gi]):
+                    raise ValueError(f"param_groups[{gi}]['params'] changed after the optimizer "
+                                     f"was built; fusedoptim keeps pointer tables per group, so "
+                                     f"build a new optimizer for new params (load_state_dict "
+                                     f"carries the state over) or add them with add_param_group")
+                plan = cache.plan
+                if plan is None:
+                    plan = build_plan(self, gi, cache)
+                missing = plan.bind(per_group[gi])
+                if cache.wanted != cache.slots_in_use:
+                    cache.slots_in_use = cache.wanted
+                    missing = 1
+                pending.append(missing)
+            gated = -1
+            if self.skip_nonfinite:
+                gated = gated_group(caches, pending, self._backend.gate_in_pass)
+                if not grads_finite(caches, but=gated):
+                    self.skipped_steps += 1
+                    return False
+            apply = self._backend.apply
+            for gi in range(len(groups)):
+                cache = caches[gi]
+                plan, fresh = cache.plan, None
+                if pending[gi]:
+                    plan, fresh = ensure_state(self, gi, cache, per_group[gi])
+                assert plan is not None        # bound by the loop above
+                if gi != gated:
+                    apply(self, gi, plan, cache, per_group[gi], fresh, inv_scale)
+                elif not apply_gated(self, gi, plan, cache, per_group[gi], fresh, inv_scale):
+                    self.skipped_steps += 1
+                    return False
+            return True
+        finally:
+            del d[BUSY]
 
     def _run(self, plan: _kernels.Plan, hyper: Hyper) -> None:
         """Run the step's kernel(s) over the bound plan, its scalars set: the spec's ``run``
@@ -345,6 +358,7 @@ class Optimizer(ParamGroups):
         decoded), which any float32 optimizer of the same class loads."""
         return _state.state_dict(self, dequantize)
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
         buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _kernels
+from ._exclusive import exclusive
 from ._validation import label
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class AveragedParams:
             return list(self._avg)
         return dict(zip(self._keys, self._avg))
 
+    @exclusive
     def update_parameters(self, params: Sequence[FloatArray] | Mapping[str, FloatArray]
                           ) -> None:
         """Move the averages toward `params` (the same structure, shapes and dtypes as at
@@ -205,6 +207,7 @@ class AveragedParams:
         return {"n_averaged": self.n_averaged,
                 "params": copies if self._keys is None else dict(zip(self._keys, copies))}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a :meth:`state_dict`. Everything is checked first; a rejected one leaves the
         averages untouched."""

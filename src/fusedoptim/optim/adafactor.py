@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .. import _kernels
+from .._exclusive import exclusive
 from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import check_new_params, grads_in_param_order, group_arrays, parse_params
@@ -350,6 +351,7 @@ class Adafactor(ParamGroups):
         return cached[1]
 
     # -- the step ---------------------------------------------------------------------------
+    @exclusive
     def step(self, grads: Any) -> bool:
         """One update of every param that has a grad (a grad of None skips its param).
 
@@ -398,6 +400,7 @@ class Adafactor(ParamGroups):
                  for i, st in self.state.items()}
         return {"state": state, "param_groups": saved_groups(self)}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
         state keys, shapes and step counts); a rejected checkpoint changes nothing. Params

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
+from .._exclusive import exclusive
 from .._layout import MAPPINGS, group_arrays, parse_params
 from ..flat import FlatParams
 
@@ -537,6 +538,7 @@ class LBFGS:
                            group["tolerance_grad"], group["tolerance_change"],
                            group["history_size"], group["line_search_fn"])
 
+    @exclusive
     def add_param_group(self, param_group: ParamGroup) -> None:
         raise ValueError("LBFGS doesn't support per-parameter options (parameter groups); "
                          "build it with all params in one list or dict")
@@ -604,6 +606,7 @@ class LBFGS:
         return raw, loss, g, amax
 
     # -- the step ---------------------------------------------------------------------------
+    @exclusive
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run up to ``max_iter`` L-BFGS iterations; return the first evaluation's loss."""
         if closure is None:
@@ -744,6 +747,7 @@ class LBFGS:
             state[0] = {k: _copied(val) for k, val in self._st.items()}
         return {"state": state, "param_groups": [group]}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint of :meth:`state_dict` (NumPy arrays, or anything np.asarray
         takes, such as torch.optim.LBFGS's CPU tensors). Everything is checked first; a

@@ -19,6 +19,7 @@ from .. import _kernels
 from .. import _validation as v
 from .._backend import FusedBackend
 from .._blas import blas_threads
+from .._exclusive import exclusive
 from .._layout import group_arrays
 from .._spec import OptSpec, Slot
 from ..optimizer import Optimizer
@@ -529,6 +530,7 @@ class MuonWithAuxAdam:
         assert opt is not None
         return opt
 
+    @exclusive
     def step(self, grads: Any = None, grad_scale: float | None = None) -> bool:
         """One step of every param that has a grad: Muon's groups, then AdamW's. Returns
         False when skip_nonfinite skipped it (nothing written)."""
@@ -598,6 +600,7 @@ class MuonWithAuxAdam:
             groups.append(g)
         return {"state": state, "param_groups": groups}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint of this layout; a rejected one leaves both parts untouched."""
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .. import _kernels
+from .._exclusive import exclusive
 from .._groups import ParamGroups
 from .. import _validation as v
 from .._layout import check_param_list, group_arrays, parse_params
@@ -449,6 +450,7 @@ class SparseAdam(ParamGroups):
                              f"{f' of length {len(grads)}' if hasattr(grads, '__len__') else ''}")
         return list(grads)
 
+    @exclusive
     def step(self, grads: object) -> bool:
         """One update of every param that has a grad (see the class doc). Everything
         (structure, each grad's type, indices, values, aliasing, every group's
@@ -557,6 +559,7 @@ class SparseAdam(ParamGroups):
                      for k, val in st.items()} for i, st in self.state.items()}
         return {"state": state, "param_groups": saved_groups(self)}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint. Everything is checked first (group layout, hyperparameters,
         buffer shapes and dtypes); a rejected checkpoint leaves the optimizer untouched."""
