@@ -198,6 +198,20 @@ def _entries():
     mwa = fo.MuonWithAuxAdam([{"params": [arr(6, 4)], "use_muon": True},
                               {"params": [arr(4)], "use_muon": False}])
     out.append(("MuonWithAuxAdam.step", mwa, lambda: mwa.step([arr(6, 4), arr(4)])))
+    sf = fo.ScheduleFreeAdamW([arr(5)])
+    sf.step([arr(5)])
+    out.append(("ScheduleFreeAdamW.eval", sf, lambda: (sf.eval(), sf.train())))
+    la = fo.Lookahead(fo.SGD([arr(6)], lr=0.1), k=2)
+    la.step([arr(6)])
+    la_sd = la.state_dict()
+    out.append(("Lookahead.step", la, lambda: la.step([arr(6)])))
+    out.append(("Lookahead.sync", la, lambda: la.sync()))
+    out.append(("Lookahead.load_state_dict", la, lambda: la.load_state_dict(la_sd)))
+    ms = fo.MultiSteps(fo.AdamW([arr(6)]), every_k=2)
+    ms.step([arr(6)])
+    ms_sd = ms.state_dict()
+    out.append(("MultiSteps.step", ms, lambda: ms.step([arr(6)])))
+    out.append(("MultiSteps.load_state_dict", ms, lambda: ms.load_state_dict(ms_sd)))
     src = [arr(7)]
     avg = AveragedParams(src)
     out.append(("AveragedParams.update_parameters", avg,

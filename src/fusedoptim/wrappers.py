@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as _v
+from ._exclusive import exclusive
 from ._groups import ParamGroups
 from ._layout import grads_in_param_order
 from .optimizer import Optimizer
@@ -166,6 +167,7 @@ class Lookahead(_Wrapper):
         for plan in self._plans:
             plan.active_array[...] = 1
 
+    @exclusive
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer; its slow weights start as its params."""
         params = param_group.get("params") if isinstance(param_group, dict) else None
@@ -178,18 +180,23 @@ class Lookahead(_Wrapper):
         self.optimizer.add_param_group(param_group)
         self._sync_plans()
 
-    def step(self, grads: Any = None, **kwargs: Any) -> bool:
+    @exclusive
+    def step(self, /, grads: Any = None, **kwargs: Any) -> bool:
         """The wrapped optimizer's step, then, after every k-th step that ran, the
         synchronisation pass. Returns what the wrapped step returned."""
         ran = bool(self.optimizer.step(grads, **kwargs))
         if ran:
             self.step_count += 1
             if self.step_count % self.k == 0:
-                self.sync()
+                self._sync()
         return ran
 
+    @exclusive
     def sync(self) -> None:
         """Synchronise now (one fused pass): slow += alpha * (fast - slow); fast = slow."""
+        self._sync()
+
+    def _sync(self) -> None:
         for plan in self._plans:
             plan.hp_array[:, 0] = self.alpha
             plan.run(_LOOKAHEAD)
@@ -204,6 +211,7 @@ class Lookahead(_Wrapper):
                 "lookahead": {"k": self.k, "alpha": self.alpha, "step": self.step_count,
                               "slow": {i: s.copy() for i, s in enumerate(self._slow)}}}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint of the same setup; everything is checked before anything
         changes (the wrapped optimizer checks its own part first too)."""
@@ -337,6 +345,7 @@ class MultiSteps(_Wrapper):
                         "before wrapping it (a new group mid-window would have no "
                         "accumulated grads)")
 
+    @exclusive
     def step(self, grads: Any) -> bool:
         """Accumulate one micro-batch's grads (a list in param order, or a dict by name);
         every every_k-th call, step the wrapped optimizer on the mean. Returns True when the
@@ -376,6 +385,7 @@ class MultiSteps(_Wrapper):
                                "acc": {i: a.copy() for i, a in enumerate(self._acc)
                                        if self._has[i]}}}
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint of the same setup; everything is checked before anything
         changes."""

@@ -11,6 +11,7 @@ from mpi4py import MPI
 from .. import _kernels
 from .. import _validation as v
 from .._backend import FUSED
+from .._exclusive import exclusive
 from .._layout import group_arrays, parse_params
 from .._validation import label
 from ..flat import FlatParams
@@ -487,6 +488,7 @@ class ZeroRedundancyOptimizer:
             out.append(list(mine))
         return out
 
+    @exclusive      # refused before the first collective, not half-way into one
     def step(self, grads: Any = None, *, grad_scale: float | None = None,
              max_grad_norm: float | None = None) -> bool:
         """Average this rank's `grads` with every other rank's, step this rank's shard, and

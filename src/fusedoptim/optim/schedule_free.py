@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _kernels
 from .. import _validation as v
+from .._exclusive import exclusive
 from .._backend import FusedBackend
 from .._precision import MASTER, compute_dtype, sr_keys, stochastic_round
 from .._spec import OptSpec, ScalarSlot, Slot
@@ -189,12 +190,14 @@ class _ScheduleFree(Optimizer):
                 f"params); nothing was changed")
         return super().step(grads, grad_scale)
 
+    @exclusive
     def train(self) -> None:
         """Switch to train mode: every param that has state moves from x to y,
         ``p = lerp(p, z, 1 - beta1)``, in one fused pass per group. Nothing to do when
         already in train mode."""
         self._swap(True)
 
+    @exclusive
     def eval(self) -> None:
         """Switch to eval mode: every param that has state moves from y to x,
         ``p = lerp(p, z, 1 - 1/beta1)``, in one fused pass per group. Nothing to do when
