@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import sys
 import time
 
@@ -453,12 +454,15 @@ def test_extra_round_trips_values(tmp_path):
 
 # -- atomic writes under SIGKILL ---------------------------------------------------------------
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_sigkill_during_saves_never_leaves_a_torn_file(tmp_path):
+def _sigkill_loop(directory):
     """A child saves versions 1, 2, 3, ... in a loop (each version's params all equal to its
     number, and extra={"version": n}); it is SIGKILLed at a random moment, 50 times. After each
-    kill the file loads, its checksums pass, and it is one complete version."""
-    path = tmp_path / "ckpt.safetensors"
+    kill the file loads, its checksums pass, and it is one complete version. Returns the
+    number of kills that interrupted a save.
+
+    Runs in a fresh interpreter (see the test): fork() there is safe, as no other thread
+    exists, where the test process may hold torch's, JAX's or OpenMP's threads."""
+    path = os.path.join(directory, "ckpt.safetensors")
     n = 300_000                               # ~1.2 MB of params: a save takes a while
     params = {"w": np.zeros(n, np.float32)}
     opt = fo.SGD(params, lr=0.1)
@@ -493,11 +497,28 @@ def test_sigkill_during_saves_never_leaves_a_torn_file(tmp_path):
         version = extra["version"]
         assert np.all(check["w"] == version), f"torn file after kill {kill}"
         versions_seen.add(version)
-        for stray in os.listdir(tmp_path):
+        for stray in os.listdir(directory):
             if stray.endswith(".tmp"):        # a save killed mid-write: never read, removed
-                os.unlink(tmp_path / stray)
+                os.unlink(os.path.join(directory, stray))
                 torn += 1
     assert len(versions_seen) == 50            # every kill left a newer complete version
+    return torn
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sigkill_during_saves_never_leaves_a_torn_file(tmp_path):
+    # The fork loop runs in a fresh, single-threaded interpreter (one OpenMP thread): forking
+    # this test process, which may hold torch's, JAX's and OpenMP's threads, risks a deadlock
+    # in the child (CPython warns of it).
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); import test_checkpoint as t; "
+              "print('torn', t._sigkill_loop(sys.argv[1]))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path),
+                           os.path.dirname(__file__)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    torn = int(done.stdout.split("torn")[-1])
+    assert 0 <= torn <= 50
     print(f"{torn} of 50 kills interrupted a save (left its temporary file)")
 
 
