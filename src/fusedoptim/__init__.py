@@ -29,11 +29,13 @@ from .optimizer import Optimizer
 from .grad_utils import all_finite, clip_grad_norm_, clip_grad_value_, global_norm
 from .wrappers import Lookahead, MultiSteps
 from .checkpoint import CheckpointError, load, save
+from ._exclusive import ConcurrentStepError
 
 __all__ = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Lion", "Rprop", "ASGD", "SGD", "Adagrad",
            "RMSprop", "Adadelta", "LAMB", "LARS", "LBFGS", "Optimizer", "FlatParams", "functional",
            "lr_scheduler", "reference", "schedules", "get_num_threads", "set_num_threads",
            "show_config", "__version__", "clip_grad_norm_", "clip_grad_value_", "global_norm",
-           "all_finite", "Lookahead", "MultiSteps", "save", "load", "CheckpointError"]
+           "all_finite", "Lookahead", "MultiSteps", "save", "load", "CheckpointError",
+           "ConcurrentStepError"]
 # Optimizers that fusedoptim.optim found beyond the ones named above (see its docstring).
 __all__ += [_name for _name in optim.__all__ if _name not in __all__]

@@ -266,8 +266,8 @@ class Optimizer(ParamGroups):
         Returns False when ``skip_nonfinite`` skipped the step, else True.
 
         One call at a time per optimizer: a call while another is running on the same
-        optimizer (another thread) raises RuntimeError before touching anything
-        (:mod:`fusedoptim._exclusive`).
+        optimizer (another thread) raises RuntimeError before touching anything (see the
+        getting-started guide).
         """
         # One call at a time (fusedoptim._exclusive), inline: this is the hot path.
         d = self.__dict__
