@@ -400,13 +400,14 @@ class _Payload:
         self.marker = marker
 
     def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+        # os.mkdir, not a shell command: CI images need not ship coreutils
+        return (os.mkdir, (str(self.marker),))
 
 
 def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    assert pickle.loads(pickle.dumps(_Payload(marker))) == 0 and marker.exists()  # it is live
-    marker.unlink()
+    assert pickle.loads(pickle.dumps(_Payload(marker))) is None and marker.is_dir()  # it is live
+    marker.rmdir()
     path = tmp_path / "evil.safetensors"
     path.write_bytes(pickle.dumps({"state": _Payload(marker)}, protocol=2))
     _refused(path, _target(tmp_path), "not a safetensors file")
