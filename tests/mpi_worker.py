@@ -408,7 +408,12 @@ def check_int8():
     for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1, state_dtype="int8")),
                     (fo.Lion, dict(lr=1e-4, state_dtype="int8")),
                     (fo.AdamW, dict(lr=1e-3, weight_decay=0.1, **int4)),
-                    (fo.Adagrad, dict(lr=1e-2, **int4))):
+                    (fo.Adagrad, dict(lr=1e-2, **int4)),
+                    # gathered norms over quantized state: every param quantized
+                    (fo.LAMB, dict(lr=1e-2, state_dtype="int8", min_quantized_size=0)),
+                    (fo.LARS, dict(lr=0.1, momentum=0.9, state_dtype="int8",
+                                   min_quantized_size=0)),
+                    (fo.LAMB, dict(lr=1e-2, min_quantized_size=0, **int4))):
         for stage in (1, 2):
             ps = params0(shapes=INT8_SHAPES)
             ref_ps = [p.copy() for p in ps]
@@ -435,7 +440,21 @@ def check_int8():
                 for i, st in want["state"].items():
                     for k, x in st.items():
                         assert np.array_equal(zero2.state_dict()["state"][i][k], x), (i, k)
-    say("ok int8 and int4 state: bitwise, consolidated and loaded")
+    # LAMB with int8 state and the default min_quantized_size: the small params in a group
+    # of their own (float32 state), the large ones quantized
+    for stage in (1, 2):
+        ps = params0(shapes=INT8_SHAPES)
+        ref_ps = [p.copy() for p in ps]
+        zero = ZeroRedundancyOptimizer([{"params": ps[:2] + ps[3:]}, {"params": ps[2:3]}],
+                                       fo.LAMB, stage=stage, lr=1e-2, state_dtype="int8")
+        ref = fo.LAMB([{"params": ref_ps[:2] + ref_ps[3:]}, {"params": ref_ps[2:3]}],
+                      lr=1e-2, state_dtype="int8")
+        for step in range(10):
+            g, mg = grads_of(rank, step, shapes=INT8_SHAPES), mean_grads(step, shapes=INT8_SHAPES)
+            zero.step(g[:2] + g[3:] + g[2:3])
+            ref.step(mg[:2] + mg[3:] + mg[2:3])
+            assert_equal(ps, ref_ps, f"int8 LAMB in two groups, stage {stage} step {step}")
+    say("ok int8 and int4 state: bitwise, consolidated and loaded (with LAMB and LARS too)")
 
 
 def check_bfloat16_params():
@@ -498,9 +517,9 @@ def check_bad_input():
            reduce_scatter="tree")
     raises(ValueError, ["int4", "rank1_normalization=False"], Z, params0(), fo.AdamW,
            state_dtype="int4")
-    raises(ValueError, ["int8", "LAMB"], Z, params0(), fo.LAMB, state_dtype="int8")
-    raises(ValueError, ["int4", "Prodigy"], Z, params0(), fo.Prodigy, state_dtype="int4",
-           rank1_normalization=False)
+    raises(ValueError, ["int8", "LAMB", "min_quantized_size=4096", "from 1 to 30000"], Z,
+           params0(), fo.LAMB, state_dtype="int8")
+    raises(TypeError, ["state_dtype"], Z, params0(), fo.Prodigy, state_dtype="int8")
     raises(ValueError, ["lr"], Z, params0(), fo.AdamW, lr=-1.0)
     raises(TypeError, ["comm"], Z, params0(), fo.AdamW, comm="world")
     ps = params0()

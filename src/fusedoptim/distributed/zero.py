@@ -200,8 +200,9 @@ class ZeroRedundancyOptimizer:
     otherwise the grads and params are packed into a contiguous buffer (one copy each way).
 
     Since each shard's step is the single-process computation on those elements (element-wise
-    kernels; LAMB's and LARS's per-tensor norms are folded from every rank's per-segment
-    partial sums in the single-process order), the params equal a single process stepping
+    kernels; LAMB's and LARS's per-tensor norms, and Prodigy's two sums for its D estimate,
+    are folded from every rank's per-segment partial sums in the single-process order), the
+    params equal a single process stepping
     the mean gradient: bitwise with 2 ranks, and with more whenever the sum of the ranks'
     grads is exact, whatever its order (the all-gather makes the params bitwise the same on
     every rank in any case).
@@ -210,20 +211,25 @@ class ZeroRedundancyOptimizer:
     ``add_param_group`` is a collective),
     ``step(grads, *, grad_scale=None, max_grad_norm=None)`` (clip the mean grad by its global
     L2 norm first; ``last_grad_norm`` holds the norm), ``skip_nonfinite`` (checked on every
-    shard, one allreduce: every rank skips together), ``grad_scale``.
+    shard, one allreduce: every rank skips together), ``grad_scale``, grads of None (the
+    param is skipped, as in torch; it must be None on every rank, which one small Allreduce
+    per step checks: otherwise ValueError on every rank, nothing changed).
 
-    ``state_dtype="int8"`` (element-wise optimizers): each piece is quantized as its whole
-    param is (``min_quantized_size`` decides by the param's size, and pieces start on
-    quantization blocks), so the state is bitwise the single-process one.
+    ``state_dtype="int8"``, and ``"int4"`` with ``rank1_normalization=False``: each piece
+    is quantized as its whole param is (``min_quantized_size`` decides by the param's size,
+    and pieces start on quantization blocks), so the state is bitwise the single-process
+    one. With LAMB and LARS, each param group's params must all be on one side of
+    ``min_quantized_size`` (e.g. ``min_quantized_size=0``, or small params in a group of
+    their own). Prodigy: one param group (its D is shared by all groups).
 
     Checkpoints: ``consolidate_state_dict(to=0)`` (a collective), then ``state_dict()`` on
     that rank, give the single-process format; ``load_state_dict`` takes that format at any
     world size; ``sharded_state_dict()`` / ``load_sharded_state_dict(parts)`` save each
     rank's part and reshard from any world size.
 
-    Not supported yet: optimizers that need whole tensors in a step (Muon), int4 state,
-    int8 state with LAMB/LARS, stochastic rounding (its stream is keyed by each param's own
-    element indices), grads of None.
+    Not supported: optimizers that need whole tensors in a step (Muon), int4 state with
+    rank-1 normalization (whole matrices' row and column maxima), stochastic rounding (its
+    stream is keyed by each param's own element indices).
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
@@ -267,14 +273,6 @@ class ZeroRedundancyOptimizer:
                              f"reduce-scatter the grads), got {stage!r}")
         defaults = dict(defaults)
         self.skip_nonfinite = v.flag(defaults.pop("skip_nonfinite", False), "skip_nonfinite")
-        quantized = defaults.get("state_dtype") in ("int8", "int4")
-        if quantized and optimizer_class.spec.run is not None:
-            raise ValueError(f"state_dtype={defaults['state_dtype']!r} with "
-                             f"{optimizer_class.__name__} is not supported by "
-                             f"ZeroRedundancyOptimizer yet (its gathered sums need one plan "
-                             f"over each rank's run of work units, and quantized state splits "
-                             f"the pieces by their params' min_quantized_size); use "
-                             f"'bfloat16', 'float32' or None")
         if defaults.get("stochastic_rounding"):
             raise ValueError("stochastic_rounding=True is not supported by "
                              "ZeroRedundancyOptimizer yet (its rounding stream is keyed by "
@@ -313,6 +311,8 @@ class ZeroRedundancyOptimizer:
                                  for a, _, o, _ in parsed], **defaults)
         self.defaults = probe.defaults
         self.min_quantized_size = probe.min_quantized_size
+        for arrays, _, _, _ in parsed:
+            self._check_quantized_split(probe, arrays)
         if probe.state_dtype == "int4" and probe.rank1_normalization:
             # The plain optimizer would rank-1 normalize these params' non-negative moments
             # (row and column maxima of whole matrices); a rank's 1-D pieces would not.
@@ -405,6 +405,7 @@ class ZeroRedundancyOptimizer:
             over = {k: x for k, x in param_group.items() if k != "params"}
             probe = self.optimizer_class(
                 [{"params": [np.zeros(1, dtype=arrays[0].dtype)], **over}], **self._options)
+            self._check_quantized_split(probe, arrays)
             hyper = {k: x for k, x in probe.param_groups[0].items() if k != "params"}
             description = _describe(self.optimizer_class, self.stage, {},
                                     [(arrays, names, over)])
@@ -414,6 +415,24 @@ class ZeroRedundancyOptimizer:
         self._names.extend(names)
         self._add_group(arrays, arena, hyper)
         self._consolidated = None
+
+    def _check_quantized_split(self, probe: Optimizer, arrays: list[FloatArray]) -> None:
+        """Quantized state with gathered sums (LAMB, LARS): a piece is quantized by its
+        whole param's size, so a rank's pieces of params on both sides of
+        min_quantized_size go to two inner optimizers (_inner_split); their plans cut the
+        work units differently from the group's, and the gathered sums would not fold in
+        the single-process order. So a group's params must be on one side."""
+        limit = probe.min_quantized_size
+        if (probe.state_dtype in ("int8", "int4") and self.optimizer_class.spec.run is not None
+                and any(a.size >= limit for a in arrays)
+                and any(a.size < limit for a in arrays)):
+            raise ValueError(
+                f"state_dtype={probe.state_dtype!r} with {self.optimizer_class.__name__} under "
+                f"ZeroRedundancyOptimizer needs each param group's params on one side of "
+                f"min_quantized_size={limit} (this group's range from "
+                f"{min(a.size for a in arrays)} to {max(a.size for a in arrays)} elements): "
+                f"pass min_quantized_size=0 (quantize every param's state), or put the "
+                f"small params in a param group of their own, or use state_dtype='bfloat16'")
 
     @staticmethod
     def _check_one_group(optimizer_class: type[Optimizer], ngroups: int) -> None:
