@@ -599,7 +599,13 @@ class ZeroRedundancyOptimizer:
                 for k, x in self.param_groups[gi].items():
                     if k != "params":
                         inner_group[k] = x
-        shard_grads = self._reduce_grads(per_group)
+        n = self.world_size
+        # Stage 2 without clipping or a grad_scale, at a power-of-two world size: the kernel
+        # divides the summed grads by n as it reads them (grad_scale=n: its multiplier 1/n
+        # is exact, so g * (1/n) is bitwise g / n), which saves a pass over the shard.
+        fold_mean = (self.stage == 2 and n > 1 and n & (n - 1) == 0 and max_norm is None
+                     and scale is None)
+        shard_grads = self._reduce_grads(per_group, divide=not fold_mean)
         present = [[x for x in sg if x is not None] for sg in shard_grads]
         if self.skip_nonfinite and not self._all_finite(present):
             self.skipped_steps += 1
@@ -623,7 +629,7 @@ class ZeroRedundancyOptimizer:
                     # memory), in the dtype of the other grads (one per group)
                     kinds = [x.dtype for x in mine if x is not None]
                     mine = mine + [_empty(kinds[0] if kinds else g.dtype)]
-                inner.step(mine, grad_scale=scale)
+                inner.step(mine, grad_scale=float(n) if fold_mean else scale)
                 # state kept in the param group (Prodigy's D), the same on every rank
                 for k in inner.group_state_keys:
                     if k in inner.param_groups[0]:
@@ -631,10 +637,10 @@ class ZeroRedundancyOptimizer:
         self._gather_params()
         return True
 
-    def _reduce_grads(self, per_group: list[list[FloatArray | None]]
+    def _reduce_grads(self, per_group: list[list[FloatArray | None]], divide: bool = True
                       ) -> list[list[FloatArray | None]]:
         """Each group's mean grads over this rank's pieces (views; None for a param
-        without a grad)."""
+        without a grad); their sums under stage 2 with ``divide=False``."""
         c = self.comm
         n = self.world_size
         out: list[list[FloatArray | None]] = []
@@ -667,7 +673,8 @@ class ZeroRedundancyOptimizer:
                 g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
                                 self._local_offsets(g)]
             if ring:
-                ring_reduce_scatter(self._p2p, flat, g.grad_shard, g.counts, g.displs, n,
+                ring_reduce_scatter(self._p2p, flat, g.grad_shard, g.counts, g.displs,
+                                    n if divide else 1,
                                     self._scratch(g, flat.dtype))
             else:
                 requests.append(c.Ireduce_scatter([flat, mt], [g.grad_shard, mt], g.counts,
@@ -675,7 +682,7 @@ class ZeroRedundancyOptimizer:
         MPI.Request.Waitall(requests)
         for g, grads in zip(self._groups, per_group):
             assert g.grad_shard is not None
-            if n != 1 and not ring:
+            if n != 1 and not ring and divide:
                 np.divide(g.grad_shard, n, out=g.grad_shard)
             out.append([None if grads[t] is None else view
                         for (t, _, _), view in zip(g.pieces, g.grad_views)])
