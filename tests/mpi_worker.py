@@ -408,7 +408,6 @@ def check_int8():
     for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1, state_dtype="int8")),
                     (fo.Lion, dict(lr=1e-4, state_dtype="int8")),
                     (fo.AdamW, dict(lr=1e-3, weight_decay=0.1, **int4)),
-                    (fo.Adagrad, dict(lr=1e-2, **int4)),
                     # gathered norms over quantized state: every param quantized
                     (fo.LAMB, dict(lr=1e-2, state_dtype="int8", min_quantized_size=0)),
                     (fo.LARS, dict(lr=0.1, momentum=0.9, state_dtype="int8",
@@ -419,7 +418,7 @@ def check_int8():
             ref_ps = [p.copy() for p in ps]
             zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, **kw)
             ref = cls(ref_ps, **kw)
-            for step in range(20):
+            for step in range(10):
                 zero.step(grads_of(rank, step, shapes=INT8_SHAPES))
                 ref.step(mean_grads(step, shapes=INT8_SHAPES))
                 assert_equal(ps, ref_ps, f"{kw['state_dtype']} {cls.__name__} stage {stage} "
@@ -449,7 +448,7 @@ def check_int8():
                                        fo.LAMB, stage=stage, lr=1e-2, state_dtype="int8")
         ref = fo.LAMB([{"params": ref_ps[:2] + ref_ps[3:]}, {"params": ref_ps[2:3]}],
                       lr=1e-2, state_dtype="int8")
-        for step in range(10):
+        for step in range(6):
             g, mg = grads_of(rank, step, shapes=INT8_SHAPES), mean_grads(step, shapes=INT8_SHAPES)
             zero.step(g[:2] + g[3:] + g[2:3])
             ref.step(mg[:2] + mg[3:] + mg[2:3])
@@ -512,6 +511,8 @@ def check_bad_input():
     Z = ZeroRedundancyOptimizer
     raises(TypeError, ["optimizer_class=Muon", "whole", "allreduce_"], Z, params0(), fo.Muon)
     raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
+    raises(TypeError, ["optimizer_class", "Adafactor", "whole matrix"], Z, params0(),
+           fo.Adafactor)
     raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
     raises(ValueError, ["reduce_scatter", "'tree'"], Z, params0(), fo.AdamW,
            reduce_scatter="tree")

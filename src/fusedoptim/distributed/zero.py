@@ -40,6 +40,10 @@ _WHOLE_TENSORS = {
             "matrix), and the shards cut params on 16K-element work units; sharding Muon "
             "needs shards made of whole tensors, which is not built. Train Muon "
             "data-parallel with allreduce_(grads) and a plain fo.Muon on every rank"}
+#: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
+_NOT_OPTIMIZER = {
+    "Adafactor": " (Adafactor's factored second moment sums each whole matrix's rows and "
+                 "columns, which span the shards)"}
 #: element width -> (NumPy view type, MPI type) for moving params without arithmetic
 _WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
                 8: (np.uint64, MPI.UINT64_T)}
@@ -260,8 +264,9 @@ class ZeroRedundancyOptimizer:
                      defaults: dict[str, Any]) -> str:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and getattr(optimizer_class, "spec", None) is not None):
+            why = _NOT_OPTIMIZER.get(getattr(optimizer_class, "__name__", ""), "")
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
-                            f"fo.AdamW, got {optimizer_class!r}")
+                            f"fo.AdamW, got {optimizer_class!r}{why}")
         if not shardable(optimizer_class):
             why = _WHOLE_TENSORS.get(optimizer_class.spec.name, "its step needs whole tensors "
                                      "at once, which a shard of the params cannot give")
