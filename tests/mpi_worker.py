@@ -213,16 +213,22 @@ def check_none_grads():
                 for i, st in want["state"].items():
                     for k, x in st.items():
                         assert np.array_equal(got["state"][i][k], x), (cls, i, k)
-    ps = params0()
-    zero = ZeroRedundancyOptimizer(ps, fo.Adam, lr=1e-3)
-    zero.step(grads_of(rank, 0))
-    before = [p.copy() for p in ps]
-    g = grads_of(rank, 1)
-    if rank == size - 1:
-        g[1] = None
-    raises(ValueError, ["grads[1]", f"None on rank(s) [{size - 1}]", "every rank"],
-           zero.step, g)
-    assert_equal(ps, before, "params after a disagreeing None")
+    for stage in (1, 2):
+        ps = params0()
+        zero = ZeroRedundancyOptimizer(ps, fo.Adam, lr=1e-3, stage=stage)
+        zero.step(grads_of(rank, 0))
+        before = [p.copy() for p in ps]
+        state = {i: {k: np.copy(x) for k, x in st.items()} for i, st in zero.state.items()}
+        g = grads_of(rank, 1)
+        if rank == size - 1:
+            g[1] = None
+        raises(ValueError, ["grads[1]", f"None on rank(s) [{size - 1}]", "every rank"],
+               zero.step, g)
+        assert_equal(ps, before, f"params after a disagreeing None, stage {stage}")
+        for i, st in zero.state.items():
+            for k, x in st.items():
+                assert np.array_equal(x, state[i][k]), (stage, i, k)
+        zero.step(grads_of(rank, 1))        # and the next step goes on normally
     say("ok None grads: skipped as in torch (stages 1, 2; AdamW, LAMB, Prodigy; clipped), "
         "and a None on one rank raises on every rank")
 
