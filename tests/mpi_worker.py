@@ -52,6 +52,7 @@ OPTIMIZERS = [
     (fo.SignSGD, dict(lr=1e-3)),
     (fo.LAMB, dict(lr=1e-2, weight_decay=0.01)),
     (fo.LARS, dict(lr=0.1, momentum=0.9, weight_decay=1e-4)),
+    (fo.Prodigy, dict(weight_decay=0.01, use_bias_correction=True)),
 ]
 # Every other optimizer class ZeroRedundancyOptimizer shards (new ones included), with its
 # defaults; Muon and the other whole-tensor steps are refused (check_bad_input).
@@ -79,14 +80,20 @@ def params0(dtype=np.float32, shapes=SHAPES, seed=0):
 _CACHE = {}
 
 
-def grads_of(r, step, dtype=np.float32, shapes=SHAPES, grid=None, tag=0):
-    """Rank r's grads at `step` (fresh copies); on the exact grid when asked (see the module
-    doc)."""
+#: a constant added to every grad of these optimizers (a multiple of 2**-10, so the grid
+#: stays exact): Prodigy's D grows only when the grads keep a direction (on pure noise it
+#: stays at d0, and the equivalence would not exercise it)
+GRAD_BIAS = {fo.Prodigy: 0.25}
+
+
+def grads_of(r, step, dtype=np.float32, shapes=SHAPES, grid=None, tag=0, bias=0.0):
+    """Rank r's grads at `step` (fresh copies), plus `bias`; on the exact grid when asked
+    (see the module doc)."""
     grid = (size > 2) if grid is None else grid
     key = (r, step, np.dtype(dtype).str, tuple(shapes), grid, tag)
     if key not in _CACHE:
         _CACHE[key] = _draw(r, step, dtype, shapes, grid, tag)
-    return [g.copy() for g in _CACHE[key]]
+    return [g + g.dtype.type(bias) if bias else g.copy() for g in _CACHE[key]]
 
 
 def _draw(r, step, dtype, shapes, grid, tag):
@@ -136,11 +143,15 @@ def check_equivalence():
             ref_ps = [p.copy() for p in ps]
             zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, **kw)
             ref = cls(ref_ps, **kw)
+            bias = GRAD_BIAS.get(cls, 0.0)
             for step in range(STEPS):
-                zero.step(grads_of(rank, step))
-                ref.step(mean_grads(step))
+                zero.step(grads_of(rank, step, bias=bias))
+                ref.step(mean_grads(step, bias=bias))
                 assert_equal(ps, ref_ps, f"{cls.__name__} stage {stage} step {step}")
             same_everywhere(ps, f"{cls.__name__} stage {stage}")
+            if cls is fo.Prodigy:
+                assert ref.param_groups[0]["d"] > 100 * ref.param_groups[0]["d0"], \
+                    "D hardly moved: the equivalence would not exercise it"
     say(f"ok equivalence ({len(OPTIMIZERS)} optimizers x stages 1, 2 x {STEPS} steps)")
 
 
@@ -158,7 +169,7 @@ def check_lamb_spans_shards():
         small = params0(shapes=[(40, 30), (30,)])
         ref_small = [p.copy() for p in small]
         zs = ZeroRedundancyOptimizer(small, cls, lr=1e-2)
-        assert comm.allreduce(int(bool(zs._groups[0].inners))) == 1
+        assert comm.allreduce(int(bool(zs._groups[0].pieces))) == 1
         ref = cls(ref_small, lr=1e-2)
         for step in range(3):
             zs.step(grads_of(rank, step, shapes=[(40, 30), (30,)]))
@@ -167,22 +178,125 @@ def check_lamb_spans_shards():
     say("ok LAMB tensor 0 spans ranks " + str(owners) + "; LAMB/LARS on ranks owning nothing")
 
 
+def check_none_grads():
+    """A grad of None skips its param, as in torch: bitwise the plain optimizer stepping the
+    mean grads with the same Nones, for element-wise, gathered-norm (LAMB: tensor 0 is cut
+    between ranks) and Prodigy steps, stages 1 and 2; step counts of skipped params stay.
+    Params 0 and 2 (cut between ranks, or owned by one rank) skip on alternate steps; on
+    step 4 every param of the group has None. A None on one rank only raises on every rank
+    and changes nothing."""
+    for cls, kw in ((fo.AdamW, dict(lr=1e-3)), (fo.LAMB, dict(lr=1e-2)),
+                    (fo.Prodigy, dict(weight_decay=0.01, d0=1e-2))):
+        for stage in (1, 2):
+            ps = params0()
+            ref_ps = [p.copy() for p in ps]
+            zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, **kw)
+            ref = cls(ref_ps, **kw)
+            for step in range(8):
+                skip = set(range(len(SHAPES))) if step == 4 else {step % 2 * 2}
+                g, mg = grads_of(rank, step), mean_grads(step)
+                for k in skip:
+                    g[k] = mg[k] = None
+                clip = 0.5 if step % 3 == 1 else None
+                zero.step(g, max_grad_norm=clip)
+                if clip is not None:
+                    norm = fo.clip_grad_norm_([x for x in mg if x is not None], clip)
+                    assert zero.last_grad_norm == norm, (zero.last_grad_norm, norm)
+                ref.step(mg)
+                assert_equal(ps, ref_ps, f"None grads {cls.__name__} stage {stage} step {step}")
+            same_everywhere(ps, f"None grads {cls.__name__} stage {stage}")
+            zero.consolidate_state_dict(to=0)
+            if rank == 0:
+                want = ref.state_dict()
+                got = zero.state_dict()
+                assert got["param_groups"] == want["param_groups"]
+                for i, st in want["state"].items():
+                    for k, x in st.items():
+                        assert np.array_equal(got["state"][i][k], x), (cls, i, k)
+    for stage in (1, 2):
+        ps = params0()
+        zero = ZeroRedundancyOptimizer(ps, fo.Adam, lr=1e-3, stage=stage)
+        zero.step(grads_of(rank, 0))
+        before = [p.copy() for p in ps]
+        state = {i: {k: np.copy(x) for k, x in st.items()} for i, st in zero.state.items()}
+        g = grads_of(rank, 1)
+        if rank == size - 1:
+            g[1] = None
+        raises(ValueError, ["grads[1]", f"None on rank(s) [{size - 1}]", "every rank"],
+               zero.step, g)
+        assert_equal(ps, before, f"params after a disagreeing None, stage {stage}")
+        for i, st in zero.state.items():
+            for k, x in st.items():
+                assert np.array_equal(x, state[i][k]), (stage, i, k)
+        zero.step(grads_of(rank, 1))        # and the next step goes on normally
+    say("ok None grads: skipped as in torch (stages 1, 2; AdamW, LAMB, Prodigy; clipped), "
+        "and a None on one rank raises on every rank")
+
+
+def check_prodigy():
+    """Prodigy's D estimate sums over every element of every rank (two gathered sums):
+    bitwise the plain Prodigy stepping the mean grad, its D state included (covered with
+    the other optimizers by check_equivalence); here: on a layout where a rank owns
+    nothing (one work unit), checkpoints (the D state in param_groups), and one group
+    only."""
+    shapes = [(40, 30), (30,)]
+    small = params0(shapes=shapes)
+    ref_small = [p.copy() for p in small]
+    zs = ZeroRedundancyOptimizer(small, fo.Prodigy, stage=2, d0=1e-2)
+    ref = fo.Prodigy(ref_small, d0=1e-2)
+    for step in range(6):
+        zs.step(grads_of(rank, step, shapes=shapes, bias=0.25))
+        ref.step(mean_grads(step, shapes=shapes, bias=0.25))
+        assert_equal(small, ref_small, f"Prodigy on one unit, step {step}")
+        assert zs.param_groups[0]["d"] == ref.param_groups[0]["d"]
+    assert ref.param_groups[0]["d"] > 1e-2, "D never moved: the check would be idle"
+    zs.consolidate_state_dict(to=0)
+    if rank == 0:
+        sd = zs.state_dict()
+        assert sd["param_groups"] == ref.state_dict()["param_groups"]
+        plain = fo.Prodigy([p.copy() for p in small], d0=1e-2)
+        plain.load_state_dict(sd)
+    # a plain Prodigy's checkpoint into ZeRO: the D state goes on from where it was
+    ps2 = [p.copy() for p in ref_small]
+    z2 = ZeroRedundancyOptimizer(ps2, fo.Prodigy, stage=1, d0=1e-2)
+    z2.load_state_dict(ref.state_dict())
+    for step in range(6, 9):
+        z2.step(grads_of(rank, step, shapes=shapes, bias=0.25))
+        ref.step(mean_grads(step, shapes=shapes, bias=0.25))
+        assert_equal(ps2, ref_small, f"Prodigy resumed, step {step}")
+    raises(ValueError, ["Prodigy", "one param group"], ZeroRedundancyOptimizer,
+           [{"params": params0()[:2]}, {"params": params0()[2:]}], fo.Prodigy)
+    say("ok Prodigy: D from gathered sums, on a rank owning nothing, checkpoints")
+
+
 def check_normal_grads_tolerance():
     """3+ ranks, normal grads: MPI's sum order differs from NumPy's, so the mean differs by
     an ulp here and there. float32 AdamW and LAMB over 50 steps then stay within rtol 1e-5,
     atol 1e-6: an ulp of the grad moves the update by about an ulp of itself (Adam's update
     is scale-invariant in g), so 50 steps drift by a few ulps of lr-sized steps (~1e-9), far
     below the bound; a wrong shard or a missed rank is off by ~lr = 1e-3."""
-    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1)), (fo.LAMB, dict(lr=1e-3))):
+    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1)), (fo.LAMB, dict(lr=1e-3)),
+                    (fo.Prodigy, dict(weight_decay=0.01, use_bias_correction=True))):
         ps = params0()
         ref_ps = [p.copy() for p in ps]
         zero = ZeroRedundancyOptimizer(ps, cls, stage=2, **kw)
         ref = cls(ref_ps, **kw)
+        bias = GRAD_BIAS.get(cls, 0.0)
         for step in range(STEPS):
-            zero.step(grads_of(rank, step, grid=False))
-            ref.step(mean_grads(step, grid=False))
+            zero.step(grads_of(rank, step, grid=False, bias=bias))
+            ref.step(mean_grads(step, grid=False, bias=bias))
+        if os.environ.get("ZERO_SHOW_DRIFT") and rank == 0:
+            print(cls.__name__, max(float(np.max(np.abs(a.astype(np.float64) - b)))
+                                    for a, b in zip(ps, ref_ps)),
+                  zero.param_groups[0].get("d"), ref.param_groups[0].get("d"))
         for a, b in zip(ps, ref_ps):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        if cls is fo.Prodigy:
+            # D is a ratio of two sums over every element: an ulp of the mean grad moves it
+            # by about an ulp of itself (measured: see docs/distributed.md)
+            assert ref.param_groups[0]["d"] > 1e-4, "D hardly moved: the check would be idle"
+            np.testing.assert_allclose(zero.param_groups[0]["d"], ref.param_groups[0]["d"],
+                                       rtol=1e-5)
         same_everywhere(ps, f"{cls.__name__} normal grads")
     say("ok normal grads within float32 tolerance")
 
@@ -293,18 +407,28 @@ INT8_SHAPES = [(20000,), (12000,), (3000,), (100, 50)]
 
 
 def check_int8():
-    """int8 state: each piece quantized as its whole param; bitwise, and the consolidated
-    state_dict is the plain optimizer's (codes, absmax, map); a plain one loads back."""
-    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1)), (fo.Lion, dict(lr=1e-4))):
+    """int8 state, and blockwise int4 (two codes per byte: pieces start on even elements):
+    each piece quantized as its whole param; bitwise, and the consolidated state_dict is the
+    plain optimizer's (codes, absmax, map); a plain one loads back."""
+    int4 = dict(state_dtype="int4", rank1_normalization=False)
+    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1, state_dtype="int8")),
+                    (fo.Lion, dict(lr=1e-4, state_dtype="int8")),
+                    (fo.AdamW, dict(lr=1e-3, weight_decay=0.1, **int4)),
+                    # gathered norms over quantized state: every param quantized
+                    (fo.LAMB, dict(lr=1e-2, state_dtype="int8", min_quantized_size=0)),
+                    (fo.LARS, dict(lr=0.1, momentum=0.9, state_dtype="int8",
+                                   min_quantized_size=0)),
+                    (fo.LAMB, dict(lr=1e-2, min_quantized_size=0, **int4))):
         for stage in (1, 2):
             ps = params0(shapes=INT8_SHAPES)
             ref_ps = [p.copy() for p in ps]
-            zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, state_dtype="int8", **kw)
-            ref = cls(ref_ps, state_dtype="int8", **kw)
-            for step in range(20):
+            zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, **kw)
+            ref = cls(ref_ps, **kw)
+            for step in range(10):
                 zero.step(grads_of(rank, step, shapes=INT8_SHAPES))
                 ref.step(mean_grads(step, shapes=INT8_SHAPES))
-                assert_equal(ps, ref_ps, f"int8 {cls.__name__} stage {stage} step {step}")
+                assert_equal(ps, ref_ps, f"{kw['state_dtype']} {cls.__name__} stage {stage} "
+                                         f"step {step}")
             zero.consolidate_state_dict(to=size - 1)
             want = ref.state_dict()
             if rank == size - 1:
@@ -314,15 +438,28 @@ def check_int8():
                     assert st.keys() == sd["state"][i].keys(), (st.keys(), sd["state"][i].keys())
                     for k, x in st.items():
                         assert np.array_equal(sd["state"][i][k], x), (i, k)
-            zero2 = ZeroRedundancyOptimizer([p.copy() for p in ref_ps], cls, stage=stage,
-                                            state_dtype="int8", **kw)
+            zero2 = ZeroRedundancyOptimizer([p.copy() for p in ref_ps], cls, stage=stage, **kw)
             zero2.load_state_dict(want)
             zero2.consolidate_state_dict(to=0)
             if rank == 0:
                 for i, st in want["state"].items():
                     for k, x in st.items():
                         assert np.array_equal(zero2.state_dict()["state"][i][k], x), (i, k)
-    say("ok int8 state: bitwise, consolidated and loaded")
+    # LAMB with int8 state and the default min_quantized_size: the small params in a group
+    # of their own (float32 state), the large ones quantized
+    for stage in (1, 2):
+        ps = params0(shapes=INT8_SHAPES)
+        ref_ps = [p.copy() for p in ps]
+        zero = ZeroRedundancyOptimizer([{"params": ps[:2] + ps[3:]}, {"params": ps[2:3]}],
+                                       fo.LAMB, stage=stage, lr=1e-2, state_dtype="int8")
+        ref = fo.LAMB([{"params": ref_ps[:2] + ref_ps[3:]}, {"params": ref_ps[2:3]}],
+                      lr=1e-2, state_dtype="int8")
+        for step in range(6):
+            g, mg = grads_of(rank, step, shapes=INT8_SHAPES), mean_grads(step, shapes=INT8_SHAPES)
+            zero.step(g[:2] + g[3:] + g[2:3])
+            ref.step(mg[:2] + mg[3:] + mg[2:3])
+            assert_equal(ps, ref_ps, f"int8 LAMB in two groups, stage {stage} step {step}")
+    say("ok int8 and int4 state: bitwise, consolidated and loaded (with LAMB and LARS too)")
 
 
 def check_bfloat16_params():
@@ -378,13 +515,18 @@ def check_bad_input():
     """Every bad argument raises on every rank before any collective (so no rank waits),
     naming the argument and the value, and leaves params and state as they were."""
     Z = ZeroRedundancyOptimizer
-    raises(TypeError, ["optimizer_class=Muon", "whole tensors"], Z, params0(), fo.Muon)
+    raises(TypeError, ["optimizer_class=Muon", "whole", "allreduce_"], Z, params0(), fo.Muon)
     raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
+    raises(TypeError, ["optimizer_class", "Adafactor", "whole matrix"], Z, params0(),
+           fo.Adafactor)
     raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
     raises(ValueError, ["reduce_scatter", "'tree'"], Z, params0(), fo.AdamW,
            reduce_scatter="tree")
-    raises(ValueError, ["int4"], Z, params0(), fo.AdamW, state_dtype="int4")
-    raises(ValueError, ["int8", "LAMB"], Z, params0(), fo.LAMB, state_dtype="int8")
+    raises(ValueError, ["int4", "rank1_normalization=False"], Z, params0(), fo.AdamW,
+           state_dtype="int4")
+    raises(ValueError, ["int8", "LAMB", "min_quantized_size=4096", "from 1 to 30000"], Z,
+           params0(), fo.LAMB, state_dtype="int8")
+    raises(TypeError, ["state_dtype"], Z, params0(), fo.Prodigy, state_dtype="int8")
     raises(ValueError, ["lr"], Z, params0(), fo.AdamW, lr=-1.0)
     raises(TypeError, ["comm"], Z, params0(), fo.AdamW, comm="world")
     ps = params0()
@@ -396,7 +538,7 @@ def check_bad_input():
     g = grads_of(rank, 1)
     raises(ValueError, ["expected 5 grads", "got 4"], zero.step, g[:4])
     raises(ValueError, ["grads[2]", "(70, 130)"], zero.step, g[:2] + [g[2].T] + g[3:])
-    raises(ValueError, ["grads[1] is None"], zero.step, [g[0], None] + g[2:])
+    raises(TypeError, ["grads[1]", "list"], zero.step, [g[0], list(g[1])] + g[2:])
     raises(TypeError, ["grads[0]", "float16"], zero.step,
            [g[0].astype(np.float16)] + g[1:])
     ro = [x.copy() for x in g]
@@ -612,6 +754,9 @@ if MODE == "die":
     run_die()
 elif MODE == "load":
     run_reshard()
+elif MODE == "only":        # development: the checks named in argv[3:]
+    for name in sys.argv[3:]:
+        globals()[name]()
 else:
     check_shards_follow_units()
     check_mismatch_raises()
@@ -623,6 +768,8 @@ else:
     check_clip()
     check_add_param_group()
     check_int8()
+    check_none_grads()
+    check_prodigy()
     check_bfloat16_params()
     run_checkpoint()
     if size > 2:

@@ -57,7 +57,8 @@ def checkpoint_dir(tmp_path_factory):
 def test_three_ranks(checkpoint_dir):
     out = _launch(3, checkpoint_dir, "save")
     for check in ("equivalence", "mismatched layout", "skip_nonfinite", "max_grad_norm",
-                  "bad input", "int8 state", "bfloat16 params", "shards follow",
+                  "bad input", "int8 and int4 state", "bfloat16 params", "shards follow",
+                  "None grads", "Prodigy: D from gathered sums",
                   "add_param_group",
                   "normal grads", "consolidate", "LAMB tensor 0 spans", "allreduce_"):
         assert f"ok {check}" in out, out
@@ -67,7 +68,8 @@ def test_two_ranks_and_reshard_from_three(checkpoint_dir):
     if not os.path.exists(os.path.join(checkpoint_dir, "ref.pkl")):
         pytest.skip("needs the 3-rank run's checkpoint (test_three_ranks)")
     out = _launch(2, checkpoint_dir)
-    assert "ok equivalence" in out and "ok max_grad_norm" in out, out
+    for check in ("equivalence", "max_grad_norm", "None grads", "Prodigy: D from gathered sums"):
+        assert f"ok {check}" in out, out
     out = _launch(2, checkpoint_dir, "load")
     assert "ok sharded checkpoint resharded 3 -> 2" in out, out
 

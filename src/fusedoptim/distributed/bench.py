@@ -13,8 +13,9 @@ float32 AdamW on one FlatParams arena of `size` params, random grads per rank. R
   torch.optim.AdamW(fused=True) on the same params (its step alone, and with the gloo
   all_reduce of the grads that a DDP step adds), when torch is installed.
 
-Times are the best of `repeat` runs, each between barriers, the candidates taken in turn. The machine is shared: read
-ratios within one run, not absolute times across runs.
+Each candidate runs once per round, `repeat` rounds (torch's ZeRO in the same rounds), each
+run between barriers; rank 0 prints the best and the median, and the load average. The
+machine is shared: read ratios within one run, not absolute times across runs.
 """
 
 from __future__ import annotations
@@ -34,34 +35,32 @@ from ._collectives import ring_reduce_scatter
 from .zero import ZeroRedundancyOptimizer
 
 
-def _best(comm: MPI.Intracomm, fn: Callable[[], object], repeat: int) -> float:
-    """Best time of `fn` in ms, each run between barriers (the slowest rank's time)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        fn()
-        comm.Barrier()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def _interleaved(comm: MPI.Intracomm, fns: dict[str, Callable[[], object]], repeat: int
-                 ) -> dict[str, float]:
-    """Best time of each function in ms, taken round-robin (one run of each per round), so
-    that a busy spell on the shared machine hits every candidate alike."""
-    best = {k: float("inf") for k in fns}
+                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall times of each function in ms (the slowest rank's: each run between barriers),
+    and CPU times (the process's, all its threads; the larger of the ranks'), taken
+    round-robin (one run of each per round, the order rotated), so that a busy spell on the
+    shared machine hits every candidate alike. On a loaded machine a rank gets a fraction of a core, and the
+    wall time is mostly waiting for it; the CPU time is the work (MPI's polling included)."""
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
-    for _ in range(repeat):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeat):
+        # each round starts one candidate later: what one leaves behind (torch's gloo
+        # threads still burning CPU after its step, measured) falls on a different
+        # candidate each round, and the medians filter it out
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[k]
             comm.Barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
+            c1 = time.process_time()
             comm.Barrier()
-            best[k] = min(best[k], (time.perf_counter() - t0) * 1e3)
-    return best
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append(comm.allreduce((c1 - c0) * 1e3, op=MPI.MAX))
+    return wall, cpu
 
 
 def _state_bytes(state: dict[int, dict[str, Any]]) -> int:
@@ -69,8 +68,10 @@ def _state_bytes(state: dict[int, dict[str, Any]]) -> int:
                if isinstance(x, np.ndarray))
 
 
-def _torch_peer(comm: MPI.Intracomm, n: int, grad: np.ndarray[Any, Any], repeat: int
-                ) -> tuple[float, float] | None:
+def _torch_peer(comm: MPI.Intracomm, n: int, grad: np.ndarray[Any, Any]
+                ) -> tuple[dict[str, Callable[[], object]], Callable[[], None]] | None:
+    """torch's ZeroRedundancyOptimizer over gloo on the same params: its step alone, and
+    with the gloo all_reduce of the grads a DDP step adds; and the cleanup to call after."""
     try:
         import torch
         import torch.distributed as dist
@@ -86,22 +87,22 @@ def _torch_peer(comm: MPI.Intracomm, n: int, grad: np.ndarray[Any, Any], repeat:
     port = comm.bcast(port, root=0)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                             rank=comm.Get_rank(), world_size=comm.Get_size())
-    try:
-        torch.set_num_threads(max(1, _kernels.get_num_threads()))
-        p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
-        p.grad = torch.from_numpy(grad.copy())
-        opt = TorchZero([p], optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
-        step = _best(comm, opt.step, repeat)
+    torch.set_num_threads(max(1, _kernels.get_num_threads()))
+    p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
+    p.grad = torch.from_numpy(grad.copy())
+    opt = TorchZero([p], optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
 
-        def with_allreduce() -> None:
-            assert p.grad is not None
-            dist.all_reduce(p.grad)
-            p.grad.div_(comm.Get_size())
-            opt.step()
-        both = _best(comm, with_allreduce, repeat)
-    finally:
-        dist.destroy_process_group()
-    return step, both
+    def with_allreduce() -> None:
+        assert p.grad is not None
+        dist.all_reduce(p.grad)
+        p.grad.div_(comm.Get_size())
+        opt.step()
+    return ({TORCH_STEP: opt.step, TORCH_BOTH: with_allreduce},
+            dist.destroy_process_group)
+
+
+TORCH_STEP = "torch ZeroRedundancyOptimizer step (gloo)"
+TORCH_BOTH = "torch all_reduce (gloo) + that step"
 
 
 def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) -> int:
@@ -136,9 +137,13 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
     shard = g.grad_shard
     scratch = zero._scratch(g, np.dtype(np.float32))
     p2p = zero._p2p
+    # The step divides by N inside the kernel at a power-of-two N (ZeroRedundancyOptimizer
+    # .step); the parts below do what the step does.
+    fold = nranks & (nranks - 1) == 0 and nranks > 1
 
     def ring() -> None:
-        ring_reduce_scatter(p2p, arena.flat_grad, shard, g.counts, g.displs, nranks, scratch)
+        ring_reduce_scatter(p2p, arena.flat_grad, shard, g.counts, g.displs,
+                            1 if fold else nranks, scratch)
 
     def mpi_rs() -> None:
         comm.Reduce_scatter([arena.flat_grad, MPI.FLOAT], [shard, MPI.FLOAT], g.counts,
@@ -149,7 +154,7 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
 
     def local() -> None:
         if inner is not None:
-            inner.step(g.grad_views)
+            inner.step(g.grad_views, grad_scale=float(nranks) if fold else None)
 
     def sequence() -> None:       # the parts back to back, without the wrapper
         ring()
@@ -158,7 +163,7 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
 
     zero1 = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3)
     zero1_mpi = ZeroRedundancyOptimizer(arena, AdamW, stage=1, lr=1e-3, reduce_scatter="mpi")
-    t = _interleaved(comm, {
+    fns: dict[str, Callable[[], object]] = {
         "ZeRO-2 step": zero.step,
         "its parts back to back, without the wrapper": sequence,
         "local shard step": local,
@@ -166,32 +171,47 @@ def run_distributed(size: int = 10**7, repeat: int = 5, use_torch: bool = True) 
         "all-gather": gather,
         "reduce-scatter (MPI_Reduce_scatter)": mpi_rs,
         "ZeRO-1 step (ring allreduce_ + step + all-gather)": zero1.step,
-        "ZeRO-1 step, reduce_scatter='mpi' (Iallreduce)": zero1_mpi.step}, repeat)
-    parts = t["local shard step"] + t["reduce-scatter (ring)"] + t["all-gather"]
-    peer = _torch_peer(comm, size, arena.flat_grad, repeat) if use_torch else None
+        "ZeRO-1 step, reduce_scatter='mpi' (Iallreduce)": zero1_mpi.step}
+    peer = _torch_peer(comm, size, arena.flat_grad) if use_torch else None
+    if peer is not None:
+        fns.update(peer[0])      # taken in the same rounds as ours
+    load0 = os.getloadavg()[0]
+    try:
+        times, cpu_times = _interleaved(comm, fns, repeat)
+    finally:
+        if peer is not None:
+            peer[1]()
+    load1 = os.getloadavg()[0]
+    best = {k: min(x) for k, x in times.items()}
+    med = {k: float(np.median(x)) for k, x in times.items()}
+    cpu = {k: float(np.median(x)) for k, x in cpu_times.items()}
     if rank == 0:
         threads = _kernels.get_num_threads()
         print(f"fusedoptim bench --distributed: float32 AdamW, {size:.0e} params, {nranks} "
               f"ranks x {threads} thread(s) (OMP_NUM_THREADS="
-              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), best of {repeat}")
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {repeat} rounds, every "
+              f"candidate once per round; load average {load0:.1f} -> {load1:.1f} on "
+              f"{os.cpu_count()} cores")
         for line in lines:
             print(line)
-        for k, x in t.items():
-            print(f"  {k:48s} {x:9.2f} ms")
-        ratio = t["ZeRO-2 step"] / parts
-        print(f"overhead: ZeRO-2 step / (local step + ring reduce-scatter + all-gather, each "
-              f"alone) = {ratio:.2f} (target <= 1.25: {'met' if ratio <= 1.25 else 'MISSED'})")
-        print(f"          ZeRO-2 step / the same parts back to back = "
-              f"{t['ZeRO-2 step'] / t['its parts back to back, without the wrapper']:.2f} "
-              f"(the wrapper's own cost)")
+        print(f"  {'':48s} {'best':>9s} {'median':>9s} {'CPU':>9s} ms (wall best, wall "
+              f"median, CPU time median)")
+        for k in times:
+            print(f"  {k:48s} {best[k]:9.2f} {med[k]:9.2f} {cpu[k]:9.2f}")
+        for what, t in (("wall, best", best), ("wall, median", med), ("CPU time", cpu)):
+            parts = t["local shard step"] + t["reduce-scatter (ring)"] + t["all-gather"]
+            ratio = t["ZeRO-2 step"] / parts
+            print(f"overhead ({what}): ZeRO-2 step / (local step + ring reduce-scatter + "
+                  f"all-gather, each alone) = {ratio:.2f} (target <= 1.25: "
+                  f"{'met' if ratio <= 1.25 else 'MISSED'}); / the same parts back to back "
+                  f"= {t['ZeRO-2 step'] / t['its parts back to back, without the wrapper']:.2f}"
+                  f" (the wrapper's own cost)")
+            if peer is None:
+                continue
+            sp = t[TORCH_STEP] / t["ZeRO-2 step"]
+            print(f"peer ({what}): torch's ZeRO step / our ZeRO-2 step = {sp:.2f}x (target "
+                  f">= 2x: {'met' if sp >= 2 else 'MISSED'}); with its gradient all_reduce, "
+                  f"which our step includes: {t[TORCH_BOTH] / t['ZeRO-2 step']:.2f}x")
         if peer is None:
             print("peer: torch not installed (or --no-torch): skipped")
-        else:
-            step, both = peer
-            print(f"  {'torch ZeroRedundancyOptimizer step (gloo)':48s} {step:9.2f} ms")
-            print(f"  {'torch all_reduce (gloo) + that step':48s} {both:9.2f} ms")
-            sp = step / t["ZeRO-2 step"]
-            print(f"peer: torch's ZeRO step / ours = {sp:.2f}x; with its gradient all_reduce "
-                  f"{both / t['ZeRO-2 step']:.2f}x (target >= 2x: "
-                  f"{'met' if sp >= 2 else 'MISSED'})")
     return 0

@@ -10,14 +10,14 @@ from mpi4py import MPI
 
 from .. import _kernels
 from .. import _validation as v
-from .._backend import FUSED
+from .._backend import FusedBackend
 from .._exclusive import exclusive
 from .._layout import group_arrays, parse_params
 from .._validation import label
 from ..flat import FlatParams
 from .._gate import inv_grad_scale
 from ..grad_utils import CLIP_EPS
-from .._precision import ABSMAX
+from .._precision import ABSMAX, resolve
 from ..optimizer import Optimizer
 from ._collectives import Shards, fold, gather_parts, mpi_type, ring_reduce_scatter, \
     scale_, shard_units, sharded_norm, slices, world
@@ -30,10 +30,20 @@ if TYPE_CHECKING:
 _NONFINITE = _kernels.REDUCE_IDS["nonfinite"]
 _REDUCE_NAMES = {i: k for k, i in _kernels.REDUCE_IDS.items()}
 #: specs whose step is one chunk-kernel pass per element (any shard steps alone), and those
-#: whose ``run`` only reduces per-tensor sums with Plan.reduce between passes (their sums are
-#: gathered across the ranks); other runs (Muon's Newton-Schulz on whole matrices) need
-#: whole tensors and are refused.
-_GATHERED_RUNS = ("lamb", "lars")
+#: whose ``run`` only reduces sums with Plan.reduce between passes: LAMB's and LARS's
+#: per-tensor norms, Prodigy's two global sums for its D estimate (their sums are gathered
+#: across the ranks). Other runs need whole tensors and are refused (_WHOLE_TENSORS).
+_GATHERED_RUNS = ("lamb", "lars", "prodigy")
+#: why a spec's step cannot run on shards, by spec name
+_WHOLE_TENSORS = {
+    "muon": "Muon orthogonalizes each whole 2-D param (Newton-Schulz iterations on the full "
+            "matrix), and the shards cut params on 16K-element work units; sharding Muon "
+            "needs shards made of whole tensors, which is not built. Train Muon "
+            "data-parallel with allreduce_(grads) and a plain fo.Muon on every rank"}
+#: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
+_NOT_OPTIMIZER = {
+    "Adafactor": " (Adafactor's factored second moment sums each whole matrix's rows and "
+                 "columns, which span the shards)"}
 #: element width -> (NumPy view type, MPI type) for moving params without arithmetic
 _WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
                 8: (np.uint64, MPI.UINT64_T)}
@@ -43,38 +53,25 @@ SHARDED_FORMAT = "fusedoptim.zero.sharded/1"
 
 def shardable(optimizer_class: object) -> bool:
     """Whether ZeroRedundancyOptimizer can shard `optimizer_class`: a fusedoptim optimizer
-    class on the fused kernels whose step is element-wise, or LAMB or LARS."""
+    class on the fused kernels whose step is element-wise, or LAMB, LARS or Prodigy."""
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
             and getattr(optimizer_class, "spec", None) is not None):
         return False
     spec = optimizer_class.spec
-    return optimizer_class._backend is FUSED and (spec.run is None
-                                                  or spec.name in _GATHERED_RUNS)
+    return isinstance(optimizer_class._backend, FusedBackend) and (
+        spec.run is None or spec.name in _GATHERED_RUNS)
 
 
-class _NullPlan:
-    """A rank's stand-in for a group it owns no element of, so that a step whose ``run``
-    gathers per-tensor sums (LAMB, LARS) makes the same collective calls on every rank."""
-
-    ntensors = 0
-    storages = ("float32", "float32", "float32")
-
-    def __init__(self, gathered: _Gathered) -> None:
-        self._gathered = gathered
-        self.hp_array = np.zeros((0, 64))
-
-    def reduce(self, reduce_id: int, column: int = 0, stop_early: bool = False,
-               num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]:
-        nout = len(_kernels.REDUCE_OUTPUTS[_REDUCE_NAMES[reduce_id]])
-        return self._gathered.combine(np.zeros((0, nout)), reduce_id)
-
-    def run(self, kernel_id: int, num_threads: int = 0) -> None:
-        return None
+def _empty(dtype: np.dtype[Any]) -> FloatArray:
+    """A zero-size array: the stand-in param (and its grad) of a gathered-sums inner
+    optimizer (see _Group.standin)."""
+    return np.zeros(0, dtype=dtype)
 
 
 class _Gathered:
-    """The per-tensor sums of one group, gathered: each rank's per-segment partials, one
-    Allgatherv, folded in the single-process order (bitwise the unsharded Plan.reduce)."""
+    """The sums of one group, gathered: each rank's per-segment partials, one Allgatherv,
+    folded in the single-process order (bitwise the unsharded Plan.reduce). The inner
+    optimizer's last tensor is its zero-size stand-in (_Group.standin), whose row is 0."""
 
     def __init__(self, comm: MPI.Intracomm, shards: Shards, pieces: Sequence[tuple[int, int,
                  int]]) -> None:
@@ -95,7 +92,8 @@ class _Gathered:
                                  f"the group's unit table {counts[self.comm.Get_rank()]}")
         parts = gather_parts(self.comm, local_parts.reshape(-1, len(outputs)), counts)
         per_tensor, totals = fold(parts, sh.seg_t, sh.ntensors)
-        return per_tensor[self.local_tensors], tuple(float(x) for x in totals)
+        mine = np.concatenate([per_tensor[self.local_tensors], np.zeros((1, len(outputs)))])
+        return mine, tuple(float(x) for x in totals)
 
 
 class _ShardPlan:
@@ -130,12 +128,19 @@ class _Group:
         self.displs = list(shards.elem[:-1])
         self.lo, self.hi = shards.elem[rank], shards.elem[rank + 1]
         self.dtype = arrays[0].dtype
+        #: the grads' dtype (ZeRO's grads are float32 or float64: float32 for half params)
+        self.wire_dtype = np.dtype(np.float32) if self.dtype.itemsize == 2 else self.dtype
         self.size = shards.elem[-1]
         #: the inner optimizers stepping this rank's pieces, each with the indices (into
         #: pieces) of its own: one, or under int8/int4 state two, so that each piece is
         #: quantized as its whole param is (min_quantized_size decides by the param's size)
         self.inners: list[tuple[Optimizer, list[int]]] = []
         self.gathered: _Gathered | None = None
+        #: gathered sums (LAMB, LARS, Prodigy): the inner optimizer also steps a zero-size
+        #: stand-in param, always with a grad. So its run, and the collectives in it, happen
+        #: on every rank at every step, also on a rank that owns no element or whose pieces
+        #: have no grad this step; and a Prodigy inner updates its D with everyone's sums.
+        self.standin: FloatArray | None = None
         self.grad_shard: FloatArray | None = None        # stage 2: this shard's mean grad
         self.grad_views: list[FloatArray] = []
 
@@ -201,8 +206,9 @@ class ZeroRedundancyOptimizer:
     otherwise the grads and params are packed into a contiguous buffer (one copy each way).
 
     Since each shard's step is the single-process computation on those elements (element-wise
-    kernels; LAMB's and LARS's per-tensor norms are folded from every rank's per-segment
-    partial sums in the single-process order), the params equal a single process stepping
+    kernels; LAMB's and LARS's per-tensor norms, and Prodigy's two sums for its D estimate,
+    are folded from every rank's per-segment partial sums in the single-process order), the
+    params equal a single process stepping
     the mean gradient: bitwise with 2 ranks, and with more whenever the sum of the ranks'
     grads is exact, whatever its order (the all-gather makes the params bitwise the same on
     every rank in any case).
@@ -211,20 +217,26 @@ class ZeroRedundancyOptimizer:
     ``add_param_group`` is a collective),
     ``step(grads, *, grad_scale=None, max_grad_norm=None)`` (clip the mean grad by its global
     L2 norm first; ``last_grad_norm`` holds the norm), ``skip_nonfinite`` (checked on every
-    shard, one allreduce: every rank skips together), ``grad_scale``.
+    shard, one allreduce: every rank skips together), ``grad_scale``, grads of None (the
+    param is skipped, as in torch; it must be None on every rank, which one small Allreduce
+    per step checks, overlapped with the grads' reduction: otherwise ValueError on every
+    rank, with no param or state changed).
 
-    ``state_dtype="int8"`` (element-wise optimizers): each piece is quantized as its whole
-    param is (``min_quantized_size`` decides by the param's size, and pieces start on
-    quantization blocks), so the state is bitwise the single-process one.
+    ``state_dtype="int8"``, and ``"int4"`` with ``rank1_normalization=False``: each piece
+    is quantized as its whole param is (``min_quantized_size`` decides by the param's size,
+    and pieces start on quantization blocks), so the state is bitwise the single-process
+    one. With LAMB and LARS, each param group's params must all be on one side of
+    ``min_quantized_size`` (e.g. ``min_quantized_size=0``, or small params in a group of
+    their own). Prodigy: one param group (its D is shared by all groups).
 
     Checkpoints: ``consolidate_state_dict(to=0)`` (a collective), then ``state_dict()`` on
     that rank, give the single-process format; ``load_state_dict`` takes that format at any
     world size; ``sharded_state_dict()`` / ``load_sharded_state_dict(parts)`` save each
     rank's part and reshard from any world size.
 
-    Not supported yet: optimizers that need whole tensors in a step (Muon), int4 state,
-    int8 state with LAMB/LARS, stochastic rounding (its stream is keyed by each param's own
-    element indices), grads of None.
+    Not supported: optimizers that need whole tensors in a step (Muon), int4 state with
+    rank-1 normalization (whole matrices' row and column maxima), stochastic rounding (its
+    stream is keyed by each param's own element indices).
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
@@ -255,27 +267,20 @@ class ZeroRedundancyOptimizer:
                      defaults: dict[str, Any]) -> str:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and getattr(optimizer_class, "spec", None) is not None):
+            why = _NOT_OPTIMIZER.get(getattr(optimizer_class, "__name__", ""), "")
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
-                            f"fo.AdamW, got {optimizer_class!r}")
+                            f"fo.AdamW, got {optimizer_class!r}{why}")
         if not shardable(optimizer_class):
-            raise TypeError(f"optimizer_class={optimizer_class.__name__} steps whole tensors "
-                            f"at once, which a shard of the params cannot; "
-                            f"ZeroRedundancyOptimizer takes element-wise optimizers and "
-                            f"{', '.join(n.upper() for n in _GATHERED_RUNS)}")
+            why = _WHOLE_TENSORS.get(optimizer_class.spec.name, "its step needs whole tensors "
+                                     "at once, which a shard of the params cannot give")
+            raise TypeError(f"optimizer_class={optimizer_class.__name__} cannot be sharded by "
+                            f"ZeroRedundancyOptimizer: {why}. It takes the element-wise "
+                            f"optimizers, LAMB, LARS and Prodigy")
         if isinstance(stage, bool) or stage not in (1, 2):
             raise ValueError(f"stage must be 1 (shard the optimizer state) or 2 (also "
                              f"reduce-scatter the grads), got {stage!r}")
         defaults = dict(defaults)
         self.skip_nonfinite = v.flag(defaults.pop("skip_nonfinite", False), "skip_nonfinite")
-        if defaults.get("state_dtype") == "int4":
-            raise ValueError("state_dtype='int4' is not supported by ZeroRedundancyOptimizer "
-                             "yet (its rank-1 normalization takes whole matrices); use "
-                             "'int8', 'bfloat16', 'float32' or None")
-        if defaults.get("state_dtype") == "int8" and optimizer_class.spec.run is not None:
-            raise ValueError(f"state_dtype='int8' with {optimizer_class.__name__} is not "
-                             f"supported by ZeroRedundancyOptimizer yet (its per-tensor "
-                             f"norms and the split by min_quantized_size do not mix); use "
-                             f"'bfloat16', 'float32' or None")
         if defaults.get("stochastic_rounding"):
             raise ValueError("stochastic_rounding=True is not supported by "
                              "ZeroRedundancyOptimizer yet (its rounding stream is keyed by "
@@ -303,6 +308,7 @@ class ZeroRedundancyOptimizer:
         named = [n for n in all_names if n is not None]
         if len(set(named)) != len(named):
             raise ValueError("param names must be unique across groups")
+        self._check_one_group(optimizer_class, len(parsed))
         clash = _kernels.find_overlap(everything)
         if clash is not None:
             raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; give "
@@ -313,9 +319,26 @@ class ZeroRedundancyOptimizer:
                                  for a, _, o, _ in parsed], **defaults)
         self.defaults = probe.defaults
         self.min_quantized_size = probe.min_quantized_size
+        for arrays, _, _, _ in parsed:
+            self._check_quantized_split(probe, arrays)
+        if probe.state_dtype == "int4" and probe.rank1_normalization:
+            # The plain optimizer would rank-1 normalize these params' non-negative moments
+            # (row and column maxima of whole matrices); a rank's 1-D pieces would not.
+            whole = resolve(optimizer_class.__name__, probe._kernel, everything[0].dtype,
+                            probe.master_weights, "int4", probe.min_quantized_size,
+                            False, tuple(a.shape for a in everything))
+            if whole.rank1:
+                raise ValueError("state_dtype='int4' with rank1_normalization=True (the "
+                                 "default) is not supported by ZeroRedundancyOptimizer: "
+                                 "rank-1 normalization scales each matrix by its row and "
+                                 "column maxima, which span the shards; pass "
+                                 "rank1_normalization=False (blockwise int4, as torchao) or "
+                                 "state_dtype='int8'")
         quant = probe._layouts[0].precision.quant
         #: elements per absmax of quantized state (None: no quantized state)
         self._block = None if quant is None else quant[1]
+        #: elements per byte of quantized codes (int4: two)
+        self._per_code = 2 if quant is not None and quant[0] == 4 else 1
         self._probe_groups = [{k: x for k, x in g.items() if k != "params"}
                               for g in probe.param_groups]
         self._parsed = parsed
@@ -350,11 +373,12 @@ class ZeroRedundancyOptimizer:
             self._checked.append(None)
         if self.optimizer_class.spec.run is not None:
             g.gathered = _Gathered(self.comm, g.shards, g.pieces)
+            g.standin = _empty(g.dtype)
         for options, idx in self._inner_split(g):
-            inner = self.optimizer_class([{"params": [g.views[j] for j in idx], **hyper}],
+            inner = self.optimizer_class([{"params": self._inner_params(g, idx), **hyper}],
                                          **options)
             if g.gathered is not None:
-                self._gather_norms(inner, g.gathered)
+                self._gather_sums(inner, g.gathered)
             g.inners.append((inner, idx))
         if self.stage == 2:
             g.grad_shard = np.empty(g.hi - g.lo, dtype=g.dtype)
@@ -385,9 +409,11 @@ class ZeroRedundancyOptimizer:
             if clash is not None:
                 raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] share memory; "
                                  f"give each param its own buffer")
+            self._check_one_group(self.optimizer_class, len(self.param_groups) + 1)
             over = {k: x for k, x in param_group.items() if k != "params"}
             probe = self.optimizer_class(
                 [{"params": [np.zeros(1, dtype=arrays[0].dtype)], **over}], **self._options)
+            self._check_quantized_split(probe, arrays)
             hyper = {k: x for k, x in probe.param_groups[0].items() if k != "params"}
             description = _describe(self.optimizer_class, self.stage, {},
                                     [(arrays, names, over)])
@@ -398,13 +424,42 @@ class ZeroRedundancyOptimizer:
         self._add_group(arrays, arena, hyper)
         self._consolidated = None
 
+    def _check_quantized_split(self, probe: Optimizer, arrays: list[FloatArray]) -> None:
+        """Quantized state with gathered sums (LAMB, LARS): a piece is quantized by its
+        whole param's size, so a rank's pieces of params on both sides of
+        min_quantized_size go to two inner optimizers (_inner_split); their plans cut the
+        work units differently from the group's, and the gathered sums would not fold in
+        the single-process order. So a group's params must be on one side."""
+        limit = probe.min_quantized_size
+        if (probe.state_dtype in ("int8", "int4") and self.optimizer_class.spec.run is not None
+                and any(a.size >= limit for a in arrays)
+                and any(a.size < limit for a in arrays)):
+            raise ValueError(
+                f"state_dtype={probe.state_dtype!r} with {self.optimizer_class.__name__} under "
+                f"ZeroRedundancyOptimizer needs each param group's params on one side of "
+                f"min_quantized_size={limit} (this group's range from "
+                f"{min(a.size for a in arrays)} to {max(a.size for a in arrays)} elements): "
+                f"pass min_quantized_size=0 (quantize every param's state), or put the "
+                f"small params in a param group of their own, or use state_dtype='bfloat16'")
+
+    @staticmethod
+    def _check_one_group(optimizer_class: type[Optimizer], ngroups: int) -> None:
+        """Prodigy's D is shared by all param groups, and each group here steps through an
+        inner optimizer of its own, with a D of its own: one group only."""
+        if optimizer_class.spec.name == "prodigy" and ngroups > 1:
+            raise ValueError(f"ZeroRedundancyOptimizer with Prodigy takes one param group, "
+                             f"got {ngroups}: Prodigy's D estimate is shared by all groups, "
+                             f"and the sharded step keeps one D per group; put the params in "
+                             f"one group")
+
     def _inner_split(self, g: _Group) -> list[tuple[dict[str, Any], list[int]]]:
         """The inner optimizers' options and pieces. Quantized state: a piece of a param
         that is quantized whole (size >= min_quantized_size) is quantized however small the
         piece (min_quantized_size=1), the pieces of smaller params keep float32 state."""
         idx = list(range(len(g.pieces)))
         if not idx:
-            return []
+            # gathered sums: the stand-in takes part in them on a rank owning no element
+            return [] if g.standin is None else [(self._options, idx)]
         if self._options.get("state_dtype") not in ("int8", "int4"):
             return [(self._options, idx)]
         limit = self.min_quantized_size
@@ -424,17 +479,22 @@ class ZeroRedundancyOptimizer:
         return [(int(starts[t]) + a, int(starts[t]) + b) for t, a, b in g.pieces]
 
     @staticmethod
-    def _gather_norms(inner: Optimizer, gathered: _Gathered) -> None:
-        run = inner.spec.run
-        assert run is not None
+    def _inner_params(g: _Group, idx: list[int]) -> list[FloatArray]:
+        """An inner optimizer's params: views of its pieces, and the stand-in, if any."""
+        return [g.views[j] for j in idx] + ([] if g.standin is None else [g.standin])
 
-        def shard_run(plan: _kernels.Plan, hyper: Any) -> None:
-            run(_ShardPlan(plan, gathered), hyper)   # type: ignore[arg-type]
-        inner._run = shard_run  # type: ignore[method-assign]
+    @staticmethod
+    def _gather_sums(inner: Optimizer, gathered: _Gathered) -> None:
+        """Make the inner optimizer's reductions return the whole group's sums."""
+        run = inner._run
+
+        def shard_run(plan: _kernels.Plan, *args: Any) -> None:
+            run(_ShardPlan(plan, gathered), *args)   # type: ignore[arg-type]
+        inner._run = shard_run  # type: ignore[method-assign, assignment]
 
     # -- the step ---------------------------------------------------------------------------
-    def _grad_list(self, grads: Any) -> list[list[FloatArray]]:
-        """The grads per group, checked against the params (every param needs one)."""
+    def _grad_list(self, grads: Any) -> list[list[FloatArray | None]]:
+        """The grads per group, checked against the params (None: no grad this step)."""
         if grads is None:
             if any(g.arena is None for g in self._groups):
                 raise ValueError("step() without grads needs every group built from a "
@@ -468,12 +528,11 @@ class ZeroRedundancyOptimizer:
             sl = self._group_slices[gi]
             mine = flat[sl.start:sl.stop]
             for k, (gr, p) in enumerate(zip(mine, g.arrays)):
-                lab = label("grads", sl.start + k, self._names[sl.start + k])
                 if gr is None:
-                    raise ValueError(f"{lab} is None; ZeroRedundancyOptimizer steps every "
-                                     f"param (pass zeros for a param without a gradient)")
+                    continue
+                lab = label("grads", sl.start + k, self._names[sl.start + k])
                 if not isinstance(gr, np.ndarray):
-                    raise TypeError(f"{lab} must be a numpy.ndarray, got "
+                    raise TypeError(f"{lab} must be a numpy.ndarray or None, got "
                                     f"{type(gr).__name__}")
                 if gr.shape != p.shape:
                     raise ValueError(f"{lab} has shape {gr.shape}, its param {p.shape}")
@@ -488,12 +547,47 @@ class ZeroRedundancyOptimizer:
             out.append(list(mine))
         return out
 
+    def _post_none_flags(self, per_group: list[list[FloatArray | None]]
+                         ) -> tuple[MPI.Request, NDArray[np.uint8]]:
+        """Start one small non-blocking Allreduce: MAX of each param's "has no grad" flag
+        and of its complement, i.e. the OR and the AND over the ranks (_check_none_flags
+        reads them). Non-blocking, so that it completes during the grads' reduction
+        instead of adding a synchronization of its own: measured at 3 ranks on 2 shared
+        cores, a blocking one made a small model's step 30% slower."""
+        none = np.array([gr is None for grads in per_group for gr in grads], dtype=np.uint8)
+        flags = np.concatenate([none, 1 - none])
+        return self.comm.Iallreduce(MPI.IN_PLACE, flags, op=MPI.MAX), flags
+
+    def _check_none_flags(self, request: MPI.Request, flags: NDArray[np.uint8],
+                          per_group: list[list[FloatArray | None]]) -> None:
+        """Every rank skips the same params: a param whose grad is None on some ranks only
+        raises ValueError on every rank, before any param or state changes (a DDP-style
+        average with zeros would change the result silently)."""
+        request.Wait()
+        n = flags.size // 2
+        split = np.flatnonzero(flags[:n] & flags[n:])   # None somewhere, an array elsewhere
+        if split.size:
+            none = bytes(gr is None for grads in per_group for gr in grads)
+            seen = self.comm.allgather(none)
+            names = [label("grads", int(i), self._names[int(i)]) for i in split[:5]]
+            where = {r: [i for i in split[:5].tolist() if m[i]] for r, m in enumerate(seen)}
+            raise ValueError(
+                f"ZeroRedundancyOptimizer.step: {', '.join(names)} "
+                f"{'is' if split.size == 1 else 'are'} None on rank(s) "
+                f"{sorted(r for r, ix in where.items() if ix)} and an array on the others "
+                f"({split.size} param(s) in all). A param is skipped only when its grad is "
+                f"None on every rank; pass zeros where a rank has no gradient for it, or None "
+                f"everywhere to skip it. No param or state was changed"
+                f"{' (stage 1 has averaged the grads in place)' if self.stage == 1 else ''}.")
+
     @exclusive      # refused before the first collective, not half-way into one
     def step(self, grads: Any = None, *, grad_scale: float | None = None,
              max_grad_norm: float | None = None) -> bool:
         """Average this rank's `grads` with every other rank's, step this rank's shard, and
         all-gather the params (see the class doc). `grads`: a list in param order, a dict by
-        name, or None/a FlatParams for groups built from FlatParams. ``grad_scale``: divide
+        name, or None/a FlatParams for groups built from FlatParams. A grad of None skips its
+        param, as in torch, and must be None on every rank (ValueError on every rank
+        otherwise, before anything changes). ``grad_scale``: divide
         the grads by it inside the kernel, as the plain optimizers do. ``max_grad_norm``:
         clip the mean grad by its global L2 norm first (torch's clip_grad_norm_ rule;
         ``last_grad_norm`` keeps the norm, of the grads divided by ``grad_scale``). Returns
@@ -516,14 +610,23 @@ class ZeroRedundancyOptimizer:
             if key != self._checked[gi]:
                 spec.check_group(key)
                 self._checked[gi] = key
+        none_check = self._post_none_flags(per_group)
         for gi, g in enumerate(self._groups):
             for inner, _ in g.inners:
                 inner_group = inner.param_groups[0]
                 for k, x in self.param_groups[gi].items():
                     if k != "params":
                         inner_group[k] = x
-        shard_grads = self._reduce_grads(per_group)
-        if self.skip_nonfinite and not self._all_finite(shard_grads):
+        n = self.world_size
+        # Stage 2 without clipping or a grad_scale, at a power-of-two world size: the kernel
+        # divides the summed grads by n as it reads them (grad_scale=n: its multiplier 1/n
+        # is exact, so g * (1/n) is bitwise g / n), which saves a pass over the shard.
+        fold_mean = (self.stage == 2 and n > 1 and n & (n - 1) == 0 and max_norm is None
+                     and scale is None)
+        shard_grads = self._reduce_grads(per_group, divide=not fold_mean)
+        self._check_none_flags(*none_check, per_group)
+        present = [[x for x in sg if x is not None] for sg in shard_grads]
+        if self.skip_nonfinite and not self._all_finite(present):
             self.skipped_steps += 1
             return False
         if max_norm is not None:
@@ -533,41 +636,57 @@ class ZeroRedundancyOptimizer:
             self.last_grad_norm = norm
             coef = max_norm / (norm + CLIP_EPS)
             if not coef >= 1.0:
-                for sg in shard_grads:
-                    if sg:
-                        scale_(sg, coef)
+                for kept in present:
+                    if kept:
+                        scale_(kept, coef)
         for gi, g in enumerate(self._groups):
             for inner, idx in g.inners:
                 sg = shard_grads[gi]
-                inner.step(sg if len(idx) == len(sg) else [sg[j] for j in idx],
-                           grad_scale=scale)
-            if not g.inners and g.gathered is not None:
-                spec = self.optimizer_class.spec
-                group = self.param_groups[gi]
-                hyper = spec.check_group(tuple(group[k] for k in spec.group_keys))
-                assert spec.run is not None
-                spec.run(_NullPlan(g.gathered), hyper)  # type: ignore[arg-type]
+                mine = sg if len(idx) == len(sg) else [sg[j] for j in idx]
+                if g.standin is not None:
+                    # its grad: another empty array (a grad may not share its param's
+                    # memory), in the dtype of the other grads (one per group)
+                    kinds = [x.dtype for x in mine if x is not None]
+                    mine = mine + [_empty(kinds[0] if kinds else g.wire_dtype)]
+                inner.step(mine, grad_scale=float(n) if fold_mean else scale)
+                # state kept in the param group (Prodigy's D), the same on every rank
+                for k in inner.group_state_keys:
+                    if k in inner.param_groups[0]:
+                        self.param_groups[gi][k] = inner.param_groups[0][k]
         self._gather_params()
         return True
 
-    def _reduce_grads(self, per_group: list[list[FloatArray]]) -> list[list[FloatArray]]:
-        """Each group's mean grads over this rank's pieces (views)."""
+    def _reduce_grads(self, per_group: list[list[FloatArray | None]], divide: bool = True
+                      ) -> list[list[FloatArray | None]]:
+        """Each group's mean grads over this rank's pieces (views; None for a param
+        without a grad); their sums under stage 2 with ``divide=False``."""
         c = self.comm
         n = self.world_size
-        out: list[list[FloatArray]] = []
+        out: list[list[FloatArray | None]] = []
         if self.stage == 1:
             from ._collectives import allreduce_
-            allreduce_([gr for grads in per_group for gr in grads], c,
-                       algorithm=self.reduce_scatter)
+            # a param without a grad is reduced as zeros: the same messages on every rank,
+            # before the ranks are known to agree on which params have none
+            allreduce_([np.zeros(p.size, g.wire_dtype) if gr is None else gr
+                        for g, grads in zip(self._groups, per_group)
+                        for gr, p in zip(grads, g.arrays)], c, algorithm=self.reduce_scatter)
             for g, grads in zip(self._groups, per_group):
-                out.append(slices(grads, g.pieces))
+                out.append([None if gr is None else gr.reshape(-1)[a:b]
+                            for gr, (_, a, b) in zip((grads[t] for t, _, _ in g.pieces),
+                                                     g.pieces)])
             return out
         requests = []
         ring = self.reduce_scatter == "ring"
         for g, grads in zip(self._groups, per_group):
-            flat = _kernels.tile_view(grads) if len(grads) > 1 else grads[0].reshape(-1)
+            whole = [gr for gr in grads if gr is not None]
+            flat = None
+            if len(whole) == len(grads):
+                flat = _kernels.tile_view(whole) if len(whole) > 1 else whole[0].reshape(-1)
             if flat is None:
-                flat = np.concatenate([a.reshape(-1) for a in grads])   # pack: one copy
+                # pack: one copy (a param without a grad sends zeros: the same messages on
+                # every rank, and its mean is never read)
+                flat = np.concatenate([np.zeros(p.size, g.wire_dtype) if gr is None
+                                       else gr.reshape(-1) for gr, p in zip(grads, g.arrays)])
             assert g.grad_shard is not None
             mt = mpi_type(flat.dtype, "grads")
             if g.grad_shard.dtype != flat.dtype:
@@ -575,17 +694,19 @@ class ZeroRedundancyOptimizer:
                 g.grad_views = [g.grad_shard[a - g.lo:b - g.lo] for a, b in
                                 self._local_offsets(g)]
             if ring:
-                ring_reduce_scatter(self._p2p, flat, g.grad_shard, g.counts, g.displs, n,
+                ring_reduce_scatter(self._p2p, flat, g.grad_shard, g.counts, g.displs,
+                                    n if divide else 1,
                                     self._scratch(g, flat.dtype))
             else:
                 requests.append(c.Ireduce_scatter([flat, mt], [g.grad_shard, mt], g.counts,
                                                   op=MPI.SUM))
         MPI.Request.Waitall(requests)
-        for g in self._groups:
+        for g, grads in zip(self._groups, per_group):
             assert g.grad_shard is not None
-            if n != 1 and not ring:
+            if n != 1 and not ring and divide:
                 np.divide(g.grad_shard, n, out=g.grad_shard)
-            out.append(list(g.grad_views))
+            out.append([None if grads[t] is None else view
+                        for (t, _, _), view in zip(g.pieces, g.grad_views)])
         return out
 
     def _scratch(self, g: _Group, dtype: np.dtype[Any]) -> list[FloatArray]:
@@ -612,13 +733,16 @@ class ZeroRedundancyOptimizer:
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
         return not bool(flag[0])
 
-    def _shard_norm(self, shard_grads: list[list[FloatArray]]) -> float:
+    def _shard_norm(self, shard_grads: list[list[FloatArray | None]]) -> float:
         planned: list[tuple[_kernels.Plan | None, Shards, int]] = []
         for g, sg in zip(self._groups, shard_grads):
             plan = None
             if sg:
-                plan = _kernels.Plan(sg, [None] * len(sg), 0, 2, None)
-                plan.active_array[...] = 1
+                # every piece keeps its segments (sharded_norm folds the group's unit table);
+                # a piece without a grad is inactive: its param view is never read
+                plan = _kernels.Plan([g.views[k] if x is None else x for k, x in enumerate(sg)],
+                                     [None] * len(sg), 0, 2, None)
+                plan.active_array[...] = [x is not None for x in sg]
             planned.append((plan, g.shards, 0))
         return sharded_norm(self.comm, planned, 2.0)
 
@@ -658,7 +782,8 @@ class ZeroRedundancyOptimizer:
         for gi, g in enumerate(self._groups):
             for inner, idx in g.inners:
                 for j, st in inner.state.items():
-                    out[self._group_slices[gi].start + g.pieces[idx[j]][0]] = st
+                    if j < len(idx):        # not the stand-in
+                        out[self._group_slices[gi].start + g.pieces[idx[j]][0]] = st
         return out
 
     def _pieces(self) -> list[tuple[int, int, int, dict[str, Any]]]:
@@ -667,6 +792,8 @@ class ZeroRedundancyOptimizer:
         for gi, g in enumerate(self._groups):
             for inner, idx in g.inners:
                 for j, entry in inner.state_dict()["state"].items():
+                    if j >= len(idx):       # the stand-in
+                        continue
                     t, a, b = g.pieces[idx[j]]
                     out.append((self._group_slices[gi].start + t, a, b, entry))
         return out
@@ -702,7 +829,8 @@ class ZeroRedundancyOptimizer:
         for i in sorted({p[0] for p in pieces}):
             p = self._param(i)
             state[i] = _assemble([x for x in pieces if x[0] == i], 0, p.size, p.shape,
-                                 self._block)
+                                 self._block,
+                                 self._per_code)
         self._consolidated = {"state": state, "param_groups": self._saved_groups()}
 
     def state_dict(self) -> OptimizerStateDict:
@@ -783,18 +911,25 @@ class ZeroRedundancyOptimizer:
                     t, a, b = g.pieces[pj]
                     mine = [x for x in pieces if x[0] == start + t and x[1] < b and x[2] > a]
                     if mine:
-                        state[j] = _assemble(mine, a, b, (b - a,), self._block)
+                        state[j] = _assemble(mine, a, b, (b - a,), self._block,
+                                             self._per_code)
+                nparams = len(idx) + (g.standin is not None)
                 parts.append({"state": state, "param_groups": [
-                    {**hyper, "params": list(range(len(idx)))}]})
+                    {**hyper, "params": list(range(nparams))}]})
             staged.append((gi, hyper, parts))
         # Every inner optimizer checks its part (on a stand-in of its shape) before any
         # state is changed, so a rejected checkpoint leaves this optimizer as it was.
         for gi, hyper, parts in staged:
             g = self._groups[gi]
             for (options, idx), part in zip(self._inner_split(g), parts):
+                stand = [] if g.standin is None else [_empty(g.dtype)]
+                # state a step adds to the group (Prodigy's d_denom, d_hat) is loaded, not
+                # constructed
+                made = {k: x for k, x in hyper.items() if k in self.defaults
+                        or k not in self.optimizer_class.group_state_keys}
                 trial = self.optimizer_class(
                     [{"params": [np.zeros(g.pieces[j][2] - g.pieces[j][1], dtype=g.dtype)
-                                 for j in idx], **hyper}], **options)
+                                 for j in idx] + stand, **made}], **options)
                 trial.load_state_dict(part)
         for gi, hyper, parts in staged:
             g = self._groups[gi]
@@ -811,11 +946,12 @@ def _flattened(entry: Mapping[str, Any], n: int) -> dict[str, Any]:
 
 
 def _assemble(pieces: list[tuple[int, int, int, dict[str, Any]]], lo: int, hi: int,
-              shape: tuple[int, ...], block: int | None) -> dict[str, Any]:
+              shape: tuple[int, ...], block: int | None, per_code: int = 1) -> dict[str, Any]:
     """One param's state entry for its elements [lo, hi), from pieces that cover them: the
     per-element buffers shaped `shape`, quantized state's absmax (one per `block` elements;
-    every piece starts on a block boundary) cut by blocks, the rest (step, scalar state,
-    the quantization map) taken from the first piece."""
+    every piece starts on a block boundary) cut by blocks, int4 codes (`per_code` = 2
+    elements per byte, kept 1-D) by bytes, the rest (step, scalar state, the quantization
+    map) taken from the first piece."""
     pieces = sorted(pieces, key=lambda x: x[1])
     first = pieces[0][3]
     out: dict[str, Any] = {}
@@ -823,8 +959,12 @@ def _assemble(pieces: list[tuple[int, int, int, dict[str, Any]]], lo: int, hi: i
         a0, b0 = pieces[0][1], pieces[0][2]
         per_block = (block is not None and k.endswith(ABSMAX) and isinstance(x, np.ndarray)
                      and x.size == -(-(b0 - a0) // block))
-        if per_block or (isinstance(x, np.ndarray) and x.ndim >= 1 and x.size == b0 - a0):
-            unit = block if per_block and block is not None else 1
+        packed = (per_code > 1 and block is not None and not k.endswith(ABSMAX)
+                  and isinstance(x, np.ndarray) and x.dtype == np.uint8
+                  and x.size == -(-(b0 - a0) // per_code))
+        if per_block or packed or (isinstance(x, np.ndarray) and x.ndim >= 1
+                                   and x.size == b0 - a0):
+            unit = block if per_block and block is not None else per_code if packed else 1
             ulo, uhi = lo // unit, -(-hi // unit)
             buf = np.empty(uhi - ulo, dtype=x.dtype)
             covered = 0
@@ -836,7 +976,7 @@ def _assemble(pieces: list[tuple[int, int, int, dict[str, Any]]], lo: int, hi: i
             if covered != uhi - ulo:
                 raise ValueError(f"the checkpoint's pieces do not cover elements {lo}..{hi} "
                                  f"of a param's {k!r}")
-            out[k] = buf if per_block else buf.reshape(shape)
+            out[k] = buf if per_block or packed else buf.reshape(shape)
         elif isinstance(x, np.ndarray):
             out[k] = x.copy()
         else:
