@@ -1,0 +1,262 @@
+"""Bad input at every public entry point beyond the optimizers (tests/test_bad_input.py covers
+those): schedulers, schedules, FlatParams, the gradient utilities, fusedoptim.quant,
+fusedoptim.distributed's argument checks and the CLI. Each rejected call raises a clear error
+naming the argument and the value (and what is accepted), and leaves everything it was given
+bitwise unchanged. The sweeps take every argument from the signature, so a new argument is
+swept too.
+"""
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from fusedoptim import lr_scheduler as L
+from fusedoptim import schedules as S
+
+# Values no numeric, choice, callable or flag argument accepts (with the exceptions below).
+GENERIC_BAD = ["x", float("nan"), float("inf"), -1, -1.5, None, True, [1], object()]
+
+
+def _rejected_is_fine(pname, default, bad):
+    """The generic bad values that are in fact valid for an argument."""
+    if isinstance(default, bool) and isinstance(bad, bool):
+        return True                                # True for a flag
+    if bad is None and default is None:
+        return True                                # optional arguments
+    if pname == "last_epoch" and bad == -1:
+        return True                                # the default: start fresh
+    if pname in ("milestones", "boundaries") and bad == [1]:
+        return True
+    # A schedule's values (not its lengths or rates) may be negative, as in optax.
+    if pname.endswith("_value") or pname == "value":
+        return (isinstance(bad, (int, float)) and not isinstance(bad, bool)
+                and math.isfinite(bad))
+    return False
+
+
+def _label(bad):
+    return "object()" if type(bad) is object else repr(bad)     # a stable test id
+
+
+def _assert_names(err, pname, bad):
+    msg = str(err.value)
+    assert pname in msg, (pname, bad, msg)
+    assert repr(bad) in msg, (pname, bad, msg)
+
+
+# -- schedulers ---------------------------------------------------------------------------------
+
+def _opt():
+    a, b = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    return fo.SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1, momentum=0.9)
+
+
+def _groups(opt):
+    """The param groups as exact text (repr keeps every bit of a float), params by identity."""
+    return [{k: ([id(p) for p in v] if k == "params" else repr(v)) for k, v in g.items()}
+            for g in opt.param_groups]
+
+
+SCHEDULERS = {       # class -> the required arguments of a valid call
+    "LambdaLR": dict(lr_lambda=lambda e: 0.9 ** e),
+    "MultiplicativeLR": dict(lr_lambda=lambda e: 0.9),
+    "StepLR": dict(step_size=3),
+    "MultiStepLR": dict(milestones=[2, 5]),
+    "ConstantLR": {},
+    "LinearLR": {},
+    "ExponentialLR": dict(gamma=0.9),
+    "PolynomialLR": {},
+    "CosineAnnealingLR": dict(T_max=10),
+    "CosineAnnealingWarmRestarts": dict(T_0=5),
+    "CyclicLR": dict(base_lr=0.01, max_lr=0.1),
+    "OneCycleLR": dict(max_lr=0.1, total_steps=20),
+    "ReduceLROnPlateau": {},
+    "InverseSqrtLR": {},
+    "SWALR": dict(swa_lr=0.05),
+}
+
+
+def test_every_scheduler_is_swept():
+    combinators = {"LRScheduler", "SequentialLR", "ChainedScheduler", "WarmupLR"}
+    assert set(SCHEDULERS) == set(L.__all__) - combinators
+
+
+def _scheduler_cases():
+    for name, base in SCHEDULERS.items():
+        params = list(inspect.signature(getattr(L, name).__init__).parameters.values())[2:]
+        for par in params:
+            for bad in GENERIC_BAD:
+                if not _rejected_is_fine(par.name, par.default, bad):
+                    yield pytest.param(name, base, par.name, bad, id=f"{name}-{par.name}-{_label(bad)}")
+
+
+@pytest.mark.parametrize("name,base,pname,bad", list(_scheduler_cases()))
+def test_scheduler_argument_rejected_and_groups_unchanged(name, base, pname, bad):
+    opt = _opt()
+    before = _groups(opt)
+    with pytest.raises((TypeError, ValueError)) as err:
+        getattr(L, name)(opt, **{**base, pname: bad})
+    _assert_names(err, pname, bad)
+    assert _groups(opt) == before      # no initial_lr, momentum or lr written
+
+
+def _combinator_calls():
+    opt = _opt()
+    a, b = L.StepLR(opt, 3), L.ExponentialLR(opt, 0.9)
+    return opt, [
+        (lambda: L.SequentialLR(opt, "x", [1]), "schedulers", "'x'"),
+        (lambda: L.SequentialLR(opt, [a, "x"], [1]), "schedulers[1]", "str"),
+        (lambda: L.SequentialLR(opt, [a, b], "x"), "milestones", "'x'"),
+        (lambda: L.SequentialLR(opt, [a, b], [1.5]), "milestones", "1.5"),
+        (lambda: L.SequentialLR(opt, [a, b], [2], last_epoch="x"), "last_epoch", "'x'"),
+        (lambda: L.SequentialLR("x", [a, b], [2]), "optimizer", "str"),
+        (lambda: L.ChainedScheduler([a, "x"]), "schedulers[1]", "str"),
+        (lambda: L.ChainedScheduler([a], optimizer=_opt()), "schedulers[0]", "different"),
+        (lambda: L.WarmupLR("x", 3), "scheduler", "str"),
+        (lambda: L.WarmupLR(a, "x"), "warmup_steps", "'x'"),
+        (lambda: L.WarmupLR(a, 3, start_factor=2.0), "start_factor", "2.0"),
+        (lambda: L.WarmupLR(a, 3, start_factor=float("nan")), "start_factor", "nan"),
+    ]
+
+
+def test_combinator_arguments_rejected_and_groups_unchanged():
+    opt, calls = _combinator_calls()
+    before = _groups(opt)
+    for call, name, value in calls:
+        with pytest.raises((TypeError, ValueError)) as err:
+            call()
+        assert name in str(err.value) and value in str(err.value), str(err.value)
+        assert _groups(opt) == before
+
+
+def _stepped(name, **kw):
+    opt = _opt()
+    sched = getattr(L, name)(opt, **{**SCHEDULERS.get(name, {}), **kw})
+    opt.step([np.ones(3, np.float32), np.ones(2, np.float32)])
+    sched.step(0.5) if name == "ReduceLROnPlateau" else sched.step()
+    return opt, sched
+
+
+def _state(sched):
+    return repr(sched.state_dict())
+
+
+@pytest.mark.parametrize("name", ["StepLR", "CosineAnnealingWarmRestarts", "LambdaLR",
+                                  "OneCycleLR", "CyclicLR"])
+@pytest.mark.parametrize("epoch", ["x", -1, float("nan"), [1], None])
+def test_scheduler_step_epoch_rejected_without_change(name, epoch):
+    opt, sched = _stepped(name)
+    before = _groups(opt), _state(sched)
+    if epoch is None:      # a valid call, for contrast: it does change the state
+        sched.step(None)
+        assert _state(sched) != before[1]
+        return
+    with pytest.raises(ValueError) as err:
+        sched.step(epoch)
+    _assert_names(err, "epoch", epoch)
+    assert (_groups(opt), _state(sched)) == before
+
+
+@pytest.mark.parametrize("args,pname,bad", [
+    (("x",), "metrics", "x"), (("1.5",), "metrics", "1.5"), ((None,), "metrics", None),
+    (([1.0, 2.0],), "metrics", [1.0, 2.0]), ((1.0, -3), "epoch", -3),
+    ((1.0, "x"), "epoch", "x"),
+])
+def test_plateau_step_rejected_without_change(args, pname, bad):
+    opt, sched = _stepped("ReduceLROnPlateau", patience=0)
+    before = _groups(opt), _state(sched)
+    with pytest.raises((TypeError, ValueError)) as err:
+        sched.step(*args)
+    _assert_names(err, pname, bad)
+    assert (_groups(opt), _state(sched)) == before
+    sched.step(np.float32(2.0))           # a numpy scalar metric is fine: lr is reduced
+    assert _groups(opt) != before[0]
+
+
+def _edits(good):
+    first = next(iter(good))
+    return [
+        ("not a dict", "x", "is a str"),
+        ("a key missing", {k: v for k, v in good.items() if k != first}, "has keys"),
+        ("an extra key", {**good, "bogus": 1}, "has keys"),
+        ("a string counter", {**good, "last_epoch": "7"}, "'last_epoch'"),
+        ("another group count", {**good, "base_lrs": [0.1]}, "'base_lrs'"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["StepLR", "LambdaLR", "CyclicLR", "OneCycleLR",
+                                  "ReduceLROnPlateau", "SequentialLR", "WarmupLR"])
+def test_scheduler_load_state_dict_rejected_without_change(name):
+    if name in ("SequentialLR", "WarmupLR"):
+        opt = _opt()
+        inner = L.StepLR(opt, 3)
+        sched = (L.SequentialLR(opt, [inner, L.ExponentialLR(opt, 0.9)], [2])
+                 if name == "SequentialLR" else L.WarmupLR(inner, 2))
+        sched.step()
+    else:
+        opt, sched = _stepped(name)
+    good = sched.state_dict()
+    before = _groups(opt), _state(sched)
+    for label, bad, words in _edits(good):
+        if label == "another group count" and "base_lrs" not in good:
+            continue
+        with pytest.raises(ValueError) as err:
+            sched.load_state_dict(bad)
+        assert "state_dict" in str(err.value) and words in str(err.value), (label, err.value)
+        assert (_groups(opt), _state(sched)) == before, label
+    if name in ("SequentialLR", "WarmupLR"):     # a sub-scheduler's state is checked too
+        sub_key = "_schedulers" if name == "SequentialLR" else "scheduler"
+        bad = {**good}
+        sub = bad[sub_key][0] if name == "SequentialLR" else bad[sub_key]
+        sub = {**sub, "bogus": 1}
+        bad[sub_key] = [sub, *good[sub_key][1:]] if name == "SequentialLR" else sub
+        with pytest.raises(ValueError, match="has keys"):
+            sched.load_state_dict(bad)
+        assert (_groups(opt), _state(sched)) == before
+    sched.load_state_dict(good)
+
+
+# -- schedules (the functional forms) -----------------------------------------------------------
+
+SCHEDULES = {
+    "constant": dict(value=0.1), "step_decay": dict(init_value=0.1, step_size=3),
+    "multistep_decay": dict(init_value=0.1, milestones=[2, 4]),
+    "exponential_decay": dict(init_value=0.1, gamma=0.9),
+    "cosine_decay": dict(init_value=0.1, decay_steps=10),
+    "linear_decay": dict(init_value=0.1, decay_steps=10),
+    "polynomial_decay": dict(init_value=0.1, decay_steps=10),
+    "inverse_sqrt": dict(init_value=0.1),
+    "inverse_time_decay": dict(init_value=0.1, decay_rate=0.1),
+    "piecewise_constant": dict(boundaries=[3], values=[0.1, 0.01]),
+    "linear_warmup": dict(peak_value=0.1, warmup_steps=5),
+    "warmup_cosine_decay": dict(peak_value=0.1, warmup_steps=5, total_steps=20),
+    "cosine_warm_restarts": dict(init_value=0.1, T_0=5),
+    "one_cycle": dict(max_value=0.1, total_steps=20),
+    "cyclic": dict(base_value=0.01, max_value=0.1),
+    "join": dict(schedules=[S.constant(1.0), S.constant(2.0)], boundaries=[3]),
+}
+
+
+def test_every_schedule_is_swept():
+    assert set(SCHEDULES) == set(S.__all__) - {"Schedule"}
+
+
+def _schedule_cases():
+    for name, base in SCHEDULES.items():
+        for par in inspect.signature(getattr(S, name)).parameters.values():
+            for bad in GENERIC_BAD:
+                if not _rejected_is_fine(par.name, par.default, bad):
+                    yield pytest.param(name, base, par.name, bad, id=f"{name}-{par.name}-{_label(bad)}")
+
+
+@pytest.mark.parametrize("name,base,pname,bad", list(_schedule_cases()))
+def test_schedule_argument_rejected(name, base, pname, bad):
+    with pytest.raises((TypeError, ValueError)) as err:
+        getattr(S, name)(**{**base, pname: bad})
+    msg = str(err.value)
+    assert pname in msg, msg
+    # a list's bad entry may be named instead of the whole list ("schedules[0] ... got 1")
+    assert repr(bad) in msg or (isinstance(bad, list) and repr(bad[0]) in msg), msg
