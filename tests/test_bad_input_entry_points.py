@@ -260,3 +260,72 @@ def test_schedule_argument_rejected(name, base, pname, bad):
     assert pname in msg, msg
     # a list's bad entry may be named instead of the whole list ("schedules[0] ... got 1")
     assert repr(bad) in msg or (isinstance(bad, list) and repr(bad[0]) in msg), msg
+
+
+# -- FlatParams ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda: fo.FlatParams({"W": (2**40, 2**40)}), ValueError,
+     ["shapes['W']", "(1099511627776, 1099511627776)", "smaller shape"]),
+    (lambda: fo.FlatParams({"a": (2**61,), "b": (2**61,), "c": (2**61,)}), ValueError,
+     ["in all", "smaller shapes"]),
+    (lambda: fo.FlatParams({"W": (2.5,)}), ValueError, ["shapes['W']", "(2.5,)", "integers"]),
+    (lambda: fo.FlatParams({"W": (True,)}), ValueError, ["shapes['W']", "(True,)"]),
+    (lambda: fo.FlatParams({"W": None}), ValueError, ["shapes['W']", "None"]),
+    (lambda: fo.FlatParams({3: (2,)}), TypeError, ["shapes keys", "3", "str"]),
+    (lambda: fo.FlatParams({"W": 2}, dtype=None), TypeError, ["dtype", "None", "np.float32"]),
+    (lambda: fo.FlatParams({"W": 2}, dtype="floatx"), TypeError, ["dtype", "'floatx'"]),
+    (lambda: fo.FlatParams({"W": 2}, dtype=[1]), TypeError, ["dtype", "[1]"]),
+    (lambda: fo.FlatParams.from_arrays({1: np.zeros(2)}), TypeError, ["arrays keys", "1"]),
+    (lambda: fo.FlatParams.from_arrays(x for x in [np.zeros(2)]), TypeError,
+     ["arrays", "generator"]),
+    (lambda: fo.FlatParams.from_arrays([np.zeros(2, np.float16)]), TypeError,
+     ["float16", "dtype=np.float32"]),
+    (lambda: fo.FlatParams.from_arrays([np.zeros(2, np.float32)], dtype=np.int8), TypeError,
+     ["dtype", "int8"]),
+    (lambda: fo.FlatParams.from_arrays(["a", "b"], dtype=np.float32), TypeError,
+     ["arrays[0]", "<U1", "floating-point"]),
+])
+def test_flat_params_bad_input(call, exc, words):
+    with pytest.raises(exc) as err:
+        call()
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_flat_params_from_arrays_leaves_its_inputs_alone():
+    src = {"W": np.arange(6, dtype=np.float64).reshape(2, 3), "b": np.ones(3, np.complex64)}
+    before = {k: v.tobytes() for k, v in src.items()}
+    with pytest.raises(TypeError, match=r"arrays\['b'\] has dtype complex64"):
+        fo.FlatParams.from_arrays(src, dtype=np.float32)
+    assert {k: v.tobytes() for k, v in src.items()} == before
+
+
+# -- gradient utilities (what tests/test_grad_utils.py does not already sweep) --------------------
+
+@pytest.mark.parametrize("call,exc,words", [
+    (lambda g: fo.clip_grad_norm_([np.float32(1.0), g], 1.0), TypeError,
+     ["grads[0]", "float32", "np.asarray"]),
+    (lambda g: fo.clip_grad_norm_([g], np.array([1.0, 2.0])), TypeError,
+     ["max_norm", "array([1., 2.])"]),
+    (lambda g: fo.clip_grad_norm_([g], True), TypeError, ["max_norm", "True"]),
+    (lambda g: fo.clip_grad_norm_([g], 1.0, None), TypeError, ["norm_type", "None"]),
+    (lambda g: fo.clip_grad_norm_([g], 1.0, -math.inf), ValueError, ["norm_type", "-inf"]),
+    (lambda g: fo.clip_grad_norm_([[g]], 1.0), TypeError, ["grads[0]", "list"]),
+    (lambda g: fo.clip_grad_norm_([np.array([1.0], object)], 1.0), TypeError,
+     ["grads[0]", "object"]),
+    (lambda g: fo.clip_grad_value_([g], "x"), TypeError, ["clip_value", "'x'"]),
+    (lambda g: fo.clip_grad_value_([g], float("nan")), ValueError, ["clip_value", "nan"]),
+    (lambda g: fo.clip_grad_value_({"w": g}, np.array([1.0, 2.0])), TypeError,
+     ["clip_value", "array"]),
+    (lambda g: fo.global_norm(None), TypeError, ["arrays", "NoneType"]),
+    (lambda g: fo.all_finite(3), TypeError, ["arrays", "int"]),
+])
+def test_grad_utilities_bad_input_leaves_grads_unchanged(call, exc, words):
+    g = np.linspace(-3, 3, 50, dtype=np.float32)
+    before = g.tobytes()
+    with pytest.raises(exc) as err:
+        call(g)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    assert g.tobytes() == before
