@@ -329,3 +329,66 @@ def test_grad_utilities_bad_input_leaves_grads_unchanged(call, exc, words):
     for w in words:
         assert w in str(err.value), (w, str(err.value))
     assert g.tobytes() == before
+
+
+# -- fusedoptim.quant (what tests/test_quant.py does not already sweep) ---------------------------
+
+def _quant_inputs():
+    from fusedoptim import quant
+    x = np.linspace(-1, 1, 300).astype(np.float32)
+    codes, absmax = quant.quantize_blockwise(x)
+    read_only = np.zeros(300, np.float32)
+    read_only.flags.writeable = False
+    return quant, x, codes, absmax, read_only
+
+
+@pytest.mark.parametrize("case", [
+    "x byte-swapped", "absmax byte-swapped", "out read-only", "out[1] read-only",
+    "out strided", "dtype None", "dynamic_map signed", "dynamic_map bits", "n str",
+])
+def test_quant_bad_input_nothing_modified(case):
+    quant, x, codes, absmax, read_only = _quant_inputs()
+    out = np.full(300, 7.0, np.float32)
+    strided = np.full(600, 7.0, np.float32)[::2]
+    call, exc, words = {
+        "x byte-swapped": (lambda: quant.quantize_blockwise(x.astype(">f4")), TypeError,
+                           ["x", ">f4", "newbyteorder"]),
+        "absmax byte-swapped": (lambda: quant.dequantize_blockwise(codes, absmax.astype(">f4"),
+                                                                   out=out),
+                                TypeError, ["absmax", ">f4"]),
+        "out read-only": (lambda: quant.dequantize_blockwise(codes, absmax, out=read_only),
+                          ValueError, ["out", "read-only", "writeable"]),
+        "out[1] read-only": (lambda: quant.quantize_blockwise(
+            x, out=(np.zeros(300, np.uint8), read_only[:2])), ValueError,
+            ["out[1] (absmax)", "read-only"]),
+        "out strided": (lambda: quant.dequantize_blockwise(codes, absmax, out=strided),
+                        ValueError, ["out", "C-contiguous"]),
+        "dtype None": (lambda: quant.dequantize_blockwise(codes, absmax, dtype=None), TypeError,
+                       ["dtype", "None", "float32"]),
+        "dynamic_map signed": (lambda: quant.dynamic_map("x"), TypeError, ["signed", "'x'"]),
+        "dynamic_map bits": (lambda: quant.dynamic_map(True, "8"), ValueError, ["bits", "'8'"]),
+        "n str": (lambda: quant.dequantize_blockwise(codes, absmax, n="3", out=out), TypeError,
+                  ["n", "'3'"]),
+    }[case]
+    before = [a.tobytes() for a in (x, codes, absmax, out, strided)]
+    with pytest.raises(exc) as err:
+        call()
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+    assert [a.tobytes() for a in (x, codes, absmax, out, strided)] == before
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_block_larger_than_the_array_is_one_block(bits):
+    """A huge block_size used to make the reference pad the array to the block (numpy's
+    "array is too big" for 2**40); it is one block, the same as the smallest one that holds
+    the whole array."""
+    quant, x, *_ = _quant_inputs()
+    x = x[:301] if x.size > 301 else np.concatenate([x, x[:1]])    # odd: a padding nibble
+    huge = quant.quantize_blockwise(x, bits=bits, block_size=2**40)
+    whole = quant.quantize_blockwise(x, bits=bits, block_size=302)
+    assert huge[1].shape == (1,)
+    assert huge[0].tobytes() == whole[0].tobytes() and huge[1].tobytes() == whole[1].tobytes()
+    back = quant.dequantize_blockwise(*huge, bits=bits, block_size=2**40, n=x.size)
+    assert back.tobytes() == quant.dequantize_blockwise(*whole, bits=bits, block_size=302,
+                                                        n=x.size).tobytes()
