@@ -392,3 +392,128 @@ def test_quant_block_larger_than_the_array_is_one_block(bits):
     back = quant.dequantize_blockwise(*huge, bits=bits, block_size=2**40, n=x.size)
     assert back.tobytes() == quant.dequantize_blockwise(*whole, bits=bits, block_size=302,
                                                         n=x.size).tobytes()
+
+
+# -- the CLI: every option of every command ------------------------------------------------------
+# (argv, exit status, words the one stderr line must hold: the option and the value). The
+# compare/landscape cases tests/test_demo_cli.py already has are not repeated here.
+
+CLI_BAD = [
+    ([], 2, ["fusedoptim", "command"]),
+    (["nope"], 2, ["invalid choice", "'nope'"]),
+    (["--bogus"], 2, ["unrecognized arguments", "--bogus"]),
+    (["config", "x"], 2, ["unrecognized arguments", "x"]),
+    (["inspect"], 2, ["path", "required"]),
+    (["inspect", "a", "b"], 2, ["unrecognized arguments", "b"]),
+    (["inspect", "/nonexistent/ckpt.safetensors"], 1, ["/nonexistent/ckpt.safetensors",
+                                                       "no such file"]),
+    (["inspect", "/"], 1, ["/", "directory"]),
+    (["inspect", __file__], 1, [__file__, "not a readable checkpoint"]),
+    (["bench", "--bogus"], 2, ["unrecognized arguments", "--bogus"]),
+    (["bench", "--optimizers", "Nope"], 1, ["unknown optimizer", "Nope"]),
+    (["bench", "--optimizers", ""], 1, ["--optimizers", "''"]),
+    (["bench", "--sizes", "abc"], 1, ["--sizes", "'abc'", "1e5,1e6"]),
+    (["bench", "--sizes", "inf"], 1, ["--sizes", "'inf'"]),
+    (["bench", "--sizes", "0"], 1, ["--sizes", "'0'"]),
+    (["bench", "--sizes", "1.5"], 1, ["--sizes", "'1.5'"]),
+    (["bench", "--sizes", ""], 1, ["--sizes", "''"]),
+    (["bench", "--dtypes", "foo"], 1, ["--dtypes", "'foo'", "float32"]),
+    (["bench", "--dtypes", "int32"], 1, ["--dtypes", "'int32'", "float32"]),
+    (["bench", "--threads", "x"], 1, ["--threads", "'x'", ">= 1"]),
+    (["bench", "--threads", "0"], 1, ["--threads", "'0'"]),
+    (["bench", "--repeat", "x"], 2, ["--repeat", "'x'"]),
+    (["bench", "--repeat", "0"], 1, ["--repeat", "0", ">= 1"]),
+    (["bench", "--min-time", "x"], 2, ["--min-time", "'x'"]),
+    (["bench", "--min-time", "nan"], 1, ["--min-time", "nan", ">= 0"]),
+    (["bench", "--min-time", "-1"], 1, ["--min-time", "-1"]),
+    (["bench", "--many-tensors", "10"], 1, ["--many-tensors", "'10'", "COUNTxSIZE"]),
+    (["bench", "--sparse-adam", "x"], 1, ["--sparse-adam", "'x'", "ROWSxDIM:NNZ"]),
+    (["bench", "--ema", "1x"], 1, ["--ema", "'1x'", "COUNTxSIZE"]),
+    (["bench", "--adafactor", "0x3"], 1, ["--adafactor", "'0x3'"]),
+    (["bench", "--distributed", "--sizes", "1,2"], 1, ["--distributed", "'1,2'"]),
+    (["compare", "--batch-size", "-1"], 2, ["--batch-size", "'-1'"]),
+    (["compare", "--lr", "nan"], 2, ["--lr", "'nan'", "positive"]),
+    (["compare", "--lr", "adamz=0.1"], 2, ["--lr", "'adamz'"]),
+    (["compare", "--ema", "x"], 2, ["--ema", "'x'"]),
+    (["compare", "--dataset", "x"], 2, ["--dataset", "'x'", "spirals"]),
+    (["compare", "--data", "/nonexistent/d.npz", "--no-plot"], 2, ["/nonexistent/d.npz"]),
+    (["compare", "--val-frac", "1"], 2, ["--val-frac", "'1'", "between 0 and 1"]),
+    (["compare", "--seed", "-1"], 2, ["--seed", "'-1'"]),
+    (["compare", "--hidden", "a,b"], 2, ["--hidden", "'a,b'"]),
+    (["compare", "--activation", "x"], 2, ["--activation", "'x'", "relu"]),
+    (["compare", "--elu-alpha", "0"], 2, ["--elu-alpha", "'0'"]),
+    (["compare", "--output", "x"], 2, ["--output", "'x'", "softmax"]),
+    (["compare", "--loss", "x"], 2, ["--loss", "'x'", "cce"]),
+    (["compare", "--dtype", "int8"], 2, ["--dtype", "'int8'", "float32"]),
+    (["compare", "--plot", "/nonexistent/dir/x.png", "--dataset", "spirals", "--quiet"], 2,
+     ["--plot", "/nonexistent/dir"]),
+    (["compare", "--json", "/nonexistent/dir/x.json", "--dataset", "spirals", "--no-plot"], 2,
+     ["--json", "/nonexistent/dir"]),
+    (["compare", "--zero", "3"], 2, ["--zero", "3"]),
+    (["compare", "--zero", "1", "--no-plot"], 2, ["--zero", "--distributed"]),
+    (["landscape", "--start", "nan,1", "--no-plot"], 2, ["--start", "'nan,1'"]),
+    (["landscape", "--lr", "x"], 2, ["--lr", "'x'"]),
+    (["landscape", "--frames", "0"], 2, ["--frames", "'0'"]),
+    (["landscape", "--out", "/nonexistent/dir/x.png"], 2, ["--out", "/nonexistent/dir"]),
+    (["landscape", "--animate", "x.gif", "--no-plot"], 2, ["--animate", "--no-plot"]),
+    (["landscape", "--function", ""], 2, ["--function", "empty"]),
+    (["landscape", "--optimizers", ""], 2, ["--optimizers", "empty"]),
+]
+
+
+def _run_cli(argv, capsys):
+    """The package's CLI in-process, as the interpreter would end it: (status, stdout,
+    stderr). SystemExit("message") prints the message and exits 1."""
+    from fusedoptim.__main__ import main
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=__import__("sys").stderr)
+            status = 1
+        else:
+            status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize("argv,status,words", CLI_BAD, ids=[" ".join(a) or "(none)"
+                                                          for a, _, _ in CLI_BAD])
+def test_cli_bad_option_is_one_line_naming_option_and_value(argv, status, words, capsys):
+    got, out, err = _run_cli(argv, capsys)
+    assert got == status, (got, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in out + err
+    for w in words:
+        assert w in err, (w, err)
+    assert out == ""                     # refused before any work
+
+
+def test_cli_table_covers_every_option():
+    """Every option that takes a value, of every command, has a bad-value case above (or in
+    tests/test_demo_cli.py for compare and landscape), so a new option needs one."""
+    from fusedoptim.__main__ import build_parser
+    covered = {(a[0], w) for a, _, _ in CLI_BAD if a for w in a if w.startswith("--")}
+    elsewhere = {("compare", o) for o in ("--optimizers", "--epochs", "--schedule", "--data",
+                                          "--precision", "--state-dtype", "--min-quantized-size")}
+    elsewhere |= {("landscape", o) for o in ("--function", "--steps")}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    missing = []
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            takes_value = action.nargs != 0 and action.option_strings
+            for option in action.option_strings if takes_value else ():
+                if option.startswith("--") and (command, option) not in covered | elsewhere:
+                    missing.append((command, option))
+    assert not missing
+
+
+def test_cli_bad_option_in_a_real_process_has_no_traceback():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--dtypes", "foo"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "fusedoptim bench: error: --dtypes takes a comma-separated list of float32 and/or "
+        "float64, got 'foo'"]
