@@ -43,7 +43,7 @@ RSS_LIMIT = 1 << 20                 # the issue's bound on RSS growth after warm
 # Live bytes allocated from fusedoptim's files may grow by at most this much over the traced
 # intervals. Not 0: a few small objects made before tracing started (the empty dicts of a
 # group's reset state, 64 B each) are replaced by traced ones; measured, this offset is a
-# constant 160-256 B whether 1 or 10 intervals are traced. A leak of 4 bytes per step over the
+# constant 160-320 B whether 1 or 10 intervals are traced. A leak of 4 bytes per step over the
 # 1000 traced steps of the CI run, or of one array per checkpoint in the full run (10
 # checkpoints traced), is larger.
 TRACED_LIMIT = 4096

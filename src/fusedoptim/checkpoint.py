@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .lr_scheduler import state_mismatch
+from .lr_scheduler import _state_mismatch
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -525,7 +525,7 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
             raise CheckpointError(f"{path}: the checkpoint holds a {saved_sched['class']}'s "
                                   f"state; this scheduler is a {type(scheduler).__name__}")
         sched_state = _decode(saved_sched["state_dict"], tensors)
-        err = state_mismatch(sched_state, scheduler.state_dict(), "state_dict")
+        err = _state_mismatch(sched_state, scheduler.state_dict(), "state_dict")
         if err:
             raise CheckpointError(f"{path}: the checkpoint's {saved_sched['class']} does not "
                                   f"fit this one: {err}")

@@ -123,7 +123,7 @@ def _groups_restored_on_error(init: _Init) -> _Init:
     return wrapper  # type: ignore[return-value]
 
 
-def state_mismatch(saved: Any, current: Any, where: str) -> str | None:
+def _state_mismatch(saved: Any, current: Any, where: str) -> str | None:
     """Where a scheduler's saved state_dict is shaped unlike the current one (keys of dicts,
     lengths of the per-group and sub-scheduler lists, a number where a number belongs), or
     None. Used by ``load_state_dict`` and by ``fo.load`` before anything is written."""
@@ -136,7 +136,7 @@ def state_mismatch(saved: Any, current: Any, where: str) -> str | None:
             return (f"{where} has keys {sorted(map(str, saved))}, expected "
                     f"{sorted(map(str, current))}")
         for k in current:
-            err = state_mismatch(saved[k], current[k], f"{where}[{k!r}]")
+            err = _state_mismatch(saved[k], current[k], f"{where}[{k!r}]")
             if err:
                 return err
     elif isinstance(current, list) and where.endswith(("'_schedulers']", "'base_lrs']",
@@ -145,7 +145,7 @@ def state_mismatch(saved: Any, current: Any, where: str) -> str | None:
             return (f"{where} has {len(saved) if isinstance(saved, list) else saved!r} "
                     f"entries, expected {len(current)}")
         for k, (s, c) in enumerate(zip(saved, current)):
-            err = state_mismatch(s, c, f"{where}[{k}]")
+            err = _state_mismatch(s, c, f"{where}[{k}]")
             if err:
                 return err
     elif (isinstance(current, numbers.Real) and not isinstance(current, bool)
@@ -358,7 +358,7 @@ class LRScheduler:
         and arguments). A state_dict shaped otherwise (other keys, another number of param
         groups or sub-schedulers, a non-number where a number belongs) is refused with a
         ValueError naming the difference, and the scheduler is left unchanged."""
-        err = state_mismatch(state_dict, self.state_dict(), "state_dict")
+        err = _state_mismatch(state_dict, self.state_dict(), "state_dict")
         if err:
             raise ValueError(f"{type(self).__name__}.load_state_dict: {err}; pass the "
                              f"state_dict() of a {type(self).__name__} built with the same "
