@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._cli import one_line_errors
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "without loading it into anything")
     ins.add_argument("path", help="a checkpoint written by fusedoptim.save")
     ins.set_defaults(func=_inspect)
+    for p in (parser, *sub.choices.values()):
+        one_line_errors(p)
     return parser
 
 
@@ -49,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        commands = next(a for a in parser._actions if a.dest == "command").choices or {}
+        parser.error(f"a command is required: one of {', '.join(commands)}")
     status: int = args.func(args)       # every command's handler returns an exit status
     return status
 

@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import numpy as np
 
@@ -1459,74 +1459,112 @@ def _dims(text: str, option: str, expected: str, ndim: int | None = None) -> tup
     return dims
 
 
-def _parse_list(text: str, conv: Callable[[str], _T], what: str) -> list[_T]:
+def _bench_error(message: str) -> NoReturn:
+    """Exit with one line on stderr (status 1): bad input never shows a traceback."""
+    raise SystemExit(f"fusedoptim bench: error: {message}")
+
+
+def _parse_list(text: str, conv: Callable[[str], _T], option: str, kind: str) -> list[_T]:
+    """The comma-separated values of `option`, or exit naming it, what it takes and `text`."""
     try:
         values = [conv(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"fusedoptim bench: error: bad {what} list {text!r}")
+    except (ValueError, TypeError, OverflowError):     # int('x'), np.dtype('foo'), int(inf)
+        values = []
     if not values:
-        raise SystemExit(f"fusedoptim bench: error: empty {what} list")
+        _bench_error(f"{option} takes a comma-separated list of {kind}, got {text!r}")
     return values
 
 
+def _size(text: str) -> int:
+    value = float(text)                    # 1e6 is a size; inf and nan raise or fail below
+    if not value >= 1 or value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _check_timing(args: argparse.Namespace) -> None:
+    if args.repeat < 1:
+        _bench_error(f"--repeat takes an integer >= 1, got {args.repeat}")
+    if not 0 <= args.min_time < math.inf:
+        _bench_error(f"--min-time takes a number of seconds >= 0, got {args.min_time}")
+
+
+_SIZES = "sizes >= 1 such as 1e5,1e6"
+
+
+def _sparse_adam_dims(text: str) -> tuple[int, int, int]:
+    try:
+        shape, nnz_text = text.lower().split(":")
+        rows, dim = (_size(x) for x in shape.split("x"))
+        nnz = _size(nnz_text)
+        if not nnz <= rows:
+            raise ValueError
+    except (ValueError, OverflowError):
+        _bench_error(f"--sparse-adam takes ROWSxDIM:NNZ with 1 <= NNZ <= ROWS, e.g. "
+                     f"1000000x64:4096; got {text!r}")
+    return rows, dim, nnz
+
+
 def main(args: argparse.Namespace) -> int:
+    _check_timing(args)
     if args.distributed:
         from .distributed.bench import run_distributed
-        sizes = _parse_list(args.sizes or "1e7", lambda s: int(float(s)), "sizes")
-        if len(sizes) != 1 or sizes[0] < 1:
-            raise SystemExit("fusedoptim bench: error: --distributed takes one size >= 1")
+        sizes = _parse_list(args.sizes if args.sizes is not None else "1e7", _size, "--sizes",
+                            _SIZES)
+        if len(sizes) != 1:
+            _bench_error(f"--distributed takes one size, got --sizes {args.sizes!r}")
         return run_distributed(sizes[0], repeat=args.repeat, use_torch=not args.no_torch)
     cases = BENCH_CASES
-    if args.optimizers:
-        wanted = _parse_list(args.optimizers, str, "optimizer")
+    if args.optimizers is not None:
+        wanted = _parse_list(args.optimizers, str, "--optimizers", "case names")
         known = {c.name.lower(): c for c in BENCH_CASES}
         bad = [w for w in wanted if w.lower() not in known]
         if bad:
             raise SystemExit(f"fusedoptim bench: error: unknown optimizer(s) {bad}; "
                              f"choose from {[c.name for c in BENCH_CASES]}")
         cases = [known[w.lower()] for w in wanted]
-    sizes = _parse_list(args.sizes or ("1e8" if args.utilities else "1e7,1e8" if args.precision
-                                       else "1e6" if args.lbfgs else "1e5,1e6"),
-                        lambda s: int(float(s)), "sizes")
-    if any(s < 1 for s in sizes):
-        raise SystemExit("fusedoptim bench: error: sizes must be >= 1")
-    dtypes = _parse_list(args.dtypes, np.dtype, "dtypes")
+    sizes = _parse_list(args.sizes if args.sizes is not None else
+                        ("1e8" if args.utilities else "1e7,1e8" if args.precision
+                         else "1e6" if args.lbfgs else "1e5,1e6"), _size, "--sizes", _SIZES)
+    dtypes = _parse_list(args.dtypes, np.dtype, "--dtypes", "float32 and/or float64")
     if any(d not in (np.float32, np.float64) for d in dtypes):
-        raise SystemExit("fusedoptim bench: error: dtypes must be float32 and/or float64")
+        _bench_error(f"--dtypes takes float32 and/or float64, got {args.dtypes!r}")
     all_threads = fo.get_num_threads()
-    threads = (_parse_list(args.threads, int, "threads") if args.threads
-               else sorted({1, all_threads}))
-    if any(t < 1 for t in threads):
-        raise SystemExit("fusedoptim bench: error: thread counts must be >= 1")
+    threads = (_parse_list(args.threads, _count, "--threads", "thread counts >= 1")
+               if args.threads is not None else sorted({1, all_threads}))
+    # Every option is checked before anything is printed or run.
+    shape = (_dims(args.adafactor, "--adafactor", "a shape like 1024x1024 (each >= 1)")
+             if args.adafactor is not None else None)
+    many = _dims(args.many_tensors, "--many-tensors", _COUNT_SIZE, 2) \
+        if args.many_tensors is not None else None
+    ema = _dims(args.ema, "--ema", _COUNT_SIZE, 2) if args.ema is not None else None
+    sparse = _sparse_adam_dims(args.sparse_adam) if args.sparse_adam is not None else None
     fo.show_config()
     print()
-    if args.adafactor:
-        shape = _dims(args.adafactor, "--adafactor", "a shape like 1024x1024 (each >= 1)")
+    if shape is not None:
         run_adafactor(shape, threads if args.threads else [1], min_time=args.min_time,
                       repeat=args.repeat, reference=not args.no_reference,
                       use_torch=not args.no_torch)
         return 0
-    if args.many_tensors:
-        count, size = _dims(args.many_tensors, "--many-tensors", _COUNT_SIZE, 2)
+    if many is not None:
+        count, size = many
         run_many_tensors(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                          use_torch=not args.no_torch)
         return 0
-    if args.ema:
-        count, size = _dims(args.ema, "--ema", _COUNT_SIZE, 2)
+    if ema is not None:
+        count, size = ema
         run_ema(count, size, threads, min_time=args.min_time, repeat=args.repeat,
                 use_torch=not args.no_torch)
         return 0
-    if args.sparse_adam:
-        try:
-            shape, nnz_text = args.sparse_adam.lower().split(":")
-            rows, dim = (int(float(x)) for x in shape.split("x"))
-            nnz = int(float(nnz_text))
-            if rows < 1 or dim < 1 or not 1 <= nnz <= rows:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"fusedoptim bench: error: --sparse-adam takes ROWSxDIM:NNZ with "
-                             f"1 <= NNZ <= ROWS, e.g. 1000000x64:4096; got "
-                             f"{args.sparse_adam!r}")
+    if sparse is not None:
+        rows, dim, nnz = sparse
         run_sparse_adam(rows, dim, nnz, threads, min_time=args.min_time, repeat=args.repeat,
                         use_torch=not args.no_torch)
         return 0

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .lr_scheduler import _state_mismatch
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -441,33 +443,6 @@ def _check_params_fit(path: str, saved: list[dict[str, Any]], arrays: list[Any],
                                   f"checkpoint, {dtype} in this {opt_name}")
 
 
-def _same_structure(saved: Any, current: Any, where: str) -> str | None:
-    """Where a scheduler's saved state_dict is shaped unlike the current one (keys of
-    dicts, lengths of lists), or None."""
-    if isinstance(current, Mapping):
-        if not isinstance(saved, Mapping):
-            return f"{where} is a {type(saved).__name__}, expected a dict"
-        if isinstance(current, collections.Counter):
-            return None
-        if set(saved) != set(current):
-            return (f"{where} has keys {sorted(map(str, saved))}, expected "
-                    f"{sorted(map(str, current))}")
-        for k in current:
-            err = _same_structure(saved[k], current[k], f"{where}[{k!r}]")
-            if err:
-                return err
-    elif isinstance(current, list) and where.endswith(("'_schedulers']", "'base_lrs']",
-                                                       "'_last_lr']")):
-        if not isinstance(saved, list) or len(saved) != len(current):
-            return (f"{where} has {len(saved) if isinstance(saved, list) else saved!r} "
-                    f"entries, expected {len(current)}")
-        for k, (s, c) in enumerate(zip(saved, current)):
-            err = _same_structure(s, c, f"{where}[{k}]")
-            if err:
-                return err
-    return None
-
-
 def _params_plan(path: str, content: dict[str, Any], params: Any,
                  tensors: Mapping[str, NDArray[Any]]) -> list[tuple[NDArray[Any], NDArray[Any]]]:
     """(destination, source) pairs for the params, every one checked."""
@@ -550,7 +525,7 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
             raise CheckpointError(f"{path}: the checkpoint holds a {saved_sched['class']}'s "
                                   f"state; this scheduler is a {type(scheduler).__name__}")
         sched_state = _decode(saved_sched["state_dict"], tensors)
-        err = _same_structure(sched_state, scheduler.state_dict(), "state_dict")
+        err = _state_mismatch(sched_state, scheduler.state_dict(), "state_dict")
         if err:
             raise CheckpointError(f"{path}: the checkpoint's {saved_sched['class']} does not "
                                   f"fit this one: {err}")

@@ -8,6 +8,7 @@ entry per param, so checkpoints do not depend on the layout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, SupportsIndex, Union
@@ -30,6 +31,7 @@ ALIGNMENT = 64
 PAGE = 4096
 
 _MAPPINGS = (dict, MappingProxyType)
+_MAX_ELEMENTS = 2**62      # elements of one arena, in bytes of float64 well inside int64
 
 
 def aligned_bytes(nbytes: int, align: int = ALIGNMENT) -> NDArray[np.uint8]:
@@ -61,7 +63,8 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
     try:
-        dt = np.dtype(dtype)
+        # np.dtype(None) is float64: a None here is a mistake, not a request for float64
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
     if dt is None or dt not in (np.float32, np.float64, np.float16, BFLOAT16):
@@ -78,7 +81,18 @@ def _check_shape(shape: object, label: str) -> tuple[int, ...]:
             for d in shape):
         raise ValueError(f"{label} must be a shape: a tuple of integers >= 0 (or one integer), "
                          f"got {shape!r}")
-    return tuple(int(d) for d in shape)
+    dims = tuple(int(d) for d in shape)
+    if math.prod(dims) > _MAX_ELEMENTS:      # would wrap around in the int64 size arithmetic
+        raise ValueError(f"{label} = {shape!r} has {math.prod(dims)} elements, more than any "
+                         f"buffer can hold ({_MAX_ELEMENTS}); give a smaller shape")
+    return dims
+
+
+def _check_names(names: Sequence[object], label: str) -> None:
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{label} keys must be str names (as in a model's state_dict), "
+                            f"got {name!r} ({type(name).__name__})")
 
 
 class FlatParams:
@@ -119,6 +133,7 @@ class FlatParams:
         if not shapes:
             raise ValueError("shapes is empty; give at least one name -> shape")
         names = list(shapes)
+        _check_names(names, "shapes")
         self._build(names, [_check_shape(shapes[k], f"shapes[{k!r}]") for k in names],
                     _check_dtype(dtype))
 
@@ -135,6 +150,7 @@ class FlatParams:
         values: list[ArrayLike] | list[NDArray[Any]]
         if isinstance(arrays, _MAPPINGS):
             names, values = list(arrays), list(arrays.values())
+            _check_names(names, "arrays")
         elif isinstance(arrays, (list, tuple)):
             names, values = None, list(arrays)
         else:
@@ -167,7 +183,10 @@ class FlatParams:
 
     def _build(self, names: Sequence[str] | None, shapes: Sequence[tuple[int, ...]],
                dtype: np.dtype[Any]) -> None:
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        sizes = [math.prod(s) for s in shapes]
+        if sum(sizes) > _MAX_ELEMENTS:
+            raise ValueError(f"the shapes hold {sum(sizes)} elements in all, more than any "
+                             f"buffer can hold ({_MAX_ELEMENTS}); give smaller shapes")
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
         self.dtype = dtype
         self.names = None if names is None else tuple(names)

@@ -38,17 +38,22 @@ supported.  Extra classes: :class:`InverseSqrtLR` and :class:`WarmupLR`.
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
 import math
+import numbers
 import types
 import warnings
 from bisect import bisect_right
 from collections import Counter
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Sequence, SupportsFloat,
+from collections.abc import Iterable as _Iterable, Mapping
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Sequence, SupportsFloat, TypeVar,
                     Union)
 
 from . import schedules as _s
 from .schedules import (
+    _check_bool,
     _check_choice,
     _check_int,
     _check_milestones,
@@ -91,6 +96,63 @@ __all__ = [
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def _groups_restored_on_error(init: _Init) -> _Init:
+    """Wrap a scheduler's ``__init__(self, optimizer_or_scheduler, ...)`` so that, when it
+    raises, every param group of the optimizer is as it was: constructors write
+    ``initial_lr``, momenta and the step-0 lr, and a rejected argument must leave nothing
+    behind. (Values are replaced, never mutated in place, so a shallow copy restores them.)"""
+    @functools.wraps(init)
+    def wrapper(self: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        optimizer = target if hasattr(target, "param_groups") else getattr(
+            target, "optimizer", None)
+        groups = getattr(optimizer, "param_groups", None)
+        saved = ([dict(g) for g in groups] if isinstance(groups, list)
+                 and all(isinstance(g, dict) for g in groups) else None)
+        try:
+            init(self, target, *args, **kwargs)
+        except BaseException:
+            if saved is not None and groups is not None:
+                for group, before in zip(groups, saved):
+                    group.clear()
+                    group.update(before)
+            raise
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_mismatch(saved: Any, current: Any, where: str) -> str | None:
+    """Where a scheduler's saved state_dict is shaped unlike the current one (keys of dicts,
+    lengths of the per-group and sub-scheduler lists, a number where a number belongs), or
+    None. Used by ``load_state_dict`` and by ``fo.load`` before anything is written."""
+    if isinstance(current, Mapping):
+        if not isinstance(saved, Mapping):
+            return f"{where} is a {type(saved).__name__}, expected a dict"
+        if isinstance(current, collections.Counter):
+            return None
+        if set(saved) != set(current):
+            return (f"{where} has keys {sorted(map(str, saved))}, expected "
+                    f"{sorted(map(str, current))}")
+        for k in current:
+            err = _state_mismatch(saved[k], current[k], f"{where}[{k!r}]")
+            if err:
+                return err
+    elif isinstance(current, list) and where.endswith(("'_schedulers']", "'base_lrs']",
+                                                       "'_last_lr']")):
+        if not isinstance(saved, list) or len(saved) != len(current):
+            return (f"{where} has {len(saved) if isinstance(saved, list) else saved!r} "
+                    f"entries, expected {len(current)}")
+        for k, (s, c) in enumerate(zip(saved, current)):
+            err = _state_mismatch(s, c, f"{where}[{k}]")
+            if err:
+                return err
+    elif (isinstance(current, numbers.Real) and not isinstance(current, bool)
+          and not (isinstance(saved, numbers.Real) and not isinstance(saved, bool))):
+        return f"{where} is {saved!r}, expected a number like {current!r}"
+    return None
+
 
 def _check_optimizer(optimizer: object) -> None:
     groups = getattr(optimizer, "param_groups", None)
@@ -148,7 +210,7 @@ def _check_lambdas(name: str, fn: LRLambdas,
         if len(fn) != n:
             raise ValueError(
                 f"{name} must be a callable or a list with one callable per param "
-                f"group ({n}), got {len(fn)} entries")
+                f"group ({n}), got {len(fn)} entries: {fn!r}")
         fns = list(fn)
     else:
         fns = [fn] * n
@@ -195,6 +257,7 @@ class LRScheduler:
     _step_count: int
     _last_lr: list[float]
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         last_epoch = _check_int("last_epoch", last_epoch, -1)
@@ -249,9 +312,9 @@ class LRScheduler:
         ``epoch`` (discouraged, as in torch) jumps to that step using the
         closed form where the scheduler has one.
         """
-        self._step_count += 1
         if epoch is not None:
             _s._check_step(epoch, "epoch")
+        self._step_count += 1
         self._update_lr(epoch)
 
     def _update_lr(self, epoch: int | None = None) -> None:
@@ -291,7 +354,19 @@ class LRScheduler:
                 if key not in self._not_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`."""
+        """Restore a state produced by :meth:`state_dict` (of a scheduler of the same class
+        and arguments). A state_dict shaped otherwise (other keys, another number of param
+        groups or sub-schedulers, a non-number where a number belongs) is refused with a
+        ValueError naming the difference, and the scheduler is left unchanged."""
+        err = _state_mismatch(state_dict, self.state_dict(), "state_dict")
+        if err:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {err}; pass the "
+                             f"state_dict() of a {type(self).__name__} built with the same "
+                             f"arguments on the same optimizer")
+        self._load_state(dict(state_dict))
+
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
+        """Restore an already checked state_dict (subclasses add their extra parts)."""
         self.__dict__.update(copy.deepcopy(
             {k: v for k, v in state_dict.items() if k not in self._not_state}))
 
@@ -312,6 +387,7 @@ class _LambdaState(_SchedulerMixinBase):
 
     _not_state = ("optimizer", "lr_lambdas")
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, lr_lambda: LRLambdas,
                  last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
@@ -323,10 +399,10 @@ class _LambdaState(_SchedulerMixinBase):
         state["lr_lambdas"] = [_callable_state(fn) for fn in self.lr_lambdas]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         saved = state.pop("lr_lambdas", [None] * len(self.lr_lambdas))
-        LRScheduler.load_state_dict(self, state)
+        LRScheduler._load_state(self, state)
         for fn, attrs in zip(self.lr_lambdas, saved):
             if attrs is not None:
                 fn.__dict__.update(attrs)
@@ -590,6 +666,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def step(self, epoch: float | None = None) -> None:
         """Advance one step, or jump to ``epoch`` (may be fractional, e.g.
         ``epoch + batch / n_batches``)."""
+        if epoch is not None:
+            _s._check_step(epoch, "epoch")
         self._step_count += 1
         if epoch is None and self.last_epoch < 0:
             epoch = 0
@@ -600,7 +678,6 @@ class CosineAnnealingWarmRestarts(LRScheduler):
                 self.T_cur = self.T_cur % self.T_i
                 self.T_i = self.T_i * self.T_mult
         else:
-            _s._check_step(epoch, "epoch")
             self.T_cur, self.T_i = _s._sgdr_position(epoch, self.T_0, self.T_mult)
         self.last_epoch = math.floor(epoch)
         self._in_step = True
@@ -624,6 +701,7 @@ class CyclicLR(LRScheduler):
 
     _not_state = ("optimizer", "_scale_fn_custom")
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, base_lr: PerGroup,
                  max_lr: PerGroup, step_size_up: float = 2000,
                  step_size_down: float | None = None, mode: str = "triangular",
@@ -632,6 +710,7 @@ class CyclicLR(LRScheduler):
                  base_momentum: PerGroup = 0.8,
                  max_momentum: PerGroup = 0.9, last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
+        _check_int("last_epoch", last_epoch, -1)
         base_lrs = _per_group("base_lr", base_lr, optimizer, _nonneg)
         self.max_lrs = _per_group("max_lr", max_lr, optimizer, _nonneg)
         # Building one schedule validates the remaining arguments.
@@ -645,17 +724,17 @@ class CyclicLR(LRScheduler):
         if scale_fn is None:  # as torch: the mode decides what the scale sees
             scale_mode = "iterations" if mode == "exp_range" else "cycle"
         self.scale_mode = scale_mode
-        self.cycle_momentum = bool(cycle_momentum)
-        if last_epoch == -1:
-            for lr, group in zip(base_lrs, optimizer.param_groups):
-                group["lr"] = lr
+        self.cycle_momentum = _check_bool("cycle_momentum", cycle_momentum)
         if self.cycle_momentum:
             _check_momentum_groups(optimizer)
             self.base_momentums = _per_group("base_momentum", base_momentum, optimizer,
                                              _nonneg)
             self.max_momentums = _per_group("max_momentum", max_momentum, optimizer,
                                             _nonneg)
-            if last_epoch == -1:
+        if last_epoch == -1:
+            for lr, group in zip(base_lrs, optimizer.param_groups):
+                group["lr"] = lr
+            if self.cycle_momentum:
                 for mm, bm, group in zip(self.max_momentums, self.base_momentums,
                                          optimizer.param_groups):
                     _set_momentum(group, mm)
@@ -686,10 +765,10 @@ class CyclicLR(LRScheduler):
         state["_scale_fn_custom"] = _callable_state(self._scale_fn_custom)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         attrs = state.pop("_scale_fn_custom", None)
-        super().load_state_dict(state)
+        super()._load_state(state)
         if attrs is not None and self._scale_fn_custom is not None:
             self._scale_fn_custom.__dict__.update(attrs)
 
@@ -707,6 +786,7 @@ class OneCycleLR(LRScheduler):
     is allowed; stepping further raises ValueError.
     """
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, max_lr: PerGroup,
                  total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, pct_start: float = 0.3,
@@ -716,11 +796,17 @@ class OneCycleLR(LRScheduler):
                  final_div_factor: float = 1e4, three_phase: bool = False,
                  last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
+        _check_int("last_epoch", last_epoch, -1)
+        # torch ignores epochs and steps_per_epoch when total_steps is given; a bad one is
+        # still refused here rather than silently ignored.
+        if epochs is not None:
+            _check_int("epochs", epochs, 1)
+        if steps_per_epoch is not None:
+            _check_int("steps_per_epoch", steps_per_epoch, 1)
         if total_steps is not None:
             total = total_steps
         elif epochs is not None and steps_per_epoch is not None:
-            total = (_check_int("epochs", epochs, 1)
-                     * _check_int("steps_per_epoch", steps_per_epoch, 1))
+            total = epochs * steps_per_epoch
         else:
             raise ValueError(
                 "OneCycleLR needs total_steps, or both epochs and steps_per_epoch; got "
@@ -733,17 +819,17 @@ class OneCycleLR(LRScheduler):
         max_lrs = _per_group("max_lr", max_lr, optimizer, _positive)
         div_factor = _positive("div_factor", div_factor)
         final_div_factor = _positive("final_div_factor", final_div_factor)
+        self.cycle_momentum = _check_bool("cycle_momentum", cycle_momentum)
+        if self.cycle_momentum:
+            _check_momentum_groups(optimizer)
+            max_ms = _per_group("max_momentum", max_momentum, optimizer, _nonneg)
+            base_ms = _per_group("base_momentum", base_momentum, optimizer, _nonneg)
         if last_epoch == -1:
             for m, group in zip(max_lrs, optimizer.param_groups):
                 group["initial_lr"] = m / div_factor
                 group["max_lr"] = m
                 group["min_lr"] = group["initial_lr"] / final_div_factor
-        self.cycle_momentum = bool(cycle_momentum)
-        if self.cycle_momentum:
-            _check_momentum_groups(optimizer)
-            max_ms = _per_group("max_momentum", max_momentum, optimizer, _nonneg)
-            base_ms = _per_group("base_momentum", base_momentum, optimizer, _nonneg)
-            if last_epoch == -1:
+            if self.cycle_momentum:
                 for mm, bm, group in zip(max_ms, base_ms, optimizer.param_groups):
                     _set_momentum(group, mm)
                     group["max_momentum"] = mm
@@ -796,10 +882,12 @@ class SWALR(LRScheduler):
         last_epoch (int): default -1.
     """
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, swa_lr: PerGroup,
                  anneal_epochs: int = 10, anneal_strategy: str = "cos",
                  last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
+        _check_int("last_epoch", last_epoch, -1)
         swa_lrs = _per_group("swa_lr", swa_lr, optimizer, _nonneg)
         self.anneal_strategy = _check_choice("anneal_strategy", anneal_strategy,
                                              ("cos", "linear"))
@@ -918,7 +1006,15 @@ class ReduceLROnPlateau(LRScheduler):
     def step(self, metrics: SupportsFloat,  # type: ignore[override]
              epoch: int | None = None) -> None:
         """Record one evaluation of the monitored metric (a number)."""
-        current = float(metrics)
+        try:
+            if isinstance(metrics, (str, bytes)):
+                raise TypeError
+            current = float(metrics)
+        except (TypeError, ValueError):
+            raise TypeError(f"metrics must be a number (the monitored value, e.g. a "
+                            f"validation loss), got {metrics!r}") from None
+        if epoch is not None:
+            epoch = _check_int("epoch", epoch, 0)
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         if self._is_better(current, self.best):
             self.best = current
@@ -955,6 +1051,8 @@ class ReduceLROnPlateau(LRScheduler):
 
 def _check_sub_schedulers(owner: str, schedulers: Iterable[LRScheduler],
                           optimizer: SupportsParamGroups | None) -> list[LRScheduler]:
+    if isinstance(schedulers, (str, bytes, Mapping)) or not isinstance(schedulers, _Iterable):
+        raise TypeError(f"schedulers must be a list of schedulers, got {schedulers!r}")
     schedulers = list(schedulers)
     if not schedulers:
         raise ValueError(f"{owner} needs at least one scheduler, got none")
@@ -984,12 +1082,12 @@ class _Composite(_SchedulerMixinBase):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         subs = state.pop("_schedulers")
-        LRScheduler.load_state_dict(self, state)
+        LRScheduler._load_state(self, state)
         for sched, sub in zip(self._schedulers, subs):
-            sched.load_state_dict(sub)
+            sched._load_state(sub)
 
 
 class SequentialLR(_Composite, LRScheduler):
@@ -1001,6 +1099,7 @@ class SequentialLR(_Composite, LRScheduler):
 
     _not_state = ("optimizer", "_schedulers")
 
+    @_groups_restored_on_error
     def __init__(self, optimizer: SupportsParamGroups, schedulers: Iterable[LRScheduler],
                  milestones: Sequence[int], last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
@@ -1051,8 +1150,8 @@ class ChainedScheduler(_Composite, LRScheduler):
 
     def __init__(self, schedulers: Iterable[LRScheduler],
                  optimizer: SupportsParamGroups | None = None) -> None:
-        schedulers = list(schedulers)
-        if schedulers and optimizer is None:
+        schedulers = _check_sub_schedulers("ChainedScheduler", schedulers, None)
+        if optimizer is None:
             optimizer = getattr(schedulers[0], "optimizer", None)
         schedulers = _check_sub_schedulers("ChainedScheduler", schedulers, optimizer)
         self._schedulers = schedulers
@@ -1085,6 +1184,7 @@ class WarmupLR(LRScheduler):
 
     _not_state = ("optimizer", "scheduler")
 
+    @_groups_restored_on_error
     def __init__(self, scheduler: LRScheduler, warmup_steps: int,
                  start_factor: float = 0.0) -> None:
         if not isinstance(scheduler, LRScheduler):
@@ -1137,8 +1237,8 @@ class WarmupLR(LRScheduler):
         state["scheduler"] = self.scheduler.state_dict()
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         inner = state.pop("scheduler")
-        super().load_state_dict(state)
-        self.scheduler.load_state_dict(inner)
+        super()._load_state(state)
+        self.scheduler._load_state(inner)

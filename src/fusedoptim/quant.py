@@ -142,6 +142,9 @@ def _check_array(a: Any, name: str, dtypes: tuple[str, ...]) -> NDArray[Any]:
     if a.dtype.name not in dtypes:
         hint = " (bfloat16 is ml_dtypes.bfloat16)" if "bfloat16" in dtypes else ""
         raise TypeError(f"{name} must have dtype {' / '.join(dtypes)}{hint}, got {a.dtype}")
+    if not a.dtype.isnative:     # '>f4' is named float32, but its bytes would be misread
+        raise TypeError(f"{name} has non-native byte order ({a.dtype.str}); convert it with "
+                        f"{name}.astype({name}.dtype.newbyteorder('='))")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous, got a strided array of shape {a.shape}; "
                          f"pass np.ascontiguousarray({name})")
@@ -156,8 +159,11 @@ def _check_out(a: Any, name: str, dtype: np.dtype[Any], size: int) -> NDArray[An
     if a.size != size:
         raise ValueError(f"{name} must have {size} elements, got shape {a.shape} "
                          f"({a.size} elements)")
-    if not a.flags.c_contiguous or not a.flags.writeable:
-        raise ValueError(f"{name} must be a writeable C-contiguous array")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got a strided array of shape "
+                         f"{a.shape}; pass a new np.empty array")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only; pass a writeable array")
     return a
 
 
@@ -196,6 +202,15 @@ def _codec_plan(values: NDArray[Any], codes: NDArray[np.uint8], absmax: NDArray[
                 _kernels.STORAGE_NAMES.index("int8" if bits == 8 else "int4"))
     return _kernels.Plan([values], [state], len(state), 0, ["values"], None, None, None,
                          storages)
+
+
+def _one_block_if_larger(block_size: int, n: int, bits: int) -> int:
+    """A block size larger than the array means one block: use the (even) element count
+    instead, so the reference does not pad the array to a huge block (the codes and the one
+    absmax are the same)."""
+    if block_size > n and block_size > _STATE_BLOCK[bits]:
+        return max(2, n + (n & 1))
+    return block_size
 
 
 def _quantize_into(x: NDArray[Any], code: NDArray[np.float32], block_size: int, bits: int,
@@ -269,7 +284,7 @@ def quantize_blockwise(x: NDArray[Any], code: NDArray[np.float32] | None = None,
         if np.shares_memory(codes_out, absmax_out) or np.shares_memory(codes_out, x) \
                 or np.shares_memory(absmax_out, x):
             raise ValueError("out[0], out[1] and x must not overlap")
-    _quantize_into(x, code, bs, bits, codes_out, absmax_out)
+    _quantize_into(x, code, _one_block_if_larger(bs, n, bits), bits, codes_out, absmax_out)
     return codes_out, absmax_out
 
 
@@ -308,7 +323,10 @@ def dequantize_blockwise(codes: NDArray[np.uint8], absmax: NDArray[np.float32],
                          f"elements, got {absmax.size}; was block_size {bs} the one used "
                          f"to quantize?")
     try:
-        dt = np.dtype(dtype)
+        # np.dtype(None) is float64: a None here is a mistake, not a request for float64
+        dt = np.dtype(dtype) if dtype is not None else None
+        if dt is None:
+            raise TypeError
     except TypeError:
         raise TypeError(f"dtype must be one of {', '.join(_OUTPUT_DTYPES)}, got {dtype!r}") from None
     if dt.name not in _OUTPUT_DTYPES:
@@ -319,5 +337,5 @@ def dequantize_blockwise(codes: NDArray[np.uint8], absmax: NDArray[np.float32],
         out = _check_out(out, "out", dt, n)
         if np.shares_memory(out, codes) or np.shares_memory(out, absmax):
             raise ValueError("out must not overlap codes or absmax")
-    _dequantize_into(codes, absmax, code, bs, bits, n, out)
+    _dequantize_into(codes, absmax, code, _one_block_if_larger(bs, n, bits), bits, n, out)
     return out

@@ -32,6 +32,8 @@ import numbers
 from bisect import bisect_right
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 __all__ = [
     "Schedule",
     "constant",
@@ -94,6 +96,13 @@ def _check_real(name: str, value: float, low: float | None = None, high: float |
                     f"{high}{')' if high_open else ']'}")
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return float(value)
+
+
+def _check_bool(name: str, value: bool) -> bool:
+    # A flag given as a string or a number ("False", 0.5) would silently read as truthy.
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -384,7 +393,7 @@ def exponential_decay(init_value: float, gamma: float, transition_steps: int = 1
                     init_value=_check_real("init_value", init_value),
                     gamma=_check_real("gamma", gamma, 0, low_open=True),
                     transition_steps=_check_int("transition_steps", transition_steps, 1),
-                    staircase=bool(staircase))
+                    staircase=_check_bool("staircase", staircase))
 
 
 def cosine_decay(init_value: float, decay_steps: int, end_value: float = 0.0) -> Schedule:
@@ -522,7 +531,7 @@ def _check_one_cycle(total_steps: int, pct_start: float, anneal_strategy: str,
                      three_phase: bool) -> tuple[int, float]:
     total_steps = _check_int("total_steps", total_steps, 1)
     pct_start = _check_real("pct_start", pct_start, 0, 1)
-    if three_phase and pct_start > 0.5:
+    if _check_bool("three_phase", three_phase) and pct_start > 0.5:
         raise ValueError(
             "pct_start must be <= 0.5 when three_phase=True (the ramp up and the "
             f"ramp down each take pct_start of the steps), got {pct_start!r}")
@@ -592,6 +601,9 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
     Each schedule sees the step relative to its own start:
     ``schedules[i](t - boundaries[i-1])``.
     """
+    if not isinstance(schedules, (list, tuple)):
+        raise TypeError(f"schedules must be a list of schedules (callables of the step), got "
+                        f"{schedules!r}")
     schedules = list(schedules)
     if not schedules:
         raise ValueError("schedules must contain at least one schedule, got []")

@@ -20,32 +20,11 @@ import argparse
 import os
 import sys
 
+from .._cli import EXIT_USAGE
+from .._cli import one_line_errors as _one_line_errors
 from . import (DEFAULT_OPTIMIZERS, OPTIMIZERS, DemoError, parse_lr_overrides,
                parse_optimizer_names)
-
-EXIT_USAGE = 2
 _DEBUG_ENV = "FUSEDOPTIM_DEBUG"  # set to 1 to get the traceback of an unexpected error
-
-
-def _one_line_errors(parser):
-    """Make argparse errors one line (``prog: error: ...``) instead of usage + message."""
-
-    def error(message):
-        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message} (see --help)\n")
-
-    # A subparser hands unknown arguments back to the top-level parser, which is not ours and
-    # would print its usage block; rejecting them here keeps that error one line too.
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, extras = parse_known(args, namespace)
-        if extras:
-            error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-    parser.error = error
-    parser.parse_known_args = parse_known_args
-    return parser
 
 
 def _positive_int(text):
