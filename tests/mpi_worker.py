@@ -517,8 +517,14 @@ def check_bad_input():
     Z = ZeroRedundancyOptimizer
     raises(TypeError, ["optimizer_class=Muon", "whole", "allreduce_"], Z, params0(), fo.Muon)
     raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
-    raises(TypeError, ["optimizer_class", "Adafactor", "whole matrix"], Z, params0(),
-           fo.Adafactor)
+    raises(TypeError, ["optimizer_class=Adafactor", "cannot be sharded", "whole matrix"], Z,
+           params0(), fo.Adafactor)
+    raises(TypeError, ["optimizer_class=LBFGS", "cannot be sharded", "closure"], Z, params0(),
+           fo.LBFGS)
+    raises(TypeError, ["optimizer_class=SparseAdam", "cannot be sharded", "SparseGrad"], Z,
+           params0(), fo.SparseAdam)
+    raises(TypeError, ["optimizer_class=MuonWithAuxAdam", "cannot be sharded", "allreduce_"],
+           Z, params0(), fo.MuonWithAuxAdam)
     raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
     raises(ValueError, ["reduce_scatter", "'tree'"], Z, params0(), fo.AdamW,
            reduce_scatter="tree")

@@ -18,6 +18,7 @@ from ..flat import FlatParams
 from .._gate import inv_grad_scale
 from ..grad_utils import CLIP_EPS
 from .._precision import ABSMAX, resolve
+from .. import optim as fo_optim
 from ..optimizer import Optimizer
 from ._collectives import Shards, fold, gather_parts, mpi_type, ring_reduce_scatter, \
     scale_, shard_units, sharded_norm, slices, world
@@ -42,8 +43,16 @@ _WHOLE_TENSORS = {
             "data-parallel with allreduce_(grads) and a plain fo.Muon on every rank"}
 #: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
 _NOT_OPTIMIZER = {
-    "Adafactor": " (Adafactor's factored second moment sums each whole matrix's rows and "
-                 "columns, which span the shards)"}
+    "Adafactor": "Adafactor's factored second moment sums each whole matrix's rows and "
+                 "columns, which span the shards",
+    "LBFGS": "L-BFGS takes a closure and runs a line search with dot products over the whole "
+             "flat param vector; run it data-parallel with allreduce_(grads) inside the "
+             "closure and a plain fo.LBFGS on every rank",
+    "SparseAdam": "SparseAdam steps the rows a SparseGrad touches, not a flat buffer that "
+                  "can be cut into shards; allreduce_ cannot average SparseGrads either",
+    "MuonWithAuxAdam": "Muon orthogonalizes each whole 2-D param, and the shards cut params "
+                       "on 16K-element work units; run it data-parallel with "
+                       "allreduce_(grads) and a plain fo.MuonWithAuxAdam on every rank"}
 #: element width -> (NumPy view type, MPI type) for moving params without arithmetic
 _WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
                 8: (np.uint64, MPI.UINT64_T)}
@@ -267,9 +276,12 @@ class ZeroRedundancyOptimizer:
                      defaults: dict[str, Any]) -> str:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
                 and getattr(optimizer_class, "spec", None) is not None):
-            why = _NOT_OPTIMIZER.get(getattr(optimizer_class, "__name__", ""), "")
+            name = getattr(optimizer_class, "__name__", "")
+            if name in _NOT_OPTIMIZER and getattr(fo_optim, name, None) is optimizer_class:
+                raise TypeError(f"optimizer_class={name} cannot be sharded by "
+                                f"ZeroRedundancyOptimizer: {_NOT_OPTIMIZER[name]}")
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
-                            f"fo.AdamW, got {optimizer_class!r}{why}")
+                            f"fo.AdamW, got {optimizer_class!r}")
         if not shardable(optimizer_class):
             why = _WHOLE_TENSORS.get(optimizer_class.spec.name, "its step needs whole tensors "
                                      "at once, which a shard of the params cannot give")
