@@ -826,8 +826,9 @@ def madgrad_cbrt(x: FloatArray) -> FloatArray:
         if x.dtype == np.float32:
             tiny = x < dt(1.1754943508222875e-38)
             xs = np.where(tiny, x * dt(16777216.0), x)
-            w = xs.view(np.uint32) // np.uint32(3) + np.uint32(709958130)
-            y = w.view(np.float32)
+            # bits / 3 as the kernel takes it: int(float(bits) * (1/3 in float)), truncated
+            third_of_bits = (xs.view(np.int32).astype(np.float32) * third).astype(np.int32)
+            y = (third_of_bits + np.int32(709958130)).view(np.float32)
             rounds, back = 1, dt(0.00390625)
         else:
             tiny = x < dt(2.2250738585072014e-308)
