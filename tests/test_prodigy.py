@@ -9,26 +9,14 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from cases import PRODIGY_CASE
 
 DTYPES = [np.float32, np.float64]
 STEPS = 110
 SHAPES = [(7,), (3, 5), (2_000,), (1,)]
 
 
-def _config(rng):
-    """Every option of the constructor, at random."""
-    beta1 = float(rng.choice([0.0, rng.uniform(0.5, 0.95)]))
-    return dict(lr=float(rng.choice([1.0, rng.uniform(0.3, 2.0)])),
-                betas=(beta1, float(rng.uniform(0.9, 0.9999))),
-                beta3=None if rng.integers(2) else float(rng.uniform(0.9, 0.999)),
-                eps=float(rng.choice([1e-8, 10 ** rng.uniform(-8, -4)])),
-                weight_decay=float(rng.choice([0.0, rng.uniform(0, 0.1)])),
-                decouple=bool(rng.integers(2)),
-                use_bias_correction=bool(rng.integers(2)),
-                safeguard_warmup=bool(rng.integers(2)),
-                d0=float(10 ** rng.uniform(-7, -5)),
-                d_coef=float(rng.choice([1.0, rng.uniform(0.5, 2.0)])),
-                growth_rate=float(rng.choice([math.inf, 1.02, rng.uniform(1.0, 1.5)])))
+_config = PRODIGY_CASE.sample
 
 
 def _quadratic_grads(rng, params, targets, dtype, skip=None):
@@ -335,7 +323,9 @@ _BAD = [
     (dict(safeguard_warmup=None), "safeguard_warmup"),
     (dict(d0=0.0), "d0 must be a finite number > 0, got 0.0"),
     (dict(d_coef=-1.0), "d_coef must be a finite number >= 0, got -1.0"),
-    (dict(growth_rate=0.0), "growth_rate must be a number > 0 (inf: unrestricted), got 0.0"),
+    (dict(growth_rate=0.0), "growth_rate must be a number >= 1.0 (inf: unrestricted), got 0.0"),
+    # below 1 D would shrink every step, to 0 (found by tests/property)
+    (dict(growth_rate=0.5), "growth_rate must be a number >= 1.0 (inf: unrestricted), got 0.5"),
     (dict(growth_rate=float("nan")), "growth_rate"),
 ]
 
