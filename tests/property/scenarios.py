@@ -245,8 +245,10 @@ class Scenario:
     bounds: list[int]
     overrides: list[dict[str, Any]]
     seed: int
-    # per step: (grad magnitude, which params get None, grad_scale or None)
-    steps: list[tuple[float, tuple[bool, ...], float | None]] = field(default_factory=list)
+    # per step: (grad magnitude, which params get None, grad_scale or None, a NaN or Inf put
+    # in one grad element, or None)
+    steps: list[tuple[float, tuple[bool, ...], float | None, float | None]] = \
+        field(default_factory=list)
 
     def start(self) -> list[np.ndarray]:
         rng = np.random.default_rng(self.seed)
@@ -262,12 +264,16 @@ class Scenario:
         return cls(self.groups(params), **self.kwargs, **self.options, **extra)
 
     def grads(self, k: int) -> list[np.ndarray | None]:
-        scale, nones, _ = self.steps[k]
+        scale, nones, _, poison = self.steps[k]
         rng = np.random.default_rng((self.seed, k))
         out: list[np.ndarray | None] = []
         for shape, none in zip(self.shapes, nones):
             g = rng.standard_normal(shape) * scale
             out.append(None if none else np.asarray(g, self.grad_dtype))
+        targets = [g for g in out if g is not None and g.size]
+        if poison is not None and targets:
+            g = targets[int(rng.integers(len(targets)))]
+            g.flat[int(rng.integers(g.size))] = poison
         return out
 
     def step(self, opt: Any, k: int) -> Any:
@@ -310,7 +316,11 @@ def scenarios(draw, cases: list[Case] = ALL_CASES, min_steps: int = 1, max_steps
         # a param without a grad now and then (a quarter of the time each)
         nones = tuple(draw(st.booleans()) and draw(st.booleans()) for _ in shapes)
         grad_scale = draw(st.sampled_from([None, None, None, 2.0 ** 16, 3.0, 0.37]))
-        steps.append((scale, nones, grad_scale))
+        poison = draw(st.sampled_from([None] * 6 + [math.nan, math.inf, -math.inf]))
+        steps.append((scale, nones, grad_scale, poison))
+    if draw(st.integers(0, 3)) == 0:
+        # a step whose grads hold a NaN or Inf changes nothing (the twin's rule too)
+        options["skip_nonfinite"] = True
     return Scenario(case, kwargs, precision, options, grad_dtype, shapes, bounds, overrides,
                     draw(st.integers(0, 2 ** 32 - 1)), steps)
 

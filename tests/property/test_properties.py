@@ -62,7 +62,8 @@ def _muon_tolerance(sc: Scenario, params) -> dict:
     lrs = [dict(sc.kwargs, **over)["lr"] for over in sc.overrides]
     ratio = max([muon_mod.adjusted_ratio(s, sc.kwargs.get("adjust_lr_fn")) for s in sc.shapes
                  if min(s, default=0) > 0] or [1.0])
-    pmax = max([float(np.max(np.abs(p), initial=0.0)) for p in params] or [0.0])
+    pmax = max([float(np.max(np.abs(p[np.isfinite(p)]), initial=0.0)) for p in params]
+               or [0.0])
     per_step = max(lrs) * ratio * 64 * eps + 8 * eps * pmax
     return dict(rtol=0, atol=len(sc.steps) * per_step, equal_nan=True)
 
@@ -100,7 +101,9 @@ def test_fused_step_equals_its_reference_twin(sc: Scenario):
 
 BAD_GRADS = ["count", "shape", "dtype", "layout", "type", "alias"]
 BAD_SCALES = [0.0, -2.0, math.nan, math.inf, "2", np.array([1.0, 2.0])]
-BAD_STATE = ["shape", "dtype", "step", "missing", "groups", "hyper"]
+# (A slot missing from a param's entry is not bad input: load_state_dict fills it with its
+# initial value, by design, as when amsgrad is switched on; fusedoptim._state.ensure_state.)
+BAD_STATE = ["shape", "dtype", "step", "groups", "hyper"]
 
 
 def _bad_grads(sc: Scenario, params, grads, draw):
@@ -143,7 +146,7 @@ def _bad_state_dict(sc: Scenario, opt, draw):
     kind = draw(st.sampled_from(BAD_STATE))
     arrays = [(i, k) for i, s in sd["state"].items() for k, v in s.items()
               if isinstance(v, np.ndarray) and v.size > 0]
-    if kind in ("shape", "dtype", "missing", "step") and not arrays:
+    if kind in ("shape", "dtype", "step") and not arrays:
         kind = "hyper"
     if kind == "groups" and len(sd["param_groups"]) == 1:
         kind = "hyper"
@@ -154,9 +157,6 @@ def _bad_state_dict(sc: Scenario, opt, draw):
         i, k = draw(st.sampled_from(arrays))
         v = sd["state"][i][k]
         sd["state"][i][k] = v.astype(np.float64 if v.dtype != np.float64 else np.float32)
-    elif kind == "missing":
-        i, k = draw(st.sampled_from(arrays))
-        del sd["state"][i][k]
     elif kind == "step":
         i = draw(st.sampled_from(sorted({i for i, _ in arrays})))
         sd["state"][i]["step"] = draw(st.sampled_from([-1, 1.5, math.nan, "3", None]))
