@@ -411,6 +411,35 @@ def test_skip_nonfinite_skips_the_whole_step_bitwise(rng, dtype):
     assert opt.skipped_steps == 2
 
 
+@pytest.mark.parametrize("lr", [0.0, 1.0])
+def test_skip_nonfinite_with_every_group_frozen_or_not(rng, lr):
+    """A group at lr 0 (frozen: pass 1 drives no statistics) with skip_nonfinite: its armed
+    check runs in a reduce pass. That pass asked to stop early on its own flag, which the
+    driver refuses under an armed gate: every step raised ValueError (found by the property
+    suite). It steps as without skip_nonfinite, the twin's trajectory, and skips a NaN."""
+    kw = dict(lr=lr, betas=(0.9, 0.999))
+    start = [np.asarray(rng.standard_normal(s), np.float32) for s in SHAPES]
+    grads = [[np.asarray(rng.standard_normal(p.shape), np.float32) for p in start]
+             for _ in range(4)]
+    runs = []
+    for cls, opts in ((fo.Prodigy, dict(skip_nonfinite=True)), (fo.Prodigy, {}),
+                      (fo.reference.Prodigy, dict(skip_nonfinite=True))):
+        params = [p.copy() for p in start]
+        opt = cls(params, **kw, **opts)
+        for g in grads:
+            assert opt.step(g) is True
+        runs.append((params, opt))
+    for params, opt in runs[1:]:
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(runs[0][0], params))
+        assert opt.param_groups[0]["d"] == runs[0][1].param_groups[0]["d"]
+    params, opt = runs[0]
+    before = [p.copy() for p in params]
+    bad = [g.copy() for g in grads[0]]
+    bad[1].reshape(-1)[0] = np.nan
+    assert opt.step(bad) is False and opt.skipped_steps == 1
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before))
+
+
 def test_grad_scale_unscales_inside_the_kernel(rng):
     kw = _config(rng)
     a = [np.asarray(rng.standard_normal(s), np.float32) for s in SHAPES]

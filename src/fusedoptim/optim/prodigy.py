@@ -418,7 +418,9 @@ class Prodigy(Optimizer):
         if first:
             _copy_p0(plan)
         if self.skip_nonfinite:
-            plan.reduce(NONFINITE, 1, True)    # the armed check needs a pass to run in
+            # the armed check needs a pass to run in; the gate stops it (a pass that stops
+            # early on its own flag is refused under an armed gate)
+            plan.reduce(NONFINITE, 1)
 
     def _apply(self, plan: _kernels.Plan, hyper: ProdigyHyper, st: _Step, d_new: float,
                extra: Any) -> None:
