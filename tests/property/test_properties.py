@@ -212,8 +212,9 @@ def test_a_rejected_input_changes_nothing(sc: Scenario, kind: str, data):
             sd = _bad_state_dict(sc, opt, data.draw)
             word, call = "", lambda: opt.load_state_dict(sd)
         else:
-            # a checkpoint of the same optimizer over other shapes (one more element)
-            other = [np.zeros(p.size + 1, p.dtype) for p in params]
+            # a checkpoint of the same optimizer over other shapes (one more row)
+            other = [np.zeros((p.shape[0] + 1, *p.shape[1:]) if p.ndim else (1,), p.dtype)
+                     for p in params]
             other_sc = copy.copy(sc)
             other_sc.shapes = [o.shape for o in other]
             path = os.path.join(tmp, "other.safetensors")
