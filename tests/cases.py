@@ -526,5 +526,5 @@ MUON_CASE = Case("Muon", fo.Muon, fo.reference.Muon, _muon_sample, "Muon",
                  matrices_only=True, blas_step=True)
 PRODIGY_CASE = Case("Prodigy", fo.Prodigy, fo.reference.Prodigy, _prodigy_sample, None,
                     one_lr=True)
-#: every registered optimizer (test_spec checks that CASES and these two cover the registry)
+#: every registered optimizer (tests/property checks that these cover the registry)
 ALL_CASES = CASES + [MUON_CASE, PRODIGY_CASE]

@@ -26,8 +26,8 @@ from threadpoolctl import threadpool_limits
 
 import fusedoptim as fo
 from fusedoptim.optim import muon as muon_mod
-from scenarios import (Scenario, bitwise_diff, field_slots, refused_values, same_groups,
-                       scenarios, set_field, spec_of, state_diff)
+from scenarios import (ALL_CASES, PRECISIONS, Scenario, bitwise_diff, field_slots,
+                       refused_values, same_groups, scenarios, set_field, spec_of, state_diff)
 
 # NumPy warns on the overflows and invalid operations that edge values cause on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -50,6 +50,13 @@ def _build_or_refuse(sc: Scenario, params, **extra):
         assert any(n in str(err) for n in names), str(err)
         assert not bitwise_diff(params, before)
         return None
+
+
+def test_every_registered_optimizer_is_drawn():
+    from fusedoptim import _spec
+    assert {c.fused for c in ALL_CASES} == {s.cls for s in _spec.registered()}
+    # each with the precision rows its kernel registered (plain float32 at least)
+    assert all(PRECISIONS[c.name] for c in ALL_CASES)
 
 
 # -- 1. fused == reference twin ------------------------------------------------------------------
