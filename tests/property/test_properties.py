@@ -217,7 +217,7 @@ def test_a_rejected_input_changes_nothing(sc: Scenario, kind: str, data):
             word, call = "grad_scale", lambda: opt.step(grads, grad_scale=scale)
         elif kind == "load_state_dict":
             sd = _bad_state_dict(sc, opt, data.draw)
-            word, call = "", lambda: opt.load_state_dict(sd)
+            word, call = "state_dict", lambda: opt.load_state_dict(sd)
         else:
             # a checkpoint of the same optimizer over other shapes (one more row)
             other = [np.zeros((p.shape[0] + 1, *p.shape[1:]) if p.ndim else (1,), p.dtype)
@@ -226,7 +226,7 @@ def test_a_rejected_input_changes_nothing(sc: Scenario, kind: str, data):
             other_sc.shapes = [o.shape for o in other]
             path = os.path.join(tmp, "other.safetensors")
             fo.save(path, _build_or_refuse(other_sc, other) or pytest.skip("unreachable"))
-            word, call = "", lambda: fo.load(path, opt)
+            word, call = path, lambda: fo.load(path, opt)      # the message names the file
         grads_before = _snapshot(opt, params, grads)[2]
         with np.errstate(all="ignore"):
             with pytest.raises((ValueError, TypeError)) as err:
