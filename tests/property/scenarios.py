@@ -220,11 +220,12 @@ def shape_lists(case: Case, big: bool | None = None) -> st.SearchStrategy[list[t
         return st.lists(small, min_size=1, max_size=4)
     any_shape = st.one_of(small, small, small, unit) if big is None else st.one_of(small, unit)
     lists = st.lists(any_shape, min_size=1, max_size=4)
-    if big:
-        lists = lists.map(lambda shapes: shapes + [(SERIAL_MAX + 1,)] if sum(
-            math.prod(s) for s in shapes) <= SERIAL_MAX and not case.matrices_only else
-            shapes + [(181, 182)] if sum(math.prod(s) for s in shapes) <= SERIAL_MAX else shapes)
-    return lists
+    if not big:
+        return lists
+    # one more tensor just past the threshold where the drawn ones stay below it
+    past = (181, 182) if case.matrices_only else (SERIAL_MAX + 1,)
+    return lists.map(lambda shapes: shapes if sum(map(math.prod, shapes)) > SERIAL_MAX
+                     else shapes + [past])
 
 
 # -- a whole scenario ---------------------------------------------------------------------------
