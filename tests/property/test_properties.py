@@ -3,7 +3,9 @@ tests/cases.py), its hyperparameters with edge values, the precision rows its ke
 registered, shapes around the driver's unit and serial threshold, group structures, None grads,
 grad scales, thread counts and checkpoint points (tests/property/scenarios.py). Asserted:
 
-* the fused step equals its NumPy reference twin bitwise;
+* the fused step equals its NumPy reference twin bitwise (any NaN equals any NaN there: IEEE
+  754 leaves a NaN's sign and payload to the implementation; LAMB and LARS in float64 and
+  Muon's params at the tolerances their Cases state, which the other checks do not need);
 * a rejected input raises a clear error and leaves params, grads, state and hyperparameters
   bitwise unchanged (and the optimizer steps on exactly as if it never saw it);
 * a run resumed from state_dict/load_state_dict or fo.save/fo.load equals an unbroken one;
