@@ -361,3 +361,18 @@ def test_thread_counts_do_not_change_bits(sc: Scenario, threads: int, how: str):
     (p1, o1), (pn, on) = results
     assert bitwise_diff(p1, pn) == []
     assert state_diff(o1, on) == []
+
+
+@pytest.mark.xfail(strict=True, reason="open (found by the long profile): on a step that "
+                   "skip_nonfinite skips in a later group, a group before it holding only "
+                   "empty params keeps its advanced step count (the gate's undo_advance "
+                   "covers the gated group only)")
+def test_a_skipped_step_leaves_the_step_count_of_an_empty_param_in_another_group():
+    counts = []
+    for cls in (fo.Adam, fo.reference.Adam):
+        p = [np.zeros((0,)), np.ones(()), np.ones(())]
+        opt = cls([{"params": p[:1]}, {"params": p[1:]}], skip_nonfinite=True)
+        opt.step([np.zeros((0,)), np.ones(()), np.ones(())])
+        assert opt.step([np.zeros((0,)), np.array(np.nan), np.ones(())]) is False
+        counts.append([opt.state[i]["step"] for i in range(3)])
+    assert counts[0] == counts[1] == [1, 1, 1]
