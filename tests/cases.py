@@ -6,13 +6,14 @@ hyperparameter values that must be rejected. Adding an optimizer to the test-sui
 adding a Case here.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import fusedoptim as fo
 
 
-@dataclass
+@dataclass(repr=False)
 class Case:
     name: str
     fused: type
@@ -29,6 +30,19 @@ class Case:
     # Whether a group whose params tile one buffer (a FlatParams) steps as one flat tensor;
     # per-tensor norms (trust ratios) keep it stepping per param, on the same flat buffers.
     flat_steps: bool = True
+    # The optimizer takes only matrices (Muon), not the generic battery's shapes.
+    matrices_only: bool = False
+    # Every group has the same lr (or 0): Prodigy's groups share one step size.
+    one_lr: bool = False
+    # Part of the step is a BLAS product (Muon's iteration), summed in another order than the
+    # twin's: params agree at a stated tolerance, not bitwise (state buffers stay bitwise).
+    blas_step: bool = False
+
+    def __repr__(self):                 # what a failing example prints (hypothesis, pytest)
+        return f"Case({self.name!r})"
+
+    def _repr_pretty_(self, printer, cycle):     # hypothesis's and IPython's pretty printer
+        printer.text(repr(self))
 
 
 def _loguniform(rng, lo, hi):
@@ -470,3 +484,47 @@ CASES += [
     Case("AdaBelief", fo.AdaBelief, fo.reference.AdaBelief, _adabelief_sample, None,
          bad=_ADABELIEF_BAD),
 ]
+
+
+# -- Muon, Prodigy: their own batteries (test_spec.OWN_BATTERY), not in CASES --------------------
+# The property suite (tests/property) draws these with the rest; the generic battery cannot.
+
+def _muon_sample(rng):
+    """Random hyperparameters covering every option: both lerp formulas of both lerps
+    (momentum below and above 0.5), Nesterov or not, every adjust_lr_fn, 0 to 7 iterations,
+    coefficients around Jordan's, weight decay on and off."""
+    from fusedoptim.optim import muon as muon_mod
+    momentum = float(rng.choice([rng.uniform(0.0, 0.5), rng.uniform(0.5, 0.99), 0.95]))
+    a, b, c = muon_mod.NS_COEFFICIENTS
+    coef = (a, b, c) if rng.integers(2) else (a * rng.uniform(0.9, 1.0),
+                                              b * rng.uniform(0.9, 1.0), c * rng.uniform(0.9, 1.0))
+    return dict(lr=float(10 ** rng.uniform(-3, -1.5)),
+                weight_decay=float(rng.choice([0.0, rng.uniform(0, 0.2)])),
+                momentum=momentum, nesterov=bool(rng.integers(2)),
+                ns_coefficients=tuple(float(x) for x in coef),
+                eps=float(rng.choice([1e-7, 1e-3])), ns_steps=int(rng.integers(0, 8)),
+                adjust_lr_fn=[None, "original", "match_rms_adamw"][int(rng.integers(3))])
+
+
+def _prodigy_sample(rng):
+    """Every option of the constructor, at random."""
+    beta1 = float(rng.choice([0.0, rng.uniform(0.5, 0.95)]))
+    return dict(lr=float(rng.choice([1.0, rng.uniform(0.3, 2.0)])),
+                betas=(beta1, float(rng.uniform(0.9, 0.9999))),
+                beta3=None if rng.integers(2) else float(rng.uniform(0.9, 0.999)),
+                eps=float(rng.choice([1e-8, 10 ** rng.uniform(-8, -4)])),
+                weight_decay=float(rng.choice([0.0, rng.uniform(0, 0.1)])),
+                decouple=bool(rng.integers(2)),
+                use_bias_correction=bool(rng.integers(2)),
+                safeguard_warmup=bool(rng.integers(2)),
+                d0=float(10 ** rng.uniform(-7, -5)),
+                d_coef=float(rng.choice([1.0, rng.uniform(0.5, 2.0)])),
+                growth_rate=float(rng.choice([math.inf, 1.02, rng.uniform(1.0, 1.5)])))
+
+
+MUON_CASE = Case("Muon", fo.Muon, fo.reference.Muon, _muon_sample, "Muon",
+                 matrices_only=True, blas_step=True)
+PRODIGY_CASE = Case("Prodigy", fo.Prodigy, fo.reference.Prodigy, _prodigy_sample, None,
+                    one_lr=True)
+#: every registered optimizer (tests/property checks that these cover the registry)
+ALL_CASES = CASES + [MUON_CASE, PRODIGY_CASE]

@@ -10,6 +10,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles for tests/property (registered here, where every run under tests/ sees
+# them before the plugin reads --hypothesis-profile). "ci", the default: a fixed number of
+# examples (about 2000 over the suite), derandomized: each test draws the same examples on
+# every run and machine, so CI is reproducible and a failure replays from its log alone, with
+# no example database to carry between runs. "long" (--hypothesis-profile=long): 100x the
+# examples, random, with the local example database (.hypothesis/) replaying what failed.
+# No deadline: a shared 2-core machine's timings say nothing about the code.
+PROPERTY_EXAMPLES_PER_TEST = 500
+settings.register_profile(
+    "ci", max_examples=PROPERTY_EXAMPLES_PER_TEST, derandomize=True, database=None,
+    deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "long", parent=settings.get_profile("ci"), max_examples=100 * PROPERTY_EXAMPLES_PER_TEST,
+    derandomize=False, database=settings.default.database)
+settings.load_profile("ci")
 
 sys.path.insert(0, os.path.dirname(__file__))
 

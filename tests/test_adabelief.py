@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from _threads import assert_same_on_every_thread_count
 from conftest import make_params
 
 DTYPES = [np.float32, np.float64]
@@ -307,20 +308,14 @@ def test_every_update_is_bitwise_identical_across_thread_counts(rng):
     configs = [dict(amsgrad=True, weight_decay=0.1),                    # SGD-style, rectified
                dict(amsgrad=True, rectify=False, weight_decouple=False, weight_decay=0.1),
                dict(degenerated_to_sgd=False, fixed_decay=True, weight_decay=0.01)]
-    before = fo.get_num_threads()
-    try:
-        for kw in configs:
-            results = []
-            for n in (1, 2, 3):
-                fo.set_num_threads(n)
-                params = [p.copy() for p in start]
-                opt = fo.AdaBelief(params, lr=1e-2, **kw)
-                for g in seq:
-                    opt.step(g)
-                results.append(b"".join(p.tobytes() for p in params))
-            assert results[0] == results[1] == results[2], kw
-    finally:
-        fo.set_num_threads(before)
+    for kw in configs:
+        def run():
+            params = [p.copy() for p in start]
+            opt = fo.AdaBelief(params, lr=1e-2, **kw)
+            for g in seq:
+                opt.step(g)
+            return b"".join(p.tobytes() for p in params)
+        assert_same_on_every_thread_count(run, what=kw)
 
 
 @pytest.mark.parametrize("bad, name, shown", [

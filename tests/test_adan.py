@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from _threads import assert_same_on_every_thread_count
 from conftest import make_params
 
 DTYPES = [np.float32, np.float64]
@@ -260,21 +261,15 @@ def test_every_mode_is_bitwise_identical_across_thread_counts(rng, no_prox):
     start = make_params(rng, np.float32, [(200_003,), (17,), (65_536,)])
     seq = [[np.asarray(rng.standard_normal(p.shape), np.float32) for p in start]
            for _ in range(3)]
-    results = []
-    before = fo.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            fo.set_num_threads(n)
-            params = [p.copy() for p in start]
-            opt = fo.Adan(params, lr=1e-2, weight_decay=0.1, no_prox=no_prox)
-            for g in seq:        # step 1 (first-step mode), then the general one
-                opt.step(g)
-            results.append(b"".join(p.tobytes() for p in params)
-                           + b"".join(opt.state[i]["neg_pre_grad"].tobytes()
-                                      for i in range(3)))
-    finally:
-        fo.set_num_threads(before)
-    assert results[0] == results[1] == results[2]
+
+    def run():
+        params = [p.copy() for p in start]
+        opt = fo.Adan(params, lr=1e-2, weight_decay=0.1, no_prox=no_prox)
+        for g in seq:        # step 1 (first-step mode), then the general one
+            opt.step(g)
+        return (b"".join(p.tobytes() for p in params)
+                + b"".join(opt.state[i]["neg_pre_grad"].tobytes() for i in range(3)))
+    assert_same_on_every_thread_count(run)
 
 
 @pytest.mark.parametrize("bad, name, shown", [

@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import fusedoptim as fo
 from fusedoptim.optim.ademamix import ademamix_scalars, scheduled_alpha, scheduled_beta3
 
+from _threads import THREAD_COUNTS, per_thread_count
 from cases import CASES
 
 CASE = next(c for c in CASES if c.name == "AdEMAMix")
@@ -235,13 +235,8 @@ def test_kernel_matches_reference_twin_bitwise(rng, dtype):
         ref = fo.reference.AdEMAMix(twin, **kw)
         for grads in grads_seq:
             ref.step(grads)
-        before = fo.get_num_threads()
-        for threads in (1, 2, 3):
-            fo.set_num_threads(threads)
-            try:
-                ours, opt = _run_ours(starts, grads_seq, kw)
-            finally:
-                fo.set_num_threads(before)
+        runs = per_thread_count(lambda: _run_ours(starts, grads_seq, kw))
+        for threads, (ours, opt) in zip(THREAD_COUNTS, runs):
             for a, b in zip(ours, twin):
                 assert a.tobytes() == b.tobytes(), (kw, threads)
             for i in opt.state:
@@ -264,9 +259,9 @@ def test_quantized_state_matches_reference_twin_bitwise(rng, state_dtype):
     ref = fo.reference.AdEMAMix(twin, **kw, state_dtype=state_dtype)
     for grads in grads_seq:
         ref.step(grads)
-    for threads in (1, 2, 3):
-        with threadpool_limits(threads):
-            ours, opt = _run_ours(starts, grads_seq, kw, state_dtype=state_dtype)
+    runs = per_thread_count(lambda: _run_ours(starts, grads_seq, kw, state_dtype=state_dtype),
+                            via="threadpoolctl")
+    for threads, (ours, opt) in zip(THREAD_COUNTS, runs):
         for a, b in zip(ours, twin):
             assert a.tobytes() == b.tobytes(), threads
         for i in opt.state:

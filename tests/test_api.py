@@ -84,6 +84,24 @@ def test_none_grad_skips_param_and_its_step_count():
     np.testing.assert_allclose(b, -0.1, rtol=1e-6)
 
 
+def test_a_bad_hyperparameter_in_a_state_dict_is_named_there(rng):
+    """The message names where the value is (found by tests/property: it read 'lr must be a
+    finite number >= 0', like a constructor argument), and nothing changes."""
+    p = [rng.standard_normal(3), rng.standard_normal(4)]
+    opt = fo.SGD([{"params": p[:1]}, {"params": p[1:]}], lr=0.1, momentum=0.9)
+    opt.step([np.ones(3), np.ones(4)])
+    sd = opt.state_dict()
+    bad = {**sd, "param_groups": [sd["param_groups"][0], {**sd["param_groups"][1], "lr": -1.0}]}
+    before = [x.copy() for x in p], opt.state_dict()
+    with pytest.raises(ValueError, match=r"^state_dict\['param_groups'\]\[1\]: lr must be a "
+                                         r"finite number >= 0, got -1.0$"):
+        opt.load_state_dict(bad)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(p, before[0]))
+    assert opt.state_dict()["param_groups"] == before[1]["param_groups"]
+    assert all(opt.state[i]["momentum_buffer"].tobytes() ==
+               before[1]["state"][i]["momentum_buffer"].tobytes() for i in range(2))
+
+
 def test_amsgrad_switched_on_mid_training_gets_fresh_max_buffer():
     p = np.zeros(3, np.float32)
     opt = fo.Adam([p])

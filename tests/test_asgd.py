@@ -71,6 +71,34 @@ def test_ax_eta_mu_match_torch(rng, dtype):
         torch.set_default_dtype(default)
 
 
+def test_an_eta_power_beyond_the_doubles_makes_eta_zero(rng):
+    """(1 + lambd lr t) ** alpha overflows for large lambd and alpha: Python's float power
+    raised OverflowError mid-step (found by tests/property; torch's default path raises it
+    too, its capturable one computes the power in tensors: inf, so eta = lr / inf = 0). eta
+    is then 0 and the param stays where the step with the last finite eta left it: the
+    class, the twin and the functional entry alike."""
+    kw = dict(lr=0.02, lambd=1e30, alpha=1e30, t0=0.0)
+    start = rng.standard_normal(7)
+    grads = [rng.standard_normal(7) for _ in range(3)]
+    results = []
+    for cls in (fo.ASGD, fo.reference.ASGD):
+        p = start.copy()
+        opt = cls([p], **kw)
+        opt.step([grads[0]])                     # eta = lr here; the next eta overflows
+        after_first = p.copy()
+        assert opt.state[0]["eta"] == 0.0
+        for g in grads[1:]:
+            opt.step([g])
+        assert opt.state[0]["eta"] == 0.0
+        # eta = 0: p * (1 - lambd * 0) - 0 * g leaves p as it was
+        assert p.tobytes() == after_first.tobytes()
+        results.append(p)
+    assert results[0].tobytes() == results[1].tobytes()
+    etas, mus, p = [0.02], [1.0], start.copy()
+    fo.functional.asgd([p], [grads[0]], [start.copy()], mus, etas, [0], **kw)
+    assert etas == [0.0] and p.tobytes() == results[0].tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_functional_updates_mus_and_etas_in_place(rng, dtype):
     kw = dict(lr=0.01, lambd=1e-3, alpha=0.75, t0=4.0, weight_decay=0.0, maximize=True)

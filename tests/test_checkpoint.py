@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -451,6 +452,19 @@ def test_extra_round_trips_values(tmp_path):
     fo.save(path, opt, extra=extra)
     got = fo.load(path, opt)
     _same(got, extra, "extra")
+
+
+def test_a_nan_keeps_its_sign_and_payload(tmp_path):
+    """A diverged run's NaN scalar state (Prodigy's d_numerator: x86's negative default NaN)
+    resumes bitwise: JSON's NaN alone lost the sign (found by tests/property)."""
+    params, opt, sched = _setup(tmp_path)
+    nans = [struct.unpack("<d", bytes.fromhex(h))[0]
+            for h in ("000000000000f8ff", "000000000000f87f", "0100000000f0ff7f")]
+    path = tmp_path / "x.safetensors"
+    fo.save(path, opt, extra={"nans": nans, "f32": np.float32(nans[0])})
+    got = fo.load(path, opt)
+    assert [struct.pack("<d", x) for x in got["nans"]] == [struct.pack("<d", x) for x in nans]
+    assert got["f32"].tobytes() == np.float32(nans[0]).tobytes()
 
 
 # -- atomic writes under SIGKILL ---------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from _threads import assert_same_on_every_thread_count
 
 SHAPES = [(40, 30), (7,), (50_000,)]
 
@@ -149,19 +150,14 @@ def test_bitwise_identical_across_thread_counts(rng):
     base = [rng.standard_normal(s).astype(np.float32) for s in [(300_000,), (17,)]]
     grads_seq = [[rng.standard_normal(p.shape).astype(np.float32) for p in base]
                  for _ in range(7)]
-    results = []
-    before = fo.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            fo.set_num_threads(n)
-            params = [p.copy() for p in base]
-            ms = fo.MultiSteps(fo.Adam(params, lr=1e-2), every_k=3)
-            for g in grads_seq:
-                ms.step(g)
-            results.append(b"".join(p.tobytes() for p in params + ms._acc))
-    finally:
-        fo.set_num_threads(before)
-    assert results[0] == results[1] == results[2]
+
+    def run():
+        params = [p.copy() for p in base]
+        ms = fo.MultiSteps(fo.Adam(params, lr=1e-2), every_k=3)
+        for g in grads_seq:
+            ms.step(g)
+        return b"".join(p.tobytes() for p in params + ms._acc)
+    assert_same_on_every_thread_count(run)
 
 
 def test_no_allocation_per_call(rng):

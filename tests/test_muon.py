@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from cases import MUON_CASE
 from fusedoptim._blas import blas_libraries
 from fusedoptim.optim import muon as muon_mod
 
@@ -25,20 +26,7 @@ def _grads(rng, params, none_prob=0.0):
             np.asarray(rng.standard_normal(p.shape), p.dtype) for p in params]
 
 
-def _sample(rng):
-    """Random hyperparameters covering every option: both lerp formulas of both lerps
-    (momentum below and above 0.5), Nesterov or not, every adjust_lr_fn, 0 to 7 iterations,
-    coefficients around Jordan's, weight decay on and off."""
-    momentum = float(rng.choice([rng.uniform(0.0, 0.5), rng.uniform(0.5, 0.99), 0.95]))
-    a, b, c = muon_mod.NS_COEFFICIENTS
-    coef = (a, b, c) if rng.integers(2) else (a * rng.uniform(0.9, 1.0),
-                                              b * rng.uniform(0.9, 1.0), c * rng.uniform(0.9, 1.0))
-    return dict(lr=float(10 ** rng.uniform(-3, -1.5)),
-                weight_decay=float(rng.choice([0.0, rng.uniform(0, 0.2)])),
-                momentum=momentum, nesterov=bool(rng.integers(2)),
-                ns_coefficients=tuple(float(x) for x in coef),
-                eps=float(rng.choice([1e-7, 1e-3])), ns_steps=int(rng.integers(0, 8)),
-                adjust_lr_fn=[None, "original", "match_rms_adamw"][int(rng.integers(3))])
+_sample = MUON_CASE.sample
 
 
 # -- torch ----------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ What is bitwise and what has a tolerance, and why, is stated next to each test. 
   TWIN_MAX_ULP for the one stated exception).
 """
 
-import contextlib
 import copy
 import math
 import os
@@ -29,6 +28,7 @@ from cases import CASES
 from conftest import make_params
 import isa_levels
 from test_optimizers import _assert_same_state
+from _threads import num_threads as threads
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -47,16 +47,6 @@ SIZES = [(1,), (255,), (257,), (25, 40), (70001,)]
 STEPS = 16
 SERIAL_MAX = 32768
 assert sum(int(np.prod(s)) for s in SIZES) > SERIAL_MAX
-
-
-@contextlib.contextmanager
-def threads(n):
-    before = fo.get_num_threads()
-    fo.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fo.set_num_threads(before)
 
 
 def uint_view(a):

@@ -9,26 +9,14 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from cases import PRODIGY_CASE
 
 DTYPES = [np.float32, np.float64]
 STEPS = 110
 SHAPES = [(7,), (3, 5), (2_000,), (1,)]
 
 
-def _config(rng):
-    """Every option of the constructor, at random."""
-    beta1 = float(rng.choice([0.0, rng.uniform(0.5, 0.95)]))
-    return dict(lr=float(rng.choice([1.0, rng.uniform(0.3, 2.0)])),
-                betas=(beta1, float(rng.uniform(0.9, 0.9999))),
-                beta3=None if rng.integers(2) else float(rng.uniform(0.9, 0.999)),
-                eps=float(rng.choice([1e-8, 10 ** rng.uniform(-8, -4)])),
-                weight_decay=float(rng.choice([0.0, rng.uniform(0, 0.1)])),
-                decouple=bool(rng.integers(2)),
-                use_bias_correction=bool(rng.integers(2)),
-                safeguard_warmup=bool(rng.integers(2)),
-                d0=float(10 ** rng.uniform(-7, -5)),
-                d_coef=float(rng.choice([1.0, rng.uniform(0.5, 2.0)])),
-                growth_rate=float(rng.choice([math.inf, 1.02, rng.uniform(1.0, 1.5)])))
+_config = PRODIGY_CASE.sample
 
 
 def _quadratic_grads(rng, params, targets, dtype, skip=None):
@@ -335,7 +323,9 @@ _BAD = [
     (dict(safeguard_warmup=None), "safeguard_warmup"),
     (dict(d0=0.0), "d0 must be a finite number > 0, got 0.0"),
     (dict(d_coef=-1.0), "d_coef must be a finite number >= 0, got -1.0"),
-    (dict(growth_rate=0.0), "growth_rate must be a number > 0 (inf: unrestricted), got 0.0"),
+    (dict(growth_rate=0.0), "growth_rate must be a number >= 1.0 (inf: unrestricted), got 0.0"),
+    # below 1 D would shrink every step, to 0 (found by tests/property)
+    (dict(growth_rate=0.5), "growth_rate must be a number >= 1.0 (inf: unrestricted), got 0.5"),
     (dict(growth_rate=float("nan")), "growth_rate"),
 ]
 
@@ -419,6 +409,35 @@ def test_skip_nonfinite_skips_the_whole_step_bitwise(rng, dtype):
         _assert_same_state(opt.state_dict()["state"], snapshot[1]["state"])
         assert opt.state_dict()["param_groups"] == snapshot[1]["param_groups"]
     assert opt.skipped_steps == 2
+
+
+@pytest.mark.parametrize("lr", [0.0, 1.0])
+def test_skip_nonfinite_with_every_group_frozen_or_not(rng, lr):
+    """A group at lr 0 (frozen: pass 1 drives no statistics) with skip_nonfinite: its armed
+    check runs in a reduce pass. That pass asked to stop early on its own flag, which the
+    driver refuses under an armed gate: every step raised ValueError (found by the property
+    suite). It steps as without skip_nonfinite, the twin's trajectory, and skips a NaN."""
+    kw = dict(lr=lr, betas=(0.9, 0.999))
+    start = [np.asarray(rng.standard_normal(s), np.float32) for s in SHAPES]
+    grads = [[np.asarray(rng.standard_normal(p.shape), np.float32) for p in start]
+             for _ in range(4)]
+    runs = []
+    for cls, opts in ((fo.Prodigy, dict(skip_nonfinite=True)), (fo.Prodigy, {}),
+                      (fo.reference.Prodigy, dict(skip_nonfinite=True))):
+        params = [p.copy() for p in start]
+        opt = cls(params, **kw, **opts)
+        for g in grads:
+            assert opt.step(g) is True
+        runs.append((params, opt))
+    for params, opt in runs[1:]:
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(runs[0][0], params))
+        assert opt.param_groups[0]["d"] == runs[0][1].param_groups[0]["d"]
+    params, opt = runs[0]
+    before = [p.copy() for p in params]
+    bad = [g.copy() for g in grads[0]]
+    bad[1].reshape(-1)[0] = np.nan
+    assert opt.step(bad) is False and opt.skipped_steps == 1
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before))
 
 
 def test_grad_scale_unscales_inside_the_kernel(rng):

@@ -201,6 +201,28 @@ def test_the_group_storage_and_the_option():
             fo.AdamW([p2], state_dtype="int4", rank1_normalization=bad)
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0, 5)])
+def test_an_empty_matrix_keeps_blockwise_state_and_matches_the_twin(shape):
+    """A param with a dimension of size 0 has no maxima to normalize by: blockwise int4 (no
+    blocks), in the class and the twin alike. (Found by tests/property: the twin's rank-1
+    maxima of an empty (0, 3) param, quantized with min_quantized_size=0, raised ValueError
+    from NumPy's max of nothing.)"""
+    states = []
+    for cls in (fo.AdamW, fo.reference.AdamW):
+        params = [np.zeros(shape, np.float32), np.ones((70, 80), np.float32)]
+        opt = cls(params, state_dtype="int4", min_quantized_size=0)
+        opt.step([np.ones_like(p) for p in params])
+        assert "exp_avg_sq_absmax" in opt.state[0] and "exp_avg_sq_rank1" not in opt.state[0]
+        assert "exp_avg_sq_rank1" in opt.state[1]
+        states.append((params, opt.state_dict()["state"]))
+    (pa, sa), (pb, sb) = states
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(pa, pb))
+    for i in sa:
+        for k, v in sa[i].items():
+            w = sb[i][k]
+            assert (v.tobytes() == w.tobytes()) if isinstance(v, np.ndarray) else v == w, k
+
+
 # -- NaN, skip_nonfinite ------------------------------------------------------------------------
 
 def test_nan_in_a_grad_spreads_over_its_row_and_column_and_skip_nonfinite_protects(rng):

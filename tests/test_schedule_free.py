@@ -1,6 +1,8 @@
 """Schedule-Free AdamW and SGD: against the schedulefree package (and Optax's mapping), the
 train()/eval() swap, the mode in checkpoints, threads, and the precision rows of the swap."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -154,6 +156,22 @@ def test_schedule_is_the_packages(rng):
         assert got == (lr_k, weight / exp_ws, exp_ws, exp_max)
         ws, lr_max = exp_ws, exp_max
     assert schedule(1, 0.0, -1.0, 0.0, 0, 0.0, 2.0) == (0.0, 0.0, 0.0, 0.0)   # lr 0: c = 0
+
+
+@pytest.mark.parametrize("kind", ["ScheduleFreeSGD", "ScheduleFreeAdamW"])
+def test_a_weight_beyond_the_doubles_is_inf_not_an_exception(kind):
+    """lr_max ** weight_lr_power past the doubles (lr 1e300, power 2) raised OverflowError
+    mid-step (found by tests/property). It is inf, as any overflow in the step: the weight
+    sum is inf, c = inf / inf is NaN, and the params turn NaN, in the class and the twin."""
+    assert schedule(1, 0.0, 0.0, 1e300, 0, 0.0, 2.0)[2] == math.inf
+    results = []
+    for cls in (getattr(fo, kind), getattr(fo.reference, kind)):
+        p = np.ones(5)
+        opt = cls([p], lr=1e300)
+        opt.step([np.ones(5)])
+        assert opt.state[0]["weight_sum"] == math.inf and np.isnan(p).all()
+        results.append(p)
+    assert np.isnan(results[1]).all()
 
 
 # -- against Optax's mapping -----------------------------------------------------------------------

@@ -135,9 +135,10 @@ def rank1_dims(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The dimensions a rank-1 normalized buffer of a param of `shape` keeps maxima along
     (its dimensions of size > 1), or None when it stays blockwise (fewer than 2 such
     dimensions, or more than RANK1_MAXDIM). Leaving out a dimension of size 1 changes no
-    scale: its one maximum is the tensor's, never below any other marginal maximum."""
+    scale: its one maximum is the tensor's, never below any other marginal maximum. An empty
+    param (a dimension of size 0) has no maxima to keep: blockwise, with no blocks."""
     dims = tuple(int(d) for d in shape if d != 1)
-    return dims if 2 <= len(dims) <= RANK1_MAXDIM else None
+    return dims if 2 <= len(dims) <= RANK1_MAXDIM and 0 not in dims else None
 
 
 def compute_dtype(dtype: DTypeLike) -> np.dtype[Any]:

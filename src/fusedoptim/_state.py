@@ -286,8 +286,12 @@ def load_state_dict(opt: Optimizer, state_dict: Mapping[str, Any]) -> None:
                         "returned by Optimizer.state_dict()")
     new_groups: list[ParamGroup] = merged_groups(opt, state_dict["param_groups"])
     new_state: list[ParamState | None] = [None] * len(opt._state)
-    for merged in new_groups:
-        opt._validate_group(merged, _GroupCache())
+    for gi, merged in enumerate(new_groups):
+        try:
+            opt._validate_group(merged, _GroupCache())
+        except (ValueError, TypeError) as exc:
+            # name where the bad value is: the checkpoint, not a constructor argument
+            raise type(exc)(f"state_dict['param_groups'][{gi}]: {exc}") from exc
     scalar_names = opt._scalar_state
     for i, st in state_dict["state"].items():
         if not isinstance(i, int) or not 0 <= i < len(opt._state):

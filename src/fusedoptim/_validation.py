@@ -58,6 +58,14 @@ def positive_or_inf(value: object, name: str, note: str = "") -> float:
     return v
 
 
+def at_least(value: object, name: str, bound: float, note: str = "") -> float:
+    """Prodigy's growth_rate (>= 1): a float >= `bound`, where inf is meaningful (no limit)."""
+    v = _real(value, name)
+    if not v >= bound:    # also NaN
+        raise ValueError(f"{name} must be a number >= {bound}{note}, got {value!r}")
+    return v
+
+
 def unit_interval(value: object, name: str) -> float:
     """betas, rho, alpha: a float in [0, 1)."""
     v = _real(value, name)

@@ -32,6 +32,7 @@ import collections
 import json
 import os
 import secrets
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,10 @@ class _Encoder:
         if isinstance(obj, int):
             return int(obj)
         if isinstance(obj, float):
-            if obj != obj or obj in (float("inf"), float("-inf")):
+            if obj != obj:
+                # a NaN's sign and payload too (a diverged run's scalar state resumes bitwise)
+                return {"$float": "nan", "bits": struct.pack("<d", obj).hex()}
+            if obj in (float("inf"), float("-inf")):
                 return {"$float": repr(float(obj))}
             return float(obj)
         if isinstance(obj, tuple):
@@ -167,7 +171,15 @@ def _decode(obj: Any, tensors: Mapping[str, NDArray[Any]] | None) -> Any:
             if key == "$tuple":
                 return tuple(_decode(v, tensors) for v in body)
             if key == "$float":
-                return float(body)
+                bits = obj.get("bits")
+                if bits is None:
+                    return float(body)
+                try:
+                    value: float = struct.unpack("<d", bytes.fromhex(bits))[0]
+                except (TypeError, ValueError, struct.error):
+                    raise CheckpointError(f"a NaN's bits in the checkpoint are {bits!r}, not "
+                                          f"16 hex digits") from None
+                return value
             if key == "$scalar":
                 return _dtype_of(body).type(_decode(obj["value"], tensors))
             if key in ("$map", "$counter"):

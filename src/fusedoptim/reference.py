@@ -400,7 +400,8 @@ def asgd(params: Arrays, grads: BufferList, axs: Arrays, mus: list[float], etas:
             ax[...] = ax + (p - ax) * mus[i]
         else:
             ax[...] = p
-        etas[i] = lr / ((1.0 + lambd * lr * t) ** alpha)
+        with np.errstate(over="ignore"):   # a power beyond the doubles is inf: eta = 0
+            etas[i] = float(lr / (np.float64(1.0 + lambd * lr * t) ** alpha))
         mus[i] = 1.0 / max(1.0, t - t0)
 
 

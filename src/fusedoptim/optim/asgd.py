@@ -33,7 +33,12 @@ def asgd_scalars(step: int, mu: float, eta: float, lr: float, lambd: float, alph
     and eta (left by its previous step), all in double."""
     mode = (1 if weight_decay != 0.0 else 0) | (2 if mu != 1.0 else 0)
     row = (-1.0 if maximize else 1.0, weight_decay, 1.0 - lambd * eta, eta, mu, float(mode))
-    new_eta = lr / ((1.0 + lambd * lr * step) ** alpha)
+    try:
+        new_eta = lr / ((1.0 + lambd * lr * step) ** alpha)
+    except OverflowError:
+        # the power is beyond the doubles (lambd and alpha both large): torch's tensor power
+        # is inf, and eta = lr / inf = 0 (Python's float power raises instead)
+        new_eta = 0.0
     new_mu = 1.0 / max(1.0, step - t0)
     return row, (new_mu, new_eta)
 

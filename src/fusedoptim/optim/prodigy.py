@@ -61,7 +61,9 @@ class ProdigyHyper(NamedTuple):
     safeguard_warmup: Annotated[bool, v.flag] = False
     d0: Annotated[float, v.positive] = 1e-6
     d_coef: Annotated[float, v.finite_nonneg] = 1.0
-    growth_rate: Annotated[float, partial(v.positive_or_inf, note=" (inf: unrestricted)")] \
+    # A limit on D's growth: below 1 it would shrink D every step, to 0 (which no step and
+    # no checkpoint can continue from), so it is refused.
+    growth_rate: Annotated[float, partial(v.at_least, bound=1.0, note=" (inf: unrestricted)")] \
         = math.inf
 
 
@@ -327,7 +329,7 @@ class Prodigy(Optimizer):
             warm-up schedules).
         d0 (float): the initial D, default 1e-6, > 0.
         d_coef (float): multiplies d_hat, default 1.0, >= 0 (the knob to tune).
-        growth_rate (float): D grows by at most this factor per step, default inf, > 0.
+        growth_rate (float): D grows by at most this factor per step, default inf, >= 1.
         skip_nonfinite (bool): default False; skip steps whose grads are not all
             finite (see :class:`fusedoptim.Optimizer`).
 
@@ -415,7 +417,9 @@ class Prodigy(Optimizer):
         if first:
             _copy_p0(plan)
         if self.skip_nonfinite:
-            plan.reduce(NONFINITE, 1, True)    # the armed check needs a pass to run in
+            # the armed check needs a pass to run in; the gate stops it (a pass that stops
+            # early on its own flag is refused under an armed gate)
+            plan.reduce(NONFINITE, 1)
 
     def _apply(self, plan: _kernels.Plan, hyper: ProdigyHyper, st: _Step, d_new: float,
                extra: Any) -> None:

@@ -44,6 +44,16 @@ def finite_real(value: object, name: str) -> float:
     return x
 
 
+def _power(x: float, y: float) -> float:
+    """x ** y for x >= 0, inf where it is beyond the doubles (Python's float power raises
+    OverflowError; the package's would too): a huge lr ** weight_lr_power then gives
+    NaN params, as any overflow in the step does, not an exception mid-step."""
+    try:
+        return float(x ** y)
+    except OverflowError:
+        return math.inf
+
+
 def schedule(step: int, weight_sum: float, lr_max: float, lr: float, warmup_steps: int,
              r: float, weight_lr_power: float) -> tuple[float, float, float, float]:
     """Step `step` (1, 2, ...) of the schedulefree package's schedule, in double as it
@@ -52,7 +62,7 @@ def schedule(step: int, weight_sum: float, lr_max: float, lr: float, warmup_step
     sched = (k + 1) / warmup_steps if k < warmup_steps else 1.0
     lr_t = lr * sched
     lr_max = max(lr_t, lr_max)
-    weight = ((k + 1) ** r) * (lr_max ** weight_lr_power)
+    weight = _power(k + 1, r) * _power(lr_max, weight_lr_power)
     weight_sum = weight_sum + weight
     ckp1 = weight / weight_sum if weight_sum != 0.0 else 0.0    # the package's ZeroDivision
     return lr_t, ckp1, weight_sum, lr_max
