@@ -174,6 +174,23 @@ def _build_jobs():
         return os.cpu_count() or 1
 
 
+# build_ext skips an extension whose output is newer than its sources, whatever flags built
+# it, and build/ is shared by every build of this tree (pip builds in-tree; --inplace builds
+# there too, then copies). So FUSEDOPTIM_SANITIZE=... after a plain build would silently keep
+# the plain modules, and a plain build after a sanitized one would keep modules that cannot
+# import without the sanitizer runtime preloaded. Each output's flags are recorded here, and
+# an output built with other flags is deleted before the build.
+FLAGS_RECORD = os.path.join("build", "extension-flags.json")
+
+
+def _read_flags_record():
+    try:
+        with open(FLAGS_RECORD) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 class BuildExt(build_ext):
     def finalize_options(self):
         super().finalize_options()
@@ -211,7 +228,15 @@ class BuildExt(build_ext):
             ext.extra_compile_args = compile_flags + isa_flags
             ext.extra_link_args = link_flags + ext.extra_link_args
         self._write_build_config(compile_flags, bool(openmp), built)
+        recorded = _read_flags_record()
+        flags = {os.path.abspath(self.get_ext_fullpath(ext.name)):
+                 [ext.extra_compile_args, ext.extra_link_args] for ext in self.extensions}
+        for path, ext_flags in flags.items():
+            if recorded.get(path) != ext_flags and os.path.exists(path):
+                os.remove(path)          # built with other flags: build_ext now rebuilds it
         super().build_extensions()
+        with open(FLAGS_RECORD, "w") as f:
+            json.dump({**recorded, **flags}, f, indent=1)
 
     def _write_build_config(self, flags, openmp, levels):
         """Record how the kernels were built, for show_config()."""

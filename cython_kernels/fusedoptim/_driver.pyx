@@ -51,22 +51,58 @@ cdef extern from *:
        skip_nonfinite gate) then costs one fork/join, and each thread's phases touch the same
        memory. Written in C because Cython's prange has no barrier. */
     typedef void (*fo_phase_fn)(void* ctx, int phase, Py_ssize_t lo, Py_ssize_t hi);
+
+    /* ThreadSanitizer builds only (FUSEDOPTIM_SANITIZE=thread): gcc's libgomp is not built for
+       TSan, so the fork, barriers and join of the region below, which it does with its own
+       futexes and atomics, are invisible, and every read of what the calling thread wrote
+       before the region (or a worker in the phase before) would be reported as a race. These
+       calls state exactly those happens-before edges, as an instrumented OpenMP runtime would.
+       The sync objects are this call's own stack variables, never globals: two regions run
+       from two Python threads at once get no edge between them, so a race between them is
+       still reported. The barriers alternate two objects: a thread that has released for
+       barrier k+1 cannot be acquired by one still leaving barrier k. */
+    #if defined(__SANITIZE_THREAD__)
+    #define FO_TSAN 1
+    #elif defined(__has_feature)
+    #if __has_feature(thread_sanitizer)
+    #define FO_TSAN 1
+    #endif
+    #endif
+    #ifdef FO_TSAN
+    void __tsan_acquire(void* addr);
+    void __tsan_release(void* addr);
+    #define FO_TSAN_ACQUIRE(p) __tsan_acquire(p)
+    #define FO_TSAN_RELEASE(p) __tsan_release(p)
+    #else
+    #define FO_TSAN_ACQUIRE(p) ((void)0)
+    #define FO_TSAN_RELEASE(p) ((void)0)
+    #endif
+
     static void fo_run_phases(fo_phase_fn fn, void* ctx, int nphases, Py_ssize_t nunits,
                               int nthreads) {
         int ph;
     #ifdef _OPENMP
         if (nthreads > 1) {
+    #ifdef FO_TSAN
+            char fork_edge, join_edge, barrier_edge[2];      /* only their addresses are used */
+    #endif
+            FO_TSAN_RELEASE(&fork_edge);
             #pragma omp parallel num_threads(nthreads) private(ph)
             {
                 Py_ssize_t t = omp_get_thread_num(), nt = omp_get_num_threads();
                 Py_ssize_t lo = nunits * t / nt, hi = nunits * (t + 1) / nt;
+                FO_TSAN_ACQUIRE(&fork_edge);
                 for (ph = 0; ph < nphases; ph++) {
                     if (ph > 0) {
+                        FO_TSAN_RELEASE(&barrier_edge[ph & 1]);
                         #pragma omp barrier
+                        FO_TSAN_ACQUIRE(&barrier_edge[ph & 1]);
                     }
                     fn(ctx, ph, lo, hi);
                 }
+                FO_TSAN_RELEASE(&join_edge);
             }
+            FO_TSAN_ACQUIRE(&join_edge);
             return;
         }
     #endif
