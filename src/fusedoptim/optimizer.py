@@ -309,6 +309,10 @@ class Optimizer(ParamGroups):
                     self.skipped_steps += 1
                     return False
             apply = self._backend.apply
+            # The groups before the gated one write no buffer (gated_group picks the first
+            # that does: these hold only empty params or none with a grad), but they count
+            # the step: their counts and scalar state, to put back if the gate vetoes it.
+            counted: list[tuple[_kernels.Plan, Any, Any]] = []
             for gi in range(len(groups)):
                 cache = caches[gi]
                 plan, fresh = cache.plan, None
@@ -316,8 +320,14 @@ class Optimizer(ParamGroups):
                     plan, fresh = ensure_state(self, gi, cache, per_group[gi])
                 assert plan is not None        # bound by the loop above
                 if gi != gated:
+                    if gi < gated:
+                        counted.append((plan, plan.steps_array.copy(),
+                                        plan.sstate_array.copy()))
                     apply(self, gi, plan, cache, per_group[gi], fresh, inv_scale)
                 elif not apply_gated(self, gi, plan, cache, per_group[gi], fresh, inv_scale):
+                    for earlier, steps, sstate in counted:
+                        earlier.steps_array[:] = steps
+                        earlier.sstate_array[:] = sstate
                     self.skipped_steps += 1
                     return False
             return True
