@@ -10,7 +10,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:     # the test extra brings it; without it tests/property skips (its conftest)
+    settings = None
 
 # Hypothesis profiles for tests/property (registered here, where every run under tests/ sees
 # them before the plugin reads --hypothesis-profile). "ci", the default: a fixed number of
@@ -20,14 +24,16 @@ from hypothesis import HealthCheck, settings
 # examples, random, with the local example database (.hypothesis/) replaying what failed.
 # No deadline: a shared 2-core machine's timings say nothing about the code.
 PROPERTY_EXAMPLES_PER_TEST = 500
-settings.register_profile(
-    "ci", max_examples=PROPERTY_EXAMPLES_PER_TEST, derandomize=True, database=None,
-    deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile(
-    "long", parent=settings.get_profile("ci"), max_examples=100 * PROPERTY_EXAMPLES_PER_TEST,
-    derandomize=False, database=settings.default.database)
-settings.load_profile("ci")
+if settings is not None:
+    settings.register_profile(
+        "ci", max_examples=PROPERTY_EXAMPLES_PER_TEST, derandomize=True, database=None,
+        deadline=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile(
+        "long", parent=settings.get_profile("ci"),
+        max_examples=100 * PROPERTY_EXAMPLES_PER_TEST, derandomize=False,
+        database=settings.default.database)
+    settings.load_profile("ci")
 
 sys.path.insert(0, os.path.dirname(__file__))
 

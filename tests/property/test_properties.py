@@ -23,7 +23,10 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, note, strategies as st
+
+pytest.importorskip("hypothesis")  # the test extra brings it
+
+from hypothesis import assume, given, note, strategies as st  # noqa: E402
 from threadpoolctl import threadpool_limits
 
 import fusedoptim as fo
