@@ -312,7 +312,8 @@ class Optimizer(ParamGroups):
             # The groups before the gated one write no buffer (gated_group picks the first
             # that does: these hold only empty params or none with a grad), but they count
             # the step: their counts and scalar state, to put back if the gate vetoes it.
-            counted: list[tuple[_kernels.Plan, Any, Any]] = []
+            # (no list unless some group precedes the gated one: the step's hot path)
+            counted: list[tuple[_kernels.Plan, Any, Any]] | None = [] if gated > 0 else None
             for gi in range(len(groups)):
                 cache = caches[gi]
                 plan, fresh = cache.plan, None
@@ -320,12 +321,12 @@ class Optimizer(ParamGroups):
                     plan, fresh = ensure_state(self, gi, cache, per_group[gi])
                 assert plan is not None        # bound by the loop above
                 if gi != gated:
-                    if gi < gated:
+                    if counted is not None and gi < gated:
                         counted.append((plan, plan.steps_array.copy(),
                                         plan.sstate_array.copy()))
                     apply(self, gi, plan, cache, per_group[gi], fresh, inv_scale)
                 elif not apply_gated(self, gi, plan, cache, per_group[gi], fresh, inv_scale):
-                    for earlier, steps, sstate in counted:
+                    for earlier, steps, sstate in counted or ():
                         earlier.steps_array[:] = steps
                         earlier.sstate_array[:] = sstate
                     self.skipped_steps += 1
