@@ -37,6 +37,7 @@ import numpy as np
 
 import fusedoptim as fo
 from . import _kernels
+from ._blas import blas_threads
 from ._precision import BFLOAT16 as BF16, MASTER
 from .flat import aligned_zeros
 
@@ -1292,8 +1293,8 @@ def torch_zeropower_float32(torch: Any) -> Callable[..., Any]:
 def muon_fns(count: int, shape: tuple[int, int], nt: int, torch: Any = None,
              reference: bool = True) -> dict[str, Callable[[], object]]:
     """One Muon step (lr 0.02, torch's other defaults) over `count` float32 params of `shape`,
-    its state already created: fusedoptim (BLAS at `nt` threads), the NumPy twin, torch with
-    its iteration in float32 (torch at `nt` threads): {label: step function}."""
+    its state already created: fusedoptim and the NumPy twin (BLAS at `nt` threads), torch
+    with its iteration in float32 (torch at `nt` threads): {label: step function}."""
     rng = np.random.default_rng(0)
     ps = [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
     gs = [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
@@ -1304,7 +1305,13 @@ def muon_fns(count: int, shape: tuple[int, int], nt: int, torch: Any = None,
     if reference:
         ref = fo.reference.Muon([p.copy() for p in ps], lr=0.02)
         ref.step(gs)
-        fns["fo.reference.Muon"] = lambda: ref.step(gs)
+
+        def reference_step() -> None:
+            # the twin calls NumPy's BLAS directly: at the row's thread count too, or it
+            # would run at BLAS's default (every core) against a 1-thread fused step
+            with blas_threads(nt):
+                ref.step(gs)
+        fns["fo.reference.Muon"] = reference_step
     if torch is not None:
         import torch.optim._muon as torch_muon
         shipped = torch_muon._zeropower_via_newtonschulz
