@@ -218,8 +218,9 @@ def _newton_schulz(batch: _Batch, scale: NDArray[Any], a: float, b: float, c: fl
     """Orthogonalize the batch's updates in place: X0 = U / scale, then `steps` times
     A = X X^T, B = b A + c A A, X = a X + B X, torch's iteration, with two changes of
     rounding only: A A is computed as A A^T (the same matrix: A is exactly symmetric), which
-    BLAS computes as a symmetric product (about 0.7x the time of a general one, measured),
-    and a X + B X as (B + a I) X, which saves two passes over X per iteration."""
+    BLAS computes as a symmetric product (OpenBLAS on one core: 0.69x a general product's
+    time at 1024 x 1024, 0.83x at 256 x 256), and a X + B X as (B + a I) X, which saves two
+    passes over X per iteration."""
     u, q, gram, gram2 = batch.update, batch.other, batch.gram, batch.gram2
     x0 = u if not bf16 else batch.work
     assert x0 is not None
