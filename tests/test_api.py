@@ -209,6 +209,34 @@ def test_bench_precision_without_bitsandbytes_skips_its_rows():
     assert "fo AdamW int8" in out.stdout
 
 
+def test_bench_muon_rows_run_blas_at_the_rows_thread_count(monkeypatch):
+    """`bench --muon`: the fused step and its NumPy twin both run BLAS at the row's thread
+    count (the twin used to run at BLAS's default, every core, against a 1-thread fused
+    step). Each row's step is called once; the BLAS pool size is read where each side
+    starts its Newton-Schulz products."""
+    from fusedoptim import bench, reference
+    from fusedoptim._blas import blas_libraries
+    from fusedoptim.optim import muon as muon_mod
+    if not blas_libraries():
+        pytest.skip("threadpoolctl finds no BLAS library to set")
+    seen: list[int] = []
+
+    def recording(real):
+        def wrapper(*args, **kwargs):
+            seen.append(blas_libraries()[0].num_threads)
+            return real(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(muon_mod, "_newton_schulz", recording(muon_mod._newton_schulz))
+    monkeypatch.setattr(reference, "zeropower_via_newtonschulz",
+                        recording(reference.zeropower_via_newtonschulz))
+    fns = bench.muon_fns(3, (16, 8), 1, torch=None, reference=True)
+    assert set(fns) == {"fo.Muon", "fo.reference.Muon"}
+    for label, fn in fns.items():
+        seen.clear()
+        fn()
+        assert seen and set(seen) == {1}, (label, seen)
+
+
 def test_bench_cli_rejects_unknown_optimizer():
     out = subprocess.run([sys.executable, "-m", "fusedoptim", "bench", "--optimizers", "Nope"],
                          capture_output=True, text=True, timeout=120)
