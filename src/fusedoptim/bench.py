@@ -1158,7 +1158,13 @@ def run_adafactor(shape: tuple[int, ...], threads: Sequence[int], min_time: floa
 class _LstsqProblem:
     """The L-BFGS bench problem: 0.5 sum w (x - c)^2 + 0.5 |U x - v|^2 over n params (U of
     4 rows), a least-squares problem whose closure costs a few passes in NumPy. Both sides
-    call the same closure; `inside` accumulates the seconds spent in it."""
+    call the same closure; `inside` accumulates the seconds spent in it.
+
+    Its two products with U run on one BLAS thread: OpenBLAS's threads spin for a while
+    after each call, and on the 2-core machine the spinning thread took the core that the
+    optimizer's second thread needed outside the closure (fusedoptim's 2-thread step: 198
+    ms with the closure's BLAS on 2 threads, 142 ms on 1, one run each at load ~3). The
+    closure's own time is not counted either way."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -1172,9 +1178,11 @@ class _LstsqProblem:
         t0 = time.perf_counter()
         xd = x.astype(np.float64)
         r = xd - self.c
-        ur = self.u @ xd - self.v
+        with blas_threads(1):
+            ur = self.u @ xd - self.v
+            back = self.u.T @ ur
         f = 0.5 * float(np.dot(self.w * r, r)) + 0.5 * float(ur @ ur)
-        g = (self.w * r + self.u.T @ ur).astype(x.dtype)
+        g = (self.w * r + back).astype(x.dtype)
         self.inside += time.perf_counter() - t0
         return f, g
 
