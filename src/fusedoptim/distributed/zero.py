@@ -19,6 +19,8 @@ from .._gate import inv_grad_scale
 from ..grad_utils import CLIP_EPS
 from .._precision import ABSMAX, resolve
 from .. import optim as fo_optim
+from ..optim.muon import Muon, MuonWorkspace, adjusted_ratio, check_matrix_params, \
+    momentum_pass, orthogonalize, update_pass
 from ..optimizer import Optimizer
 from ._collectives import Shards, fold, gather_parts, mpi_type, ring_reduce_scatter, \
     scale_, shard_units, sharded_norm, slices, world
@@ -33,14 +35,8 @@ _REDUCE_NAMES = {i: k for k, i in _kernels.REDUCE_IDS.items()}
 #: specs whose step is one chunk-kernel pass per element (any shard steps alone), and those
 #: whose ``run`` only reduces sums with Plan.reduce between passes: LAMB's and LARS's
 #: per-tensor norms, Prodigy's two global sums for its D estimate (their sums are gathered
-#: across the ranks). Other runs need whole tensors and are refused (_WHOLE_TENSORS).
-_GATHERED_RUNS = ("lamb", "lars", "prodigy")
-#: why a spec's step cannot run on shards, by spec name
-_WHOLE_TENSORS = {
-    "muon": "Muon orthogonalizes each whole 2-D param (Newton-Schulz iterations on the full "
-            "matrix), and the shards cut params on 16K-element work units; sharding Muon "
-            "needs shards made of whole tensors, which is not built. Train Muon "
-            "data-parallel with allreduce_(grads) and a plain fo.Muon on every rank"}
+#: across the ranks). Muon's run also needs whole matrices: _MuonShard gathers them.
+_GATHERED_RUNS = ("lamb", "lars", "prodigy", "muon")
 #: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
 _NOT_OPTIMIZER = {
     "Adafactor": "Adafactor's factored second moment sums each whole matrix's rows and "
@@ -50,9 +46,10 @@ _NOT_OPTIMIZER = {
              "closure and a plain fo.LBFGS on every rank",
     "SparseAdam": "SparseAdam steps the rows a SparseGrad touches, not a flat buffer that "
                   "can be cut into shards; allreduce_ cannot average SparseGrads either",
-    "MuonWithAuxAdam": "Muon orthogonalizes each whole 2-D param, and the shards cut params "
-                       "on 16K-element work units; run it data-parallel with "
-                       "allreduce_(grads) and a plain fo.MuonWithAuxAdam on every rank"}
+    "MuonWithAuxAdam": "it steps its groups with two optimizer classes (Muon and AdamW), and "
+                       "ZeroRedundancyOptimizer shards one; wrap the use_muon groups in "
+                       "ZeroRedundancyOptimizer(..., fo.Muon) and the others in a second "
+                       "one with fo.AdamW (both shard)"}
 #: element width -> (NumPy view type, MPI type) for moving params without arithmetic
 _WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
                 8: (np.uint64, MPI.UINT64_T)}
@@ -62,7 +59,7 @@ SHARDED_FORMAT = "fusedoptim.zero.sharded/1"
 
 def shardable(optimizer_class: object) -> bool:
     """Whether ZeroRedundancyOptimizer can shard `optimizer_class`: a fusedoptim optimizer
-    class on the fused kernels whose step is element-wise, or LAMB, LARS or Prodigy."""
+    class on the fused kernels whose step is element-wise, or LAMB, LARS, Prodigy or Muon."""
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
             and getattr(optimizer_class, "spec", None) is not None):
         return False
@@ -120,6 +117,59 @@ class _ShardPlan:
                num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]:
         self._plan.reduce(reduce_id, column, stop_early, num_threads)
         return self._gathered.combine(self._plan.partials(), reduce_id)
+
+
+class _MuonShard:
+    """Muon's step on this rank's pieces of one group (the inner optimizer's ``_run``): the
+    three phases of ``fusedoptim.optim.muon.muon_run`` with collectives between them.
+
+    1. The momentum pass on the pieces writes their updates into a buffer of the whole
+       group laid end to end (the workspace's ``line``); each update's squared norm is
+       folded from every rank's per-segment partials (_Gathered: the single-process sums).
+    2. One in-place Allgatherv of that buffer: every rank has every whole update. Each rank
+       iterates Newton-Schulz on the matrices its shard touches (a matrix cut between ranks
+       is iterated on each of them, identically: same input, same BLAS calls).
+    3. The update pass on the pieces (lr times the whole matrix's adjusted ratio); the
+       params are all-gathered afterwards by the ZeRO step, as for every optimizer.
+    """
+
+    def __init__(self, comm: MPI.Intracomm, g: _Group, inner: Muon) -> None:
+        self.comm = comm
+        self.g = g
+        self.inner = inner
+        self.tensors = [t for t, _, _ in g.pieces]
+        self.ws: MuonWorkspace | None = None
+        self.updates: list[FloatArray] = []
+
+    def workspace(self, bf16: bool) -> MuonWorkspace:
+        """The workspace (rebuilt when ns_dtype changes), and the pieces' update views."""
+        if self.ws is None or self.ws.bf16 != bf16:
+            g = self.g
+            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, in_line=True,
+                               tensors=self.tensors)
+            assert ws.line is not None
+            self.updates = (slices(ws.updates, g.pieces)
+                            + ([] if g.standin is None else [_empty(g.dtype)]))
+            self.ws = ws
+        return self.ws
+
+    def run(self, plan: _kernels.Plan, hyper: Any) -> None:
+        g = self.g
+        assert g.gathered is not None
+        ws = self.workspace(hyper.ns_dtype == "bfloat16")
+        wplan = ws.work_plan(plan, self.updates)
+        per_piece = momentum_pass(_ShardPlan(wplan, g.gathered), plan, hyper, ws.dtype)
+        assert ws.line is not None
+        _allgather_in_place(self.comm, ws.line, g)
+        k = len(self.tensors)
+        sq_norms = np.zeros(len(g.arrays))
+        sq_norms[self.tensors] = per_piece[:k, 0]
+        wanted = np.zeros(len(g.arrays), dtype=bool)
+        wanted[self.tensors] = wplan.active_array[:k] != 0
+        threads = self.inner.blas_threads
+        orthogonalize(ws, sq_norms, wanted, hyper, None if threads is None else int(threads))
+        ratios = [adjusted_ratio(g.arrays[t].shape, hyper.adjust_lr_fn) for t in self.tensors]
+        update_pass(wplan, hyper.lr, ratios + [1.0] * (len(self.updates) - k))
 
 
 class _Group:
@@ -215,8 +265,9 @@ class ZeroRedundancyOptimizer:
     otherwise the grads and params are packed into a contiguous buffer (one copy each way).
 
     Since each shard's step is the single-process computation on those elements (element-wise
-    kernels; LAMB's and LARS's per-tensor norms, and Prodigy's two sums for its D estimate,
-    are folded from every rank's per-segment partial sums in the single-process order), the
+    kernels; LAMB's and LARS's per-tensor norms, Prodigy's two sums for its D estimate and
+    Muon's update norms are folded from every rank's per-segment partial sums in the
+    single-process order), the
     params equal a single process stepping
     the mean gradient: bitwise with 2 ranks, and with more whenever the sum of the ranks'
     grads is exact, whatever its order (the all-gather makes the params bitwise the same on
@@ -243,9 +294,18 @@ class ZeroRedundancyOptimizer:
     world size; ``sharded_state_dict()`` / ``load_sharded_state_dict(parts)`` save each
     rank's part and reshard from any world size.
 
-    Not supported: optimizers that need whole tensors in a step (Muon), int4 state with
-    rank-1 normalization (whole matrices' row and column maxima), stochastic rounding (its
-    stream is keyed by each param's own element indices).
+    Muon (``fo.Muon``): its momentum buffer is sharded like any state, and the momentum pass
+    runs on the shard; each update's norm is folded from every rank's partial sums; then
+    the updates are all-gathered (one more Allgatherv per step, into a work buffer the size
+    of the group's params, which a plain Muon holds too), each rank iterates Newton-Schulz
+    on the matrices its shard touches (a matrix cut between ranks is iterated on each of
+    them), and steps its shard. Bitwise the single process as above, at the same BLAS
+    thread count (``blas_threads``).
+
+    Not supported: MuonWithAuxAdam (two optimizer classes: wrap its Muon groups and its
+    AdamW groups in one ZeroRedundancyOptimizer each), int4 state with rank-1 normalization
+    (whole matrices' row and column maxima), stochastic rounding (its stream is keyed by
+    each param's own element indices).
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
@@ -283,11 +343,10 @@ class ZeroRedundancyOptimizer:
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
                             f"fo.AdamW, got {optimizer_class!r}")
         if not shardable(optimizer_class):
-            why = _WHOLE_TENSORS.get(optimizer_class.spec.name, "its step needs whole tensors "
-                                     "at once, which a shard of the params cannot give")
             raise TypeError(f"optimizer_class={optimizer_class.__name__} cannot be sharded by "
-                            f"ZeroRedundancyOptimizer: {why}. It takes the element-wise "
-                            f"optimizers, LAMB, LARS and Prodigy")
+                            f"ZeroRedundancyOptimizer: its step needs whole tensors at once, "
+                            f"which a shard of the params cannot give. It takes the "
+                            f"element-wise optimizers, LAMB, LARS, Prodigy and Muon")
         if isinstance(stage, bool) or stage not in (1, 2):
             raise ValueError(f"stage must be 1 (shard the optimizer state) or 2 (also "
                              f"reduce-scatter the grads), got {stage!r}")
@@ -298,6 +357,7 @@ class ZeroRedundancyOptimizer:
                              "ZeroRedundancyOptimizer yet (its rounding stream is keyed by "
                              "each param's own element indices); use master_weights")
         self.optimizer_class = optimizer_class
+        self._inner_class = _inner_class(optimizer_class)
         self.stage = stage
         self._options = defaults
         groups_in = parse_params(params)
@@ -308,8 +368,7 @@ class ZeroRedundancyOptimizer:
             if not isinstance(group_in, Mapping) or "params" not in group_in:
                 raise TypeError("each param group must be a dict with a 'params' entry")
             arena, names, arrays = group_arrays(group_in)
-            for i, a in enumerate(arrays):
-                _kernels.check_param(a, label("params", len(everything) + i, names[i]))
+            self._check_whole_params(group_in, arrays, names, len(everything))
             if len({a.dtype for a in arrays}) > 1:
                 raise TypeError("params of one group have mixed dtypes; put params of each "
                                 "dtype in a param group of their own")
@@ -327,8 +386,8 @@ class ZeroRedundancyOptimizer:
                              f"each param its own buffer")
         # The plain optimizer on one tiny param: checks the options and hyperparameters, and
         # gives the group defaults as the class fills them in.
-        probe = optimizer_class([{"params": [np.zeros(1, dtype=a[0].dtype)], **o}
-                                 for a, _, o, _ in parsed], **defaults)
+        probe = self._inner_class([{"params": [np.zeros(1, dtype=a[0].dtype)], **o}
+                                   for a, _, o, _ in parsed], **defaults)
         self.defaults = probe.defaults
         self.min_quantized_size = probe.min_quantized_size
         for arrays, _, _, _ in parsed:
@@ -387,9 +446,11 @@ class ZeroRedundancyOptimizer:
             g.gathered = _Gathered(self.comm, g.shards, g.pieces)
             g.standin = _empty(g.dtype)
         for options, idx in self._inner_split(g):
-            inner = self.optimizer_class([{"params": self._inner_params(g, idx), **hyper}],
-                                         **options)
-            if g.gathered is not None:
+            inner = self._inner_class([{"params": self._inner_params(g, idx), **hyper}],
+                                      **options)
+            if isinstance(inner, Muon):
+                inner._run = _MuonShard(self.comm, g, inner).run  # type: ignore[method-assign]
+            elif g.gathered is not None:
                 self._gather_sums(inner, g.gathered)
             g.inners.append((inner, idx))
         if self.stage == 2:
@@ -407,9 +468,7 @@ class ZeroRedundancyOptimizer:
             if not isinstance(param_group, Mapping) or "params" not in param_group:
                 raise TypeError("param_group must be a dict with a 'params' entry")
             arena, names, arrays = group_arrays(param_group)
-            start = len(self._names)
-            for i, a in enumerate(arrays):
-                _kernels.check_param(a, label("params", start + i, names[i]))
+            self._check_whole_params(param_group, arrays, names, len(self._names))
             if len({a.dtype for a in arrays}) > 1:
                 raise TypeError("params of one group have mixed dtypes; put params of each "
                                 "dtype in a param group of their own")
@@ -423,7 +482,7 @@ class ZeroRedundancyOptimizer:
                                  f"give each param its own buffer")
             self._check_one_group(self.optimizer_class, len(self.param_groups) + 1)
             over = {k: x for k, x in param_group.items() if k != "params"}
-            probe = self.optimizer_class(
+            probe = self._inner_class(
                 [{"params": [np.zeros(1, dtype=arrays[0].dtype)], **over}], **self._options)
             self._check_quantized_split(probe, arrays)
             hyper = {k: x for k, x in probe.param_groups[0].items() if k != "params"}
@@ -453,6 +512,15 @@ class ZeroRedundancyOptimizer:
                 f"{min(a.size for a in arrays)} to {max(a.size for a in arrays)} elements): "
                 f"pass min_quantized_size=0 (quantize every param's state), or put the "
                 f"small params in a param group of their own, or use state_dtype='bfloat16'")
+
+    def _check_whole_params(self, group_in: Mapping[str, Any], arrays: list[FloatArray],
+                            names: list[str | None], start: int) -> None:
+        """Check a group's params as the plain optimizer would (its inner optimizer sees
+        1-D pieces only): fusedoptim's param checks, and Muon's 2-D check (its own error)."""
+        for i, a in enumerate(arrays):
+            _kernels.check_param(a, label("params", start + i, names[i]))
+        if issubclass(self.optimizer_class, Muon):
+            check_matrix_params(self.optimizer_class.__name__, group_in, start)
 
     @staticmethod
     def _check_one_group(optimizer_class: type[Optimizer], ngroups: int) -> None:
@@ -770,9 +838,7 @@ class ZeroRedundancyOptimizer:
                 flat = np.empty(g.size, dtype=g.dtype)
                 if g.views:
                     flat[g.lo:g.hi] = np.concatenate(g.views)
-            width = _WIDTH_TYPES[flat.dtype.itemsize]
-            self.comm.Allgatherv(MPI.IN_PLACE, [flat.view(width[0]), (g.counts, g.displs),
-                                                width[1]])
+            _allgather_in_place(self.comm, flat, g)
             if packed:
                 pos = 0
                 for a in g.arrays:
@@ -939,7 +1005,7 @@ class ZeroRedundancyOptimizer:
                 # constructed
                 made = {k: x for k, x in hyper.items() if k in self.defaults
                         or k not in self.optimizer_class.group_state_keys}
-                trial = self.optimizer_class(
+                trial = self._inner_class(
                     [{"params": [np.zeros(g.pieces[j][2] - g.pieces[j][1], dtype=g.dtype)
                                  for j in idx] + stand, **made}], **options)
                 trial.load_state_dict(part)
@@ -949,6 +1015,23 @@ class ZeroRedundancyOptimizer:
             for (inner, _), part in zip(g.inners, parts):
                 inner.load_state_dict(part)
         self._consolidated = None
+
+
+def _allgather_in_place(comm: MPI.Intracomm, flat: FloatArray, g: _Group) -> None:
+    """Every rank's shard of `flat` (a buffer of group `g` laid end to end) to every rank:
+    one in-place Allgatherv, counted in elements of an unsigned type of the same width (no
+    arithmetic happens, so half-precision buffers go too)."""
+    width = _WIDTH_TYPES[flat.dtype.itemsize]
+    comm.Allgatherv(MPI.IN_PLACE, [flat.view(width[0]), (g.counts, g.displs), width[1]])
+
+
+def _inner_class(optimizer_class: type[Optimizer]) -> type[Optimizer]:
+    """The class of the inner optimizers, which step 1-D pieces of the params: the class
+    itself, or for Muon a subclass without its 2-D check (the whole params were checked:
+    ZeroRedundancyOptimizer._check_whole_params). Same name, so its errors read as Muon's."""
+    if not issubclass(optimizer_class, Muon):
+        return optimizer_class
+    return type(optimizer_class.__name__, (optimizer_class,), {"_matrices_only": False})
 
 
 def _flattened(entry: Mapping[str, Any], n: int) -> dict[str, Any]:
