@@ -231,9 +231,25 @@ def check_muon():
         zs.step(grads_of(rank, step, shapes=small_shapes))
         ref.step(mean_grads(step, shapes=small_shapes))
         assert_equal(small, ref_small, f"Muon on one unit, step {step}")
+    # MuonWithAuxAdam is refused; the documented way: its two parts in two ZeRO optimizers
+    aux = MUON_SHAPES[:3] + [(3000,), (7,)]
+    ps = params0(shapes=aux)
+    ref_ps = [p.copy() for p in ps]
+    hidden = ZeroRedundancyOptimizer(ps[:3], fo.Muon, stage=2,
+                                     **fo.optim.muon.AUX_MUON_DEFAULTS)
+    rest = ZeroRedundancyOptimizer(ps[3:], fo.AdamW, stage=2, **fo.optim.muon.AUX_ADAM_DEFAULTS)
+    ref = fo.MuonWithAuxAdam([{"params": ref_ps[:3], "use_muon": True},
+                              {"params": ref_ps[3:], "use_muon": False}])
+    for step in range(5):
+        g = grads_of(rank, step, shapes=aux)
+        hidden.step(g[:3])
+        rest.step(g[3:])
+        ref.step(mean_grads(step, shapes=aux))
+        assert_equal(ps, ref_ps, f"MuonWithAuxAdam as two ZeRO optimizers, step {step}")
     say(f"ok Muon bitwise (float32, float64 x stages 1, 2 x {STEPS} steps; matrices cut "
         f"between ranks {spans}; None grads, clip, grad_scale, StepLR, two groups; "
-        f"match_rms_adamw; bfloat16 numerics; ranks owning nothing)")
+        f"match_rms_adamw; bfloat16 numerics; ranks owning nothing; MuonWithAuxAdam as "
+        f"two ZeRO optimizers)")
 
 
 def check_lamb_spans_shards():
