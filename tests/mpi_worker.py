@@ -169,8 +169,9 @@ def check_muon():
     rank's partials, their iteration runs whole on each rank that owns a piece), params
     identical on every rank after every step; float64 in two groups of different lr, with
     a scheduler. Along the way: a None grad on every rank (param 1, cut between ranks, on
-    step 7; every param on step 20), global clipping (float32), grad_scale. Then Keller Jordan's
-    adjust_lr_fn and torch's bfloat16 numerics, and a layout where ranks own nothing."""
+    step 7; every param on step 20), global clipping (float32), grad_scale. Then Keller
+    Jordan's adjust_lr_fn and torch's bfloat16 numerics, a layout where ranks own nothing,
+    add_param_group, and MuonWithAuxAdam's two parts in two ZeRO optimizers."""
     cut = [t for t, _, _ in ZeroRedundancyOptimizer(params0(shapes=MUON_SHAPES), fo.Muon)
            ._groups[0].pieces]
     spans = comm.allgather(cut)
@@ -231,6 +232,19 @@ def check_muon():
         zs.step(grads_of(rank, step, shapes=small_shapes))
         ref.step(mean_grads(step, shapes=small_shapes))
         assert_equal(small, ref_small, f"Muon on one unit, step {step}")
+    # add_param_group: the new group gets a Muon shard of its own
+    ps = params0(shapes=MUON_SHAPES)
+    ref_ps = [p.copy() for p in ps]
+    zero = ZeroRedundancyOptimizer(ps[:3], fo.Muon, stage=1, **MUON_KW)
+    ref = fo.Muon(ref_ps[:3], **MUON_KW)
+    for step in range(5):
+        if step == 2:
+            zero.add_param_group({"params": ps[3:], "lr": 0.005})
+            ref.add_param_group({"params": ref_ps[3:], "lr": 0.005})
+        n = 3 if step < 2 else len(ps)
+        zero.step(grads_of(rank, step, shapes=MUON_SHAPES)[:n])
+        ref.step(mean_grads(step, shapes=MUON_SHAPES)[:n])
+        assert_equal(ps, ref_ps, f"Muon add_param_group, step {step}")
     # MuonWithAuxAdam is refused; the documented way: its two parts in two ZeRO optimizers
     aux = MUON_SHAPES[:3] + [(3000,), (7,)]
     ps = params0(shapes=aux)
@@ -248,8 +262,8 @@ def check_muon():
         assert_equal(ps, ref_ps, f"MuonWithAuxAdam as two ZeRO optimizers, step {step}")
     say(f"ok Muon bitwise (float32, float64 x stages 1, 2 x {STEPS} steps; matrices cut "
         f"between ranks {spans}; None grads, clip, grad_scale, StepLR, two groups; "
-        f"match_rms_adamw; bfloat16 numerics; ranks owning nothing; MuonWithAuxAdam as "
-        f"two ZeRO optimizers)")
+        f"match_rms_adamw; bfloat16 numerics; ranks owning nothing; add_param_group; "
+        f"MuonWithAuxAdam as two ZeRO optimizers)")
 
 
 def check_lamb_spans_shards():

@@ -147,7 +147,6 @@ class _MuonShard:
             g = self.g
             ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, in_line=True,
                                tensors=self.tensors)
-            assert ws.line is not None
             self.updates = (slices(ws.updates, g.pieces)
                             + ([] if g.standin is None else [_empty(g.dtype)]))
             self.ws = ws
@@ -166,8 +165,7 @@ class _MuonShard:
         sq_norms[self.tensors] = per_piece[:k, 0]
         wanted = np.zeros(len(g.arrays), dtype=bool)
         wanted[self.tensors] = wplan.active_array[:k] != 0
-        threads = self.inner.blas_threads
-        orthogonalize(ws, sq_norms, wanted, hyper, None if threads is None else int(threads))
+        orthogonalize(ws, sq_norms, wanted, hyper, self.inner.blas_threads)
         ratios = [adjusted_ratio(g.arrays[t].shape, hyper.adjust_lr_fn) for t in self.tensors]
         update_pass(wplan, hyper.lr, ratios + [1.0] * (len(self.updates) - k))
 
