@@ -6,11 +6,14 @@
 float32, COUNT matrices of (ROWS, COLS) (default 16 x (512, 512)), random grads per rank.
 Candidates, one run of each per round (fusedoptim.distributed.bench's round-robin), each
 between barriers: the ZeRO-2 step on every rank (1 thread each, BLAS included), the
-all-gather of the updates that Muon adds to it (timed alone, on a buffer of the same size),
-and the plain step on rank 0 alone at 1 and at N threads (BLAS too) while the other ranks wait at
-the barrier (Open MPI yields the core there with the setting above). Rank 0 prints wall
-(best, median) and CPU time (median; the busiest rank's, all its threads) in ms, and the
-load average before and after.
+exchange of the matrices cut between ranks that Muon adds to it (timed alone; nothing to
+move when no matrix is cut, e.g. 16 x (512, 512) at 2 ranks; 15 of them cut one), and the
+plain step on rank 0 alone at 1 thread and at one per core (BLAS too) while the other ranks
+wait at the barrier. Open MPI yields the core there with the setting above, but still polls
+between yields: that slows the plain step at one thread per core, so take those figures
+from a run at `-n 1` (the ZeRO row is then one rank's whole step). Rank 0 prints wall (best,
+median) and CPU time (median; the busiest rank's, all its threads) in ms, and the load
+average before and after.
 """
 
 import os
@@ -22,7 +25,6 @@ from mpi4py import MPI
 import fusedoptim as fo
 from fusedoptim.distributed import ZeroRedundancyOptimizer
 from fusedoptim.distributed.bench import _interleaved
-from fusedoptim.distributed.zero import _allgather_in_place
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -37,7 +39,7 @@ grads = [np.random.default_rng([rank, k]).standard_normal((rows, cols)).astype(n
 zero = ZeroRedundancyOptimizer([p.copy() for p in start], fo.Muon, stage=2, lr=0.02,
                                blas_threads=1)
 plain = {n: fo.Muon([p.copy() for p in start], lr=0.02, blas_threads=n)
-         for n in sorted({1, size})}
+         for n in sorted({1, os.cpu_count() or 1})}
 
 
 def plain_step(n):
@@ -52,10 +54,12 @@ def plain_step(n):
     return run
 
 
-line = np.zeros(count * rows * cols, dtype=np.float32)
+zero.step(grads)               # (builds the workspace)
+shard = zero._groups[0].inners[0][0]._run.__self__     # the group's _MuonShard
+cut = comm.allreduce(sum(b - a for _, a, b in shard.receives))
 fns = {f"ZeRO-2 fo.Muon, {size} ranks x 1 thread": lambda: zero.step(grads),
-       "  its all-gather of the updates, alone":
-       lambda: _allgather_in_place(comm, line, zero._groups[0])}
+       f"  its exchange of cut matrices ({cut * 4 / 2**20:.1f} MiB)":
+       lambda: shard.exchange(shard.ws.line)}
 fns.update({f"fo.Muon, 1 process x {n} thread{'s' if n > 1 else ''}": plain_step(n)
             for n in plain})
 load0 = os.getloadavg()[0]

@@ -35,7 +35,7 @@ _REDUCE_NAMES = {i: k for k, i in _kernels.REDUCE_IDS.items()}
 #: specs whose step is one chunk-kernel pass per element (any shard steps alone), and those
 #: whose ``run`` only reduces sums with Plan.reduce between passes: LAMB's and LARS's
 #: per-tensor norms, Prodigy's two global sums for its D estimate (their sums are gathered
-#: across the ranks). Muon's run also needs whole matrices: _MuonShard gathers them.
+#: across the ranks). Muon's run also needs whole matrices: _MuonShard completes them.
 _GATHERED_RUNS = ("lamb", "lars", "prodigy", "muon")
 #: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
 _NOT_OPTIMIZER = {
@@ -123,34 +123,73 @@ class _MuonShard:
     """Muon's step on this rank's pieces of one group (the inner optimizer's ``_run``): the
     three phases of ``fusedoptim.optim.muon.muon_run`` with collectives between them.
 
-    1. The momentum pass on the pieces writes their updates into a buffer of the whole
-       group laid end to end (the workspace's ``line``); each update's squared norm is
-       folded from every rank's per-segment partials (_Gathered: the single-process sums).
-    2. One in-place Allgatherv of that buffer: every rank has every whole update. Each rank
-       iterates Newton-Schulz on the matrices its shard touches (a matrix cut between ranks
+    1. The momentum pass on the pieces writes their updates into the workspace's ``line``:
+       the whole matrices this rank's shard touches, laid end to end (its shard, plus the
+       rest of the first and the last matrix when other ranks own part of them). Each
+       update's squared norm is folded from every rank's per-segment partials (_Gathered:
+       the single-process sums).
+    2. The exchange: each rank receives the parts of its line that other ranks own (at most
+       the two matrices cut at its shard's ends) and sends theirs, point to point. Each rank
+       then iterates Newton-Schulz on the matrices of its line (a matrix cut between ranks
        is iterated on each of them, identically: same input, same BLAS calls).
     3. The update pass on the pieces (lr times the whole matrix's adjusted ratio); the
        params are all-gathered afterwards by the ZeRO step, as for every optimizer.
     """
 
-    def __init__(self, comm: MPI.Intracomm, g: _Group, inner: Muon) -> None:
-        self.comm = comm
+    #: the exchange's message tag (on the ZeRO optimizer's own communicator)
+    TAG = 23
+
+    def __init__(self, p2p: MPI.Intracomm, g: _Group, inner: Muon) -> None:
+        self.p2p = p2p
         self.g = g
         self.inner = inner
         self.tensors = [t for t, _, _ in g.pieces]
         self.ws: MuonWorkspace | None = None
         self.updates: list[FloatArray] = []
+        starts = np.cumsum([0] + [a.size for a in g.arrays]).tolist()
+
+        def window(r: int) -> tuple[int, int]:
+            """Rank r's line, in elements of the group laid end to end."""
+            mine = g.shards.pieces[r]
+            return (starts[mine[0][0]], starts[mine[-1][0] + 1]) if mine else (0, 0)
+        rank = p2p.Get_rank()
+        lo, hi = window(rank)
+        self.base = lo
+        #: (rank, start, stop) in this rank's line: what it receives from that rank, and
+        #: what it sends to it
+        self.receives: list[tuple[int, int, int]] = []
+        self.sends: list[tuple[int, int, int]] = []
+        for q in range(p2p.Get_size()):
+            if q == rank:
+                continue
+            a, b = max(lo, g.shards.elem[q]), min(hi, g.shards.elem[q + 1])
+            if a < b:
+                self.receives.append((q, a - lo, b - lo))
+            qlo, qhi = window(q)
+            a, b = max(qlo, g.lo), min(qhi, g.hi)
+            if a < b:
+                self.sends.append((q, a - lo, b - lo))
 
     def workspace(self, bf16: bool) -> MuonWorkspace:
         """The workspace (rebuilt when ns_dtype changes), and the pieces' update views."""
         if self.ws is None or self.ws.bf16 != bf16:
             g = self.g
-            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, in_line=True,
-                               tensors=self.tensors)
+            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, line=self.tensors)
             self.updates = (slices(ws.updates, g.pieces)
                             + ([] if g.standin is None else [_empty(g.dtype)]))
             self.ws = ws
         return self.ws
+
+    def exchange(self, line: FloatArray) -> None:
+        """Complete the cut matrices of `line` (non-blocking sends and receives, then one
+        wait: no order between the pairs to deadlock on). Moved as unsigned words of the
+        same width: no arithmetic happens."""
+        words = line.view(_WIDTH_TYPES[line.dtype.itemsize][0])
+        requests = [self.p2p.Irecv(words[a:b], source=q, tag=self.TAG)
+                    for q, a, b in self.receives]
+        requests += [self.p2p.Isend(words[a:b], dest=q, tag=self.TAG)
+                     for q, a, b in self.sends]
+        MPI.Request.Waitall(requests)
 
     def run(self, plan: _kernels.Plan, hyper: Any) -> None:
         g = self.g
@@ -159,7 +198,7 @@ class _MuonShard:
         wplan = ws.work_plan(plan, self.updates)
         per_piece = momentum_pass(_ShardPlan(wplan, g.gathered), plan, hyper, ws.dtype)
         assert ws.line is not None
-        _allgather_in_place(self.comm, ws.line, g)
+        self.exchange(ws.line)
         k = len(self.tensors)
         sq_norms = np.zeros(len(g.arrays))
         sq_norms[self.tensors] = per_piece[:k, 0]
@@ -293,12 +332,11 @@ class ZeroRedundancyOptimizer:
     rank's part and reshard from any world size.
 
     Muon (``fo.Muon``): its momentum buffer is sharded like any state, and the momentum pass
-    runs on the shard; each update's norm is folded from every rank's partial sums; then
-    the updates are all-gathered (one more Allgatherv per step, into a work buffer the size
-    of the group's params, which a plain Muon holds too), each rank iterates Newton-Schulz
-    on the matrices its shard touches (a matrix cut between ranks is iterated on each of
-    them), and steps its shard. Bitwise the single process as above, at the same BLAS
-    thread count (``blas_threads``).
+    runs on the shard; each update's norm is folded from every rank's partial sums; the
+    ranks exchange the parts of the matrices cut between them (point to point, at most two
+    matrices per rank), each rank iterates Newton-Schulz on the matrices its shard touches
+    (a cut matrix on each of its ranks), and steps its shard. Bitwise the single process as
+    above, at the same BLAS thread count (``blas_threads``).
 
     Not supported: MuonWithAuxAdam (two optimizer classes: wrap its Muon groups and its
     AdamW groups in one ZeroRedundancyOptimizer each), int4 state with rank-1 normalization
@@ -447,7 +485,7 @@ class ZeroRedundancyOptimizer:
             inner = self._inner_class([{"params": self._inner_params(g, idx), **hyper}],
                                       **options)
             if isinstance(inner, Muon):
-                inner._run = _MuonShard(self.comm, g, inner).run  # type: ignore[method-assign]
+                inner._run = _MuonShard(self._p2p, g, inner).run  # type: ignore[method-assign]
             elif g.gathered is not None:
                 self._gather_sums(inner, g.gathered)
             g.inners.append((inner, idx))
@@ -836,7 +874,9 @@ class ZeroRedundancyOptimizer:
                 flat = np.empty(g.size, dtype=g.dtype)
                 if g.views:
                     flat[g.lo:g.hi] = np.concatenate(g.views)
-            _allgather_in_place(self.comm, flat, g)
+            width = _WIDTH_TYPES[flat.dtype.itemsize]
+            self.comm.Allgatherv(MPI.IN_PLACE, [flat.view(width[0]), (g.counts, g.displs),
+                                                width[1]])
             if packed:
                 pos = 0
                 for a in g.arrays:
@@ -1013,14 +1053,6 @@ class ZeroRedundancyOptimizer:
             for (inner, _), part in zip(g.inners, parts):
                 inner.load_state_dict(part)
         self._consolidated = None
-
-
-def _allgather_in_place(comm: MPI.Intracomm, flat: FloatArray, g: _Group) -> None:
-    """Every rank's shard of `flat` (a buffer of group `g` laid end to end) to every rank:
-    one in-place Allgatherv, counted in elements of an unsigned type of the same width (no
-    arithmetic happens, so half-precision buffers go too)."""
-    width = _WIDTH_TYPES[flat.dtype.itemsize]
-    comm.Allgatherv(MPI.IN_PLACE, [flat.view(width[0]), (g.counts, g.displs), width[1]])
 
 
 def _inner_class(optimizer_class: type[Optimizer]) -> type[Optimizer]:

@@ -179,13 +179,14 @@ class MuonWorkspace:
     shape and reused every step) and the work plan over them.
 
     By default same-shape updates are stacked wherever their params sit in the group (the
-    plain optimizer). ``in_line=True`` lays the updates end to end in param order in one
-    buffer, ``line`` (ZeroRedundancyOptimizer all-gathers its ranks' pieces of it in place),
-    and stacks runs of consecutive same-shape params; ``tensors`` then limits the iteration's
-    batches and buffers to those params (the ones a rank's shard touches)."""
+    plain optimizer). ``line``, a run of consecutive param indices, keeps the updates of
+    those params only, laid end to end in param order in one buffer (``self.line``), and
+    stacks runs of consecutive same-shape params: ZeroRedundancyOptimizer's layout (the
+    params a rank's shard touches, whose pieces it exchanges with the ranks that own the
+    rest); the other params have no update buffer and are never iterated."""
 
     def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: np.dtype[Any], bf16: bool,
-                 in_line: bool = False, tensors: Sequence[int] | None = None) -> None:
+                 line: Sequence[int] | None = None) -> None:
         self.dtype = np.dtype(dtype)
         self.bf16 = bf16
         self.shapes = [tuple(s) for s in shapes]
@@ -193,25 +194,26 @@ class MuonWorkspace:
         self.batches: list[_Batch] = []
         self.line: FloatArray | None = None
         stacks: list[tuple[list[int], FloatArray]] = []
-        if in_line:
-            ends = np.cumsum([0] + [math.prod(s) for s in self.shapes]).tolist()
+        if line is not None:
+            laid = list(line)
+            assert laid == list(range(laid[0], laid[0] + len(laid)) if laid else []), laid
+            ends = np.cumsum([0] + [math.prod(self.shapes[t]) for t in laid]).tolist()
             self.line = np.zeros(ends[-1], self.dtype)
-            t = 0
-            while t < len(shapes):
-                run = t + 1
-                while run < len(shapes) and self.shapes[run] == self.shapes[t]:
+            j = 0
+            while j < len(laid):
+                run = j + 1
+                while run < len(laid) and self.shapes[laid[run]] == self.shapes[laid[j]]:
                     run += 1
-                r, c = self.shapes[t]
-                stacks.append((list(range(t, run)),
-                               self.line[ends[t]:ends[run]].reshape(run - t, r, c)))
-                t = run
+                r, c = self.shapes[laid[j]]
+                stacks.append((laid[j:run],
+                               self.line[ends[j]:ends[run]].reshape(run - j, r, c)))
+                j = run
         else:
             classes: dict[tuple[int, ...], list[int]] = {}
             for t, s in enumerate(self.shapes):
                 classes.setdefault(s, []).append(t)
             stacks = [(index, np.zeros((len(index), *s), dtype)) for s, index in classes.items()]
         work_dtype = np.dtype(np.float32) if bf16 else self.dtype
-        wanted = None if tensors is None else set(tensors)
         shared: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         for index, stack in stacks:
             for j, t in enumerate(index):
@@ -219,16 +221,11 @@ class MuonWorkspace:
             r, c = stack.shape[1:]
             if r == 0 or c == 0:
                 continue            # nothing to iterate; the step scales nothing
-            keep = [j for j, t in enumerate(index) if wanted is None or t in wanted]
-            if not keep:
-                continue
-            # (a run of params is contiguous, and so is a shard's part of it)
-            first, count = keep[0], len(keep)
             m = min(r, c)
             per = (2 * r * c + 2 * m * m) * work_dtype.itemsize
-            k = max(1, min(count, BATCH_BYTES // per))
-            for lo in range(first, first + count, k):
-                n = min(k, first + count - lo)
+            k = max(1, min(len(index), BATCH_BYTES // per))
+            for lo in range(0, len(index), k):
+                n = min(k, len(index) - lo)
                 key = (n, r, c)
                 bufs = shared.get(key)
                 if bufs is None:
