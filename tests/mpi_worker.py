@@ -780,6 +780,11 @@ def check_collectives():
                       bucket_bytes=4096, algorithm="ring")
     assert work.is_completed()
     assert_equal(big + small + list(arena.grads.values()), expect, "ring allreduce_ mean")
+    # a zero-size grad between two that do not tile (it tiles with either one)
+    for how in ("mpi", "ring"):
+        z = grads_of(rank, 5, shapes=[(40, 30), (0, 8), (30, 8)])
+        allreduce_(z, algorithm=how)
+        assert_equal(z, mean_grads(5, shapes=[(40, 30), (0, 8), (30, 8)]), f"zero-size, {how}")
     s = grads_of(rank, 3, shapes=[(50,)])
     allreduce_(s, op="sum")
     total = sum(grads_of(r, 3, shapes=[(50,)])[0].astype(np.float64) for r in range(size))
