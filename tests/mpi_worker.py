@@ -221,8 +221,9 @@ def check_muon():
             ref.step(mean_grads(step, shapes=MUON_SHAPES))
             assert_equal(ps, ref_ps, f"Muon {kw} step {step}")
     # one work unit: every rank but one owns nothing and still takes part in the gathered
-    # norms and the update's all-gather (its stand-in), so nobody waits
-    small_shapes = [(40, 30), (30, 8)]
+    # norms (its stand-in), so nobody waits; a zero-size matrix between the other two (it
+    # has no piece, yet it lies inside the owner's run of matrices)
+    small_shapes = [(40, 30), (0, 8), (30, 8)]
     small = params0(shapes=small_shapes)
     ref_small = [p.copy() for p in small]
     zs = ZeroRedundancyOptimizer(small, fo.Muon, **MUON_KW)

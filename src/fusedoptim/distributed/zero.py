@@ -174,7 +174,10 @@ class _MuonShard:
         """The workspace (rebuilt when ns_dtype changes), and the pieces' update views."""
         if self.ws is None or self.ws.bf16 != bf16:
             g = self.g
-            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, line=self.tensors)
+            # (from the first to the last tensor of the pieces: a zero-size param between
+            # them has no piece, and no element in the line)
+            laid = range(self.tensors[0], self.tensors[-1] + 1) if self.tensors else range(0)
+            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, line=laid)
             self.updates = (slices(ws.updates, g.pieces)
                             + ([] if g.standin is None else [_empty(g.dtype)]))
             self.ws = ws
