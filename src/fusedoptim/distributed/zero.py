@@ -121,7 +121,7 @@ class _ShardPlan:
 
 class _MuonShard:
     """Muon's step on this rank's pieces of one group (the inner optimizer's ``_run``): the
-    three phases of ``fusedoptim.optim.muon.muon_run`` with collectives between them.
+    three phases of ``fusedoptim.optim.muon.muon_run`` with communication between them.
 
     1. The momentum pass on the pieces writes their updates into the workspace's ``line``:
        the whole matrices this rank's shard touches, laid end to end (its shard, plus the
@@ -154,7 +154,6 @@ class _MuonShard:
             return (starts[mine[0][0]], starts[mine[-1][0] + 1]) if mine else (0, 0)
         rank = p2p.Get_rank()
         lo, hi = window(rank)
-        self.base = lo
         #: (rank, start, stop) in this rank's line: what it receives from that rank, and
         #: what it sends to it
         self.receives: list[tuple[int, int, int]] = []
