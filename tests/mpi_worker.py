@@ -55,11 +55,19 @@ OPTIMIZERS = [
     (fo.Prodigy, dict(weight_decay=0.01, use_bias_correction=True)),
 ]
 # Every other optimizer class ZeroRedundancyOptimizer shards (new ones included), with its
-# defaults; Muon and the other whole-tensor steps are refused (check_bad_input).
+# defaults; the whole-tensor steps are refused (check_bad_input). Muon takes matrices only:
+# check_muon.
 _LISTED = {cls for cls, _ in OPTIMIZERS}
 OPTIMIZERS += [(cls, {}) for cls in sorted({c for c in vars(fo).values()
                                             if isinstance(c, type) and shardable(c)},
-                                           key=lambda c: c.__name__) if cls not in _LISTED]
+                                           key=lambda c: c.__name__)
+               if cls not in _LISTED and not issubclass(cls, fo.Muon)]
+
+# Muon: wide, tall and square matrices, a square shape again after others (the plain Muon
+# stacks it with the first, ZeRO's line does not), 61432 elements in 4 work units: param 1
+# is cut between ranks 0 and 1 at 2 ranks; params 0 and 1 are both cut at 3 ranks.
+MUON_SHAPES = [(150, 200), (300, 64), (64, 64), (96, 40), (64, 64), (10, 20)]
+MUON_KW = dict(lr=0.02, weight_decay=0.01)
 
 
 _T0 = [MPI.Wtime()]
@@ -153,6 +161,110 @@ def check_equivalence():
                 assert ref.param_groups[0]["d"] > 100 * ref.param_groups[0]["d0"], \
                     "D hardly moved: the equivalence would not exercise it"
     say(f"ok equivalence ({len(OPTIMIZERS)} optimizers x stages 1, 2 x {STEPS} steps)")
+
+
+def check_muon():
+    """Muon, stages 1 and 2, float32 and float64: bitwise one process stepping the mean grad
+    at every step of 50 (matrices cut between ranks: their norms are folded from every
+    rank's partials, their iteration runs whole on each rank that owns a piece), params
+    identical on every rank after every step; float64 in two groups of different lr, with
+    a scheduler. Along the way: a None grad on every rank (param 1, cut between ranks, on
+    step 7; every param on step 20), global clipping (float32), grad_scale. Then Keller
+    Jordan's adjust_lr_fn and torch's bfloat16 numerics, a layout where ranks own nothing,
+    add_param_group, and MuonWithAuxAdam's two parts in two ZeRO optimizers."""
+    cut = [t for t, _, _ in ZeroRedundancyOptimizer(params0(shapes=MUON_SHAPES), fo.Muon)
+           ._groups[0].pieces]
+    spans = comm.allgather(cut)
+    assert any(t in spans[r + 1] for r in range(size - 1) for t in spans[r]), spans
+    for dtype in (np.float32, np.float64):
+        for stage in (1, 2):
+            ps = params0(dtype, shapes=MUON_SHAPES)
+            ref_ps = [p.copy() for p in ps]
+            if dtype == np.float64:
+                groups = [{"params": ps[:3]}, {"params": ps[3:], "lr": 0.005}]
+                ref_groups = [{"params": ref_ps[:3]}, {"params": ref_ps[3:], "lr": 0.005}]
+            else:
+                groups, ref_groups = ps, ref_ps
+            zero = ZeroRedundancyOptimizer(groups, fo.Muon, stage=stage, **MUON_KW)
+            ref = fo.Muon(ref_groups, **MUON_KW)
+            sched = fo.lr_scheduler.StepLR(zero, step_size=10, gamma=0.5)
+            ref_sched = fo.lr_scheduler.StepLR(ref, step_size=10, gamma=0.5)
+            for step in range(STEPS):
+                g = grads_of(rank, step, dtype=dtype, shapes=MUON_SHAPES)
+                mg = mean_grads(step, dtype=dtype, shapes=MUON_SHAPES)
+                skip = {7: [1], 20: range(len(MUON_SHAPES))}.get(step, [])
+                for k in skip:
+                    g[k] = mg[k] = None
+                # clipped in the one-group runs: with several groups the ZeRO norm equals
+                # fo.clip_grad_norm_'s up to rounding only (docs/distributed.md)
+                clip = 1.0 if step % 5 == 3 and groups is ps else None
+                # (not with clip: the ZeRO norm is then of the grads / grad_scale)
+                scale = 4.0 if step % 7 == 5 and clip is None else None
+                zero.step(g, max_grad_norm=clip, grad_scale=scale)
+                if clip is not None:
+                    norm = fo.clip_grad_norm_([x for x in mg if x is not None], clip)
+                    assert zero.last_grad_norm == norm, (zero.last_grad_norm, norm)
+                ref.step(mg, grad_scale=scale)
+                sched.step()
+                ref_sched.step()
+                what = f"Muon {np.dtype(dtype)} stage {stage} step {step}"
+                assert_equal(ps, ref_ps, what)
+                same_everywhere(ps, what)
+    for kw, steps in ((dict(adjust_lr_fn="match_rms_adamw", nesterov=False), 10),
+                      (dict(ns_dtype="bfloat16"), 5)):
+        ps = params0(shapes=MUON_SHAPES)
+        ref_ps = [p.copy() for p in ps]
+        zero = ZeroRedundancyOptimizer(ps, fo.Muon, stage=2, **MUON_KW, **kw)
+        ref = fo.Muon(ref_ps, **MUON_KW, **kw)
+        for step in range(steps):
+            zero.step(grads_of(rank, step, shapes=MUON_SHAPES))
+            ref.step(mean_grads(step, shapes=MUON_SHAPES))
+            assert_equal(ps, ref_ps, f"Muon {kw} step {step}")
+    # one work unit: every rank but one owns nothing and still takes part in the gathered
+    # norms (its stand-in), so nobody waits; a zero-size matrix between the other two (it
+    # has no piece, yet it lies inside the owner's run of matrices)
+    small_shapes = [(40, 30), (0, 8), (30, 8)]
+    small = params0(shapes=small_shapes)
+    ref_small = [p.copy() for p in small]
+    zs = ZeroRedundancyOptimizer(small, fo.Muon, **MUON_KW)
+    assert comm.allreduce(int(bool(zs._groups[0].pieces))) == 1
+    ref = fo.Muon(ref_small, **MUON_KW)
+    for step in range(3):
+        zs.step(grads_of(rank, step, shapes=small_shapes))
+        ref.step(mean_grads(step, shapes=small_shapes))
+        assert_equal(small, ref_small, f"Muon on one unit, step {step}")
+    # add_param_group: the new group gets a Muon shard of its own
+    ps = params0(shapes=MUON_SHAPES)
+    ref_ps = [p.copy() for p in ps]
+    zero = ZeroRedundancyOptimizer(ps[:3], fo.Muon, stage=1, **MUON_KW)
+    ref = fo.Muon(ref_ps[:3], **MUON_KW)
+    for step in range(5):
+        if step == 2:
+            zero.add_param_group({"params": ps[3:], "lr": 0.005})
+            ref.add_param_group({"params": ref_ps[3:], "lr": 0.005})
+        n = 3 if step < 2 else len(ps)
+        zero.step(grads_of(rank, step, shapes=MUON_SHAPES)[:n])
+        ref.step(mean_grads(step, shapes=MUON_SHAPES)[:n])
+        assert_equal(ps, ref_ps, f"Muon add_param_group, step {step}")
+    # MuonWithAuxAdam is refused; the documented way: its two parts in two ZeRO optimizers
+    aux = MUON_SHAPES[:3] + [(3000,), (7,)]
+    ps = params0(shapes=aux)
+    ref_ps = [p.copy() for p in ps]
+    hidden = ZeroRedundancyOptimizer(ps[:3], fo.Muon, stage=2,
+                                     **fo.optim.muon.AUX_MUON_DEFAULTS)
+    rest = ZeroRedundancyOptimizer(ps[3:], fo.AdamW, stage=2, **fo.optim.muon.AUX_ADAM_DEFAULTS)
+    ref = fo.MuonWithAuxAdam([{"params": ref_ps[:3], "use_muon": True},
+                              {"params": ref_ps[3:], "use_muon": False}])
+    for step in range(5):
+        g = grads_of(rank, step, shapes=aux)
+        hidden.step(g[:3])
+        rest.step(g[3:])
+        ref.step(mean_grads(step, shapes=aux))
+        assert_equal(ps, ref_ps, f"MuonWithAuxAdam as two ZeRO optimizers, step {step}")
+    say(f"ok Muon bitwise (float32, float64 x stages 1, 2 x {STEPS} steps; matrices cut "
+        f"between ranks {spans}; None grads, clip, grad_scale, StepLR, two groups; "
+        f"match_rms_adamw; bfloat16 numerics; ranks owning nothing; add_param_group; "
+        f"MuonWithAuxAdam as two ZeRO optimizers)")
 
 
 def check_lamb_spans_shards():
@@ -274,17 +386,24 @@ def check_normal_grads_tolerance():
     an ulp here and there. float32 AdamW and LAMB over 50 steps then stay within rtol 1e-5,
     atol 1e-6: an ulp of the grad moves the update by about an ulp of itself (Adam's update
     is scale-invariant in g), so 50 steps drift by a few ulps of lr-sized steps (~1e-9), far
-    below the bound; a wrong shard or a missed rank is off by ~lr = 1e-3."""
-    for cls, kw in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1)), (fo.LAMB, dict(lr=1e-3)),
-                    (fo.Prodigy, dict(weight_decay=0.01, use_bias_correction=True))):
-        ps = params0()
+    below the bound; a wrong shard or a missed rank is off by ~lr = 1e-3. Muon (lr 0.02):
+    its update is orthogonalized, so an ulp of the grad moves it by an ulp times the
+    iteration's gain (up to a = 3.4 per step on small singular values); measured at 3 and 4
+    ranks: at most 7e-7, 9% of the bound where it is tightest; a wrong norm or piece moves
+    a step (~lr * 0.1 = 2e-3) by its own size."""
+    for cls, kw, shapes in ((fo.AdamW, dict(lr=1e-3, weight_decay=0.1), SHAPES),
+                            (fo.LAMB, dict(lr=1e-3), SHAPES),
+                            (fo.Prodigy, dict(weight_decay=0.01, use_bias_correction=True),
+                             SHAPES),
+                            (fo.Muon, MUON_KW, MUON_SHAPES)):
+        ps = params0(shapes=shapes)
         ref_ps = [p.copy() for p in ps]
         zero = ZeroRedundancyOptimizer(ps, cls, stage=2, **kw)
         ref = cls(ref_ps, **kw)
         bias = GRAD_BIAS.get(cls, 0.0)
         for step in range(STEPS):
-            zero.step(grads_of(rank, step, grid=False, bias=bias))
-            ref.step(mean_grads(step, grid=False, bias=bias))
+            zero.step(grads_of(rank, step, shapes=shapes, grid=False, bias=bias))
+            ref.step(mean_grads(step, shapes=shapes, grid=False, bias=bias))
         if os.environ.get("ZERO_SHOW_DRIFT") and rank == 0:
             print(cls.__name__, max(float(np.max(np.abs(a.astype(np.float64) - b)))
                                     for a, b in zip(ps, ref_ps)),
@@ -515,7 +634,14 @@ def check_bad_input():
     """Every bad argument raises on every rank before any collective (so no rank waits),
     naming the argument and the value, and leaves params and state as they were."""
     Z = ZeroRedundancyOptimizer
-    raises(TypeError, ["optimizer_class=Muon", "whole", "allreduce_"], Z, params0(), fo.Muon)
+    # Muon's own error for a 1-D param (params[1]), on every rank
+    raises(ValueError, ["Muon only supports 2-D parameters", "params[1]", "(3000,)"], Z,
+           params0(), fo.Muon)
+    raises(ValueError, ["Muon only supports 2-D parameters", "params[2]", "(5,)"],
+           Z(params0(shapes=MUON_SHAPES[:1]), fo.Muon).add_param_group,
+           {"params": params0(shapes=[(3, 4), (5,)])})
+    raises(ValueError, ["ns_steps", "100"], Z, params0(shapes=MUON_SHAPES), fo.Muon,
+           ns_steps=100)
     raises(TypeError, ["optimizer_class", "fo.AdamW"], Z, params0(), dict)
     raises(TypeError, ["optimizer_class=Adafactor", "cannot be sharded", "whole matrix"], Z,
            params0(), fo.Adafactor)
@@ -523,7 +649,7 @@ def check_bad_input():
            fo.LBFGS)
     raises(TypeError, ["optimizer_class=SparseAdam", "cannot be sharded", "SparseGrad"], Z,
            params0(), fo.SparseAdam)
-    raises(TypeError, ["optimizer_class=MuonWithAuxAdam", "cannot be sharded", "allreduce_"],
+    raises(TypeError, ["optimizer_class=MuonWithAuxAdam", "cannot be sharded", "fo.Muon"],
            Z, params0(), fo.MuonWithAuxAdam)
     raises(ValueError, ["stage", "got 3"], Z, params0(), fo.AdamW, stage=3)
     raises(ValueError, ["reduce_scatter", "'tree'"], Z, params0(), fo.AdamW,
@@ -655,6 +781,11 @@ def check_collectives():
                       bucket_bytes=4096, algorithm="ring")
     assert work.is_completed()
     assert_equal(big + small + list(arena.grads.values()), expect, "ring allreduce_ mean")
+    # a zero-size grad between two that do not tile (it tiles with either one)
+    for how in ("mpi", "ring"):
+        z = grads_of(rank, 5, shapes=[(40, 30), (0, 8), (30, 8)])
+        allreduce_(z, algorithm=how)
+        assert_equal(z, mean_grads(5, shapes=[(40, 30), (0, 8), (30, 8)]), f"zero-size, {how}")
     s = grads_of(rank, 3, shapes=[(50,)])
     allreduce_(s, op="sum")
     total = sum(grads_of(r, 3, shapes=[(50,)])[0].astype(np.float64) for r in range(size))
@@ -668,16 +799,22 @@ def check_collectives():
     say("ok allreduce_ (bucketed, in place, async; Iallreduce and ring) and clip_grad_norm_")
 
 
-def run_checkpoint(stage=2):
+#: the optimizers the checkpoint runs save and reshard: (class, hyperparameters, shapes,
+#: file name prefix)
+CHECKPOINTED = [(fo.AdamW, dict(lr=1e-3, amsgrad=True), SHAPES, ""),
+                (fo.Muon, MUON_KW, MUON_SHAPES, "muon_")]
+
+
+def run_checkpoint(cls, kw, shapes, tag, stage=2):
     """Consolidated round trip, and a plain state_dict loaded into ZeRO; then (save mode)
     a sharded checkpoint for the 3 -> 2 resharding run."""
-    ps = params0()
+    ps = params0(shapes=shapes)
     ref_ps = [p.copy() for p in ps]
-    zero = ZeroRedundancyOptimizer(ps, fo.AdamW, stage=stage, lr=1e-3, amsgrad=True)
-    ref = fo.AdamW(ref_ps, lr=1e-3, amsgrad=True)
+    zero = ZeroRedundancyOptimizer(ps, cls, stage=stage, **kw)
+    ref = cls(ref_ps, **kw)
     for step in range(5):
-        zero.step(grads_of(rank, step))
-        ref.step(mean_grads(step))
+        zero.step(grads_of(rank, step, shapes=shapes))
+        ref.step(mean_grads(step, shapes=shapes))
     zero.consolidate_state_dict(to=0)
     if rank == 0:
         sd = zero.state_dict()
@@ -688,7 +825,7 @@ def run_checkpoint(stage=2):
         for i in want["state"]:
             for k, x in want["state"][i].items():
                 assert np.array_equal(sd["state"][i][k], x), (i, k)
-        plain = fo.AdamW([p.copy() for p in ps], lr=1e-3, amsgrad=True)
+        plain = cls([p.copy() for p in ps], **kw)
         plain.load_state_dict(sd)
     else:
         try:
@@ -699,48 +836,50 @@ def run_checkpoint(stage=2):
             raise AssertionError("state_dict() on a rank without consolidated state")
     # A plain optimizer's state_dict into a fresh ZeRO: both go on identically.
     ps2 = [p.copy() for p in ref_ps]
-    zero2 = ZeroRedundancyOptimizer(ps2, fo.AdamW, stage=stage, lr=1e-3, amsgrad=True)
+    zero2 = ZeroRedundancyOptimizer(ps2, cls, stage=stage, **kw)
     zero2.load_state_dict(ref.state_dict())
     if MODE == "save":
-        with open(os.path.join(DIR, f"shard{rank}.pkl"), "wb") as f:
+        with open(os.path.join(DIR, f"{tag}shard{rank}.pkl"), "wb") as f:
             pickle.dump(zero.sharded_state_dict(), f)
         if rank == 0:
-            with open(os.path.join(DIR, "ref.pkl"), "wb") as f:
+            with open(os.path.join(DIR, f"{tag}ref.pkl"), "wb") as f:
                 pickle.dump((ref.state_dict(), ref_ps), f)
     for step in range(5, 10):
-        zero2.step(grads_of(rank, step))
-        zero.step(grads_of(rank, step))
-        ref.step(mean_grads(step))
-        assert_equal(ps2, ref_ps, f"plain state_dict into ZeRO, step {step}")
-        assert_equal(ps, ref_ps, f"after consolidating, step {step}")
-    say("ok consolidate_state_dict/state_dict round trip, plain state_dict into ZeRO")
+        zero2.step(grads_of(rank, step, shapes=shapes))
+        zero.step(grads_of(rank, step, shapes=shapes))
+        ref.step(mean_grads(step, shapes=shapes))
+        assert_equal(ps2, ref_ps, f"{cls.__name__}: plain state_dict into ZeRO, step {step}")
+        assert_equal(ps, ref_ps, f"{cls.__name__}: after consolidating, step {step}")
+    say(f"ok consolidate_state_dict/state_dict round trip, plain state_dict into ZeRO "
+        f"({cls.__name__})")
 
 
-def run_reshard():
+def run_reshard(cls, kw, shapes, tag):
     """Resume from the sharded checkpoint of a run at another world size."""
-    files = sorted(f for f in os.listdir(DIR) if f.startswith("shard"))
+    files = sorted(f for f in os.listdir(DIR) if f.startswith(f"{tag}shard"))
     shards = []
     for f in files:
         with open(os.path.join(DIR, f), "rb") as fh:
             shards.append(pickle.load(fh))
-    with open(os.path.join(DIR, "ref.pkl"), "rb") as fh:
+    with open(os.path.join(DIR, f"{tag}ref.pkl"), "rb") as fh:
         ref_sd, ref_ps = pickle.load(fh)
     ps = [p.copy() for p in ref_ps]
-    zero = ZeroRedundancyOptimizer(ps, fo.AdamW, stage=2, lr=1e-3, amsgrad=True)
+    zero = ZeroRedundancyOptimizer(ps, cls, stage=2, **kw)
     zero.load_sharded_state_dict(shards)
-    ref = fo.AdamW(ref_ps, lr=1e-3, amsgrad=True)
+    ref = cls(ref_ps, **kw)
     ref.load_state_dict(ref_sd)
     for step in range(5, 10):
-        zero.step(grads_of(rank, step))
-        ref.step(mean_grads(step))
-        assert_equal(ps, ref_ps, f"resharded {len(files)} -> {size}, step {step}")
+        zero.step(grads_of(rank, step, shapes=shapes))
+        ref.step(mean_grads(step, shapes=shapes))
+        assert_equal(ps, ref_ps, f"{cls.__name__} resharded {len(files)} -> {size}, "
+                                 f"step {step}")
     zero.consolidate_state_dict(to=0)
     if rank == 0:
         sd = zero.state_dict()
         for i, st in ref.state_dict()["state"].items():
             for k, x in st.items():
                 assert np.array_equal(sd["state"][i][k], x), (i, k)
-    say(f"ok sharded checkpoint resharded {len(files)} -> {size} ranks")
+    say(f"ok sharded checkpoint resharded {len(files)} -> {size} ranks ({cls.__name__})")
 
 
 def run_die():
@@ -759,7 +898,8 @@ def run_die():
 if MODE == "die":
     run_die()
 elif MODE == "load":
-    run_reshard()
+    for checkpointed in CHECKPOINTED:
+        run_reshard(*checkpointed)
 elif MODE == "only":        # development: the checks named in argv[3:]
     for name in sys.argv[3:]:
         globals()[name]()
@@ -777,8 +917,10 @@ else:
     check_none_grads()
     check_prodigy()
     check_bfloat16_params()
-    run_checkpoint()
+    for checkpointed in CHECKPOINTED:
+        run_checkpoint(*checkpointed)
     if size > 2:
         check_normal_grads_tolerance()
     check_equivalence()
+    check_muon()
 say("done")

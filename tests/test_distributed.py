@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+#: rank 0's line for the Muon checkpoint round trip (tests/mpi_worker.py, run_checkpoint)
+MUON_ROUND_TRIP = "consolidate_state_dict/state_dict round trip, plain state_dict into ZeRO (Muon)"
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "mpi_worker.py")
 TIMEOUT = 240
@@ -60,7 +62,8 @@ def test_three_ranks(checkpoint_dir):
                   "bad input", "int8 and int4 state", "bfloat16 params", "shards follow",
                   "None grads", "Prodigy: D from gathered sums",
                   "add_param_group",
-                  "normal grads", "consolidate", "LAMB tensor 0 spans", "allreduce_"):
+                  "normal grads", "consolidate", "LAMB tensor 0 spans", "allreduce_",
+                  "Muon bitwise", MUON_ROUND_TRIP):
         assert f"ok {check}" in out, out
 
 
@@ -68,10 +71,12 @@ def test_two_ranks_and_reshard_from_three(checkpoint_dir):
     if not os.path.exists(os.path.join(checkpoint_dir, "ref.pkl")):
         pytest.skip("needs the 3-rank run's checkpoint (test_three_ranks)")
     out = _launch(2, checkpoint_dir)
-    for check in ("equivalence", "max_grad_norm", "None grads", "Prodigy: D from gathered sums"):
+    for check in ("equivalence", "max_grad_norm", "None grads", "Prodigy: D from gathered sums",
+                  "Muon bitwise", MUON_ROUND_TRIP):
         assert f"ok {check}" in out, out
     out = _launch(2, checkpoint_dir, "load")
-    assert "ok sharded checkpoint resharded 3 -> 2" in out, out
+    for name in ("AdamW", "Muon"):
+        assert f"ok sharded checkpoint resharded 3 -> 2 ranks ({name})" in out, out
 
 
 def test_a_dead_rank_fails_the_job_instead_of_hanging(tmp_path):

@@ -341,7 +341,9 @@ def allreduce_(grads: Any, comm: Any = None, op: str = "mean", *, async_op: bool
     items = _grad_list(grads, "grads")
     for a in items:
         mpi_type(a.dtype, "grads")
-    inplace, groups = _messages(items, bucket_bytes)
+    # A zero-size grad has nothing to reduce, and it "tiles" with any neighbour, which made
+    # a run of three (a, empty, b) look like one buffer (_messages) when a and b do not tile.
+    inplace, groups = _messages([a for a in items if a.size], bucket_bytes)
     if algorithm == "ring":
         n = c.Get_size() if op == "mean" else 1
         for buf in inplace:

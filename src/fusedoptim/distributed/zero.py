@@ -19,6 +19,8 @@ from .._gate import inv_grad_scale
 from ..grad_utils import CLIP_EPS
 from .._precision import ABSMAX, resolve
 from .. import optim as fo_optim
+from ..optim.muon import Muon, MuonWorkspace, adjusted_ratio, check_matrix_params, \
+    momentum_pass, orthogonalize, update_pass
 from ..optimizer import Optimizer
 from ._collectives import Shards, fold, gather_parts, mpi_type, ring_reduce_scatter, \
     scale_, shard_units, sharded_norm, slices, world
@@ -33,14 +35,8 @@ _REDUCE_NAMES = {i: k for k, i in _kernels.REDUCE_IDS.items()}
 #: specs whose step is one chunk-kernel pass per element (any shard steps alone), and those
 #: whose ``run`` only reduces sums with Plan.reduce between passes: LAMB's and LARS's
 #: per-tensor norms, Prodigy's two global sums for its D estimate (their sums are gathered
-#: across the ranks). Other runs need whole tensors and are refused (_WHOLE_TENSORS).
-_GATHERED_RUNS = ("lamb", "lars", "prodigy")
-#: why a spec's step cannot run on shards, by spec name
-_WHOLE_TENSORS = {
-    "muon": "Muon orthogonalizes each whole 2-D param (Newton-Schulz iterations on the full "
-            "matrix), and the shards cut params on 16K-element work units; sharding Muon "
-            "needs shards made of whole tensors, which is not built. Train Muon "
-            "data-parallel with allreduce_(grads) and a plain fo.Muon on every rank"}
+#: across the ranks). Muon's run also needs whole matrices: _MuonShard completes them.
+_GATHERED_RUNS = ("lamb", "lars", "prodigy", "muon")
 #: fusedoptim classes that are not fo.Optimizer specs, and why they are not sharded
 _NOT_OPTIMIZER = {
     "Adafactor": "Adafactor's factored second moment sums each whole matrix's rows and "
@@ -50,9 +46,10 @@ _NOT_OPTIMIZER = {
              "closure and a plain fo.LBFGS on every rank",
     "SparseAdam": "SparseAdam steps the rows a SparseGrad touches, not a flat buffer that "
                   "can be cut into shards; allreduce_ cannot average SparseGrads either",
-    "MuonWithAuxAdam": "Muon orthogonalizes each whole 2-D param, and the shards cut params "
-                       "on 16K-element work units; run it data-parallel with "
-                       "allreduce_(grads) and a plain fo.MuonWithAuxAdam on every rank"}
+    "MuonWithAuxAdam": "it steps its groups with two optimizer classes (Muon and AdamW), and "
+                       "ZeroRedundancyOptimizer shards one; wrap the use_muon groups in "
+                       "ZeroRedundancyOptimizer(..., fo.Muon) and the others in a second "
+                       "one with fo.AdamW (both shard)"}
 #: element width -> (NumPy view type, MPI type) for moving params without arithmetic
 _WIDTH_TYPES = {2: (np.uint16, MPI.UINT16_T), 4: (np.uint32, MPI.UINT32_T),
                 8: (np.uint64, MPI.UINT64_T)}
@@ -62,7 +59,7 @@ SHARDED_FORMAT = "fusedoptim.zero.sharded/1"
 
 def shardable(optimizer_class: object) -> bool:
     """Whether ZeroRedundancyOptimizer can shard `optimizer_class`: a fusedoptim optimizer
-    class on the fused kernels whose step is element-wise, or LAMB, LARS or Prodigy."""
+    class on the fused kernels whose step is element-wise, or LAMB, LARS, Prodigy or Muon."""
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)
             and getattr(optimizer_class, "spec", None) is not None):
         return False
@@ -120,6 +117,98 @@ class _ShardPlan:
                num_threads: int = 0) -> tuple[NDArray[np.float64], tuple[float, ...]]:
         self._plan.reduce(reduce_id, column, stop_early, num_threads)
         return self._gathered.combine(self._plan.partials(), reduce_id)
+
+
+class _MuonShard:
+    """Muon's step on this rank's pieces of one group (the inner optimizer's ``_run``): the
+    three phases of ``fusedoptim.optim.muon.muon_run`` with communication between them.
+
+    1. The momentum pass on the pieces writes their updates into the workspace's ``line``:
+       the whole matrices this rank's shard touches, laid end to end (its shard, plus the
+       rest of the first and the last matrix when other ranks own part of them). Each
+       update's squared norm is folded from every rank's per-segment partials (_Gathered:
+       the single-process sums).
+    2. The exchange: each rank receives the parts of its line that other ranks own (at most
+       the two matrices cut at its shard's ends) and sends theirs, point to point. Each rank
+       then iterates Newton-Schulz on the matrices of its line (a matrix cut between ranks
+       is iterated on each of them, identically: same input, same BLAS calls).
+    3. The update pass on the pieces (lr times the whole matrix's adjusted ratio); the
+       params are all-gathered afterwards by the ZeRO step, as for every optimizer.
+    """
+
+    #: the exchange's message tag (on the ZeRO optimizer's own communicator)
+    TAG = 23
+
+    def __init__(self, p2p: MPI.Intracomm, g: _Group, inner: Muon) -> None:
+        self.p2p = p2p
+        self.g = g
+        self.inner = inner
+        self.tensors = [t for t, _, _ in g.pieces]
+        self.ws: MuonWorkspace | None = None
+        self.updates: list[FloatArray] = []
+        starts = np.cumsum([0] + [a.size for a in g.arrays]).tolist()
+
+        def window(r: int) -> tuple[int, int]:
+            """Rank r's line, in elements of the group laid end to end."""
+            mine = g.shards.pieces[r]
+            return (starts[mine[0][0]], starts[mine[-1][0] + 1]) if mine else (0, 0)
+        rank = p2p.Get_rank()
+        lo, hi = window(rank)
+        #: (rank, start, stop) in this rank's line: what it receives from that rank, and
+        #: what it sends to it
+        self.receives: list[tuple[int, int, int]] = []
+        self.sends: list[tuple[int, int, int]] = []
+        for q in range(p2p.Get_size()):
+            if q == rank:
+                continue
+            a, b = max(lo, g.shards.elem[q]), min(hi, g.shards.elem[q + 1])
+            if a < b:
+                self.receives.append((q, a - lo, b - lo))
+            qlo, qhi = window(q)
+            a, b = max(qlo, g.lo), min(qhi, g.hi)
+            if a < b:
+                self.sends.append((q, a - lo, b - lo))
+
+    def workspace(self, bf16: bool) -> MuonWorkspace:
+        """The workspace (rebuilt when ns_dtype changes), and the pieces' update views."""
+        if self.ws is None or self.ws.bf16 != bf16:
+            g = self.g
+            # (from the first to the last tensor of the pieces: a zero-size param between
+            # them has no piece, and no element in the line)
+            laid = range(self.tensors[0], self.tensors[-1] + 1) if self.tensors else range(0)
+            ws = MuonWorkspace([a.shape for a in g.arrays], g.dtype, bf16, line=laid)
+            self.updates = (slices(ws.updates, g.pieces)
+                            + ([] if g.standin is None else [_empty(g.dtype)]))
+            self.ws = ws
+        return self.ws
+
+    def exchange(self, line: FloatArray) -> None:
+        """Complete the cut matrices of `line` (non-blocking sends and receives, then one
+        wait: no order between the pairs to deadlock on). Moved as unsigned words of the
+        same width: no arithmetic happens."""
+        words = line.view(_WIDTH_TYPES[line.dtype.itemsize][0])
+        requests = [self.p2p.Irecv(words[a:b], source=q, tag=self.TAG)
+                    for q, a, b in self.receives]
+        requests += [self.p2p.Isend(words[a:b], dest=q, tag=self.TAG)
+                     for q, a, b in self.sends]
+        MPI.Request.Waitall(requests)
+
+    def run(self, plan: _kernels.Plan, hyper: Any) -> None:
+        g = self.g
+        assert g.gathered is not None
+        ws = self.workspace(hyper.ns_dtype == "bfloat16")
+        wplan = ws.work_plan(plan, self.updates)
+        per_piece = momentum_pass(_ShardPlan(wplan, g.gathered), plan, hyper, ws.dtype)
+        assert ws.line is not None
+        self.exchange(ws.line)
+        k = len(self.tensors)
+        sq_norms = np.zeros(len(g.arrays))
+        sq_norms[self.tensors] = per_piece[:k, 0]
+        wanted = np.zeros(len(g.arrays), dtype=bool)
+        wanted[self.tensors] = wplan.active_array[:k] != 0
+        orthogonalize(ws, sq_norms, wanted, hyper, self.inner.blas_threads)
+        ratios = [adjusted_ratio(g.arrays[t].shape, hyper.adjust_lr_fn) for t in self.tensors]
+        update_pass(wplan, hyper.lr, ratios + [1.0] * (len(self.updates) - k))
 
 
 class _Group:
@@ -215,8 +304,9 @@ class ZeroRedundancyOptimizer:
     otherwise the grads and params are packed into a contiguous buffer (one copy each way).
 
     Since each shard's step is the single-process computation on those elements (element-wise
-    kernels; LAMB's and LARS's per-tensor norms, and Prodigy's two sums for its D estimate,
-    are folded from every rank's per-segment partial sums in the single-process order), the
+    kernels; LAMB's and LARS's per-tensor norms, Prodigy's two sums for its D estimate and
+    Muon's update norms are folded from every rank's per-segment partial sums in the
+    single-process order), the
     params equal a single process stepping
     the mean gradient: bitwise with 2 ranks, and with more whenever the sum of the ranks'
     grads is exact, whatever its order (the all-gather makes the params bitwise the same on
@@ -243,9 +333,17 @@ class ZeroRedundancyOptimizer:
     world size; ``sharded_state_dict()`` / ``load_sharded_state_dict(parts)`` save each
     rank's part and reshard from any world size.
 
-    Not supported: optimizers that need whole tensors in a step (Muon), int4 state with
-    rank-1 normalization (whole matrices' row and column maxima), stochastic rounding (its
-    stream is keyed by each param's own element indices).
+    Muon (``fo.Muon``): its momentum buffer is sharded like any state, and the momentum pass
+    runs on the shard; each update's norm is folded from every rank's partial sums; the
+    ranks exchange the parts of the matrices cut between them (point to point, at most two
+    matrices per rank), each rank iterates Newton-Schulz on the matrices its shard touches
+    (a cut matrix on each of its ranks), and steps its shard. Bitwise the single process as
+    above, at the same BLAS thread count (``blas_threads``).
+
+    Not supported: MuonWithAuxAdam (two optimizer classes: wrap its Muon groups and its
+    AdamW groups in one ZeroRedundancyOptimizer each), int4 state with rank-1 normalization
+    (whole matrices' row and column maxima), stochastic rounding (its stream is keyed by
+    each param's own element indices).
     """
 
     def __init__(self, params: Any, optimizer_class: type[Optimizer], *, comm: Any = None,
@@ -283,11 +381,10 @@ class ZeroRedundancyOptimizer:
             raise TypeError(f"optimizer_class must be a fusedoptim optimizer class such as "
                             f"fo.AdamW, got {optimizer_class!r}")
         if not shardable(optimizer_class):
-            why = _WHOLE_TENSORS.get(optimizer_class.spec.name, "its step needs whole tensors "
-                                     "at once, which a shard of the params cannot give")
             raise TypeError(f"optimizer_class={optimizer_class.__name__} cannot be sharded by "
-                            f"ZeroRedundancyOptimizer: {why}. It takes the element-wise "
-                            f"optimizers, LAMB, LARS and Prodigy")
+                            f"ZeroRedundancyOptimizer: its step needs whole tensors at once, "
+                            f"which a shard of the params cannot give. It takes the "
+                            f"element-wise optimizers, LAMB, LARS, Prodigy and Muon")
         if isinstance(stage, bool) or stage not in (1, 2):
             raise ValueError(f"stage must be 1 (shard the optimizer state) or 2 (also "
                              f"reduce-scatter the grads), got {stage!r}")
@@ -298,6 +395,7 @@ class ZeroRedundancyOptimizer:
                              "ZeroRedundancyOptimizer yet (its rounding stream is keyed by "
                              "each param's own element indices); use master_weights")
         self.optimizer_class = optimizer_class
+        self._inner_class = _inner_class(optimizer_class)
         self.stage = stage
         self._options = defaults
         groups_in = parse_params(params)
@@ -308,8 +406,7 @@ class ZeroRedundancyOptimizer:
             if not isinstance(group_in, Mapping) or "params" not in group_in:
                 raise TypeError("each param group must be a dict with a 'params' entry")
             arena, names, arrays = group_arrays(group_in)
-            for i, a in enumerate(arrays):
-                _kernels.check_param(a, label("params", len(everything) + i, names[i]))
+            self._check_whole_params(group_in, arrays, names, len(everything))
             if len({a.dtype for a in arrays}) > 1:
                 raise TypeError("params of one group have mixed dtypes; put params of each "
                                 "dtype in a param group of their own")
@@ -327,8 +424,8 @@ class ZeroRedundancyOptimizer:
                              f"each param its own buffer")
         # The plain optimizer on one tiny param: checks the options and hyperparameters, and
         # gives the group defaults as the class fills them in.
-        probe = optimizer_class([{"params": [np.zeros(1, dtype=a[0].dtype)], **o}
-                                 for a, _, o, _ in parsed], **defaults)
+        probe = self._inner_class([{"params": [np.zeros(1, dtype=a[0].dtype)], **o}
+                                   for a, _, o, _ in parsed], **defaults)
         self.defaults = probe.defaults
         self.min_quantized_size = probe.min_quantized_size
         for arrays, _, _, _ in parsed:
@@ -387,9 +484,11 @@ class ZeroRedundancyOptimizer:
             g.gathered = _Gathered(self.comm, g.shards, g.pieces)
             g.standin = _empty(g.dtype)
         for options, idx in self._inner_split(g):
-            inner = self.optimizer_class([{"params": self._inner_params(g, idx), **hyper}],
-                                         **options)
-            if g.gathered is not None:
+            inner = self._inner_class([{"params": self._inner_params(g, idx), **hyper}],
+                                      **options)
+            if isinstance(inner, Muon):
+                inner._run = _MuonShard(self._p2p, g, inner).run  # type: ignore[method-assign]
+            elif g.gathered is not None:
                 self._gather_sums(inner, g.gathered)
             g.inners.append((inner, idx))
         if self.stage == 2:
@@ -407,9 +506,7 @@ class ZeroRedundancyOptimizer:
             if not isinstance(param_group, Mapping) or "params" not in param_group:
                 raise TypeError("param_group must be a dict with a 'params' entry")
             arena, names, arrays = group_arrays(param_group)
-            start = len(self._names)
-            for i, a in enumerate(arrays):
-                _kernels.check_param(a, label("params", start + i, names[i]))
+            self._check_whole_params(param_group, arrays, names, len(self._names))
             if len({a.dtype for a in arrays}) > 1:
                 raise TypeError("params of one group have mixed dtypes; put params of each "
                                 "dtype in a param group of their own")
@@ -423,7 +520,7 @@ class ZeroRedundancyOptimizer:
                                  f"give each param its own buffer")
             self._check_one_group(self.optimizer_class, len(self.param_groups) + 1)
             over = {k: x for k, x in param_group.items() if k != "params"}
-            probe = self.optimizer_class(
+            probe = self._inner_class(
                 [{"params": [np.zeros(1, dtype=arrays[0].dtype)], **over}], **self._options)
             self._check_quantized_split(probe, arrays)
             hyper = {k: x for k, x in probe.param_groups[0].items() if k != "params"}
@@ -453,6 +550,15 @@ class ZeroRedundancyOptimizer:
                 f"{min(a.size for a in arrays)} to {max(a.size for a in arrays)} elements): "
                 f"pass min_quantized_size=0 (quantize every param's state), or put the "
                 f"small params in a param group of their own, or use state_dtype='bfloat16'")
+
+    def _check_whole_params(self, group_in: Mapping[str, Any], arrays: list[FloatArray],
+                            names: list[str | None], start: int) -> None:
+        """Check a group's params as the plain optimizer would (its inner optimizer sees
+        1-D pieces only): fusedoptim's param checks, and Muon's 2-D check (its own error)."""
+        for i, a in enumerate(arrays):
+            _kernels.check_param(a, label("params", start + i, names[i]))
+        if issubclass(self.optimizer_class, Muon):
+            check_matrix_params(self.optimizer_class.__name__, group_in, start)
 
     @staticmethod
     def _check_one_group(optimizer_class: type[Optimizer], ngroups: int) -> None:
@@ -939,7 +1045,7 @@ class ZeroRedundancyOptimizer:
                 # constructed
                 made = {k: x for k, x in hyper.items() if k in self.defaults
                         or k not in self.optimizer_class.group_state_keys}
-                trial = self.optimizer_class(
+                trial = self._inner_class(
                     [{"params": [np.zeros(g.pieces[j][2] - g.pieces[j][1], dtype=g.dtype)
                                  for j in idx] + stand, **made}], **options)
                 trial.load_state_dict(part)
@@ -949,6 +1055,15 @@ class ZeroRedundancyOptimizer:
             for (inner, _), part in zip(g.inners, parts):
                 inner.load_state_dict(part)
         self._consolidated = None
+
+
+def _inner_class(optimizer_class: type[Optimizer]) -> type[Optimizer]:
+    """The class of the inner optimizers, which step 1-D pieces of the params: the class
+    itself, or for Muon a subclass without its 2-D check (the whole params were checked:
+    ZeroRedundancyOptimizer._check_whole_params). Same name, so its errors read as Muon's."""
+    if not issubclass(optimizer_class, Muon):
+        return optimizer_class
+    return type(optimizer_class.__name__, (optimizer_class,), {"_matrices_only": False})
 
 
 def _flattened(entry: Mapping[str, Any], n: int) -> dict[str, Any]:

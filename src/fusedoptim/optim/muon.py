@@ -156,34 +156,69 @@ class _Batch:
 
     __slots__ = ("index", "update", "tall", "other", "gram", "gram2", "work")
 
-    def __init__(self, index: list[int], update: FloatArray, tall: bool,
+    def __init__(self, index: Sequence[int] | NDArray[np.intp], update: FloatArray, tall: bool,
                  bufs: tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]) -> None:
         self.index = np.asarray(index, dtype=np.intp)
         self.update = update
         self.tall = tall
         self.other, self.gram, self.gram2, self.work = bufs
 
+    def part(self, lo: int, hi: int) -> _Batch:
+        """Matrices lo..hi-1 of the batch, on slices of its buffers. Each matrix's products
+        are BLAS calls of their own (NumPy's matmul loops over the stack), so a matrix's
+        result does not depend on which batch it is iterated in."""
+        if lo == 0 and hi == len(self.index):
+            return self
+        work = None if self.work is None else self.work[lo:hi]
+        return _Batch(self.index[lo:hi], self.update[lo:hi], self.tall,
+                      (self.other[lo:hi], self.gram[lo:hi], self.gram2[lo:hi], work))
+
 
 class MuonWorkspace:
-    """A group's update buffers (one per param, stacked by shape), the iteration's buffers
-    (allocated once per shape and reused every step) and the work plan over them."""
+    """A group's update buffers (one per param), the iteration's buffers (allocated once per
+    shape and reused every step) and the work plan over them.
 
-    def __init__(self, params: Sequence[FloatArray], bf16: bool) -> None:
-        dtype = params[0].dtype
-        self.dtype = dtype
+    By default same-shape updates are stacked wherever their params sit in the group (the
+    plain optimizer). ``line``, a run of consecutive param indices, keeps the updates of
+    those params only, laid end to end in param order in one buffer (``self.line``), and
+    stacks runs of consecutive same-shape params: ZeroRedundancyOptimizer's layout (the
+    params a rank's shard touches, whose pieces it exchanges with the ranks that own the
+    rest); the other params have no update buffer and are never iterated."""
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], dtype: np.dtype[Any], bf16: bool,
+                 line: Sequence[int] | None = None) -> None:
+        self.dtype = np.dtype(dtype)
         self.bf16 = bf16
-        self.shapes = [tuple(p.shape) for p in params]
-        self.updates: list[FloatArray] = [np.empty(0, dtype)] * len(params)
+        self.shapes = [tuple(s) for s in shapes]
+        self.updates: list[FloatArray] = [np.empty(0, dtype)] * len(shapes)
         self.batches: list[_Batch] = []
-        classes: dict[tuple[int, ...], list[int]] = {}
-        for t, s in enumerate(self.shapes):
-            classes.setdefault(s, []).append(t)
-        work_dtype = np.dtype(np.float32) if bf16 else dtype
+        self.line: FloatArray | None = None
+        stacks: list[tuple[list[int], FloatArray]] = []
+        if line is not None:
+            laid = list(line)
+            assert laid == list(range(laid[0], laid[0] + len(laid)) if laid else []), laid
+            ends = np.cumsum([0] + [math.prod(self.shapes[t]) for t in laid]).tolist()
+            self.line = np.zeros(ends[-1], self.dtype)
+            j = 0
+            while j < len(laid):
+                run = j + 1
+                while run < len(laid) and self.shapes[laid[run]] == self.shapes[laid[j]]:
+                    run += 1
+                r, c = self.shapes[laid[j]]
+                stacks.append((laid[j:run],
+                               self.line[ends[j]:ends[run]].reshape(run - j, r, c)))
+                j = run
+        else:
+            classes: dict[tuple[int, ...], list[int]] = {}
+            for t, s in enumerate(self.shapes):
+                classes.setdefault(s, []).append(t)
+            stacks = [(index, np.zeros((len(index), *s), dtype)) for s, index in classes.items()]
+        work_dtype = np.dtype(np.float32) if bf16 else self.dtype
         shared: dict[tuple[int, int, int], tuple[Any, ...]] = {}
-        for (r, c), index in classes.items():
-            stack = np.zeros((len(index), r, c), dtype)
+        for index, stack in stacks:
             for j, t in enumerate(index):
                 self.updates[t] = stack[j]
+            r, c = stack.shape[1:]
             if r == 0 or c == 0:
                 continue            # nothing to iterate; the step scales nothing
             m = min(r, c)
@@ -202,11 +237,15 @@ class MuonWorkspace:
         self.plan: _kernels.Plan | None = None
         self._of: _kernels.Plan | None = None
 
-    def work_plan(self, plan: _kernels.Plan) -> _kernels.Plan:
-        """The work plan for group plan `plan` (rebuilt when the group's plan was)."""
+    def work_plan(self, plan: _kernels.Plan, updates: Sequence[FloatArray] | None = None
+                  ) -> _kernels.Plan:
+        """The work plan for group plan `plan` (rebuilt when the group's plan was): its
+        columns and, as the fourth, `updates` (one per param of `plan`; default: this
+        workspace's, one per param of the group)."""
         if self._of is not plan or self.plan is None:
+            cols = self.updates if updates is None else updates
             bufs = plan.column(2)
-            state = [None if b is None else [b, u] for b, u in zip(bufs, self.updates)]
+            state = [None if b is None else [b, u] for b, u in zip(bufs, cols)]
             self.plan = _kernels.Plan(list(plan.params), state, 2, len(_NAMES),
                                       list(plan.labels or []), required=(0, 1))
             self._of = plan
@@ -263,22 +302,25 @@ def _newton_schulz(batch: _Batch, scale: NDArray[Any], a: float, b: float, c: fl
         np.copyto(u, x0, casting="unsafe")
 
 
-def muon_run(plan: _kernels.Plan, hyper: MuonHyper, ws: MuonWorkspace | None = None,
-             threads: int | None = None) -> None:
-    """A Muon step over a bound group plan whose scalars are set: the momentum pass (and
-    each update's squared norm), the iteration per batch of same-shape updates in BLAS at
-    `threads` threads (default: fusedoptim's thread count), then the update pass."""
-    params = plan.params
-    if ws is None:
-        ws = MuonWorkspace(params, hyper.ns_dtype == "bfloat16")
-    wplan = ws.work_plan(plan)
+def momentum_pass(wplan: Any, plan: _kernels.Plan, hyper: MuonHyper,
+                  dtype: np.dtype[Any]) -> NDArray[np.float64]:
+    """Phase 1: the momentum pass over work plan `wplan` (of group plan `plan`, bound, its
+    scalars set) writes each update; returns each update's squared norm (per_tensor[:, 0]).
+    `wplan` may be a plan whose reduce() gathers its sums across ranks (ZeRO)."""
     missing = wplan.bind(plan.column(1))
     assert missing == 0, "every param that steps has its momentum buffer by now"
     hp = wplan.hp_array
     hp[...] = plan.hp_array
-    hp[:, _MODE_COLUMN] = lerp_mode(ws.dtype, hyper.momentum, hyper.nesterov)
-    per_tensor, _ = wplan.reduce(_MOMENTUM)
-    active = wplan.active_array
+    hp[:, _MODE_COLUMN] = lerp_mode(dtype, hyper.momentum, hyper.nesterov)
+    per_tensor: NDArray[np.float64] = wplan.reduce(_MOMENTUM)[0]
+    return per_tensor
+
+
+def orthogonalize(ws: MuonWorkspace, sq_norms: NDArray[np.float64], wanted: NDArray[Any],
+                  hyper: MuonHyper, threads: int | None = None) -> None:
+    """Phase 2: the Newton-Schulz iteration, in place, on the workspace's updates of the
+    params where `wanted` is true (`sq_norms`: each update's squared norm; both indexed by
+    the workspace's params), in BLAS at `threads` threads (default: fusedoptim's)."""
     a, b, c = hyper.ns_coefficients
     dt = np.float32 if ws.dtype == np.float32 else np.float64
     if ws.bf16:
@@ -286,22 +328,46 @@ def muon_run(plan: _kernels.Plan, hyper: MuonHyper, ws: MuonWorkspace | None = N
     eps = dt(hyper.eps)
     n = _kernels.get_num_threads() if threads is None else threads
     with np.errstate(all="ignore"), blas_threads(n):
-        for batch in ws.batches:
-            if not active[batch.index].any():
+        for whole in ws.batches:
+            want = wanted[whole.index]
+            if not want.any():
                 continue
+            hits = np.flatnonzero(want)
+            batch = whole.part(int(hits[0]), int(hits[-1]) + 1)
             if ws.bf16:
                 # the norm of the update rounded to bfloat16, rounded to bfloat16
                 rounded = batch.update.astype(BFLOAT16).astype(np.float64)
                 norms = np.sqrt(np.einsum("kij,kij->k", rounded, rounded))
             else:
-                norms = np.sqrt(per_tensor[batch.index, 0])
+                norms = np.sqrt(sq_norms[batch.index])
             scale = np.maximum(norms.astype(dt), eps)
             if ws.bf16:
                 scale = scale.astype(np.float32)
             _newton_schulz(batch, scale, a, b, c, hyper.ns_steps, ws.bf16)
-    ratio = np.array([adjusted_ratio(s, hyper.adjust_lr_fn) for s in ws.shapes])
-    hp[:, _STEP_COLUMN] = hyper.lr * ratio
+
+
+def update_pass(wplan: _kernels.Plan, lr: float, ratios: Sequence[float]) -> None:
+    """Phase 3: decoupled weight decay and the update, lr times each param's adjusted
+    ratio (``ratios``, one per param of `wplan`) times its orthogonalized update."""
+    wplan.hp_array[:, _STEP_COLUMN] = lr * np.asarray(ratios, dtype=np.float64)
     wplan.run(_APPLY)
+
+
+def muon_run(plan: _kernels.Plan, hyper: MuonHyper, ws: MuonWorkspace | None = None,
+             threads: int | None = None) -> None:
+    """A Muon step over a bound group plan whose scalars are set: the momentum pass (and
+    each update's squared norm), the iteration per batch of same-shape updates in BLAS at
+    `threads` threads (default: fusedoptim's thread count), then the update pass.
+    (ZeroRedundancyOptimizer runs the same three phases on a shard, with collectives
+    between them: fusedoptim.distributed.zero._MuonShard.)"""
+    params = plan.params
+    if ws is None:
+        ws = MuonWorkspace([p.shape for p in params], params[0].dtype,
+                           hyper.ns_dtype == "bfloat16")
+    wplan = ws.work_plan(plan)
+    per_tensor = momentum_pass(wplan, plan, hyper, ws.dtype)
+    orthogonalize(ws, per_tensor[:, 0], wplan.active_array, hyper, threads)
+    update_pass(wplan, hyper.lr, [adjusted_ratio(s, hyper.adjust_lr_fn) for s in ws.shapes])
 
 
 def _muon_step(plan: _kernels.Plan, hyper: MuonHyper) -> None:
@@ -428,8 +494,13 @@ class Muon(Optimizer):
                                       ns_dtype=ns_dtype),
                          skip_nonfinite=skip_nonfinite)
 
+    #: refuse params that are not 2-D (off in ZeroRedundancyOptimizer's inner optimizer,
+    #: which steps 1-D pieces of matrices checked whole)
+    _matrices_only = True
+
     def _add_group(self, group_in: Mapping[str, Any]) -> None:
-        check_matrix_params(type(self).__name__, group_in, len(self._names))
+        if self._matrices_only:
+            check_matrix_params(type(self).__name__, group_in, len(self._names))
         super()._add_group(group_in)
 
     def _run(self, plan: _kernels.Plan, hyper: Any) -> None:
@@ -437,7 +508,9 @@ class Muon(Optimizer):
         bf16 = hyper.ns_dtype == "bfloat16"
         ws = self._workspaces.get(gi)
         if ws is None or ws.bf16 != bf16:
-            ws = self._workspaces[gi] = MuonWorkspace(self.param_groups[gi]["params"], bf16)
+            params = self.param_groups[gi]["params"]
+            ws = self._workspaces[gi] = MuonWorkspace([p.shape for p in params],
+                                                      params[0].dtype, bf16)
         muon_run(plan, hyper, ws, _check_blas_threads(self.blas_threads))
 
 
