@@ -1160,11 +1160,12 @@ class _LstsqProblem:
     4 rows), a least-squares problem whose closure costs a few passes in NumPy. Both sides
     call the same closure; `inside` accumulates the seconds spent in it.
 
-    Its two products with U run on one BLAS thread: OpenBLAS's threads spin for a while
-    after each call, and on the 2-core machine the spinning thread took the core that the
-    optimizer's second thread needed outside the closure (fusedoptim's 2-thread step: 198
-    ms with the closure's BLAS on 2 threads, 142 ms on 1, one run each at load ~3). The
-    closure's own time is not counted either way."""
+    Its BLAS calls (the products with U and the dot products) run on one BLAS thread:
+    OpenBLAS's threads spin for a while after each call, and on the 2-core machine the
+    spinning thread took the core that the optimizer's second thread needed outside the
+    closure, on both sides (2 threads, one run each at load ~1: fusedoptim 179 ms and torch
+    221 ms as before, 134 and 176 ms with OPENBLAS_THREAD_TIMEOUT=4, which stops the
+    spinning). The closure's own time is not counted either way."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -1176,13 +1177,12 @@ class _LstsqProblem:
 
     def __call__(self, x: FloatArray) -> tuple[float, FloatArray]:
         t0 = time.perf_counter()
-        xd = x.astype(np.float64)
-        r = xd - self.c
         with blas_threads(1):
+            xd = x.astype(np.float64)
+            r = xd - self.c
             ur = self.u @ xd - self.v
-            back = self.u.T @ ur
-        f = 0.5 * float(np.dot(self.w * r, r)) + 0.5 * float(ur @ ur)
-        g = (self.w * r + back).astype(x.dtype)
+            f = 0.5 * float(np.dot(self.w * r, r)) + 0.5 * float(ur @ ur)
+            g = (self.w * r + self.u.T @ ur).astype(x.dtype)
         self.inside += time.perf_counter() - t0
         return f, g
 
@@ -1349,6 +1349,13 @@ def run_muon(threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
     torch = _optional_torch(use_torch)
     print("Muon, float32, lr=0.02 (torch's defaults otherwise). fusedoptim's BLAS (NumPy's) "
           "and torch's (MKL) at the row's thread count.", file=out)
+    if max(threads) > 1 and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        # A step that runs OpenBLAS on 2+ threads (the twin; fo.Muon on one large matrix)
+        # leaves its workers spinning, and they slow the torch step timed next: measured,
+        # torch's 1024 x 1024 row took 219-273 ms after them and 167-174 ms without.
+        print("note: OPENBLAS_THREAD_TIMEOUT is not set, so OpenBLAS's idle workers spin "
+              "after each multi-threaded call and slow the torch step timed after them; run "
+              "with OPENBLAS_THREAD_TIMEOUT=4 for a fair comparison.", file=out)
     header = f"{'thr':>4}  {'params':<18}{'step':<34}{'ms/step':>10}{'torch f32 / this':>18}"
     print(header, file=out)
     print("-" * len(header), file=out)

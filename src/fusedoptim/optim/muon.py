@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import ml_dtypes
@@ -236,6 +237,22 @@ class MuonWorkspace:
                 self.batches.append(_Batch(index[lo:lo + n], stack[lo:lo + n], r > c, bufs))
         self.plan: _kernels.Plan | None = None
         self._of: _kernels.Plan | None = None
+        self._work_dtype = work_dtype
+        # (worker, n, rows, cols) -> that worker's own iteration buffers (orthogonalize)
+        self._private: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
+
+    def on_worker(self, batch: _Batch, worker: int) -> _Batch:
+        """`batch` with iteration buffers of worker `worker`'s own (the workspace's are
+        shared by the batches of a shape, so two batches cannot run at once on them)."""
+        k, r, c = batch.update.shape
+        key = (worker, k, r, c)
+        bufs = self._private.get(key)
+        if bufs is None:
+            m, dt = min(r, c), self._work_dtype
+            bufs = self._private[key] = (
+                np.zeros((k, r, c), dt), np.zeros((k, m, m), dt), np.zeros((k, m, m), dt),
+                np.zeros((k, r, c), dt) if self.bf16 else None)
+        return _Batch(batch.index, batch.update, batch.tall, bufs)
 
     def work_plan(self, plan: _kernels.Plan, updates: Sequence[FloatArray] | None = None
                   ) -> _kernels.Plan:
@@ -320,14 +337,29 @@ def orthogonalize(ws: MuonWorkspace, sq_norms: NDArray[np.float64], wanted: NDAr
                   hyper: MuonHyper, threads: int | None = None) -> None:
     """Phase 2: the Newton-Schulz iteration, in place, on the workspace's updates of the
     params where `wanted` is true (`sq_norms`: each update's squared norm; both indexed by
-    the workspace's params), in BLAS at `threads` threads (default: fusedoptim's)."""
+    the workspace's params), on `threads` cores (default: fusedoptim's thread count).
+
+    On more than one thread, the batches (and the runs of matrices of a batch that is the
+    only one) are shared out among `threads` worker threads, each iterating its own on
+    buffers of its own with BLAS at one thread (NumPy releases the GIL in its products and
+    element-wise passes), largest first onto the least loaded worker. A batch that outweighs
+    the rest's share (one large matrix) runs alone first, in BLAS at `threads` threads. Why
+    (2 cores, 64 x (256, 256)): 2-thread BLAS ran the step only 1.26x faster than one
+    thread, and it leaves BLAS workers spinning after the step: OpenBLAS's idle workers spin
+    for a while after each call, and took the cores from the torch products that ran next
+    (20 matmuls of 512 x 512 took 55 ms after a step instead of 32). Each matrix's products
+    are BLAS calls of their own, so sharing the work out does not change which products a
+    matrix gets; OpenBLAS's products gave the same bits at 1 and 2 threads for every shape
+    tested (not a BLAS guarantee).
+    """
     a, b, c = hyper.ns_coefficients
     dt = np.float32 if ws.dtype == np.float32 else np.float64
     if ws.bf16:
         dt = BFLOAT16.type
     eps = dt(hyper.eps)
     n = _kernels.get_num_threads() if threads is None else threads
-    with np.errstate(all="ignore"), blas_threads(n):
+    jobs: list[tuple[_Batch, NDArray[Any]]] = []
+    with np.errstate(all="ignore"):
         for whole in ws.batches:
             want = wanted[whole.index]
             if not want.any():
@@ -343,7 +375,57 @@ def orthogonalize(ws: MuonWorkspace, sq_norms: NDArray[np.float64], wanted: NDAr
             scale = np.maximum(norms.astype(dt), eps)
             if ws.bf16:
                 scale = scale.astype(np.float32)
+            jobs.append((batch, scale))
+
+    def iterate(batch: _Batch, scale: NDArray[Any]) -> None:
+        with np.errstate(all="ignore"):       # errstate is per thread
             _newton_schulz(batch, scale, a, b, c, hyper.ns_steps, ws.bf16)
+    if n > 1 and len(jobs) == 1 and len(jobs[0][0].index) >= n:
+        batch, scale = jobs[0]                # the only batch: n runs of its matrices
+        ends = np.linspace(0, len(batch.index), n + 1).round().astype(int).tolist()
+        jobs = [(batch.part(lo, hi), scale[lo:hi]) for lo, hi in zip(ends, ends[1:])]
+    jobs.sort(key=lambda job: -_flops(job[0]))
+    rest = sum(_flops(job[0]) for job in jobs)
+    alone = 0
+    while alone < len(jobs) and (n <= 1 or _flops(jobs[alone][0]) * n > rest):
+        rest -= _flops(jobs[alone][0])
+        alone += 1
+    with blas_threads(n):
+        for batch, scale in jobs[:alone]:
+            iterate(batch, scale)
+    if alone == len(jobs):
+        return
+    loads = [0] * n
+    lists: list[list[tuple[_Batch, NDArray[Any]]]] = [[] for _ in range(n)]
+    for batch, scale in jobs[alone:]:
+        w = loads.index(min(loads))
+        loads[w] += _flops(batch)
+        lists[w].append((ws.on_worker(batch, w), scale))
+
+    def run_list(items: list[tuple[_Batch, NDArray[Any]]]) -> None:
+        for batch, scale in items:
+            iterate(batch, scale)
+    with blas_threads(1):
+        for done in [_workers(n).submit(run_list, items) for items in lists if items]:
+            done.result()
+
+
+def _flops(batch: _Batch) -> int:
+    """The iteration's multiply-adds for the batch, up to a constant factor."""
+    k, r, c = (int(d) for d in batch.update.shape)
+    return k * r * c * min(r, c)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """The worker threads of orthogonalize's split batches: n of them, made on first use and
+    kept (idle, they wait on a queue without spinning)."""
+    pool = _POOLS.get(n)
+    if pool is None:
+        pool = _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="fusedoptim-muon")
+    return pool
 
 
 def update_pass(wplan: _kernels.Plan, lr: float, ratios: Sequence[float]) -> None:
