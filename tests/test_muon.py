@@ -339,6 +339,45 @@ def test_blas_threads_are_set_for_the_iteration_and_restored(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_iteration_shared_out_among_worker_threads(dtype, rng, monkeypatch):
+    """On 2 and 3 threads the batches are iterated on worker threads, each with BLAS at one
+    thread: the same products as blas_threads=1, so the same bits. A batch that outweighs
+    all the others together runs alone, in BLAS at the full count (its bits then depend on
+    the BLAS, so the check there is which thread count it ran at)."""
+    libs = blas_libraries()
+    if not libs:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    seen = []
+    real = muon_mod._newton_schulz
+
+    def spy(batch, *args, **kwargs):
+        seen.append((batch.update.shape, libs[0].num_threads))
+        return real(batch, *args, **kwargs)
+    monkeypatch.setattr(muon_mod, "_newton_schulz", spy)
+    # many small matrices in several batches (none outweighs the rest), then one that does
+    small = [(24, 40)] * 5 + [(40, 24)] * 4 + [(32, 32)] * 3 + [(7, 13)]
+    start = _params(rng, dtype, small)
+    grads = [_grads(rng, start) for _ in range(4)]
+    results = {}
+    for n in (1, 2, 3):
+        params = [p.copy() for p in start]
+        opt = fo.Muon(params, lr=0.02, blas_threads=n)
+        seen.clear()
+        for g in grads:
+            opt.step(g)
+        assert seen and {threads for _, threads in seen} == {1}, (n, seen)
+        results[n] = b"".join(p.tobytes() for p in params)
+    assert results[1] == results[2] == results[3]
+    big = _params(rng, dtype, [(160, 160)] + small[:2])
+    opt = fo.Muon(big, lr=0.02, blas_threads=2)
+    seen.clear()
+    opt.step(_grads(rng, big))
+    # the large one alone; then the small batch, now the only one left, also outweighs the
+    # (no) others and runs at the full count too
+    assert seen == [((1, 160, 160), 2), ((2, 24, 40), 2)], seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_skip_nonfinite_and_grad_scale(dtype, rng):
     params = _params(rng, dtype)
     opt = fo.Muon(params, lr=0.02, skip_nonfinite=True)

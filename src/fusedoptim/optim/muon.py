@@ -343,7 +343,8 @@ def orthogonalize(ws: MuonWorkspace, sq_norms: NDArray[np.float64], wanted: NDAr
     only one) are shared out among `threads` worker threads, each iterating its own on
     buffers of its own with BLAS at one thread (NumPy releases the GIL in its products and
     element-wise passes), largest first onto the least loaded worker. A batch that outweighs
-    the rest's share (one large matrix) runs alone first, in BLAS at `threads` threads. Why
+    all the others together (one large matrix) runs alone first, in BLAS at `threads`
+    threads. Why
     (2 cores, 64 x (256, 256)): 2-thread BLAS ran the step only 1.26x faster than one
     thread, and it leaves BLAS workers spinning after the step: OpenBLAS's idle workers spin
     for a while after each call, and took the cores from the torch products that ran next
@@ -387,7 +388,7 @@ def orthogonalize(ws: MuonWorkspace, sq_norms: NDArray[np.float64], wanted: NDAr
     jobs.sort(key=lambda job: -_flops(job[0]))
     rest = sum(_flops(job[0]) for job in jobs)
     alone = 0
-    while alone < len(jobs) and (n <= 1 or _flops(jobs[alone][0]) * n > rest):
+    while alone < len(jobs) and (n <= 1 or _flops(jobs[alone][0]) * 2 > rest):
         rest -= _flops(jobs[alone][0])
         alone += 1
     with blas_threads(n):
