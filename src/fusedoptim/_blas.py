@@ -2,12 +2,17 @@
 
 fusedoptim's element-wise passes run on its own OpenMP threads (:func:`fusedoptim.set_num_threads`);
 matrix products run in the BLAS NumPy was built with (OpenBLAS in the NumPy wheels, MKL or
-Accelerate elsewhere), which keeps a thread pool of its own. The two never run at the same
-time: a step calls BLAS between its fused passes, from the calling thread, while the OpenMP
-threads wait. So the cores are never oversubscribed as long as the BLAS pool is no larger than
-the OpenMP one. :class:`blas_threads` sets the BLAS pool to a given size for the duration of a
-block, and puts the previous size back afterwards, through threadpoolctl (a core dependency:
-it is pure Python). Setting and restoring costs about a microsecond per library per step.
+Accelerate elsewhere), which keeps a thread pool of its own. The two never compute at the same
+time: a step calls BLAS between its fused passes while the OpenMP threads wait. But OpenBLAS's
+idle workers spin for a while after each multi-threaded call (up to 2^28 cycles unless
+OPENBLAS_THREAD_TIMEOUT, read when NumPy loads OpenBLAS, says less), and on a small machine they
+take the cores that whatever runs next needs: measured on 2 cores, 20 torch matmuls of 512 x
+512 took 55 ms after a 2-thread BLAS step and 32 ms without the spinning. So Muon runs its many
+small products on worker threads of its own, each with BLAS at one thread, and calls BLAS on
+several threads only for a matrix too large to share out (fusedoptim.optim.muon.orthogonalize).
+:class:`blas_threads` sets the BLAS pool to a given size for the duration of a block, and puts
+the previous size back afterwards, through threadpoolctl (a core dependency: it is pure
+Python). Setting and restoring costs about a microsecond per library per step.
 
 The libraries are found once, on first use (a scan of the loaded shared libraries, a few
 milliseconds). The setting is process-wide, as BLAS's own: a thread that calls NumPy's BLAS
