@@ -3,6 +3,10 @@ bfloat16 one), against the NumPy reference twin, checkpoints, threads, bad input
 functional entry, and MuonWithAuxAdam. Muon takes only matrices, so it runs this battery
 instead of the generic one in test_optimizers.py (see test_spec.OWN_BATTERY)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -375,6 +379,31 @@ def test_iteration_shared_out_among_worker_threads(dtype, rng, monkeypatch):
     # the large one alone; then the small batch, now the only one left, also outweighs the
     # (no) others and runs at the full count too
     assert seen == [((1, 160, 160), 2), ((2, 24, 40), 2)], seen
+
+
+_FORK_STEP = """
+import os, numpy as np, fusedoptim as fo
+rng = np.random.default_rng(0)
+ps = [rng.standard_normal((32, 48)).astype(np.float32) for _ in range(6)]
+gs = [rng.standard_normal((32, 48)).astype(np.float32) for _ in range(6)]
+opt = fo.Muon(ps, lr=0.02, blas_threads=2)
+opt.step(gs)                                  # the parent's worker threads now exist
+pid = os.fork()
+if pid == 0:
+    opt.step(gs)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_steps_on_worker_threads_of_its_own():
+    """A child forked after a step has none of the parent's worker threads; its step must not
+    wait for them (it hung before the pools were reset at fork)."""
+    out = subprocess.run([sys.executable, "-c", _FORK_STEP], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

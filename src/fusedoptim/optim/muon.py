@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
@@ -418,6 +419,8 @@ def _flops(batch: _Batch) -> int:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+# A forked child has none of the parent's worker threads: it makes its own pools.
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
