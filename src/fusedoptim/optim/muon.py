@@ -527,13 +527,17 @@ class Muon(Optimizer):
     on fusedoptim's driver over all params of a group; the iteration is matrix products in
     NumPy's BLAS, with buffers allocated once per shape and reused every step, same-shape
     params stacked into 3-D products in batches that fit in cache (``A A`` is computed as
-    ``A A^T``, which BLAS computes as a symmetric product at about 0.7x a general product's
-    cost); the weight decay and update are a second fused pass. BLAS runs at
-    ``blas_threads`` threads while the OpenMP threads wait, so the cores are never
-    oversubscribed (see ``fusedoptim._blas``). Results are bitwise identical for any
-    fusedoptim thread count when the BLAS thread count is held fixed; BLAS itself may round
-    differently at another thread count. Memory: one work buffer the size of the params (the
-    updates), plus the iteration's buffers per batch shape.
+    ``A A^T``, which BLAS computes as a symmetric product at 0.7-0.8x a general product's
+    time); the weight decay and update are a second fused pass. The iteration runs on
+    ``blas_threads`` cores while the OpenMP threads wait: on more than one, the batches are
+    shared out among worker threads, each calling BLAS at one thread (and a matrix that
+    outweighs all the others together runs alone in BLAS at ``blas_threads`` threads), so
+    no BLAS workers are left spinning after the step (see ``orthogonalize`` in
+    ``fusedoptim.optim.muon``, and ``fusedoptim._blas``). Results are bitwise identical for any
+    fusedoptim thread count when ``blas_threads`` is held fixed, and the shared-out batches
+    give ``blas_threads=1``'s bits; BLAS itself may round differently at another thread
+    count. Memory: one work buffer the size of the params (the updates), plus the
+    iteration's buffers per batch shape (and per worker thread).
 
     For a whole network, use :class:`fusedoptim.MuonWithAuxAdam` (Muon for the hidden
     matrices, AdamW for the rest, in one optimizer), or two optimizers as torch's docs do.
@@ -552,9 +556,10 @@ class Muon(Optimizer):
         adjust_lr_fn (str or None): None (= "original") or "match_rms_adamw".
         ns_dtype (str or None): None (the params' dtype) or "bfloat16" (torch's numerics).
             Not in torch.
-        blas_threads (int or None): BLAS threads for the iteration; None (default): the
-            fusedoptim thread count at each step (``fo.set_num_threads``). May be changed
-            between steps (``opt.blas_threads``). Not in torch.
+        blas_threads (int or None): cores for the iteration (worker threads, or BLAS
+            threads for one large matrix); None (default): the fusedoptim thread count at
+            each step (``fo.set_num_threads``). May be changed between steps
+            (``opt.blas_threads``). Not in torch.
         skip_nonfinite (bool): default False; skip steps whose grads are not all finite
             (see :class:`fusedoptim.Optimizer`).
 
