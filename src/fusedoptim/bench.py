@@ -1161,9 +1161,9 @@ class _LstsqProblem:
     call the same closure; `inside` accumulates the seconds spent in it.
 
     Its BLAS calls (the products with U and the dot products) run on one BLAS thread:
-    OpenBLAS's threads spin for a while after each call, and on the 2-core machine the
-    spinning thread took the core that the optimizer's second thread needed outside the
-    closure, on both sides (2 threads, one run each at load ~1: fusedoptim 179 ms and torch
+    OpenBLAS's threads spin for a while after each call, and on the 2-core development
+    machine (AMD EPYC family 25 model 17, AVX-512) the spinning thread took the core that
+    the optimizer's second thread needed outside the closure, on both sides (2 threads, one run each at load ~1: fusedoptim 179 ms and torch
     221 ms as before, 134 and 176 ms with OPENBLAS_THREAD_TIMEOUT=4, which stops the
     spinning). The closure's own time is not counted either way."""
 
@@ -1352,7 +1352,8 @@ def run_muon(threads: Sequence[int], min_time: float = 0.2, repeat: int = 5,
     if max(threads) > 1 and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
         # A step that runs OpenBLAS on 2+ threads (the twin; fo.Muon on one large matrix)
         # leaves its workers spinning, and they slow the torch step timed next: measured,
-        # torch's 1024 x 1024 row took 219-273 ms after them and 167-174 ms without.
+        # torch's 2-thread 1024 x 1024 row took 216-273 ms after them and 167-175 ms without
+        # in four runs of five (AMD EPYC family 25 model 17, AVX-512; README).
         print("note: OPENBLAS_THREAD_TIMEOUT is not set, so OpenBLAS's idle workers spin "
               "after each multi-threaded call and slow the torch step timed after them; run "
               "with OPENBLAS_THREAD_TIMEOUT=4 for a fair comparison.", file=out)
